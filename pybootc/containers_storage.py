@@ -1,0 +1,79 @@
+"""A containers-storage root (overlay driver) driven through skopeo and podman.
+
+bootc's own storage, the scratch storage of `internals flatten` and the kernel
+oracle of the tests are all one of these: a root, a runroot kept outside it, and
+the argv that points skopeo and podman at that pair instead of the host's store.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from pybootc import tools
+from pybootc.errors import BootcError
+
+
+@dataclass(frozen=True)
+class ContainersStorage:
+    root: Path
+    runroot: Path
+
+    def reference(self, name: str) -> str:
+        """The skopeo transport string for `name` in this storage."""
+        return f"containers-storage:[overlay@{self.root}+{self.runroot}]{name}"
+
+    def podman(self, *args: str) -> list[str]:
+        return [
+            "podman",
+            "--root",
+            str(self.root),
+            "--runroot",
+            str(self.runroot),
+            "--storage-driver",
+            "overlay",
+            *args,
+        ]
+
+    def pull(self, source: str, name: str, *, extra: Sequence[str] = ()) -> None:
+        """Copy `source` (any skopeo transport) into this storage as `name`."""
+        tools.run(
+            ["skopeo", "copy", "--quiet", "--src-tls-verify=false", *extra, source, self.reference(name)]
+        )
+
+    def inspect(self, name: str) -> dict[str, object]:
+        out = tools.run(self.podman("image", "inspect", "--format", "json", name)).stdout
+        found = json.loads(out)
+        if not found:
+            raise BootcError(f"No image {name} in {self.root}")
+        image: dict[str, object] = found[0]
+        return image
+
+    def layer_diff_dirs(self, name: str) -> list[Path]:
+        """The image's overlay diff directories, lowest layer first."""
+        driver = self.inspect(name).get("GraphDriver")
+        if not isinstance(driver, dict) or driver.get("Name") != "overlay":
+            raise BootcError(f"Image {name} is not stored with the overlay driver")
+        data = driver.get("Data", {})
+        lower = [Path(p) for p in str(data.get("LowerDir", "")).split(":") if p]
+        upper = data.get("UpperDir")
+        if not upper:
+            raise BootcError(f"Image {name} has no layers")
+        return [*reversed(lower), Path(str(upper))]
+
+    def mount(self, name: str) -> Path:
+        """Mount the image read-only with the kernel's overlayfs and return where."""
+        out = tools.run(self.podman("image", "mount", name)).stdout
+        return Path(out.decode().strip())
+
+    def unmount(self, name: str) -> None:
+        tools.run(self.podman("image", "unmount", "--force", name))
+
+    def remove(self, name: str) -> None:
+        tools.run(self.podman("image", "rm", "--force", name))
+
+    def reset(self) -> None:
+        """Remove everything this storage holds, mounts included."""
+        tools.run(self.podman("system", "reset", "--force"))

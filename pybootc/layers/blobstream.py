@@ -1,0 +1,177 @@
+"""A layer blob as a verified, decompressed byte stream.
+
+The compressed bytes are checked against the manifest's digest and the
+decompressed ones against the config's diff_id, so a corrupt, truncated or
+substituted blob is refused however far the tar reader got. Decompression runs
+in a thread (zlib, zstd and sha256 release the GIL) so that it overlaps with
+writing files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import queue
+import threading
+import zlib
+from collections.abc import Iterator
+from typing import IO
+
+import zstandard
+
+from pybootc.errors import BootcError
+from pybootc.oci.model import LayerCompression
+
+_READ_SIZE = 1 << 20
+_QUEUE_DEPTH = 16
+
+
+class _DigestMismatch(BootcError):
+    pass
+
+
+def _gzip_chunks(raw: IO[bytes]) -> Iterator[bytes]:
+    # wbits 47 accepts a gzip header; concatenated gzip members are one valid
+    # stream, so a finished member is followed by a fresh decompressor.
+    decomp = zlib.decompressobj(wbits=47)
+    in_member = False
+    pending = b""
+    while chunk := pending or raw.read(_READ_SIZE):
+        pending = b""
+        in_member = True
+        out = decomp.decompress(chunk)
+        if out:
+            yield out
+        if decomp.eof:
+            pending = decomp.unused_data
+            decomp = zlib.decompressobj(wbits=47)
+            in_member = False
+    if in_member:
+        raise BootcError("corrupt gzip stream: unexpected end of data")
+
+
+def _zstd_chunks(raw: IO[bytes]) -> Iterator[bytes]:
+    reader = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
+    while chunk := reader.read(_READ_SIZE):
+        yield chunk
+
+
+def _plain_chunks(raw: IO[bytes]) -> Iterator[bytes]:
+    while chunk := raw.read(_READ_SIZE):
+        yield chunk
+
+
+class _HashingReader(io.RawIOBase):
+    def __init__(self, raw: IO[bytes]) -> None:
+        self.raw = raw
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.raw.read(size)
+        self.sha256.update(data)
+        self.size += len(data)
+        return data
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+
+class LayerStream(io.RawIOBase):
+    """Readable decompressed tar bytes of one blob; call `verify()` after reading."""
+
+    def __init__(
+        self,
+        raw: IO[bytes],
+        compression: LayerCompression,
+        *,
+        digest: str,
+        diff_id: str | None,
+    ) -> None:
+        self._compressed = _HashingReader(raw)
+        self._digest = digest
+        self._diff_id = diff_id
+        self._uncompressed = hashlib.sha256()
+        self._queue: queue.Queue[bytes | BaseException | None] = queue.Queue(_QUEUE_DEPTH)
+        self._buffer = memoryview(b"")
+        self._done = False
+        self._stop = threading.Event()
+        chunks = {
+            LayerCompression.GZIP: _gzip_chunks,
+            LayerCompression.ZSTD: _zstd_chunks,
+            LayerCompression.NONE: _plain_chunks,
+        }[compression]
+        self._thread = threading.Thread(
+            target=self._produce, args=(chunks, compression), daemon=True
+        )
+        self._thread.start()
+
+    def _produce(self, chunks: object, compression: LayerCompression) -> None:
+        try:
+            for chunk in chunks(self._compressed):  # type: ignore[operator]
+                self._uncompressed.update(chunk)
+                if self._stop.is_set():
+                    return
+                self._queue.put(chunk)
+            self._queue.put(None)
+        except zlib.error as err:
+            self._queue.put(BootcError(f"corrupt gzip stream: {err}"))
+        except zstandard.ZstdError as err:
+            self._queue.put(BootcError(f"corrupt zstd stream: {err}"))
+        except BaseException as err:  # handed to the reading thread
+            self._queue.put(err)
+
+    def readable(self) -> bool:
+        return True
+
+    def _next_chunk(self) -> bool:
+        if self._done:
+            return False
+        item = self._queue.get()
+        if item is None:
+            self._done = True
+            return False
+        if isinstance(item, BaseException):
+            self._done = True
+            raise item
+        self._buffer = memoryview(item)
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        if not self._buffer and not self._next_chunk():
+            return 0
+        n = min(len(buffer), len(self._buffer))
+        buffer[:n] = self._buffer[:n]
+        self._buffer = self._buffer[n:]
+        return n
+
+    def verify(self) -> None:
+        """Read what the tar reader left (padding) and check both digests."""
+        while self._buffer or self._next_chunk():
+            self._buffer = memoryview(b"")
+        got = "sha256:" + self._compressed.sha256.hexdigest()
+        if got != self._digest:
+            raise _DigestMismatch(f"Digest mismatch for blob {self._digest}: got {got}")
+        if self._diff_id is not None:
+            got = "sha256:" + self._uncompressed.hexdigest()
+            if got != self._diff_id:
+                raise _DigestMismatch(
+                    f"Uncompressed digest mismatch for blob {self._digest}: "
+                    f"expected diff_id {self._diff_id}, got {got}"
+                )
+
+    def close(self) -> None:
+        self._stop.set()
+        # Free the producer if it is blocked on a full queue; if it is blocked
+        # reading the blob, closing the blob's pipe (the caller's job) frees it.
+        while self._thread.is_alive():
+            try:
+                self._queue.get(timeout=0.05)
+            except queue.Empty:
+                self._thread.join(timeout=0.05)
+        super().close()

@@ -1,0 +1,119 @@
+"""Writes the merged tree into a directory: the output of `internals flatten`.
+
+Leaves are copied out of the layers (containers-storage's diff directories are
+not ours to change) or moved, when the layers are our own scratch extraction.
+Names that share an inode in a layer share one in the output.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from pybootc.layers.diffdir import LayerEntry
+from pybootc.layers.paths import is_overlay_xattr
+
+_COPY_CHUNK = 1 << 30
+
+
+@dataclass
+class SinkStats:
+    entries: int = 0
+    bytes: int = 0
+
+
+def copy_xattrs(source: str, set_xattr: Callable[[str, bytes], None]) -> None:
+    for name in os.listxattr(source, follow_symlinks=False):
+        if not is_overlay_xattr(name):
+            set_xattr(name, os.getxattr(source, name, follow_symlinks=False))
+
+
+class DirectorySink:
+    """A TreeSink that fills an existing empty directory."""
+
+    def __init__(self, root_fd: int, *, move: bool) -> None:
+        self.root_fd = root_fd
+        self.move = move
+        self.stats = SinkStats()
+        self._first_name: dict[tuple[int, int], str] = {}
+        self._warnings: list[str] = []
+
+    def directory(self, path: str, entry: LayerEntry) -> None:
+        os.mkdir(path, 0o700, dir_fd=self.root_fd)
+        self.stats.entries += 1
+
+    def finish_directory(self, path: str, entry: LayerEntry) -> None:
+        st = entry.st
+        fd = os.open(path or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=self.root_fd)
+        try:
+            os.fchown(fd, st.st_uid, st.st_gid)
+            if entry.path:
+                copy_xattrs(entry.path, lambda k, v: os.setxattr(fd, k, v))
+            os.fchmod(fd, stat.S_IMODE(st.st_mode))
+            os.utime(fd, ns=(st.st_mtime_ns, st.st_mtime_ns))
+        finally:
+            os.close(fd)
+
+    def leaf(self, path: str, entry: LayerEntry) -> None:
+        self.stats.entries += 1
+        st = entry.st
+        if stat.S_ISREG(st.st_mode):
+            self.stats.bytes += st.st_size
+        if self.move:
+            # Our own scratch layer: the inode, its metadata and its other names
+            # in this layer come along with one rename.
+            os.rename(entry.path, path, dst_dir_fd=self.root_fd)
+            return
+        key = (st.st_dev, st.st_ino)
+        first = self._first_name.get(key)
+        if first is not None:
+            os.link(first, path, src_dir_fd=self.root_fd, dst_dir_fd=self.root_fd, follow_symlinks=False)
+            return
+        if st.st_nlink > 1:
+            self._first_name[key] = path
+        if stat.S_ISREG(st.st_mode):
+            self._copy_file(path, entry)
+        elif stat.S_ISLNK(st.st_mode):
+            os.symlink(os.readlink(entry.path), path, dir_fd=self.root_fd)
+            self._set_metadata(path, entry, follow=False)
+        else:
+            os.mknod(path, st.st_mode, st.st_rdev, dir_fd=self.root_fd)
+            self._set_metadata(path, entry, follow=False)
+
+    def _copy_file(self, path: str, entry: LayerEntry) -> None:
+        st = entry.st
+        src = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            dst = os.open(
+                path,
+                os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                0o600,
+                dir_fd=self.root_fd,
+            )
+            try:
+                remaining = st.st_size
+                while remaining > 0:
+                    copied = os.copy_file_range(src, dst, min(remaining, _COPY_CHUNK))
+                    if copied == 0:
+                        break
+                    remaining -= copied
+                os.fchown(dst, st.st_uid, st.st_gid)
+                copy_xattrs(entry.path, lambda k, v: os.setxattr(dst, k, v))
+                os.fchmod(dst, stat.S_IMODE(st.st_mode))
+                os.utime(dst, ns=(st.st_mtime_ns, st.st_mtime_ns))
+            finally:
+                os.close(dst)
+        finally:
+            os.close(src)
+
+    def _set_metadata(self, path: str, entry: LayerEntry, *, follow: bool) -> None:
+        st = entry.st
+        root = self.root_fd
+        os.chown(path, st.st_uid, st.st_gid, dir_fd=root, follow_symlinks=False)
+        proc = f"/proc/self/fd/{root}/{path}"
+        copy_xattrs(entry.path, lambda k, v: os.setxattr(proc, k, v, follow_symlinks=False))
+        if not stat.S_ISLNK(st.st_mode):
+            os.chmod(path, stat.S_IMODE(st.st_mode), dir_fd=root)
+        os.utime(path, ns=(st.st_mtime_ns, st.st_mtime_ns), dir_fd=root, follow_symlinks=follow)

@@ -1,0 +1,325 @@
+"""Unpacks one layer tar stream into an empty directory, as an overlay diff directory.
+
+The result is exactly what containers-storage's overlay driver makes of the same
+layer: whiteouts become 0:0 character devices, opaque markers become the
+`trusted.overlay.opaque` xattr, parents a layer implies are created 0755 root.
+Reading both sources through one diff-directory format is what keeps them equal.
+Every path is resolved from the layer's own directory file descriptor, one
+component at a time and without following symlinks, so nothing outside is touched.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import stat
+import tarfile
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import IO
+
+from pybootc.errors import BootcError
+from pybootc.layers.paths import (
+    Marker,
+    Parts,
+    classify,
+    is_overlay_xattr,
+    join,
+    split_member_name,
+)
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_COPY_CHUNK = 1 << 20
+_XATTR_PREFIX = "SCHILY.xattr."
+_OPEN_DIRS_KEPT = 64
+
+
+@dataclass
+class LayerStats:
+    entries: int = 0
+    bytes: int = 0
+    # Whether the layer has an entry for "." that set the root's metadata.
+    sets_root: bool = False
+
+
+class _DirectoryHandles:
+    """Directory fds by path below the layer root, resolved without following links."""
+
+    def __init__(self, root_fd: int) -> None:
+        self.root_fd = root_fd
+        self._open: OrderedDict[Parts, int] = OrderedDict()
+
+    def get(self, parts: Parts, *, create: bool) -> int:
+        if not parts:
+            return self.root_fd
+        fd = self._open.get(parts)
+        if fd is not None:
+            self._open.move_to_end(parts)
+            return fd
+        parent = self.get(parts[:-1], create=create)
+        name = parts[-1]
+        try:
+            fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
+        except FileNotFoundError:
+            if not create:
+                raise BootcError(f'"{join(parts)}": no such directory') from None
+            os.mkdir(name, 0o755, dir_fd=parent)
+            fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
+            os.fchmod(fd, 0o755)  # whatever the umask: containers-storage makes 0755
+        except OSError as err:
+            if err.errno in (errno.ENOTDIR, errno.ELOOP):
+                raise BootcError(f'"{join(parts)}" is not a directory') from None
+            raise
+        self._open[parts] = fd
+        if len(self._open) > _OPEN_DIRS_KEPT:
+            _, oldest = self._open.popitem(last=False)
+            os.close(oldest)
+        return fd
+
+    def forget_below(self, parts: Parts) -> None:
+        """Drop handles for `parts` and everything below it, before it is removed."""
+        for key in [k for k in self._open if k[: len(parts)] == parts]:
+            os.close(self._open.pop(key))
+
+    def close(self) -> None:
+        for fd in self._open.values():
+            os.close(fd)
+        self._open.clear()
+
+
+def _xattrs(member: tarfile.TarInfo) -> Iterator[tuple[str, bytes]]:
+    for key, value in member.pax_headers.items():
+        if key.startswith(_XATTR_PREFIX):
+            name = key[len(_XATTR_PREFIX) :]
+            # Overlay's own xattrs in an image are data overlayfs would obey; drop them.
+            if not is_overlay_xattr(name):
+                yield name, value.encode("utf-8", "surrogateescape")
+
+
+def _proc_path(dir_fd: int, name: str) -> str:
+    # os.setxattr has no dir_fd form; this names the entry through the held fd.
+    return f"/proc/self/fd/{dir_fd}/{name}"
+
+
+class LayerExtractor:
+    """Applies the members of one layer to an empty directory."""
+
+    def __init__(self, root_fd: int) -> None:
+        self._dirs = _DirectoryHandles(root_fd)
+        self._seen: set[Parts] = set()
+        self._dir_times: list[tuple[Parts, int]] = []
+        self.stats = LayerStats()
+
+    def close(self) -> None:
+        self._dirs.close()
+
+    def extract(self, tar: tarfile.TarFile) -> LayerStats:
+        for member in tar:
+            self._member(tar, member)
+        self._restore_dir_times()
+        return self.stats
+
+    def _member(self, tar: tarfile.TarFile, member: tarfile.TarInfo) -> None:
+        parts = split_member_name(member.name)
+        if parts in self._seen:
+            raise BootcError(f'Duplicate entry "{join(parts)}" in one layer')
+        self._seen.add(parts)
+        self.stats.entries += 1
+        if not parts:
+            if not member.isdir():
+                raise BootcError("The layer root is not a directory")
+            self._apply_metadata(self._dirs.root_fd, "", member, fd=self._dirs.root_fd)
+            self.stats.sets_root = True
+            return
+        # A directory named `.wh.x/` is an ordinary directory, as in containers-storage.
+        marker, name = (Marker.NONE, parts[-1]) if member.isdir() else classify(parts[-1])
+        parent = self._dirs.get(parts[:-1], create=True)
+        if marker is Marker.OPAQUE:
+            os.setxattr(parent, "trusted.overlay.opaque", b"y")
+        elif marker is Marker.WHITEOUT:
+            try:
+                os.mknod(name, stat.S_IFCHR | 0o600, 0, dir_fd=parent)
+            except FileExistsError:
+                raise BootcError(
+                    f'Whiteout "{join(parts)}" hides "{name}", which the same layer writes'
+                ) from None
+        else:
+            self._create(tar, member, parts, parent)
+
+    def _make_room(self, parts: Parts, parent: int, *, keep_dir: bool) -> bool:
+        """Clear the way for a new entry; True if an existing directory is kept."""
+        name = parts[-1]
+        try:
+            st = os.lstat(name, dir_fd=parent)
+        except FileNotFoundError:
+            return False
+        if stat.S_ISDIR(st.st_mode):
+            if keep_dir:
+                return True
+            self._dirs.forget_below(parts)
+            shutil.rmtree(name, dir_fd=parent)
+        else:
+            os.unlink(name, dir_fd=parent)
+        return False
+
+    def _create(self, tar: tarfile.TarFile, member: tarfile.TarInfo, parts: Parts, parent: int) -> None:
+        name = parts[-1]
+        if member.isreg():
+            try:
+                fd = os.open(name, _NEW_FILE_FLAGS, 0o600, dir_fd=parent)
+            except FileExistsError:
+                self._make_room(parts, parent, keep_dir=False)
+                fd = os.open(name, _NEW_FILE_FLAGS, 0o600, dir_fd=parent)
+            try:
+                self._write_content(tar, member, fd)
+                self._apply_metadata(parent, name, member, fd=fd)
+            finally:
+                os.close(fd)
+        elif member.isdir():
+            if not self._make_room(parts, parent, keep_dir=True):
+                os.mkdir(name, 0o700, dir_fd=parent)
+            fd = self._dirs.get(parts, create=False)
+            self._apply_metadata(parent, name, member, fd=fd)
+            self._dir_times.append((parts, int(member.mtime)))
+        elif member.islnk():
+            self._hardlink(member, parts, parent)
+        else:
+            self._make_room(parts, parent, keep_dir=False)
+            if member.issym():
+                os.symlink(member.linkname, name, dir_fd=parent)
+            elif member.ischr() or member.isblk() or member.isfifo():
+                kind = stat.S_IFCHR if member.ischr() else stat.S_IFBLK
+                if member.isfifo():
+                    kind = stat.S_IFIFO
+                device = os.makedev(member.devmajor, member.devminor)
+                os.mknod(name, kind | 0o600, device, dir_fd=parent)
+            else:
+                raise BootcError(f'Unsupported tar entry type {member.type!r} for "{join(parts)}"')
+            self._apply_metadata(parent, name, member, fd=None)
+
+    def _hardlink(self, member: tarfile.TarInfo, parts: Parts, parent: int) -> None:
+        target = split_member_name(member.linkname)
+        where = f'Hardlink "{join(parts)}" to "{member.linkname}"'
+        if not target:
+            raise BootcError(f"{where}: the target is the root directory")
+        try:
+            target_dir = self._dirs.get(target[:-1], create=False)
+            st = os.lstat(target[-1], dir_fd=target_dir)
+        except (BootcError, FileNotFoundError):
+            raise BootcError(f"{where}: the target is not in this layer") from None
+        if stat.S_ISDIR(st.st_mode):
+            raise BootcError(f"{where}: the target is a directory")
+        if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
+            raise BootcError(f"{where}: the target is a whiteout")
+        self._make_room(parts, parent, keep_dir=False)
+        os.link(target[-1], parts[-1], src_dir_fd=target_dir, dst_dir_fd=parent, follow_symlinks=False)
+        # The link's own header applies to the shared inode, as containers-storage does.
+        self._apply_metadata(parent, parts[-1], member, fd=None, symlink=stat.S_ISLNK(st.st_mode))
+
+    def _write_content(self, tar: tarfile.TarFile, member: tarfile.TarInfo, fd: int) -> None:
+        self.stats.bytes += member.size
+        if member.sparse is not None:
+            self._write_sparse(tar, member, fd)
+            return
+        source = tar.extractfile(member)
+        if source is not None:
+            _copy(source, fd, member.size)
+
+    @staticmethod
+    def _write_sparse(tar: tarfile.TarFile, member: tarfile.TarInfo, fd: int) -> None:
+        # The runs are stored one after another; reading them straight from the
+        # stream keeps the holes as holes instead of reading gigabytes of zeros.
+        raw = tar.fileobj
+        assert raw is not None
+        raw.seek(member.offset_data)
+        for offset, length in member.sparse or ():
+            os.lseek(fd, offset, os.SEEK_SET)
+            _copy(raw, fd, length)
+        os.ftruncate(fd, member.size)
+
+    def _apply_metadata(
+        self,
+        parent: int,
+        name: str,
+        member: tarfile.TarInfo,
+        *,
+        fd: int | None,
+        symlink: bool | None = None,
+    ) -> None:
+        # chown first: it clears setuid bits and file capabilities, which the
+        # xattrs and chmod that follow put back.
+        is_link = member.issym() if symlink is None else symlink
+        if fd is not None:
+            os.fchown(fd, member.uid, member.gid)
+        else:
+            os.chown(name, member.uid, member.gid, dir_fd=parent, follow_symlinks=False)
+        for key, value in _xattrs(member):
+            if fd is not None:
+                os.setxattr(fd, key, value)
+            else:
+                os.setxattr(_proc_path(parent, name), key, value, follow_symlinks=False)
+        if is_link:
+            return
+        mode = stat.S_IMODE(member.mode)
+        if fd is not None:
+            os.fchmod(fd, mode)
+            if not member.isdir():
+                os.utime(fd, (member.mtime, member.mtime))
+        else:
+            os.chmod(name, mode, dir_fd=parent, follow_symlinks=True)
+
+    def _restore_dir_times(self) -> None:
+        # Children change their parent's mtime, so directories get theirs last.
+        for parts, mtime in reversed(self._dir_times):
+            fd = self._dirs.get(parts, create=False)
+            os.utime(fd, (mtime, mtime))
+
+
+def _copy(source: IO[bytes], fd: int, size: int) -> None:
+    remaining = size
+    while remaining > 0:
+        chunk = source.read(min(remaining, _COPY_CHUNK))
+        if not chunk:
+            raise BootcError("Unexpected end of layer: the tar stream is truncated")
+        _write_all(fd, chunk)
+        remaining -= len(chunk)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+class _NoGlobalHeaders(dict[str, str]):
+    """Stands in for TarFile.pax_headers so that PAX global (`g`) records are dropped.
+
+    tarfile would otherwise merge a global `path` or `SCHILY.xattr.*` into every
+    later member that has an extended header of its own.
+    """
+
+    def __setitem__(self, key: str, value: str) -> None:
+        pass
+
+    def copy(self) -> dict[str, str]:
+        return {}
+
+
+def extract_layer(stream: IO[bytes], dest_fd: int) -> LayerStats:
+    """Unpack one uncompressed tar stream into the empty directory `dest_fd`."""
+    extractor = LayerExtractor(dest_fd)
+    try:
+        # The stand-in must be there before tarfile reads the first member.
+        with tarfile.open(
+            fileobj=stream, mode="r|", errorlevel=2, pax_headers=_NoGlobalHeaders()
+        ) as tar:
+            return extractor.extract(tar)
+    except tarfile.TarError as err:
+        raise BootcError(f"Invalid tar stream: {err}") from None
+    except EOFError:
+        raise BootcError("Unexpected end of layer: the tar stream is truncated") from None
+    finally:
+        extractor.close()

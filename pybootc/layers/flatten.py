@@ -1,0 +1,143 @@
+"""Flattening an image's layers into one directory, from either source.
+
+Tar blobs are first unpacked, each into a scratch diff directory inside the
+output, in the overlay format containers-storage uses; diff directories (ours,
+or containers-storage's) are then merged the way the kernel's overlayfs would.
+The output directory is created here and removed again on any failure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import stat
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from pybootc.errors import BootcError, error_context
+from pybootc.layers.blobstream import LayerStream
+from pybootc.layers.diffdir import LayerEntry
+from pybootc.layers.directory_sink import DirectorySink
+from pybootc.layers.extract import LayerStats, extract_layer
+from pybootc.layers.merge import merge_layers
+from pybootc.oci.model import Descriptor
+
+# The root of a flattened tree when no layer says otherwise: what containers-storage
+# and every OS image use.
+_DEFAULT_ROOT_MODE = stat.S_IFDIR | 0o755
+
+
+@dataclass(frozen=True)
+class FlattenSummary:
+    layers: int
+    entries: int
+    bytes: int
+    seconds: float
+
+    def line(self) -> str:
+        return (
+            f"Flattened {self.layers} layers: {self.entries} entries, "
+            f"{self.bytes} bytes in {self.seconds:.2f}s"
+        )
+
+
+@dataclass(frozen=True)
+class BlobLayer:
+    """A layer blob to be read: its descriptor, expected diff_id and an opener."""
+
+    descriptor: Descriptor
+    diff_id: str | None
+    open: Callable[[], AbstractContextManager[IO[bytes]]]
+
+
+def _default_root() -> LayerEntry:
+    # Ten stat fields, then float and nanosecond times, all zero.
+    st = os.stat_result((_DEFAULT_ROOT_MODE, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0))
+    return LayerEntry(layer=-1, path="", st=st)
+
+
+@contextlib.contextmanager
+def new_output_directory(output: Path) -> Iterator[int]:
+    """Create `output` (it must not exist) and remove it again if anything fails."""
+    try:
+        os.mkdir(output, 0o755)
+    except FileExistsError:
+        raise BootcError(f"Output directory {output} already exists") from None
+    except OSError as err:
+        raise BootcError(f"Creating {output}: {err.strerror}") from None
+    fd = os.open(output, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        yield fd
+    except BaseException:
+        os.close(fd)
+        fd = -1
+        shutil.rmtree(output, ignore_errors=True)
+        raise
+    finally:
+        if fd >= 0:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def _os_errors(what: str) -> Iterator[None]:
+    try:
+        yield
+    except OSError as err:
+        where = f": {err.filename}" if err.filename else ""
+        raise BootcError(f"{what}: {err.strerror}{where}") from None
+
+
+def flatten_diff_dirs(diff_dirs: Sequence[Path], output: Path) -> FlattenSummary:
+    """Merge containers-storage diff directories (lowest first) into a new `output`."""
+    start = time.monotonic()
+    with new_output_directory(output) as out_fd, _os_errors("Flattening layers"):
+        sink = DirectorySink(out_fd, move=False)
+        merge_layers(diff_dirs, sink, _default_root())
+    return FlattenSummary(len(diff_dirs), sink.stats.entries, sink.stats.bytes, time.monotonic() - start)
+
+
+def _unpack_blob(layer: BlobLayer, dest: Path) -> LayerStats:
+    desc = layer.descriptor
+    compression = desc.compression
+    with layer.open() as raw:
+        stream = LayerStream(raw, compression, digest=desc.digest, diff_id=layer.diff_id)
+        try:
+            fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                stats = extract_layer(stream, fd)  # type: ignore[arg-type]
+            finally:
+                os.close(fd)
+            stream.verify()
+        finally:
+            stream.close()
+    return stats
+
+
+def flatten_blobs(layers: Sequence[BlobLayer], output: Path) -> FlattenSummary:
+    """Unpack and merge layer blobs (lowest first) into a new `output`."""
+    start = time.monotonic()
+    with new_output_directory(output) as out_fd:
+        work = Path(tempfile.mkdtemp(prefix=".pybootc-layers-", dir=output))
+        diff_dirs = []
+        root = _default_root()
+        for index, layer in enumerate(layers):
+            dest = work / str(index)
+            dest.mkdir()
+            with error_context(f"Layer {index + 1} ({layer.descriptor.digest})"), _os_errors(
+                "Unpacking"
+            ):
+                stats = _unpack_blob(layer, dest)
+            diff_dirs.append(dest)
+            if stats.sets_root:
+                root = LayerEntry(index, str(dest), os.lstat(dest))
+        with _os_errors("Merging layers"):
+            sink = DirectorySink(out_fd, move=True)
+            merge_layers(diff_dirs, sink, root)
+            shutil.rmtree(work)
+    return FlattenSummary(len(layers), sink.stats.entries, sink.stats.bytes, time.monotonic() - start)

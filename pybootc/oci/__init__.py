@@ -1,0 +1,1 @@
+"""OCI images: manifest and config models, and the skopeo image-proxy client."""

@@ -1,0 +1,122 @@
+"""The one place that starts external programs (skopeo, podman, ostree, ...).
+
+Every command is logged as `+ argv` at debug level, reads /dev/null unless told
+otherwise, and a failure becomes one BootcError that names the program and the
+reason it gave, so callers never see CalledProcessError.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shlex
+import signal
+import subprocess
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import IO
+
+from pybootc.errors import BootcError
+
+log = logging.getLogger(__name__)
+
+Argv = Sequence[str | Path]
+
+# Go programs (skopeo, podman) log their fatal error as `level=fatal msg="..."`.
+_GO_FATAL = re.compile(r'level=(?:fatal|error) msg="((?:[^"\\]|\\.)*)"')
+
+
+def _argv(cmd: Argv) -> list[str]:
+    return [os.fspath(a) for a in cmd]
+
+
+def failure_reason(stderr: str) -> str:
+    """Reduce a tool's stderr to the one line that says what went wrong."""
+    found = _GO_FATAL.findall(stderr)
+    if found:
+        return found[-1].encode().decode("unicode_escape")
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    if not lines:
+        return ""
+    last = lines[-1]
+    return last.removeprefix("Error: ").removeprefix("error: ")
+
+
+def _describe(cmd: list[str], returncode: int, stderr: str) -> BootcError:
+    name = Path(cmd[0]).name
+    if returncode == 127:
+        return BootcError(f"{name} not found")
+    if returncode < 0:
+        return BootcError(f"{name} killed by {signal.Signals(-returncode).name}")
+    reason = failure_reason(stderr) or f"exited with status {returncode}"
+    return BootcError(f"{name}: {reason}")
+
+
+def run(
+    cmd: Argv,
+    *,
+    input: bytes | None = None,
+    stdout: int | IO[bytes] | None = subprocess.PIPE,
+    env: Mapping[str, str] | None = None,
+    check: bool = True,
+    pass_fds: Sequence[int] = (),
+) -> subprocess.CompletedProcess[bytes]:
+    """Run `cmd` to completion; raise BootcError if it fails and `check` is set."""
+    argv = _argv(cmd)
+    log.debug("+ %s", shlex.join(argv))
+    try:
+        proc = subprocess.run(
+            argv,
+            input=input,
+            stdin=None if input is not None else subprocess.DEVNULL,
+            stdout=stdout,
+            stderr=subprocess.PIPE,
+            env=None if env is None else {**os.environ, **env},
+            pass_fds=pass_fds,
+            check=False,
+        )
+    except FileNotFoundError:
+        raise BootcError(f"{Path(argv[0]).name} not found") from None
+    if check and proc.returncode != 0:
+        raise _describe(argv, proc.returncode, proc.stderr.decode(errors="replace"))
+    return proc
+
+
+def run_passthrough(cmd: Argv) -> int:
+    """Run `cmd` on the user's own terminal and hand back its exit status."""
+    argv = _argv(cmd)
+    log.debug("+ %s", shlex.join(argv))
+    try:
+        return subprocess.run(argv, check=False).returncode
+    except FileNotFoundError:
+        raise BootcError(f"{Path(argv[0]).name} not found") from None
+
+
+def spawn(
+    cmd: Argv,
+    *,
+    pass_fds: Sequence[int] = (),
+    stdout: int | None = subprocess.DEVNULL,
+) -> subprocess.Popen[bytes]:
+    """Start a long-lived helper (such as skopeo's image proxy) and return it."""
+    argv = _argv(cmd)
+    log.debug("+ %s &", shlex.join(argv))
+    try:
+        return subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=stdout,
+            stderr=subprocess.PIPE,
+            pass_fds=pass_fds,
+        )
+    except FileNotFoundError:
+        raise BootcError(f"{Path(argv[0]).name} not found") from None
+
+
+def reap(proc: subprocess.Popen[bytes], cmd: Argv) -> None:
+    """Wait for a spawned helper and raise BootcError if it failed."""
+    stderr = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+    returncode = proc.wait()
+    if returncode != 0:
+        raise _describe(_argv(cmd), returncode, stderr)
