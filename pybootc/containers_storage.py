@@ -7,6 +7,7 @@ the argv that points skopeo and podman at that pair instead of the host's store.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,6 +22,13 @@ class ContainersStorage:
     root: Path
     runroot: Path
 
+    @classmethod
+    def at(cls, root: Path) -> ContainersStorage:
+        """The storage at `root`, with a runroot under /run that every caller agrees on."""
+        root = root.absolute()
+        key = hashlib.sha256(str(root).encode()).hexdigest()[:16]
+        return cls(root, Path("/run/pybootc/storage") / key)
+
     def reference(self, name: str) -> str:
         """The skopeo transport string for `name` in this storage."""
         return f"containers-storage:[overlay@{self.root}+{self.runroot}]{name}"
@@ -34,6 +42,12 @@ class ContainersStorage:
             str(self.runroot),
             "--storage-driver",
             "overlay",
+            # podman keeps its own state in /run/libpod by default, shared by every
+            # root; a per-storage one lets several storages be used at once.
+            "--tmpdir",
+            str(self.runroot / "libpod"),
+            "--events-backend",
+            "none",
             *args,
         ]
 

@@ -57,20 +57,19 @@ def flatten_from_blobs(image: str, output: Path) -> FlattenSummary:
 
 
 def flatten_from_storage(image: str, output: Path, storage_root: Path | None) -> FlattenSummary:
-    runroot = Path(tempfile.mkdtemp(prefix="pybootc-runroot-"))
     scratch = storage_root is None
-    root = Path(tempfile.mkdtemp(prefix="pybootc-storage-", dir="/var/tmp")) if scratch else storage_root
-    assert root is not None
-    storage = ContainersStorage(root, runroot)
+    if storage_root is None:
+        storage_root = Path(tempfile.mkdtemp(prefix="pybootc-storage-", dir="/var/tmp"))
+    storage = ContainersStorage.at(storage_root)
     try:
-        with error_context(f"Pulling {image} into {root}"):
+        with error_context(f"Pulling {image} into {storage.root}"):
             storage.pull(image, _SCRATCH_NAME)
         return flatten_diff_dirs(storage.layer_diff_dirs(_SCRATCH_NAME), output)
     finally:
         if scratch:
             storage.reset()
-            shutil.rmtree(root, ignore_errors=True)
-        shutil.rmtree(runroot, ignore_errors=True)
+            shutil.rmtree(storage.root, ignore_errors=True)
+            shutil.rmtree(storage.runroot, ignore_errors=True)
 
 
 def flatten_image(

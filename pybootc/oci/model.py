@@ -191,7 +191,7 @@ class Manifest:
         what = "image manifest"
         obj = _parse_json_object(raw, what)
         # mediaType is optional in OCI manifests; then `manifests` marks an index.
-        media_type = obj.get("mediaType", MEDIA_TYPE_OCI_MANIFEST)
+        media_type = _string(obj, "mediaType", what, required=False) or MEDIA_TYPE_OCI_MANIFEST
         if "mediaType" not in obj and "manifests" in obj:
             media_type = MEDIA_TYPE_OCI_INDEX
         if media_type in INDEX_MEDIA_TYPES:
@@ -206,7 +206,7 @@ class Manifest:
         if not isinstance(layers, list):
             raise BootcError(f'Invalid {what}: "layers" must be a list')
         return cls(
-            media_type=str(media_type),
+            media_type=media_type,
             config=Descriptor.from_json(obj.get("config"), "image config descriptor"),
             layers=tuple(
                 Descriptor.from_json(layer, f"descriptor of layer {i}")

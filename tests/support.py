@@ -1,0 +1,148 @@
+"""Shared test machinery: the kernel oracle and the loopback registry.
+
+The oracle pulls an image into a scratch containers-storage (overlay driver),
+mounts it with `podman image mount`, and lists the kernel's merged view; the
+same image is then flattened by both of pybootc's sources and compared.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from pybootc.containers_storage import ContainersStorage
+from pybootc.errors import BootcError
+from pybootc.image_flatten import Source, flatten_image
+from pybootc.layers.flatten import flatten_diff_dirs
+from pybootc.layers.listing import ListedEntry, diff_listings, list_tree
+from pybootc.ocibuild import ImageSpec, Layer, OciLayout
+
+Tree = list[ListedEntry]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What the kernel and each of pybootc's sources made of one image."""
+
+    kernel: Tree | str
+    blobs: Tree | str
+    storage: Tree | str
+
+    def assert_agree(self) -> None:
+        if isinstance(self.kernel, str):
+            assert isinstance(self.blobs, str), f"kernel refused ({self.kernel}); blobs did not"
+            return
+        for name, tree in (("blobs", self.blobs), ("containers-storage", self.storage)):
+            assert not isinstance(tree, str), f"{name} failed: {tree}"
+            diff = diff_listings(self.kernel, tree)
+            assert not diff, f"{name} differs from the kernel:\n" + "\n".join(diff)
+
+
+class Oracle:
+    """A scratch storage and OCI layout for comparing trees with the kernel's view."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.layout = OciLayout(workdir / "oci")
+        self.storage = ContainersStorage(workdir / "storage", workdir / "runroot")
+        self._names = itertools.count()
+
+    def add(self, layers: Sequence[Layer], **spec: object) -> str:
+        tag = f"case{next(self._names)}"
+        self.layout.add_image(tag, ImageSpec(tuple(layers), **spec))  # type: ignore[arg-type]
+        return tag
+
+    def kernel_view(self, tag: str) -> Tree | str:
+        name = f"localhost/{tag}:latest"
+        try:
+            self.storage.pull(self.layout.ref(tag), name)
+        except BootcError as err:
+            return str(err)
+        mountpoint = self.storage.mount(name)
+        try:
+            return list_tree(mountpoint)
+        finally:
+            self.storage.unmount(name)
+
+    def flatten(self, tag: str, source: Source) -> Tree | str:
+        out = self.workdir / f"out-{tag}-{source}"
+        try:
+            if source is Source.BLOBS:
+                flatten_image(self.layout.ref(tag), out, source=source)
+            else:
+                layers = self.storage.layer_diff_dirs(f"localhost/{tag}:latest")
+                flatten_diff_dirs(layers, out)
+        except BootcError as err:
+            assert not out.exists(), "a failed flatten left its output behind"
+            return str(err)
+        try:
+            return list_tree(out)
+        finally:
+            shutil.rmtree(out)
+
+    def compare(self, layers: Sequence[Layer], **spec: object) -> Outcome:
+        tag = self.add(layers, **spec)
+        kernel = self.kernel_view(tag)
+        blobs = self.flatten(tag, Source.BLOBS)
+        storage = kernel if isinstance(kernel, str) else self.flatten(tag, Source.CONTAINERS_STORAGE)
+        return Outcome(kernel, blobs, storage)
+
+    def close(self) -> None:
+        self.storage.reset()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def running_registry() -> Iterator[str]:
+    """Debian's docker-registry on a free loopback port; yields `127.0.0.1:PORT`."""
+    workdir = Path(tempfile.mkdtemp(prefix="pybootc-registry-"))
+    port = free_port()
+    config = workdir / "config.yml"
+    config.write_text(
+        "version: 0.1\n"
+        "log: {level: error}\n"
+        f"storage: {{filesystem: {{rootdirectory: {workdir / 'data'}}}, delete: {{enabled: true}}}}\n"
+        f"http: {{addr: '127.0.0.1:{port}'}}\n"
+    )
+    proc = subprocess.Popen(
+        ["docker-registry", "serve", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    address = f"127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://{address}/v2/", timeout=1):
+                    break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("docker-registry did not start") from None
+                time.sleep(0.05)
+        yield address
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def tree_snapshot(path: Path) -> Tree:
+    """A listing that also covers the root, for checking nothing changed."""
+    return list_tree(path, include_root=True) if os.path.exists(path) else []
