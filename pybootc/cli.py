@@ -27,7 +27,9 @@ def _flatten(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bootc", description="Image-based OS updates (pybootc)")
-    parser.add_argument("--sysroot", type=Path, default=Path("/"), help="the system root (default /)")
+    parser.add_argument(
+        "--sysroot", type=Path, default=Path("/"), help="the system root (default /)"
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log the commands run")
     verbs = parser.add_subparsers(dest="verb", required=True)
 

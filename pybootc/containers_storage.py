@@ -54,7 +54,15 @@ class ContainersStorage:
     def pull(self, source: str, name: str, *, extra: Sequence[str] = ()) -> None:
         """Copy `source` (any skopeo transport) into this storage as `name`."""
         tools.run(
-            ["skopeo", "copy", "--quiet", "--src-tls-verify=false", *extra, source, self.reference(name)]
+            [
+                "skopeo",
+                "copy",
+                "--quiet",
+                "--src-tls-verify=false",
+                *extra,
+                source,
+                self.reference(name),
+            ]
         )
 
     def inspect(self, name: str) -> dict[str, object]:

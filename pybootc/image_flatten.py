@@ -48,9 +48,13 @@ def flatten_from_blobs(image: str, output: Path) -> FlattenSummary:
         for desc in manifest.layers:
             # Refuse unknown or encrypted layers before anything is written.
             if desc.layer_format.encrypted:
-                raise BootcError(f"Layer {desc.digest} is encrypted; use --source containers-storage")
+                raise BootcError(
+                    f"Layer {desc.digest} is encrypted; use --source containers-storage"
+                )
         layers = [
-            BlobLayer(desc, diff_id, functools.partial(proxy.open_blob, opened, desc.digest, desc.size))
+            BlobLayer(
+                desc, diff_id, functools.partial(proxy.open_blob, opened, desc.digest, desc.size)
+            )
             for desc, diff_id in zip(manifest.layers, config.diff_ids, strict=True)
         ]
         return flatten_blobs(layers, output)

@@ -91,8 +91,9 @@ def symlink(name: str, target: str, **kw: object) -> Entry:
     return Entry(name, Kind.SYMLINK, linkname=target, mode=0o777, **kw)  # type: ignore[arg-type]
 
 
-def hardlink(name: str, target: str, **kw: object) -> Entry:
-    return Entry(name, Kind.HARDLINK, linkname=target, mode=0o644, **kw)  # type: ignore[arg-type]
+def hardlink(name: str, target: str, mode: int = 0o644, **kw: object) -> Entry:
+    # A link's header carries the mode it gives the shared inode: say it like tar does.
+    return Entry(name, Kind.HARDLINK, linkname=target, mode=mode, **kw)  # type: ignore[arg-type]
 
 
 def whiteout(path: str) -> Entry:
@@ -104,7 +105,9 @@ def opaque(dirpath: str) -> Entry:
     return file(f"{dirpath.rstrip('/')}/.wh..wh..opq", mode=0o600)
 
 
-def sparse_file(name: str, size: int, runs: Sequence[tuple[int, bytes]], mode: int = 0o644) -> Entry:
+def sparse_file(
+    name: str, size: int, runs: Sequence[tuple[int, bytes]], mode: int = 0o644
+) -> Entry:
     """A GNU sparse member: `runs` are (offset, bytes); the rest reads as zeros."""
     data = b"".join(chunk for _, chunk in runs)
     spans = tuple((off, len(chunk)) for off, chunk in runs)

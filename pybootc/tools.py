@@ -35,7 +35,7 @@ def failure_reason(stderr: str) -> str:
     """Reduce a tool's stderr to the one line that says what went wrong."""
     found = _GO_FATAL.findall(stderr)
     if found:
-        return found[-1].encode().decode("unicode_escape")
+        return str(found[-1]).encode().decode("unicode_escape")
     lines = [line.strip() for line in stderr.splitlines() if line.strip()]
     if not lines:
         return ""

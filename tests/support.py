@@ -94,7 +94,9 @@ class Oracle:
         tag = self.add(layers, **spec)
         kernel = self.kernel_view(tag)
         blobs = self.flatten(tag, Source.BLOBS)
-        storage = kernel if isinstance(kernel, str) else self.flatten(tag, Source.CONTAINERS_STORAGE)
+        storage = (
+            kernel if isinstance(kernel, str) else self.flatten(tag, Source.CONTAINERS_STORAGE)
+        )
         return Outcome(kernel, blobs, storage)
 
     def close(self) -> None:
@@ -117,7 +119,7 @@ def running_registry() -> Iterator[str]:
     config.write_text(
         "version: 0.1\n"
         "log: {level: error}\n"
-        f"storage: {{filesystem: {{rootdirectory: {workdir / 'data'}}}, delete: {{enabled: true}}}}\n"
+        f"storage: {{filesystem: {{rootdirectory: {workdir / 'data'}}}}}\n"
         f"http: {{addr: '127.0.0.1:{port}'}}\n"
     )
     proc = subprocess.Popen(

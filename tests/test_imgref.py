@@ -19,13 +19,21 @@ from pybootc.imgref import (
 @pytest.mark.parametrize(
     ("text", "transport", "name"),
     [
-        ("docker://quay.io/exampleos/blah:sometag", Transport.REGISTRY, "quay.io/exampleos/blah:sometag"),
+        (
+            "docker://quay.io/exampleos/blah:sometag",
+            Transport.REGISTRY,
+            "quay.io/exampleos/blah:sometag",
+        ),
         ("registry:quay.io/exampleos/blah", Transport.REGISTRY, "quay.io/exampleos/blah"),
         ("oci:/some/dir:tag", Transport.OCI, "/some/dir:tag"),
         ("oci:somedir", Transport.OCI, "somedir"),
         ("oci-archive:/path/to/foo.ociarchive", Transport.OCI_ARCHIVE, "/path/to/foo.ociarchive"),
         ("docker-archive:/f.tar", Transport.DOCKER_ARCHIVE, "/f.tar"),
-        ("containers-storage:localhost/someimage:blah", Transport.CONTAINERS_STORAGE, "localhost/someimage:blah"),
+        (
+            "containers-storage:localhost/someimage:blah",
+            Transport.CONTAINERS_STORAGE,
+            "localhost/someimage:blah",
+        ),
         (
             "containers-storage:[overlay@/var/lib/containers+/run/containers]busybox",
             Transport.CONTAINERS_STORAGE,
@@ -33,7 +41,7 @@ from pybootc.imgref import (
         ),
         ("dir:/some/dir/blah", Transport.DIR, "/some/dir/blah"),
     ],
-)  # fmt: skip
+)
 def test_parse_splits_transport_and_name(text: str, transport: Transport, name: str) -> None:
     ref = ImageReference.parse(text)
     assert (ref.transport, ref.name) == (transport, name)
@@ -76,7 +84,10 @@ def test_other_transports_print_as_skopeo_takes_them(text: str) -> None:
             " (for a registry image, write docker://foo:bar)",
         ),
         ("foo://", 'Invalid image reference "foo://": unknown transport "foo"'),
-        ("docker:blah", 'Invalid image reference "docker:blah": expected "docker://" before the image name'),
+        (
+            "docker:blah",
+            'Invalid image reference "docker:blah": expected "docker://" before the image name',
+        ),
         ("registry:", 'Invalid image reference "registry:": the image name is empty'),
         ("docker://", 'Invalid image reference "docker://": the image name is empty'),
         ("oci:", 'Invalid image reference "oci:": the image name is empty'),
@@ -96,10 +107,11 @@ def test_other_transports_print_as_skopeo_takes_them(text: str) -> None:
         ),
         (
             "oci:/dir\n[origin]",
-            'Invalid image reference "oci:/dir\n[origin]": the image name contains a control character',
+            'Invalid image reference "oci:/dir\n[origin]":'
+            " the image name contains a control character",
         ),
     ],
-)  # fmt: skip
+)
 def test_malformed_reference_is_refused_with_reason(text: str, message: str) -> None:
     with pytest.raises(BootcError) as err:
         ImageReference.parse(text)
@@ -254,10 +266,13 @@ _path_component = st.builds(
 )
 _domain = st.builds(
     lambda labels, port: ".".join(labels) + (f":{port}" if port is not None else ""),
-    st.lists(st.from_regex(r"[a-zA-Z0-9]([a-zA-Z0-9-]{0,4}[a-zA-Z0-9])?", fullmatch=True),
-             min_size=1, max_size=3),
+    st.lists(
+        st.from_regex(r"[a-zA-Z0-9]([a-zA-Z0-9-]{0,4}[a-zA-Z0-9])?", fullmatch=True),
+        min_size=1,
+        max_size=3,
+    ),
     st.none() | st.integers(1, 65535),
-)  # fmt: skip
+)
 _tag = st.from_regex(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,20}", fullmatch=True)
 _digest = st.builds(lambda h: f"sha256:{h}", st.from_regex(r"[0-9a-f]{64}", fullmatch=True))
 registry_names = st.builds(
@@ -287,9 +302,10 @@ signature_sources = st.one_of(
     st.just(SignatureSource.insecure()),
     st.just(SignatureSource.container_policy()),
     st.builds(
-        SignatureSource.ostree_remote, st.from_regex(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,10}", fullmatch=True)
+        SignatureSource.ostree_remote,
+        st.from_regex(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,10}", fullmatch=True),
     ),
-)  # fmt: skip
+)
 
 
 @given(image_references)

@@ -149,7 +149,10 @@ CASES: dict[str, Case] = {
         both(has("d/new", "d/sub/n"), lacks("d/old", "d/sub/o")),
     ),
     "opaque keeps the same layer's implied parents": Case(
-        (L(directory("d"), file("d/old"), directory("d/a"), file("d/a/o")), L(opaque("d"), file("d/a/b/c"))),
+        (
+            L(directory("d"), file("d/old"), directory("d/a"), file("d/a/o")),
+            L(opaque("d"), file("d/a/b/c")),
+        ),
         both(has("d/a/b/c"), lacks("d/old", "d/a/o")),
     ),
     "opaque marker on a directory the layer does not list": Case(
@@ -165,9 +168,15 @@ CASES: dict[str, Case] = {
         has("d/x"),
     ),
     # Invalid whiteout names
-    "whiteout name .wh. is refused": Case((L(file("x")), L(file(".wh."))), refused="Invalid whiteout"),
-    "whiteout name .wh.. is refused": Case((L(file("x")), L(file(".wh.."))), refused="Invalid whiteout"),
-    "whiteout name .wh... is refused": Case((L(file("x")), L(file(".wh..."))), refused="Invalid whiteout"),
+    "whiteout name .wh. is refused": Case(
+        (L(file("x")), L(file(".wh."))), refused="Invalid whiteout"
+    ),
+    "whiteout name .wh.. is refused": Case(
+        (L(file("x")), L(file(".wh.."))), refused="Invalid whiteout"
+    ),
+    "whiteout name .wh... is refused": Case(
+        (L(file("x")), L(file(".wh..."))), refused="Invalid whiteout"
+    ),
     "whiteout name d/.wh.. is refused": Case(
         (L(directory("d"), file("d/x")), L(file("d/.wh.."))), refused="Invalid whiteout"
     ),
@@ -181,7 +190,12 @@ CASES: dict[str, Case] = {
         both(attr("h", kind="symlink", target="/etc/passwd", link_group="h")),
     ),
     "a hardlink's own header applies to the shared inode": Case(
-        (L(file("a", "A", mode=0o600, uid=1), Entry("b", Kind.HARDLINK, linkname="a", mode=0o755, uid=7)),),
+        (
+            L(
+                file("a", "A", mode=0o600, uid=1),
+                Entry("b", Kind.HARDLINK, linkname="a", mode=0o755, uid=7),
+            ),
+        ),
         both(attr("a", mode=0o755, uid=7), attr("b", link_group="a")),
     ),
     "a hardlink to a lower layer's file is refused": Case(
@@ -201,27 +215,63 @@ CASES: dict[str, Case] = {
                     "ping",
                     "p",
                     mode=0o4755,
-                    xattrs={"security.capability": CAPABILITY, "security.ima": b"\x03\x02", "user.a": b"\xff\x00"},
+                    xattrs={
+                        "security.capability": CAPABILITY,
+                        "security.ima": b"\x03\x02",
+                        "user.a": b"\xff\x00",
+                    },
                 )
             ),
         ),
         attr(
             "ping",
             mode=0o4755,
-            xattrs=(("security.capability", CAPABILITY), ("security.ima", b"\x03\x02"), ("user.a", b"\xff\x00")),
+            xattrs=(
+                ("security.capability", CAPABILITY),
+                ("security.ima", b"\x03\x02"),
+                ("user.a", b"\xff\x00"),
+            ),
         ),
     ),
     "setuid and capabilities survive a non-root owner (chown, xattrs, chmod)": Case(
-        (L(file("s", "s", mode=0o6755, uid=1000, gid=1000, xattrs={"security.capability": CAPABILITY})),),
+        (
+            L(
+                file(
+                    "s",
+                    "s",
+                    mode=0o6755,
+                    uid=1000,
+                    gid=1000,
+                    xattrs={"security.capability": CAPABILITY},
+                )
+            ),
+        ),
         attr("s", mode=0o6755, uid=1000, gid=1000, xattrs=(("security.capability", CAPABILITY),)),
     ),
     "overlay-internal xattrs in an image are dropped": Case(
-        (L(directory("d"), file("d/f", xattrs={"trusted.overlay.foo": b"bar", "trusted.other": b"z"})),),
+        (
+            L(
+                directory("d"),
+                file("d/f", xattrs={"trusted.overlay.foo": b"bar", "trusted.other": b"z"}),
+            ),
+        ),
         attr("d/f", xattrs=(("trusted.other", b"z"),)),
     ),
     "sticky, setgid and zero modes are kept": Case(
-        (L(directory("d", mode=0o1777), file("d/f", mode=0o2711, gid=5), directory("e", mode=0), file("e/x", mode=0)),),
-        both(attr("d", mode=0o1777), attr("d/f", mode=0o2711, gid=5), attr("e", mode=0), attr("e/x", mode=0)),
+        (
+            L(
+                directory("d", mode=0o1777),
+                file("d/f", mode=0o2711, gid=5),
+                directory("e", mode=0),
+                file("e/x", mode=0),
+            ),
+        ),
+        both(
+            attr("d", mode=0o1777),
+            attr("d/f", mode=0o2711, gid=5),
+            attr("e", mode=0),
+            attr("e/x", mode=0),
+        ),
     ),
     # Devices
     "device nodes and fifos are part of the overlay view": Case(
@@ -232,7 +282,11 @@ CASES: dict[str, Case] = {
                 Entry("f", Kind.FIFO, mode=0o644),
             ),
         ),
-        both(attr("c", kind="char", rdev=(1, 3)), attr("b", kind="block", rdev=(7, 0)), attr("f", kind="fifo")),
+        both(
+            attr("c", kind="char", rdev=(1, 3)),
+            attr("b", kind="block", rdev=(7, 0)),
+            attr("f", kind="fifo"),
+        ),
     ),
     # Paths
     "./x, x, x/ and /x are the same path": Case(
@@ -253,7 +307,12 @@ CASES: dict[str, Case] = {
                 global_headers={"path": "evil", "SCHILY.xattr.user.g": "g"},
             ),
         ),
-        both(has("x", "y"), lacks("evil"), attr("x", xattrs=(("user.a", b"1"),)), attr("y", xattrs=())),
+        both(
+            has("x", "y"),
+            lacks("evil"),
+            attr("x", xattrs=(("user.a", b"1"),)),
+            attr("y", xattrs=()),
+        ),
     ),
     "long names work in PAX, ustar prefix and GNU formats": Case(
         (
@@ -261,7 +320,10 @@ CASES: dict[str, Case] = {
             L(file("c" * 90 + "/" + "d" * 90, "u"), tar_format=tarfile.USTAR_FORMAT),
             L(file("e" * 150, "g"), hardlink("f" * 150, "e" * 150), tar_format=tarfile.GNU_FORMAT),
         ),
-        both(has("a" * 120 + "/" + "b" * 150, "c" * 90 + "/" + "d" * 90), attr("f" * 150, link_group="e" * 150)),
+        both(
+            has("a" * 120 + "/" + "b" * 150, "c" * 90 + "/" + "d" * 90),
+            attr("f" * 150, link_group="e" * 150),
+        ),
     ),
     "sparse files come out at full size with zeros in the holes": Case(
         (L(sparse_file("sp", 1 << 20, [(4096, b"hello"), (700000, b"world")])),),
@@ -269,7 +331,10 @@ CASES: dict[str, Case] = {
     ),
     # Compression
     "zstd and uncompressed layers": Case(
-        (L(file("z", "zstd"), compression=Compression.ZSTD), L(file("n", "none"), compression=Compression.NONE)),
+        (
+            L(file("z", "zstd"), compression=Compression.ZSTD),
+            L(file("n", "none"), compression=Compression.NONE),
+        ),
         has("z", "n"),
     ),
 }
@@ -285,7 +350,9 @@ def test_layer_rule(oracle: Oracle, name: str) -> None:
         assert case.refused in outcome.blobs
         return
     assert not isinstance(outcome.kernel, str), outcome.kernel
-    assert case.expect is not None and case.expect(by_path(outcome.kernel)), "rule not seen in the kernel's view"
+    assert case.expect is not None and case.expect(by_path(outcome.kernel)), (
+        "rule not seen in the kernel's view"
+    )
     outcome.assert_agree()
 
 
@@ -318,7 +385,10 @@ def test_image_level_overlay_opaque_xattr_is_data_not_a_marker(oracle: Oracle) -
     # an image and hides the lower d/x; newer versions escape it. An image's xattrs
     # must never hide content, so the blobs source drops the xattr and keeps d/x.
     outcome = oracle.compare(
-        [L(directory("d"), file("d/x")), L(directory("d", xattrs={"trusted.overlay.opaque": b"y"}), file("d/n"))]
+        [
+            L(directory("d"), file("d/x")),
+            L(directory("d", xattrs={"trusted.overlay.opaque": b"y"}), file("d/n")),
+        ]
     )
     assert not isinstance(outcome.blobs, str)
     assert {"d/x", "d/n"} <= set(by_path(outcome.blobs))

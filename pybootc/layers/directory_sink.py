@@ -69,7 +69,9 @@ class DirectorySink:
         key = (st.st_dev, st.st_ino)
         first = self._first_name.get(key)
         if first is not None:
-            os.link(first, path, src_dir_fd=self.root_fd, dst_dir_fd=self.root_fd, follow_symlinks=False)
+            os.link(
+                first, path, src_dir_fd=self.root_fd, dst_dir_fd=self.root_fd, follow_symlinks=False
+            )
             return
         if st.st_nlink > 1:
             self._first_name[key] = path

@@ -18,7 +18,7 @@ import tarfile
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import IO
+from typing import IO, cast
 
 from pybootc.errors import BootcError
 from pybootc.layers.paths import (
@@ -43,6 +43,12 @@ class LayerStats:
     bytes: int = 0
     # Whether the layer has an entry for "." that set the root's metadata.
     sets_root: bool = False
+
+
+class _NotADirectory(BootcError):
+    def __init__(self, parts: Parts, *, symlink: bool) -> None:
+        super().__init__(f'"{join(parts)}" is not a directory')
+        self.symlink = symlink
 
 
 class _DirectoryHandles:
@@ -71,7 +77,7 @@ class _DirectoryHandles:
             os.fchmod(fd, 0o755)  # whatever the umask: containers-storage makes 0755
         except OSError as err:
             if err.errno in (errno.ENOTDIR, errno.ELOOP):
-                raise BootcError(f'"{join(parts)}" is not a directory') from None
+                raise _NotADirectory(parts, symlink=err.errno == errno.ELOOP) from None
             raise
         self._open[parts] = fd
         if len(self._open) > _OPEN_DIRS_KEPT:
@@ -118,7 +124,10 @@ class LayerExtractor:
 
     def extract(self, tar: tarfile.TarFile) -> LayerStats:
         for member in tar:
-            self._member(tar, member)
+            try:
+                self._member(tar, member)
+            except OSError as err:
+                raise BootcError(f'Writing "{member.name}": {err.strerror}') from None
         self._restore_dir_times()
         return self.stats
 
@@ -136,7 +145,14 @@ class LayerExtractor:
             return
         # A directory named `.wh.x/` is an ordinary directory, as in containers-storage.
         marker, name = (Marker.NONE, parts[-1]) if member.isdir() else classify(parts[-1])
-        parent = self._dirs.get(parts[:-1], create=True)
+        try:
+            parent = self._dirs.get(parts[:-1], create=True)
+        except _NotADirectory as err:
+            # containers-storage ignores a marker below a file of the same layer
+            # (there is nothing to hide there), but not one below a symlink.
+            if marker is Marker.NONE or err.symlink:
+                raise
+            return
         if marker is Marker.OPAQUE:
             os.setxattr(parent, "trusted.overlay.opaque", b"y")
         elif marker is Marker.WHITEOUT:
@@ -165,7 +181,9 @@ class LayerExtractor:
             os.unlink(name, dir_fd=parent)
         return False
 
-    def _create(self, tar: tarfile.TarFile, member: tarfile.TarInfo, parts: Parts, parent: int) -> None:
+    def _create(
+        self, tar: tarfile.TarFile, member: tarfile.TarInfo, parts: Parts, parent: int
+    ) -> None:
         name = parts[-1]
         if member.isreg():
             try:
@@ -215,7 +233,9 @@ class LayerExtractor:
         if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
             raise BootcError(f"{where}: the target is a whiteout")
         self._make_room(parts, parent, keep_dir=False)
-        os.link(target[-1], parts[-1], src_dir_fd=target_dir, dst_dir_fd=parent, follow_symlinks=False)
+        os.link(
+            target[-1], parts[-1], src_dir_fd=target_dir, dst_dir_fd=parent, follow_symlinks=False
+        )
         # The link's own header applies to the shared inode, as containers-storage does.
         self._apply_metadata(parent, parts[-1], member, fd=None, symlink=stat.S_ISLNK(st.st_mode))
 
@@ -232,10 +252,10 @@ class LayerExtractor:
     def _write_sparse(tar: tarfile.TarFile, member: tarfile.TarInfo, fd: int) -> None:
         # The runs are stored one after another; reading them straight from the
         # stream keeps the holes as holes instead of reading gigabytes of zeros.
-        raw = tar.fileobj
-        assert raw is not None
+        raw = cast(IO[bytes], tar.fileobj)
         raw.seek(member.offset_data)
-        for offset, length in member.sparse or ():
+        runs = cast(list[tuple[int, int]], member.sparse)
+        for offset, length in runs:
             os.lseek(fd, offset, os.SEEK_SET)
             _copy(raw, fd, length)
         os.ftruncate(fd, member.size)

@@ -99,7 +99,9 @@ def flatten_diff_dirs(diff_dirs: Sequence[Path], output: Path) -> FlattenSummary
     with new_output_directory(output) as out_fd, _os_errors("Flattening layers"):
         sink = DirectorySink(out_fd, move=False)
         merge_layers(diff_dirs, sink, _default_root())
-    return FlattenSummary(len(diff_dirs), sink.stats.entries, sink.stats.bytes, time.monotonic() - start)
+    return FlattenSummary(
+        len(diff_dirs), sink.stats.entries, sink.stats.bytes, time.monotonic() - start
+    )
 
 
 def _unpack_blob(layer: BlobLayer, dest: Path) -> LayerStats:
@@ -129,8 +131,9 @@ def flatten_blobs(layers: Sequence[BlobLayer], output: Path) -> FlattenSummary:
         for index, layer in enumerate(layers):
             dest = work / str(index)
             dest.mkdir()
-            with error_context(f"Layer {index + 1} ({layer.descriptor.digest})"), _os_errors(
-                "Unpacking"
+            with (
+                error_context(f"Layer {index + 1} ({layer.descriptor.digest})"),
+                _os_errors("Unpacking"),
             ):
                 stats = _unpack_blob(layer, dest)
             diff_dirs.append(dest)
@@ -140,4 +143,6 @@ def flatten_blobs(layers: Sequence[BlobLayer], output: Path) -> FlattenSummary:
             sink = DirectorySink(out_fd, move=True)
             merge_layers(diff_dirs, sink, root)
             shutil.rmtree(work)
-    return FlattenSummary(len(layers), sink.stats.entries, sink.stats.bytes, time.monotonic() - start)
+    return FlattenSummary(
+        len(layers), sink.stats.entries, sink.stats.bytes, time.monotonic() - start
+    )

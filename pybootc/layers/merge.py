@@ -38,7 +38,9 @@ def _listings(stack: Sequence[tuple[int, str]], *, at_root: bool) -> list[Direct
     return listings
 
 
-def _child_stack(name: str, top: LayerEntry, listings: list[DirectoryListing]) -> list[tuple[int, str]]:
+def _child_stack(
+    name: str, top: LayerEntry, listings: list[DirectoryListing]
+) -> list[tuple[int, str]]:
     stack = [(top.layer, top.path)]
     below = False
     for listing in listings:

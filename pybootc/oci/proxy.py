@@ -22,6 +22,7 @@ that skopeo can open, without copying the image to disk first.
 #   FinishPipe then answers `write |1: broken pipe`.
 # - GetManifest resolves a manifest list to this machine's platform, converts a Docker
 #   schema 2 manifest to OCI, and answers with the digest of the original manifest.
+#   GetFullConfig answers with skopeo's re-encoding of the config, not the blob's bytes.
 # - Errors are plain Go error strings, e.g. `no descriptor found for reference "x"`,
 #   `open /dir/index.json: no such file or directory`, or for a registry
 #   `reading manifest T in H/R: manifest unknown: manifest unknown`.
@@ -44,11 +45,14 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from pybootc import tools
 from pybootc.errors import BootcError, error_context
 from pybootc.oci.model import is_valid_digest
+
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
 
 log = logging.getLogger(__name__)
 
@@ -246,7 +250,11 @@ class ImageProxy:
         return manifest, str(reply.value)
 
     def fetch_config(self, image: OpenedImage) -> bytes:
-        """The image's full configuration, as OCI JSON."""
+        """The image's full configuration, as OCI JSON.
+
+        skopeo re-encodes its own parsed copy, so these are not the bytes of the config
+        blob and do not match its digest; fetch the blob with `open_blob` for those.
+        """
         what = f"Fetching the config of {image.reference}"
         with error_context(what):
             reply = self._call("GetFullConfig", image.image_id)
@@ -287,18 +295,14 @@ class ImageProxy:
             finisher.start()
             try:
                 yield io.BufferedReader(reader, _PIPE_READ_BUFFER)
-            except BaseException:
+                # A caller that closed the stream before its end gave the blob up.
+                abandoned = reader.closed and not reader.at_end
+                while not reader.closed and reader.read(_PIPE_READ_BUFFER):
+                    pass
+            finally:
                 # Closing our end early makes skopeo's writer fail, which ends FinishPipe.
                 reader.close()
-                finisher.wait()
-                raise
-            # The caller may have closed the stream; if it did before the end, it gave up.
-            abandoned = reader.closed and not reader.at_end
-            if not reader.closed:
-                while reader.read(_PIPE_READ_BUFFER):
-                    pass
-                reader.close()
-            error = finisher.wait()
+                error = finisher.wait()
             if error is not None and not abandoned and not reader.reported:
                 raise error
         finally:
@@ -330,6 +334,10 @@ class ImageProxy:
                 raise self._proxy_died() from None
             except OSError as err:
                 raise self._proxy_died(f"talking to it: {err.strerror}") from None
+            except BaseException:
+                # A reply may still be coming; it would answer the next request instead.
+                self._failure = BootcError(f"The image proxy was interrupted during {method}")
+                raise
             fds = _received_fds(ancdata)
             if not message:
                 for fd in fds:
@@ -425,7 +433,7 @@ class _PipeReader(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+    def readinto(self, buffer: WriteableBuffer, /) -> int:
         count = os.readv(self._fd, [buffer])
         if count == 0 and not self.at_end:
             # EOF comes only after FinishPipe returned, so its answer is ready now.

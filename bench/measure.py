@@ -1,0 +1,132 @@
+"""Timing a command: wall clock and peak RSS, taken from the kernel via wait4.
+
+pybootc.tools.run cannot hand back rusage, so commands are spawned here; a
+failure still becomes a BootcError with the tool's own reason.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from pybootc import tools
+from pybootc.errors import BootcError
+
+# Printed by bootc_with_rss.py: the Python process's own peak, without its children.
+SELF_RSS_TAG = "bench-self-maxrss-kib"
+
+
+@dataclass(frozen=True)
+class Sample:
+    seconds: float
+    # Largest single process in the tree: wait4 folds in every reaped descendant's peak.
+    tree_rss_kib: int
+    self_rss_kib: int | None
+    stdout: str
+
+    def __add__(self, other: Sample) -> Sample:
+        """Two commands run one after the other, as one measurement."""
+        selves = [s for s in (self.self_rss_kib, other.self_rss_kib) if s is not None]
+        return Sample(
+            self.seconds + other.seconds,
+            max(self.tree_rss_kib, other.tree_rss_kib),
+            max(selves) if selves else None,
+            self.stdout + other.stdout,
+        )
+
+
+def run_measured(cmd: Sequence[str | Path]) -> Sample:
+    argv = [os.fspath(arg) for arg in cmd]
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        actions = [
+            (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+            (os.POSIX_SPAWN_DUP2, out.fileno(), 1),
+            (os.POSIX_SPAWN_DUP2, err.fileno(), 2),
+        ]
+        start = time.perf_counter()
+        pid = os.posix_spawnp(argv[0], argv, os.environ, file_actions=actions)
+        _, status, usage = os.wait4(pid, 0)
+        seconds = time.perf_counter() - start
+        out.seek(0)
+        err.seek(0)
+        stdout = out.read().decode(errors="replace")
+        stderr = err.read().decode(errors="replace")
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        reason = tools.failure_reason(stderr) or f"exited with status {code}"
+        raise BootcError(f"{Path(argv[0]).name}: {reason}", context=(" ".join(argv),))
+    self_rss = None
+    for line in stderr.splitlines():
+        if line.startswith(SELF_RSS_TAG):
+            self_rss = int(line.split()[1])
+    return Sample(seconds, usage.ru_maxrss, self_rss, stdout)
+
+
+@dataclass(frozen=True)
+class Series:
+    """Repeated runs of one measurement."""
+
+    samples: tuple[Sample, ...]
+
+    @property
+    def median_s(self) -> float:
+        return statistics.median(s.seconds for s in self.samples)
+
+    @property
+    def runs_s(self) -> list[float]:
+        return [round(s.seconds, 3) for s in self.samples]
+
+    @property
+    def peak_tree_mb(self) -> float:
+        return max(s.tree_rss_kib for s in self.samples) / 1024
+
+    @property
+    def peak_self_mb(self) -> float | None:
+        selves = [s.self_rss_kib for s in self.samples if s.self_rss_kib is not None]
+        return max(selves) / 1024 if selves else None
+
+    @property
+    def median_sample(self) -> Sample:
+        ordered = sorted(self.samples, key=lambda s: s.seconds)
+        return ordered[len(ordered) // 2]
+
+
+def repeat(
+    runs: int,
+    once: Callable[[], Sample],
+    *,
+    before: Callable[[], None],
+    after: Callable[[], None],
+    keep_last: Callable[[], None] | None = None,
+) -> Series:
+    """One warm-up, then `runs` measured runs; `before`/`after` surround each, untimed.
+
+    The page cache cannot be dropped here, so the warm-up makes every measured
+    run equally warm instead. `keep_last`, if given, sees the last run's result
+    before `after` removes it.
+    """
+    samples = []
+    for index in range(runs + 1):
+        before()
+        try:
+            sample = once()
+            if index == runs and keep_last is not None:
+                keep_last()
+        finally:
+            after()
+        if index:
+            samples.append(sample)
+    return Series(tuple(samples))
+
+
+def count_entries(root: Path) -> int:
+    """Entries below `root`, not counting `root` itself."""
+    total = 0
+    for _, dirs, files in os.walk(root):
+        total += len(dirs) + len(files)
+    return total
