@@ -31,11 +31,13 @@ NAMES = ("a", "b", "c")
 paths = st.lists(st.sampled_from(NAMES), min_size=1, max_size=3).map("/".join)
 modes = st.sampled_from([0o644, 0o600, 0o755, 0o4755, 0o700, 0o1777])
 owners = st.sampled_from([0, 0, 1000])
+CAPABILITY = bytes.fromhex("0100000200200000000000000000000000000000")
+# The kernel refuses a malformed security.capability, so it only ever gets a real one.
 xattrs = st.dictionaries(
     st.sampled_from(["user.x", "user.y", "security.capability", "trusted.t"]),
-    st.sampled_from([b"1", b"\x00\xff", bytes.fromhex("0100000200200000000000000000000000000000")]),
+    st.sampled_from([b"1", b"\x00\xff"]),
     max_size=2,
-)
+).map(lambda d: {k: CAPABILITY if k == "security.capability" else v for k, v in d.items()})
 
 
 KINDS = ["file", "file", "dir", "dir", "symlink", "hardlink", "whiteout", "opaque", "fifo"]
@@ -95,5 +97,5 @@ def layers(draw: st.DrawFn) -> Layer:
 @given(stack=st.lists(layers(), min_size=3, max_size=6))
 def test_random_stacks_match_the_kernel(oracle: Oracle, stack: list[Layer]) -> None:
     outcome = oracle.compare(stack)
-    event("refused by containers-storage" if isinstance(outcome.kernel, str) else "flattened")
+    event("refused: " + outcome.kernel[-60:] if isinstance(outcome.kernel, str) else "flattened")
     outcome.assert_agree()

@@ -198,6 +198,10 @@ CASES: dict[str, Case] = {
         ),
         both(attr("a", mode=0o755, uid=7), attr("b", link_group="a")),
     ),
+    "a hardlink header that changes no owner keeps the inode's capabilities": Case(
+        (L(file("a", "A", xattrs={"security.capability": CAPABILITY}), hardlink("b", "a")),),
+        attr("b", link_group="a", xattrs=(("security.capability", CAPABILITY),)),
+    ),
     "a hardlink to a lower layer's file is refused": Case(
         (L(file("t", "t")), L(hardlink("l", "t"))), refused="not in this layer"
     ),

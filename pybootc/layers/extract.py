@@ -271,11 +271,15 @@ class LayerExtractor:
     ) -> None:
         # chown first: it clears setuid bits and file capabilities, which the
         # xattrs and chmod that follow put back.
+        # containers-storage skips a chown that changes nothing, so a hardlink's
+        # header does not strip the capabilities of the inode it shares.
         is_link = member.issym() if symlink is None else symlink
-        if fd is not None:
-            os.fchown(fd, member.uid, member.gid)
-        else:
-            os.chown(name, member.uid, member.gid, dir_fd=parent, follow_symlinks=False)
+        st = os.fstat(fd) if fd is not None else os.lstat(name, dir_fd=parent)
+        if (st.st_uid, st.st_gid) != (member.uid, member.gid):
+            if fd is not None:
+                os.fchown(fd, member.uid, member.gid)
+            else:
+                os.chown(name, member.uid, member.gid, dir_fd=parent, follow_symlinks=False)
         for key, value in _xattrs(member):
             if fd is not None:
                 os.setxattr(fd, key, value)
