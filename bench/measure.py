@@ -24,6 +24,8 @@ SELF_RSS_TAG = "bench-self-maxrss-kib"
 @dataclass(frozen=True)
 class Sample:
     seconds: float
+    # User plus system time of the command and every descendant it reaped.
+    cpu_seconds: float
     # Largest single process in the tree: wait4 folds in every reaped descendant's peak.
     tree_rss_kib: int
     self_rss_kib: int | None
@@ -34,6 +36,7 @@ class Sample:
         selves = [s for s in (self.self_rss_kib, other.self_rss_kib) if s is not None]
         return Sample(
             self.seconds + other.seconds,
+            self.cpu_seconds + other.cpu_seconds,
             max(self.tree_rss_kib, other.tree_rss_kib),
             max(selves) if selves else None,
             self.stdout + other.stdout,
@@ -64,7 +67,8 @@ def run_measured(cmd: Sequence[str | Path]) -> Sample:
     for line in stderr.splitlines():
         if line.startswith(SELF_RSS_TAG):
             self_rss = int(line.split()[1])
-    return Sample(seconds, usage.ru_maxrss, self_rss, stdout)
+    cpu = usage.ru_utime + usage.ru_stime
+    return Sample(seconds, cpu, usage.ru_maxrss, self_rss, stdout)
 
 
 @dataclass(frozen=True)
@@ -76,6 +80,10 @@ class Series:
     @property
     def median_s(self) -> float:
         return statistics.median(s.seconds for s in self.samples)
+
+    @property
+    def median_cpu_s(self) -> float:
+        return statistics.median(s.cpu_seconds for s in self.samples)
 
     @property
     def runs_s(self) -> list[float]:
@@ -96,32 +104,47 @@ class Series:
         return ordered[len(ordered) // 2]
 
 
-def repeat(
-    runs: int,
-    once: Callable[[], Sample],
-    *,
-    before: Callable[[], None],
-    after: Callable[[], None],
-    keep_last: Callable[[], None] | None = None,
-) -> Series:
-    """One warm-up, then `runs` measured runs; `before`/`after` surround each, untimed.
+@dataclass(frozen=True)
+class Trial:
+    """One side of a comparison: a timed run, and untimed steps around each run."""
 
-    The page cache cannot be dropped here, so the warm-up makes every measured
-    run equally warm instead. `keep_last`, if given, sees the last run's result
-    before `after` removes it.
-    """
-    samples = []
-    for index in range(runs + 1):
-        before()
+    run: Callable[[], Sample]
+    before: Callable[[], None]
+    after: Callable[[], None]
+    # Sees the last run's result, before `after` clears it away.
+    inspect: Callable[[], None]
+
+    def once(self, *, last: bool) -> Sample:
+        self.before()
         try:
-            sample = once()
-            if index == runs and keep_last is not None:
-                keep_last()
+            sample = self.run()
+            if last:
+                self.inspect()
+            return sample
         finally:
-            after()
-        if index:
-            samples.append(sample)
-    return Series(tuple(samples))
+            self.after()
+
+
+def measure_pair(runs: int, ours: Trial, baseline: Trial) -> tuple[Series, Series]:
+    """A warm-up of each, then `runs` rounds of ours and the baseline taking turns.
+
+    The page cache cannot be dropped here, so the warm-up makes every measured run
+    equally warm instead; taking turns makes drift in the machine's load (other
+    jobs share it) fall on both sides alike.
+    """
+    samples: tuple[list[Sample], list[Sample]] = ([], [])
+    for index in range(runs + 1):
+        for trial, kept in zip((ours, baseline), samples, strict=True):
+            sample = trial.once(last=index == runs)
+            if index:
+                kept.append(sample)
+    return Series(tuple(samples[0])), Series(tuple(samples[1]))
+
+
+def repeat(runs: int, once: Callable[[], Sample]) -> Series:
+    """One warm-up, then `runs` measured runs of `once`."""
+    once()
+    return Series(tuple(once() for _ in range(runs)))
 
 
 def count_entries(root: Path) -> int:

@@ -4,7 +4,10 @@ blobs: `bootc internals flatten --source blobs` against `umoci raw unpack`, both
 reading the OCI layout. containers-storage: both sides start from a storage that
 already holds the image; ours flattens with `--storage`, which still runs its
 own `skopeo copy` (the re-pull is timed on its own as well), the baseline is
-`podman image mount` plus `cp -a` of the kernel's overlay view.
+`podman image mount` plus `cp -a` of the kernel's overlay view. Every run writes
+to a fresh scratch filesystem (see scratchfs), which for containers-storage
+already holds the pulled storage, since our output must be on the storage's
+filesystem.
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from measure import Sample, Series, count_entries, repeat, run_measured
+from measure import Sample, Series, Trial, count_entries, measure_pair, repeat, run_measured
+from scratchfs import ScratchFilesystem
 from workloads import Workload
 
 from pybootc import tools
@@ -82,143 +86,135 @@ def bootc_argv(*args: str | Path) -> list[str | Path]:
     return [sys.executable, BENCH_DIR / "bootc_with_rss.py", "internals", "flatten", *args]
 
 
-def _remover(*paths: Path) -> Callable[[], None]:
-    def remove() -> None:
-        for path in paths:
-            if path.exists():
-                shutil.rmtree(path)
-
-    return remove
-
-
-def _measure_both(
-    runs: int,
+def _trial(
+    fs: ScratchFilesystem,
+    run: Callable[[Path], Sample],
+    counts: dict[str, int],
+    key: str,
     *,
-    ours_once: Callable[[], Sample],
-    ours_out: Path,
-    baseline_once: Callable[[], Sample],
-    baseline_out: Path,
-    baseline_after: Callable[[], None],
-) -> tuple[Series, Series, dict[str, int]]:
+    before: Callable[[], None] = lambda: None,
+    after: Callable[[], None] = lambda: None,
+) -> Trial:
+    """A side that writes `out` on a fresh copy of the scratch filesystem each run."""
+    out = fs.mountpoint / "out"
+
+    def prepare() -> None:
+        fs.fresh()
+        before()
+
+    def finish() -> None:
+        after()
+        fs.unmount()
+
+    return Trial(
+        run=lambda: run(out),
+        before=prepare,
+        after=finish,
+        inspect=lambda: counts.__setitem__(key, count_entries(out)),
+    )
+
+
+def compare_blobs(workload: Workload, scratch: Path, runs: int) -> Comparison:
+    fs = ScratchFilesystem(scratch)
     counts: dict[str, int] = {}
-    clean_ours = _remover(ours_out)
-    clean_baseline = _remover(baseline_out)
-
-    def after_baseline() -> None:
-        baseline_after()
-        clean_baseline()
-
-    ours = repeat(
-        runs,
-        ours_once,
-        before=clean_ours,
-        after=clean_ours,
-        keep_last=lambda: counts.__setitem__("ours", count_entries(ours_out)),
+    ours = _trial(
+        fs,
+        lambda out: run_measured(
+            bootc_argv("--source", "blobs", workload.oci_ref, "--output", out)
+        ),
+        counts,
+        "ours",
     )
-    baseline = repeat(
-        runs,
-        baseline_once,
-        before=clean_baseline,
-        after=after_baseline,
-        keep_last=lambda: counts.__setitem__("baseline", count_entries(baseline_out)),
+    baseline = _trial(
+        fs,
+        lambda out: run_measured(["umoci", "raw", "unpack", "--image", workload.umoci_ref, out]),
+        counts,
+        "baseline",
     )
-    return ours, baseline, counts
-
-
-def compare_blobs(workload: Workload, work: Path, runs: int) -> Comparison:
-    ours_out, baseline_out = work / "out-ours", work / "out-baseline"
-    ours_cmd = bootc_argv("--source", "blobs", workload.oci_ref, "--output", ours_out)
-    baseline_cmd: list[str | Path] = [
-        "umoci",
-        "raw",
-        "unpack",
-        "--image",
-        workload.umoci_ref,
-        baseline_out,
-    ]
-    ours, baseline, counts = _measure_both(
-        runs,
-        ours_once=lambda: run_measured(ours_cmd),
-        ours_out=ours_out,
-        baseline_once=lambda: run_measured(baseline_cmd),
-        baseline_out=baseline_out,
-        baseline_after=lambda: None,
-    )
+    try:
+        fs.make_template()
+        ours_series, baseline_series = measure_pair(runs, ours, baseline)
+    finally:
+        fs.discard()
     return Comparison(
         workload.name,
         "blobs",
         "umoci raw unpack",
-        ours,
-        baseline,
-        parse_summary(ours.median_sample.stdout),
+        ours_series,
+        baseline_series,
+        parse_summary(ours_series.median_sample.stdout),
         counts["ours"],
         counts["baseline"],
     )
 
 
-def _skopeo_copy(workload: Workload, storage: ContainersStorage) -> list[str | Path]:
-    return ["skopeo", "copy", "--quiet", workload.oci_ref, storage.reference(STORAGE_NAME)]
+def compare_storage(workload: Workload, scratch: Path, runs: int) -> Comparison:
+    fs = ScratchFilesystem(scratch)
+    # Same root path in every copy, so the same runroot as `internals flatten` picks.
+    storage = ContainersStorage.at(fs.mountpoint / "storage")
+    pull = ["skopeo", "copy", "--quiet", workload.oci_ref, storage.reference(STORAGE_NAME)]
+    pulls: dict[str, float] = {}
 
+    def forget_runroot() -> None:
+        # Its state describes the previous copy of the filesystem, not this one.
+        shutil.rmtree(storage.runroot, ignore_errors=True)
 
-def compare_storage(workload: Workload, work: Path, runs: int) -> Comparison:
-    # The runroot `internals flatten --storage` picks too: podman insists on one per root.
-    storage = ContainersStorage.at(work / "storage")
-    ours_out, baseline_out = work / "out-ours", work / "out-baseline"
+    def fill(_: Path) -> None:
+        pulls["pull_cold_s"] = run_measured(pull).seconds
+        pulls["repull_s"] = repeat(runs, lambda: run_measured(pull)).median_s
+        forget_runroot()
 
-    def mount_and_copy() -> Sample:
-        mounted = run_measured(storage.podman("image", "mount", STORAGE_NAME))
-        where = mounted.stdout.strip()
-        return mounted + run_measured(["cp", "-a", f"{where}/.", baseline_out])
-
-    def unmount() -> None:
+    def unmount_image() -> None:
         tools.run(storage.podman("image", "unmount", "--all"))
 
-    ours_cmd = bootc_argv(
-        "--source",
-        "containers-storage",
-        "--storage",
-        storage.root,
-        workload.oci_ref,
-        "--output",
-        ours_out,
+    def mount_and_copy(out: Path) -> Sample:
+        mounted = run_measured(storage.podman("image", "mount", STORAGE_NAME))
+        where = mounted.stdout.strip()
+        return mounted + run_measured(["cp", "-a", f"{where}/.", out])
+
+    counts: dict[str, int] = {}
+    ours = _trial(
+        fs,
+        lambda out: run_measured(
+            bootc_argv(
+                "--source",
+                "containers-storage",
+                "--storage",
+                storage.root,
+                workload.oci_ref,
+                "--output",
+                out,
+            )
+        ),
+        counts,
+        "ours",
+        before=forget_runroot,
     )
-    _discard_storage(storage)
+    baseline = _trial(
+        fs,
+        mount_and_copy,
+        counts,
+        "baseline",
+        before=forget_runroot,
+        after=unmount_image,
+    )
     try:
-        cold_pull = run_measured(_skopeo_copy(workload, storage))
-        repull = repeat(
-            runs,
-            lambda: run_measured(_skopeo_copy(workload, storage)),
-            before=lambda: None,
-            after=lambda: None,
-        )
-        ours, baseline, counts = _measure_both(
-            runs,
-            ours_once=lambda: run_measured(ours_cmd),
-            ours_out=ours_out,
-            baseline_once=mount_and_copy,
-            baseline_out=baseline_out,
-            baseline_after=unmount,
-        )
+        fs.make_template(fill)
+        ours_series, baseline_series = measure_pair(runs, ours, baseline)
     finally:
-        _discard_storage(storage)
+        fs.discard()
+        forget_runroot()
     return Comparison(
         workload.name,
         "containers-storage",
         "podman image mount + cp -a",
-        ours,
-        baseline,
-        parse_summary(ours.median_sample.stdout),
+        ours_series,
+        baseline_series,
+        parse_summary(ours_series.median_sample.stdout),
         counts["ours"],
         counts["baseline"],
-        {"pull_cold_s": cold_pull.seconds, "repull_s": repull.median_s},
+        pulls,
     )
-
-
-def _discard_storage(storage: ContainersStorage) -> None:
-    if storage.root.exists():
-        storage.reset()
-    shutil.rmtree(storage.root, ignore_errors=True)
-    shutil.rmtree(storage.runroot, ignore_errors=True)
 
 
 COMPARISONS: dict[str, Callable[[Workload, Path, int], Comparison]] = {

@@ -14,7 +14,7 @@ import io
 import queue
 import threading
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import IO
 
 import zstandard
@@ -106,14 +106,12 @@ class LayerStream(io.RawIOBase):
             LayerCompression.ZSTD: _zstd_chunks,
             LayerCompression.NONE: _plain_chunks,
         }[compression]
-        self._thread = threading.Thread(
-            target=self._produce, args=(chunks, compression), daemon=True
-        )
+        self._thread = threading.Thread(target=self._produce, args=(chunks,), daemon=True)
         self._thread.start()
 
-    def _produce(self, chunks: object, compression: LayerCompression) -> None:
+    def _produce(self, chunks: Callable[[IO[bytes]], Iterator[bytes]]) -> None:
         try:
-            for chunk in chunks(self._compressed):  # type: ignore[operator]
+            for chunk in chunks(self._compressed):  # type: ignore[arg-type]
                 self._uncompressed.update(chunk)
                 if self._stop.is_set():
                     return

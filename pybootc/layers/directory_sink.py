@@ -7,6 +7,7 @@ Names that share an inode in a layer share one in the output.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from collections.abc import Callable
@@ -16,6 +17,7 @@ from pybootc.layers.diffdir import LayerEntry
 from pybootc.layers.paths import is_overlay_xattr
 
 _COPY_CHUNK = 1 << 30
+_NO_COPY_FILE_RANGE = (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP)
 
 
 @dataclass
@@ -28,6 +30,28 @@ def copy_xattrs(source: str, set_xattr: Callable[[str, bytes], None]) -> None:
     for name in os.listxattr(source, follow_symlinks=False):
         if not is_overlay_xattr(name):
             set_xattr(name, os.getxattr(source, name, follow_symlinks=False))
+
+
+def _copy_content(src: int, dst: int, size: int) -> None:
+    """Copy in the kernel: copy_file_range (reflinks where the filesystem can),
+    or sendfile between filesystems that copy_file_range will not span."""
+    use_sendfile = False
+    remaining = size
+    while remaining > 0:
+        count = min(remaining, _COPY_CHUNK)
+        if use_sendfile:
+            copied = os.sendfile(dst, src, None, count)
+        else:
+            try:
+                copied = os.copy_file_range(src, dst, count)
+            except OSError as err:
+                if err.errno not in _NO_COPY_FILE_RANGE:
+                    raise
+                use_sendfile = True
+                continue
+        if copied == 0:
+            raise OSError(errno.EIO, "the file shrank while being copied")
+        remaining -= copied
 
 
 class DirectorySink:
@@ -95,12 +119,7 @@ class DirectorySink:
                 dir_fd=self.root_fd,
             )
             try:
-                remaining = st.st_size
-                while remaining > 0:
-                    copied = os.copy_file_range(src, dst, min(remaining, _COPY_CHUNK))
-                    if copied == 0:
-                        break
-                    remaining -= copied
+                _copy_content(src, dst, st.st_size)
                 os.fchown(dst, st.st_uid, st.st_gid)
                 copy_xattrs(entry.path, lambda k, v: os.setxattr(dst, k, v))
                 os.fchmod(dst, stat.S_IMODE(st.st_mode))
