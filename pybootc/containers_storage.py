@@ -53,17 +53,7 @@ class ContainersStorage:
 
     def pull(self, source: str, name: str, *, extra: Sequence[str] = ()) -> None:
         """Copy `source` (any skopeo transport) into this storage as `name`."""
-        tools.run(
-            [
-                "skopeo",
-                "copy",
-                "--quiet",
-                "--src-tls-verify=false",
-                *extra,
-                source,
-                self.reference(name),
-            ]
-        )
+        tools.run(["skopeo", "copy", "--quiet", *extra, source, self.reference(name)])
 
     def inspect(self, name: str) -> dict[str, object]:
         out = tools.run(self.podman("image", "inspect", "--format", "json", name)).stdout

@@ -37,7 +37,7 @@ def _check_output(output: Path) -> None:
 
 
 def flatten_from_blobs(image: str, output: Path) -> FlattenSummary:
-    with ImageProxy(insecure_skip_tls_verification=True) as proxy:
+    with ImageProxy() as proxy:
         opened = proxy.open_image(image)
         manifest = Manifest.parse(proxy.fetch_manifest(opened)[0])
         config = ImageConfig.parse(proxy.fetch_config(opened))

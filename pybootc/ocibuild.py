@@ -291,4 +291,4 @@ class OciLayout:
 
 def push(source: str, destination: str, *extra: str) -> None:
     """Copy an image with skopeo, e.g. from an OCI layout to a loopback registry."""
-    tools.run(["skopeo", "copy", "--quiet", "--dest-tls-verify=false", *extra, source, destination])
+    tools.run(["skopeo", "copy", "--quiet", *extra, source, destination])

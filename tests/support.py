@@ -28,6 +28,7 @@ from pybootc.layers.listing import ListedEntry, diff_listings, list_tree
 from pybootc.ocibuild import ImageSpec, Layer, OciLayout
 
 Tree = list[ListedEntry]
+REGISTRIES_DROPIN_DIR = Path("/etc/containers/registries.conf.d")
 
 
 @dataclass(frozen=True)
@@ -138,7 +139,15 @@ def running_registry() -> Iterator[str]:
                 if proc.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError("docker-registry did not start") from None
                 time.sleep(0.05)
-        yield address
+        # Plain HTTP for this loopback registry only, the way an operator would
+        # allow an insecure registry: skopeo 1.9.3 ignores CONTAINERS_REGISTRIES_CONF.
+        dropin = REGISTRIES_DROPIN_DIR / f"pybootc-test-{port}.conf"
+        REGISTRIES_DROPIN_DIR.mkdir(parents=True, exist_ok=True)
+        dropin.write_text(f'[[registry]]\nlocation = "{address}"\ninsecure = true\n')
+        try:
+            yield address
+        finally:
+            dropin.unlink(missing_ok=True)
     finally:
         proc.terminate()
         proc.wait(timeout=30)

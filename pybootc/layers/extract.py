@@ -10,17 +10,16 @@ component at a time and without following symlinks, so nothing outside is touche
 
 from __future__ import annotations
 
-import errno
 import os
 import shutil
 import stat
 import tarfile
-from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO, cast
 
 from pybootc.errors import BootcError
+from pybootc.layers.dirfd import DirectoryHandles, NotADirectory
 from pybootc.layers.paths import (
     Marker,
     Parts,
@@ -30,11 +29,9 @@ from pybootc.layers.paths import (
     split_member_name,
 )
 
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _COPY_CHUNK = 1 << 20
 _XATTR_PREFIX = "SCHILY.xattr."
-_OPEN_DIRS_KEPT = 64
 
 
 @dataclass
@@ -43,57 +40,6 @@ class LayerStats:
     bytes: int = 0
     # Whether the layer has an entry for "." that set the root's metadata.
     sets_root: bool = False
-
-
-class _NotADirectory(BootcError):
-    def __init__(self, parts: Parts, *, symlink: bool) -> None:
-        super().__init__(f'"{join(parts)}" is not a directory')
-        self.symlink = symlink
-
-
-class _DirectoryHandles:
-    """Directory fds by path below the layer root, resolved without following links."""
-
-    def __init__(self, root_fd: int) -> None:
-        self.root_fd = root_fd
-        self._open: OrderedDict[Parts, int] = OrderedDict()
-
-    def get(self, parts: Parts, *, create: bool) -> int:
-        if not parts:
-            return self.root_fd
-        fd = self._open.get(parts)
-        if fd is not None:
-            self._open.move_to_end(parts)
-            return fd
-        parent = self.get(parts[:-1], create=create)
-        name = parts[-1]
-        try:
-            fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
-        except FileNotFoundError:
-            if not create:
-                raise BootcError(f'"{join(parts)}": no such directory') from None
-            os.mkdir(name, 0o755, dir_fd=parent)
-            fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
-            os.fchmod(fd, 0o755)  # whatever the umask: containers-storage makes 0755
-        except OSError as err:
-            if err.errno in (errno.ENOTDIR, errno.ELOOP):
-                raise _NotADirectory(parts, symlink=err.errno == errno.ELOOP) from None
-            raise
-        self._open[parts] = fd
-        if len(self._open) > _OPEN_DIRS_KEPT:
-            _, oldest = self._open.popitem(last=False)
-            os.close(oldest)
-        return fd
-
-    def forget_below(self, parts: Parts) -> None:
-        """Drop handles for `parts` and everything below it, before it is removed."""
-        for key in [k for k in self._open if k[: len(parts)] == parts]:
-            os.close(self._open.pop(key))
-
-    def close(self) -> None:
-        for fd in self._open.values():
-            os.close(fd)
-        self._open.clear()
 
 
 def _xattrs(member: tarfile.TarInfo) -> Iterator[tuple[str, bytes]]:
@@ -114,7 +60,7 @@ class LayerExtractor:
     """Applies the members of one layer to an empty directory."""
 
     def __init__(self, root_fd: int) -> None:
-        self._dirs = _DirectoryHandles(root_fd)
+        self._dirs = DirectoryHandles(root_fd)
         self._seen: set[Parts] = set()
         self._dir_times: list[tuple[Parts, int]] = []
         self.stats = LayerStats()
@@ -147,7 +93,7 @@ class LayerExtractor:
         marker, name = (Marker.NONE, parts[-1]) if member.isdir() else classify(parts[-1])
         try:
             parent = self._dirs.get(parts[:-1], create=True)
-        except _NotADirectory as err:
+        except NotADirectory as err:
             # containers-storage ignores a marker below a file of the same layer
             # (there is nothing to hide there), but not one below a symlink.
             if marker is Marker.NONE or err.symlink:

@@ -1,0 +1,199 @@
+"""ostree-ext's post-processing of a flattened image, done in place on its directory.
+
+It turns the overlay view of an image into a tree OSTree can commit and deploy:
+`/etc` moves to `/usr/etc`, `/var` to `/usr/share/factory/var` where ostree is
+too old to seed `/var` itself, the API filesystems are emptied, and what a
+commit cannot hold (devices, FIFOs, sockets) is left out with a warning. Both
+backends run exactly this, so their trees stay equal.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from pybootc.errors import BootcError
+from pybootc.layers.dirfd import DirectoryHandles
+
+# Kept as empty directories: their content belongs to the running system.
+API_DIRECTORIES = ("run", "tmp", "proc", "sys", "dev")
+# Empty files container builds inject; an empty one would shadow the real one.
+INJECTED_FILES = ("hostname", "resolv.conf")
+VAR_TMPFILES = "usr/lib/tmpfiles.d/pybootc-var.conf"
+
+
+@dataclass(frozen=True)
+class PostprocessResult:
+    kernel_version: str
+    # Paths left out because a commit cannot hold them, one message each.
+    warnings: tuple[str, ...]
+
+
+def find_kernel(root: Path) -> str:
+    """The kernel version of a bootable tree (`usr/lib/modules/<kver>/vmlinuz`)."""
+    modules = root / "usr/lib/modules"
+    found = sorted(
+        entry.name
+        for entry in (os.scandir(modules) if modules.is_dir() and not modules.is_symlink() else ())
+        if entry.is_dir(follow_symlinks=False)
+        and os.path.isfile(os.path.join(entry.path, "vmlinuz"))
+        and not os.path.islink(os.path.join(entry.path, "vmlinuz"))
+    )
+    if not found:
+        raise BootcError("Image is not bootable: no kernel at /usr/lib/modules/<kver>/vmlinuz")
+    if len(found) > 1:
+        raise BootcError(f"Image is not bootable: several kernels in /usr/lib/modules: {found}")
+    return found[0]
+
+
+def _check_os_release(root: Path) -> None:
+    for candidate in ("usr/lib/os-release", "etc/os-release", "usr/etc/os-release"):
+        path = root / candidate
+        if path.is_file() and not path.is_symlink():
+            text = path.read_text(errors="replace")
+            if any(line.startswith(("ID=", "PRETTY_NAME=")) for line in text.splitlines()):
+                return
+    raise BootcError("Image is not bootable: no ID or PRETTY_NAME in /usr/lib/os-release")
+
+
+def _empty_directory(dirs: DirectoryHandles, name: str) -> None:
+    try:
+        st = os.lstat(name, dir_fd=dirs.root_fd)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(st.st_mode):
+        return
+    fd = dirs.get((name,), create=False)
+    with os.scandir(fd) as it:
+        entries = list(it)
+    for entry in entries:
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.name, dir_fd=fd)
+        else:
+            os.unlink(entry.name, dir_fd=fd)
+
+
+def _special_files(fd: int, prefix: str) -> Iterator[tuple[int, str, str]]:
+    """(parent fd, name, path) of every device, FIFO and socket below `fd`."""
+    with os.scandir(fd) as it:
+        entries = list(it)
+    for entry in entries:
+        path = f"{prefix}/{entry.name}"
+        if entry.is_dir(follow_symlinks=False):
+            child = os.open(entry.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            try:
+                yield from _special_files(child, path)
+            finally:
+                os.close(child)
+        elif not entry.is_file(follow_symlinks=False) and not entry.is_symlink():
+            yield fd, entry.name, path
+
+
+def _move(dirs: DirectoryHandles, source: str, dest: tuple[str, ...]) -> bool:
+    """Move top-level `source` to `dest`, creating real parent directories; False if absent."""
+    try:
+        st = os.lstat(source, dir_fd=dirs.root_fd)
+    except FileNotFoundError:
+        return False
+    if not stat.S_ISDIR(st.st_mode):
+        raise BootcError(f"/{source} in the image is not a directory")
+    parent = dirs.get(dest[:-1], create=True)
+    try:
+        os.lstat(dest[-1], dir_fd=parent)
+    except FileNotFoundError:
+        pass
+    else:
+        raise BootcError(f"Image has both /{source} and /{'/'.join(dest)}")
+    os.rename(source, dest[-1], src_dir_fd=dirs.root_fd, dst_dir_fd=parent)
+    return True
+
+
+def _tmpfiles_escape(path: str) -> str:
+    return "".join(c if c.isprintable() and c not in " \\\t" else f"\\x{ord(c):02x}" for c in path)
+
+
+def _var_tmpfiles_lines(var_root: Path) -> Iterator[str]:
+    """tmpfiles.d lines that recreate the image's /var content on a booted host."""
+    factory = "/usr/share/factory/var"
+    for dirpath, dirnames, filenames in os.walk(var_root):
+        rel = os.path.relpath(dirpath, var_root)
+        for name in sorted(dirnames + filenames):
+            full = os.path.join(dirpath, name)
+            sub = name if rel == "." else f"{rel}/{name}"
+            target = _tmpfiles_escape(f"/var/{sub}")
+            st = os.lstat(full)
+            if stat.S_ISDIR(st.st_mode):
+                mode = f"{stat.S_IMODE(st.st_mode):04o}"
+                yield f"d {target} {mode} {st.st_uid} {st.st_gid} - -"
+            elif stat.S_ISLNK(st.st_mode):
+                yield f"L {target} - - - - {os.readlink(full)}"
+            else:
+                yield f"C {target} - - - - {_tmpfiles_escape(f'{factory}/{sub}')}"
+
+
+def _write_var_tmpfiles(root: Path) -> None:
+    var_root = root / "usr/share/factory/var"
+    lines = [
+        "# The image's /var, seeded on first boot (written by pybootc)",
+        *_var_tmpfiles_lines(var_root),
+    ]
+    conf = root / VAR_TMPFILES
+    dirs = DirectoryHandles(os.open(root, os.O_RDONLY | os.O_DIRECTORY))
+    try:
+        parent = dirs.get(tuple(VAR_TMPFILES.split("/")[:-1]), create=True)
+        fd = os.open(
+            conf.name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644, dir_fd=parent
+        )
+        with os.fdopen(fd, "w") as f:
+            f.write("\n".join(lines) + "\n")
+    finally:
+        dirs.close()
+        os.close(dirs.root_fd)
+
+
+def _remove_empty_injected(dirs: DirectoryHandles) -> None:
+    try:
+        etc = dirs.get(("usr", "etc"), create=False)
+    except BootcError:
+        return
+    for name in INJECTED_FILES:
+        try:
+            st = os.lstat(name, dir_fd=etc)
+        except FileNotFoundError:
+            continue
+        if stat.S_ISREG(st.st_mode) and st.st_size == 0:
+            os.unlink(name, dir_fd=etc)
+
+
+def postprocess_tree(root: Path, *, keep_var: bool) -> PostprocessResult:
+    """Make the flattened image at `root` committable, in place (ostree-ext's rules)."""
+    kernel = find_kernel(root)
+    _check_os_release(root)
+    root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    dirs = DirectoryHandles(root_fd)
+    try:
+        for name in API_DIRECTORIES:
+            _empty_directory(dirs, name)
+        warnings = []
+        for parent, name, path in list(_special_files(root_fd, "")):
+            os.unlink(name, dir_fd=parent)
+            warnings.append(f"Skipping {path}: a device node, FIFO or socket cannot be committed")
+        _move(dirs, "etc", ("usr", "etc"))
+        moved_var = not keep_var and _move(dirs, "var", ("usr", "share", "factory", "var"))
+        if moved_var:
+            # The deployment's /var is mounted here from the stateroot.
+            os.mkdir("var", 0o755, dir_fd=root_fd)
+        _remove_empty_injected(dirs)
+        # Every deployment root looks the same, whatever the image's "." said.
+        os.fchown(root_fd, 0, 0)
+        os.fchmod(root_fd, 0o755)
+    finally:
+        dirs.close()
+        os.close(root_fd)
+    if moved_var:
+        _write_var_tmpfiles(root)
+    return PostprocessResult(kernel, tuple(warnings))
