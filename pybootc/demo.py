@@ -16,55 +16,11 @@ from rich.console import Console
 from rich.table import Table
 
 from pybootc.layers.listing import diff_listings, list_tree
-from pybootc.ocibuild import (
-    Compression,
-    ImageSpec,
-    OciLayout,
-    directory,
-    file,
-    hardlink,
-    layer,
-    opaque,
-    symlink,
-    whiteout,
-)
+from pybootc.ocibuild import OciLayout
+from pybootc.sample_image import sample_image
 
 WORK = Path("demo/work")
-KVER = "6.1.0-demo"
-# A version 2 file capability granting cap_net_raw, as ping carries.
-CAP_NET_RAW = bytes.fromhex("0100000200200000000000000000000000000000")
-
-SAMPLE = ImageSpec(
-    (
-        layer(
-            directory("usr"),
-            directory("usr/bin"),
-            directory("usr/lib"),
-            symlink("bin", "usr/bin"),
-            symlink("lib", "usr/lib"),
-            file("usr/bin/sh", b"#!demo shell\n", mode=0o755),
-            hardlink("usr/bin/dash", "usr/bin/sh", mode=0o755),
-            directory("usr/lib/modules"),
-            directory(f"usr/lib/modules/{KVER}"),
-            file(f"usr/lib/modules/{KVER}/vmlinuz", b"\x7fKERNEL" * 512),
-            directory("etc"),
-            file("etc/os-release", 'ID=pybootc-demo\nPRETTY_NAME="pybootc demo"\n'),
-            directory("etc/apt"),
-            file("etc/apt/sources.list", "deb old\n"),
-            directory("var"),
-            directory("var/lib"),
-        ),
-        layer(
-            file("usr/bin/ping", b"ping", mode=0o4755, xattrs={"security.capability": CAP_NET_RAW}),
-            whiteout("usr/bin/dash"),
-            opaque("etc/apt"),
-            file("etc/apt/sources.list", "deb new\n"),
-            compression=Compression.ZSTD,
-        ),
-        layer(file("etc/motd", "Welcome to the pybootc demo\n"), file("var/lib/state", "")),
-    ),
-    labels={"org.opencontainers.image.version": "1"},
-)
+SAMPLE = sample_image("1.0")
 
 
 def bootc(*args: str) -> str:

@@ -1,0 +1,91 @@
+"""An image's manifest and config, fetched with `skopeo inspect` and no layer blob.
+
+This is ostree-ext's `prepare()`: all that `upgrade --check` needs, and what a
+pull checks (architecture, digest) before it fetches anything big.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from dataclasses import dataclass
+
+from pybootc import tools
+from pybootc.errors import BootcError, error_context
+from pybootc.imgref import ImageReference, Transport
+from pybootc.oci.model import INDEX_MEDIA_TYPES, ImageConfig, Manifest, manifest_digest
+
+# uname -m to the architecture names of OCI configs (Go's GOARCH).
+_GOARCH = {
+    "x86_64": "amd64",
+    "aarch64": "arm64",
+    "armv7l": "arm",
+    "ppc64le": "ppc64le",
+    "s390x": "s390x",
+}
+
+
+def host_architecture() -> str:
+    machine = platform.machine()
+    return _GOARCH.get(machine, machine)
+
+
+def canonical_json(raw: bytes) -> str:
+    """The JSON text ostree-ext stores in commit metadata: compact, keys sorted."""
+    return json.dumps(json.loads(raw), sort_keys=True, separators=(",", ":"))
+
+
+@dataclass(frozen=True)
+class ImageMetadata:
+    manifest_raw: bytes
+    manifest_digest: str
+    manifest: Manifest
+    config_raw: bytes
+    config: ImageConfig
+
+    @property
+    def config_digest(self) -> str:
+        """The image ID containers-storage gives this image."""
+        return self.manifest.config.digest
+
+
+def _inspect(source: str, *args: str) -> bytes:
+    return tools.run(["skopeo", "inspect", "--retry-times", "0", *args, source]).stdout
+
+
+def _platform_manifest(imgref: ImageReference, index_raw: bytes) -> tuple[str, str]:
+    """Pick this machine's manifest from an index: (skopeo source of it, its digest)."""
+    arch = host_architecture()
+    index = json.loads(index_raw)
+    for entry in index.get("manifests", []):
+        plat = entry.get("platform", {})
+        if plat.get("architecture") == arch and plat.get("os", "linux") == "linux":
+            digest = str(entry["digest"])
+            if imgref.transport is not Transport.REGISTRY:
+                raise BootcError("Multi-architecture images are supported from registries only")
+            repository = imgref.name.rsplit("@", 1)[0]
+            last = repository.rsplit("/", 1)
+            if ":" in last[-1]:
+                repository = repository.rsplit(":", 1)[0]
+            return f"docker://{repository}@{digest}", digest
+    raise BootcError(f"Image has no manifest for architecture {arch}")
+
+
+def fetch_image_metadata(
+    imgref: ImageReference, *, check_architecture: bool = True
+) -> ImageMetadata:
+    """Fetch and check manifest and config of `imgref`; no layer is downloaded."""
+    source = imgref.to_skopeo()
+    with error_context(f"Fetching manifest of {imgref}"):
+        raw = _inspect(source, "--raw")
+        if json.loads(raw).get("mediaType") in INDEX_MEDIA_TYPES or "manifests" in json.loads(raw):
+            source, _ = _platform_manifest(imgref, raw)
+            raw = _inspect(source, "--raw")
+        manifest = Manifest.parse(raw)
+        config_raw = _inspect(source, "--config", "--raw")
+        config = ImageConfig.parse(config_raw)
+    if check_architecture and config.architecture != host_architecture():
+        raise BootcError(
+            f"Image has architecture {config.architecture}; expected {host_architecture()}"
+        )
+    return ImageMetadata(raw, manifest_digest(raw), manifest, config_raw, config)
