@@ -1,0 +1,109 @@
+"""The `container` backend: pull into bootc's storage, flatten, post-process, commit.
+
+The image goes into SYSROOT/ostree/container-storage with `skopeo copy`, so
+containers-storage brings zstd:chunked and encrypted layers; its overlay diff
+directories are merged, post-processed like ostree-ext and committed to the
+sysroot's repo with the metadata ostree-ext writes.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from pybootc import bootc_storage
+from pybootc.errors import BootcError, error_context
+from pybootc.image_metadata import ImageMetadata, canonical_json
+from pybootc.imgref import OstreeImageReference
+from pybootc.layers.flatten import flatten_diff_dirs
+from pybootc.layers.postprocess import postprocess_tree
+from pybootc.oci.model import ImageConfig, Manifest, manifest_digest
+from pybootc.ostree_commit import commit_directory, image_ref_name, set_ref
+from pybootc.ostree_gi import GLib, OSTree
+from pybootc.tools import run
+
+log = logging.getLogger(__name__)
+
+@dataclass(frozen=True)
+class ImportedImage:
+    commit: str
+    metadata: ImageMetadata
+    stored_name: str
+
+
+def ostree_seeds_var() -> bool:
+    """ostree 2024.3 and newer copy an image's /var into an empty stateroot /var."""
+    return bool(OSTree.check_version(2024, 3))
+
+
+def _timestamp(created: str | None) -> int:
+    if not created:
+        return 0
+    parsed = datetime.datetime.fromisoformat(created.replace("Z", "+00:00"))
+    return int(parsed.timestamp())
+
+
+def _has_selinux_policy(root: Path) -> bool:
+    return (root / "usr/etc/selinux/config").is_file()
+
+
+def _stored_metadata(storage_ref: str) -> ImageMetadata:
+    """Manifest and config exactly as they were pulled (a tag may have moved since)."""
+    raw = run(["skopeo", "inspect", "--raw", storage_ref]).stdout
+    config_raw = run(["skopeo", "inspect", "--config", "--raw", storage_ref]).stdout
+    return ImageMetadata(
+        raw, manifest_digest(raw), Manifest.parse(raw), config_raw, ImageConfig.parse(config_raw)
+    )
+
+
+def import_image(
+    sysroot_path: Path,
+    repo: OSTree.Repo,
+    imgref: OstreeImageReference,
+    *,
+    decryption_key: Path | None = None,
+    disable_selinux: bool = False,
+) -> ImportedImage:
+    """Pull `imgref` into bootc's storage and commit its post-processed tree."""
+    storage = bootc_storage.bootc_storage(sysroot_path)
+    name = bootc_storage.pull(storage, imgref.imgref, decryption_key=decryption_key)
+    metadata = _stored_metadata(storage.reference(name))
+    work = Path(tempfile.mkdtemp(prefix="pybootc-import-", dir=sysroot_path / "ostree/repo/tmp"))
+    try:
+        root = work / "root"
+        with error_context(f"Importing {imgref}"):
+            flatten_diff_dirs(storage.layer_diff_dirs(name), root)
+            result = postprocess_tree(root, keep_var=ostree_seeds_var())
+            for warning in result.warnings:
+                log.warning("%s", warning)
+            variants = {
+                "ostree.manifest-digest": GLib.Variant("s", metadata.manifest_digest),
+                "ostree.manifest": GLib.Variant("s", canonical_json(metadata.manifest_raw)),
+                "ostree.container.image-config": GLib.Variant(
+                    "s", canonical_json(metadata.config_raw)
+                ),
+            }
+            if metadata.config.version:
+                variants["version"] = GLib.Variant("s", metadata.config.version)
+            policy = root if _has_selinux_policy(root) and not disable_selinux else None
+            commit = commit_directory(
+                repo,
+                root,
+                subject=f"{imgref.imgref} ({metadata.manifest_digest})",
+                metadata=variants,
+                timestamp=_timestamp(metadata.config.created),
+                selinux_policy=policy,
+                consume=True,
+            )
+            set_ref(repo, image_ref_name(str(imgref)), commit)
+    except BootcError:
+        raise
+    except OSError as err:
+        raise BootcError(f"Importing {imgref}: {err}") from None
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return ImportedImage(commit, metadata, name)

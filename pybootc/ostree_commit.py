@@ -1,0 +1,233 @@
+"""Commits, refs and commit metadata in an OSTree repo, through libostree.
+
+Owns committing a finished tree the way ostree-ext does (one transaction, SELinux labels
+from the image's own policy, the image's created time) and ostree-ext's ref names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+
+from pybootc.errors import BootcError
+from pybootc.ostree_gi import Gio, GLib, OSTree
+
+IMAGE_REF_PREFIX = "ostree/container/image"
+
+
+@contextmanager
+def libostree_errors(what: str) -> Iterator[None]:
+    """Turn a GLib.Error from libostree into a BootcError that says `what` failed."""
+    try:
+        yield
+    except GLib.Error as err:
+        raise BootcError(str(err.message), context=(what,)) from err
+
+
+def _commit_modifier(selinux_policy: Path | None, consume: bool) -> OSTree.RepoCommitModifier:
+    flags = OSTree.RepoCommitModifierFlags.NONE
+    if consume:
+        flags |= OSTree.RepoCommitModifierFlags.CONSUME
+    modifier = OSTree.RepoCommitModifier.new(flags, None)
+    if selinux_policy is not None:
+        # SePolicy reads etc/selinux/config, else usr/etc/selinux/config, under the root.
+        # A policy that is absent or SELINUX=disabled has no name and labels nothing,
+        # which is what ostree-ext does with such an image too. Loading one sets
+        # libselinux's policy root for the whole process.
+        with libostree_errors(f"Loading the SELinux policy in {selinux_policy}"):
+            policy = OSTree.SePolicy.new(Gio.File.new_for_path(str(selinux_policy)), None)
+        if policy.get_name():
+            modifier.set_sepolicy(policy)
+    return modifier
+
+
+# What CONSUME does, measured on libostree 2022.7 with a `bare` repo and the tree on the
+# same filesystem (100 files of 4 MiB, each with a second hardlink kept outside the tree
+# so that freed inode numbers could not be reused and fool the comparison):
+#   - without a SePolicy: every file is adopted, i.e. checksummed and rename()d into
+#     objects/ (the object has the source file's inode); 1.3 s against 2.1 s for a copy.
+#   - with a SePolicy: nothing is adopted (1.6 s): the computed security.selinux label
+#     differs from the file's own xattrs, and libostree only adopts a file whose final
+#     xattrs equal those on disk, so it writes a new object and then deletes the source.
+#     A file that already carries exactly that label (NUL-terminated, as the kernel and
+#     setfattr store it) is adopted again.
+#   - either way the whole source tree, directories included, is gone afterwards.
+#   - adoption also needs the tree on the repo's device; otherwise CONSUME only deletes.
+def commit_directory(
+    repo: OSTree.Repo,
+    tree: Path,
+    *,
+    subject: str,
+    metadata: Mapping[str, GLib.Variant],
+    timestamp: int,
+    selinux_policy: Path | None,
+    consume: bool = False,
+    parent: str | None = None,
+) -> str:
+    """Commit the directory `tree` (its root's own mode and xattrs included); return the
+    commit checksum.
+
+    `metadata` becomes the commit's a{sv} metadata and `timestamp` (seconds since the
+    epoch, the image's created time) its timestamp. With `selinux_policy` (a root that
+    holds etc/selinux or usr/etc/selinux) every path gets the label that policy gives it.
+    With `consume`, files are moved into the repo and the tree is deleted.
+    """
+    modifier = _commit_modifier(selinux_policy, consume)
+    with libostree_errors(f"Committing {tree}"):
+        repo.prepare_transaction(None)
+        try:
+            mtree = OSTree.MutableTree.new()
+            repo.write_directory_to_mtree(Gio.File.new_for_path(str(tree)), mtree, modifier, None)
+            _, root = repo.write_mtree(mtree, None)
+            _, checksum = repo.write_commit_with_time(
+                parent,
+                subject,
+                None,
+                GLib.Variant("a{sv}", dict(metadata)),
+                root,
+                timestamp,
+                None,
+            )
+            repo.commit_transaction(None)
+        except BaseException:
+            repo.abort_transaction(None)
+            raise
+    return str(checksum)
+
+
+def set_ref(repo: OSTree.Repo, ref: str, checksum: str | None) -> None:
+    """Point `ref` at `checksum`, or delete it when `checksum` is None."""
+    with libostree_errors(f"Setting ref {ref}"):
+        repo.set_ref_immediate(None, ref, checksum, None)
+
+
+def list_refs(repo: OSTree.Repo, prefix: str | None = None) -> dict[str, str]:
+    """Refs (full names) under the path `prefix` (whole components only), with commits."""
+    # list_refs() strips the prefix from the names; list_refs_ext() keeps them whole.
+    wanted = prefix.rstrip("/") if prefix else None
+    with libostree_errors("Listing refs"):
+        _, refs = repo.list_refs_ext(wanted, OSTree.RepoListRefsExtFlags.NONE, None)
+    return {str(name): str(checksum) for name, checksum in refs.items()}
+
+
+def resolve_ref(repo: OSTree.Repo, ref: str) -> str | None:
+    """The commit `ref` points at, or None when there is no such ref."""
+    with libostree_errors(f"Resolving ref {ref}"):
+        _, checksum = repo.resolve_rev(ref, True)
+    return None if checksum is None else str(checksum)
+
+
+def _value(variant: GLib.Variant) -> object:
+    # unpack() turns `ay` into a list of ints; bytes say what it is.
+    if variant.get_type_string() == "ay":
+        return bytes(variant.unpack())
+    return variant.unpack()
+
+
+def _unpack_vardict(vardict: GLib.Variant | None) -> dict[str, object]:
+    if vardict is None:
+        return {}
+    unpacked: dict[str, object] = {}
+    for i in range(vardict.n_children()):
+        entry = vardict.get_child_value(i)
+        key = str(entry.get_child_value(0).get_string())
+        unpacked[key] = _value(entry.get_child_value(1).get_variant())
+    return unpacked
+
+
+def _load_commit(repo: OSTree.Repo, checksum: str) -> GLib.Variant:
+    with libostree_errors(f"Reading commit {checksum}"):
+        _, commit, _ = repo.load_commit(checksum)
+    return commit
+
+
+def read_commit_metadata(repo: OSTree.Repo, checksum: str) -> dict[str, object]:
+    """The commit's metadata, unpacked to Python values (`ay` as bytes)."""
+    return _unpack_vardict(_load_commit(repo, checksum).get_child_value(0))
+
+
+def commit_timestamp(repo: OSTree.Repo, checksum: str) -> int:
+    """The commit's timestamp in seconds since the epoch (stored big-endian)."""
+    return int(OSTree.commit_get_timestamp(_load_commit(repo, checksum)))
+
+
+def set_detached_metadata(
+    repo: OSTree.Repo, checksum: str, metadata: Mapping[str, GLib.Variant]
+) -> None:
+    """Replace the commit's detached metadata (ostree-ext keeps cached updates there)."""
+    with libostree_errors(f"Writing detached metadata of {checksum}"):
+        repo.write_commit_detached_metadata(checksum, GLib.Variant("a{sv}", dict(metadata)), None)
+
+
+def read_detached_metadata(repo: OSTree.Repo, checksum: str) -> dict[str, object]:
+    """The commit's detached metadata, unpacked; empty when it has none."""
+    with libostree_errors(f"Reading detached metadata of {checksum}"):
+        _, metadata = repo.read_commit_detached_metadata(checksum, None)
+    return _unpack_vardict(metadata)
+
+
+def root_tree_checksum(repo: OSTree.Repo, commit: str) -> str:
+    """A checksum of the commit's root dirtree and dirmeta: equal for equal trees,
+    whatever the commits' metadata, timestamps or parents."""
+    checksum = OSTree.commit_get_content_checksum(_load_commit(repo, commit))
+    if checksum is None:
+        raise BootcError(f"Commit {commit} has no root tree")
+    return str(checksum)
+
+
+def ref_escape(s: str) -> str:
+    """Escape `s` for use in a ref, exactly as ostree-ext's refescape does.
+
+    ASCII alphanumerics and `-` stay; `/` stays when it follows an alphanumeric and is
+    not the last character (so no empty or trailing path components); `_` becomes `__`;
+    anything else becomes `_XX_`, its code point in upper-case hex (at least 2 digits).
+    """
+    if not s:
+        raise BootcError("Invalid empty string for ref")
+    if "\0" in s:
+        raise BootcError("Invalid embedded NUL in string for ostree ref")
+    out: list[str] = []
+    previous_alphanumeric = False
+    for i, c in enumerate(s):
+        alphanumeric = c.isascii() and c.isalnum()
+        slash_kept = c == "/" and previous_alphanumeric and i + 1 < len(s)
+        if alphanumeric or c == "-" or slash_kept:
+            out.append(c)
+        elif c == "_":
+            out.append("__")
+        else:
+            out.append(f"_{ord(c):02X}_")
+        previous_alphanumeric = alphanumeric
+    return "".join(out)
+
+
+def ref_unescape(escaped: str) -> str:
+    """Undo `ref_escape`."""
+    out: list[str] = []
+    i = 0
+    while i < len(escaped):
+        c = escaped[i]
+        if c != "_":
+            if not (c.isascii() and (c.isalnum() or c in "-/")):
+                raise BootcError(f"Invalid character {c!r} in escaped ref {escaped}")
+            out.append(c)
+            i += 1
+        elif escaped.startswith("__", i):
+            out.append("_")
+            i += 2
+        else:
+            end = escaped.find("_", i + 1)
+            try:
+                if end < 0:
+                    raise ValueError(escaped)
+                out.append(chr(int(escaped[i + 1 : end], 16)))
+            except (ValueError, OverflowError):
+                raise BootcError(f"Invalid escape in ref {escaped}") from None
+            i = end + 1
+    return "".join(out)
+
+
+def image_ref_name(imgref: str) -> str:
+    """The ref ostree-ext keeps an image's merge commit under."""
+    return f"{IMAGE_REF_PREFIX}/{ref_escape(imgref)}"

@@ -1,0 +1,268 @@
+"""An OSTree sysroot through libostree: its deployments, origins, lock and changes.
+
+Deploying writes the new deployment first in boot order, staged on a booted host and
+directly (deploy plus bootloader entries) on a sysroot that is not the running system.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pybootc.errors import BootcError
+from pybootc.ostree_commit import libostree_errors
+from pybootc.ostree_gi import Gio, GLib, OSTree
+
+OSTREE_BOOTED = Path("/run/ostree-booted")
+Origin = Mapping[str, Mapping[str, str]]
+
+
+@dataclass(frozen=True)
+class DeploymentInfo:
+    """One deployment, as a plain value; `index` is its place in boot order."""
+
+    index: int
+    checksum: str
+    deploy_serial: int
+    stateroot: str
+    origin: Mapping[str, Mapping[str, str]] = field(hash=False)
+    pinned: bool
+    is_booted: bool
+    is_staged: bool
+    deployment_path: Path
+    kargs: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class CleanupResult:
+    objects_pruned: int
+    bytes_freed: int
+
+
+def _check_stateroot_name(stateroot: str) -> None:
+    if not stateroot or "/" in stateroot or stateroot in {".", ".."} or "\0" in stateroot:
+        raise BootcError(f"Invalid stateroot name: {stateroot!r}")
+
+
+def initialize(path: Path, stateroot: str) -> None:
+    """Make `path` a sysroot with one stateroot, as `ostree admin init-fs --modern PATH`
+    plus `os-init STATEROOT` do, with the repo set up the way `bootc install` sets it.
+
+    It never touches an existing sysroot: one already at `path` is an error.
+    """
+    _check_stateroot_name(stateroot)
+    if not path.is_dir():
+        raise BootcError(f"{path} is not a directory")
+    if (path / "ostree").exists():
+        raise BootcError(f"{path} already holds an OSTree sysroot")
+    sysroot = OSTree.Sysroot.new(Gio.File.new_for_path(str(path)))
+    with libostree_errors(f"Initializing sysroot {path}"):
+        (path / "boot").mkdir(mode=0o755, exist_ok=True)
+        # Creates ostree/repo in `bare` mode and ostree/deploy, like init-fs.
+        sysroot.ensure_initialized(None)
+        sysroot.init_osname(stateroot, None)
+        _, repo = sysroot.get_repo(None)
+        # bootc install sets this: BLS entries only, never grub2-mkconfig and the like
+        # (which `auto` would run if the sysroot happened to have a grub.cfg).
+        config = repo.copy_config()
+        config.set_string("sysroot", "bootloader", "none")
+        repo.write_config(config)
+
+
+def _origin_keyfile(origin: Origin) -> GLib.KeyFile:
+    keyfile = GLib.KeyFile()
+    for group, keys in origin.items():
+        for key, value in keys.items():
+            keyfile.set_string(group, key, value)
+    return keyfile
+
+
+def _origin_dict(keyfile: GLib.KeyFile | None) -> dict[str, dict[str, str]]:
+    if keyfile is None:
+        return {}
+    groups, _ = keyfile.get_groups()
+    origin: dict[str, dict[str, str]] = {}
+    for group in groups:
+        keys, _ = keyfile.get_keys(group)
+        origin[str(group)] = {str(key): str(keyfile.get_string(group, key)) for key in keys}
+    return origin
+
+
+class Sysroot:
+    """A loaded sysroot. Every method that changes it holds the sysroot lock."""
+
+    def __init__(self, path: Path, sysroot: OSTree.Sysroot) -> None:
+        self.path = path
+        self._sysroot = sysroot
+        self._lock_depth = 0
+
+    @classmethod
+    def open(cls, path: Path) -> Sysroot:
+        """Load the sysroot at `path`; nothing is created there."""
+        # libostree's load() would only say "opendir(ostree/repo): No such file...".
+        for needed in ("ostree/repo", "ostree/deploy"):
+            if not (path / needed).is_dir():
+                raise BootcError(f"{path} is not an OSTree sysroot (it has no {needed})")
+        sysroot = OSTree.Sysroot.new(Gio.File.new_for_path(str(path)))
+        with libostree_errors(f"Loading sysroot {path}"):
+            sysroot.load(None)
+        return cls(path, sysroot)
+
+    @property
+    def repo(self) -> OSTree.Repo:
+        """The sysroot's OSTree.Repo."""
+        return self._sysroot.repo()
+
+    @property
+    def booted(self) -> bool:
+        """Whether this sysroot is the running system, booted through OSTree."""
+        return OSTREE_BOOTED.exists() and os.path.realpath(self.path) == "/"
+
+    def _info(self, index: int, deployment: Any) -> DeploymentInfo:
+        booted = self._sysroot.get_booted_deployment()
+        bootconfig = deployment.get_bootconfig()
+        options = bootconfig.get("options") if bootconfig is not None else None
+        return DeploymentInfo(
+            index=index,
+            checksum=str(deployment.get_csum()),
+            deploy_serial=int(deployment.get_deployserial()),
+            stateroot=str(deployment.get_osname()),
+            origin=_origin_dict(deployment.get_origin()),
+            pinned=bool(deployment.is_pinned()),
+            is_booted=booted is not None and bool(deployment.equal(booted)),
+            is_staged=bool(deployment.is_staged()),
+            deployment_path=self.path / str(self._sysroot.get_deployment_dirpath(deployment)),
+            kargs=tuple(str(options).split()) if options else (),
+        )
+
+    def _deployments(self) -> list[Any]:
+        return list(self._sysroot.get_deployments())
+
+    def deployments(self) -> list[DeploymentInfo]:
+        """All deployments in boot order: the staged one first, if any."""
+        return [self._info(i, d) for i, d in enumerate(self._deployments())]
+
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the sysroot lock (ostree/lock) and work on a freshly loaded state.
+
+        Another process holding it is an error, not a wait. Nesting is allowed.
+        """
+        if self._lock_depth:
+            self._lock_depth += 1
+            try:
+                yield
+            finally:
+                self._lock_depth -= 1
+            return
+        with libostree_errors(f"Locking sysroot {self.path}"):
+            _, acquired = self._sysroot.try_lock()
+        if not acquired:
+            raise BootcError(f"Sysroot {self.path} is locked by another process (ostree/lock)")
+        self._lock_depth = 1
+        try:
+            self._reload()
+            yield
+        finally:
+            self._lock_depth = 0
+            self._sysroot.unlock()
+
+    def _reload(self) -> None:
+        with libostree_errors(f"Loading sysroot {self.path}"):
+            self._sysroot.load(None)
+
+    def _write_deployments(self, deployments: Sequence[Any]) -> None:
+        # The default write_deployments() also prunes the repo, which would delete any
+        # commit that no ref or deployment holds: keep pruning an explicit cleanup().
+        options = OSTree.SysrootWriteDeploymentsOpts()
+        options.do_postclean = False
+        self._sysroot.write_deployments_with_options(list(deployments), options, None)
+        # Removes the deployment directories and boot entries just dropped, and writes
+        # the ostree/B/S/N refs that keep each deployed commit from being pruned.
+        self._sysroot.prepare_cleanup(None)
+
+    def _find(self, deployment: Any) -> DeploymentInfo:
+        for i, candidate in enumerate(self._deployments()):
+            if candidate.equal(deployment):
+                return self._info(i, candidate)
+        raise BootcError(f"Deployment of {deployment.get_csum()} not found after writing it")
+
+    def deploy(
+        self,
+        checksum: str,
+        *,
+        stateroot: str,
+        origin: Origin,
+        kargs: Sequence[str] | None = None,
+        retain_others: bool = True,
+    ) -> DeploymentInfo:
+        """Deploy `checksum` as the next boot, /etc merged from the stateroot's current
+        deployment, and return it.
+
+        `kargs` replace the kernel arguments; without them they are inherited. On a booted
+        host it is staged (libostree finishes it at shutdown). Otherwise the deployments
+        are written directly: the new one first, then the previous first one as rollback,
+        then the others unless `retain_others` is false (pinned deployments and other
+        stateroots' deployments are kept regardless).
+        """
+        _check_stateroot_name(stateroot)
+        if not (self.path / "ostree/deploy" / stateroot).is_dir():
+            raise BootcError(f"Sysroot {self.path} has no stateroot {stateroot}")
+        argv = None if kargs is None else list(kargs)
+        keyfile = _origin_keyfile(origin)
+        with self.lock(), libostree_errors(f"Deploying {checksum}"):
+            merge = self._sysroot.get_merge_deployment(stateroot)
+            if self.booted:
+                _, new = self._sysroot.stage_tree(stateroot, checksum, keyfile, merge, argv, None)
+                self._reload()
+                return self._find(new)
+            _, new = self._sysroot.deploy_tree(stateroot, checksum, keyfile, merge, argv, None)
+            previous = [d for d in self._deployments() if not d.is_staged()]
+            if not retain_others:
+                previous = [
+                    d
+                    for i, d in enumerate(previous)
+                    if i == 0
+                    or d.is_pinned()
+                    or d.get_osname() != stateroot
+                    or (merge is not None and d.equal(merge))
+                ]
+            self._write_deployments([new, *previous])
+            return self._find(new)
+
+    def rollback(self) -> None:
+        """Swap the first two deployments in boot order; twice puts them back.
+
+        A staged deployment is dropped: the rollback target is what boots next.
+        """
+        with self.lock(), libostree_errors("Rolling back"):
+            current = [d for d in self._deployments() if not d.is_staged()]
+            if len(current) < 2:
+                raise BootcError("No rollback available")
+            self._write_deployments([current[1], current[0], *current[2:]])
+
+    def set_origin(self, index: int, origin: Origin) -> None:
+        """Replace the origin of the deployment at `index` in boot order."""
+        with self.lock(), libostree_errors("Writing origin"):
+            deployments = self._deployments()
+            if not 0 <= index < len(deployments):
+                raise BootcError(f"No deployment at index {index}")
+            if deployments[index].is_staged():
+                raise BootcError("The origin of a staged deployment cannot be changed")
+            self._sysroot.write_origin_file(deployments[index], _origin_keyfile(origin), None)
+            self._reload()
+
+    def cleanup(self) -> CleanupResult:
+        """Remove what no deployment uses: old deployment directories, boot entries and
+        the repo objects that no ref reaches (every deployment holds a ref)."""
+        with self.lock(), libostree_errors("Cleaning up"):
+            # Not Sysroot.cleanup(): it prints "Freed objects" to stdout. And not
+            # cleanup_prune_repo(): from Python its options cannot carry the `reachable`
+            # set, and with that NULL it deletes every object in the repo.
+            self._sysroot.prepare_cleanup(None)
+            _, _, pruned, freed = self.repo.prune(OSTree.RepoPruneFlags.REFS_ONLY, 0, None)
+        return CleanupResult(objects_pruned=int(pruned), bytes_freed=int(freed))

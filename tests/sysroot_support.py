@@ -1,0 +1,95 @@
+"""Scratch sysroots for tests: a tmpfs to hold them and small bootable trees to deploy.
+
+Sysroots live on a tmpfs of their own because libostree freezes and thaws the
+filesystem that holds /boot (FIFREEZE) every time it writes boot entries; on a
+tmpfs that is a plain syncfs instead of a freeze of the machine's root filesystem.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+
+from pybootc.ostree_commit import commit_directory
+from pybootc.ostree_gi import OSTree
+
+KERNEL_VERSION = "6.1.0-test"
+
+
+def os_release(version: str) -> bytes:
+    return f'ID=test\nVERSION_ID={version}\nPRETTY_NAME="Test OS {version}"\n'.encode()
+
+
+def write_bootable_tree(root: Path, version: str, files: Mapping[str, bytes] = {}) -> Path:
+    """The least libostree deploys: a kernel, os-release with ID, and /usr/etc."""
+    contents = {
+        f"usr/lib/modules/{KERNEL_VERSION}/vmlinuz": f"kernel {version}".encode(),
+        "usr/lib/os-release": os_release(version),
+        "usr/etc/os-release": os_release(version),
+        "usr/etc/motd": f"welcome to {version}\n".encode(),
+        "usr/bin/sh": b"#!/bin/true\n",
+        **files,
+    }
+    root.mkdir(parents=True, exist_ok=True)
+    root.chmod(0o755)
+    for relpath, data in contents.items():
+        path = root / relpath
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    (root / "usr/bin/sh").chmod(0o755)
+    return root
+
+
+def commit_bootable_tree(
+    repo: OSTree.Repo, workdir: Path, version: str, files: Mapping[str, bytes] = {}
+) -> str:
+    tree = write_bootable_tree(workdir / f"tree-{version}", version, files)
+    return commit_directory(
+        repo, tree, subject=version, metadata={}, timestamp=1_700_000_000, selinux_policy=None
+    )
+
+
+def unlock_deployments(sysroot: Path) -> None:
+    """Clear the immutable attribute libostree puts on each deployment's root."""
+    roots = sorted(sysroot.glob("ostree/deploy/*/deploy/*"))
+    dirs = [r for r in roots if r.is_dir() and not r.is_symlink()]
+    if dirs:
+        subprocess.run(["chattr", "-i", *dirs], check=True)
+
+
+def remove_sysroot(sysroot: Path) -> None:
+    if sysroot.exists():
+        unlock_deployments(sysroot)
+        shutil.rmtree(sysroot)
+
+
+@contextmanager
+def scratch_tmpfs(where: Path) -> Iterator[Path]:
+    """A fresh tmpfs mounted at `where` (created) for the duration."""
+    where.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "mode=0755,size=512m", "pybootc-test", where], check=True
+    )
+    try:
+        yield where
+    finally:
+        for child in where.iterdir():
+            if child.is_dir() and not child.is_symlink():
+                remove_sysroot(child)
+        # Lazy: libostree objects a failed test keeps alive still hold fds in it.
+        subprocess.run(["umount", "--lazy", where], check=True)
+
+
+def snapshot(path: Path) -> list[tuple[str, int, int]]:
+    """Every path under `path` with its mode and size: to show that nothing changed."""
+    found = [("", os.lstat(path).st_mode, 0)] if path.exists() else []
+    for dirpath, dirnames, filenames in os.walk(path):
+        for name in sorted(dirnames + filenames):
+            full = Path(dirpath, name)
+            st = os.lstat(full)
+            found.append((str(full.relative_to(path)), st.st_mode, st.st_size))
+    return sorted(found)

@@ -1,0 +1,1199 @@
+"""The Host document reads every upstream fixture, round-trips, and validates against the schema.
+
+The fixtures at the bottom are upstream bootc's (crates/lib/src/fixtures at 534c76ea),
+copied unchanged: status documents from several bootc versions, some older than fields
+the schema now has.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+from hypothesis import given
+from hypothesis import strategies as st
+
+from pybootc.errors import BootcError
+from pybootc.spec import (
+    STORE_OSTREE_CONTAINER,
+    BootEntry,
+    BootEntryComposefs,
+    BootEntryOstree,
+    Bootloader,
+    BootOrder,
+    BootType,
+    FilesystemOverlay,
+    FilesystemOverlayAccessMode,
+    FilesystemOverlayPersistence,
+    Host,
+    HostSpec,
+    HostStatus,
+    HostType,
+    ImageReference,
+    ImageSignature,
+    ImageStatus,
+    ObjectMeta,
+    Slot,
+    normalize_timestamp,
+)
+
+FIXTURE_NAMES = [
+    "spec-booted-pinned.yaml",
+    "spec-booted-update-same-digest.yaml",
+    "spec-booted-usroverlay.yaml",
+    "spec-booted-with-update-no-version.yaml",
+    "spec-booted-with-update.yaml",
+    "spec-only-booted.yaml",
+    "spec-ostree-remote.yaml",
+    "spec-ostree-to-bootc.yaml",
+    "spec-rfe-ostree-deployment.yaml",
+    "spec-staged-booted.yaml",
+    "spec-staged-download-only.yaml",
+    "spec-staged-rollback.yaml",
+    "spec-v1-null.json",
+    "spec-v1a1-orig.yaml",
+    "spec-v1a1.yaml",
+    "spec-via-local-oci.yaml",
+]
+
+# host-v1.schema.json: a copy inside the repository wins over the shared reference.
+_SCHEMA_PLACES = [
+    Path(__file__).parent / "data" / "upstream-bootc" / "host-v1.schema.json",
+    Path("/work/shared/reference/upstream-bootc/host-v1.schema.json"),
+]
+
+DIGEST_A = "sha256:" + "a" * 64
+
+
+def fixture_host(name: str) -> Host:
+    """The upstream fixture `name`, read as bootc reads it."""
+    text = UPSTREAM_FIXTURES[name]
+    return Host.from_json(text) if name.endswith(".json") else Host.from_yaml(text)
+
+
+@functools.cache
+def schema_validator() -> jsonschema.protocols.Validator:
+    """A validator for host-v1.schema.json, with its date-time format checked."""
+    found = next((p for p in _SCHEMA_PLACES if p.exists()), None)
+    if found is None:
+        pytest.fail(f"host-v1.schema.json not found in {[str(p) for p in _SCHEMA_PLACES]}")
+    schema = json.loads(found.read_text())
+    cls = jsonschema.validators.validator_for(schema)
+    cls.check_schema(schema)
+    return cls(schema, format_checker=cls.FORMAT_CHECKER)
+
+
+def test_fixture_list_names_every_embedded_fixture() -> None:
+    assert sorted(FIXTURE_NAMES) == sorted(UPSTREAM_FIXTURES)
+
+
+# --- reading upstream's documents ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", FIXTURE_NAMES)
+def test_every_upstream_fixture_round_trips_through_json_dict(name: str) -> None:
+    host = fixture_host(name)
+    assert Host.from_json_dict(host.to_json_dict()) == host
+
+
+@pytest.mark.parametrize("name", FIXTURE_NAMES)
+def test_every_upstream_fixture_round_trips_through_json_and_yaml_text(name: str) -> None:
+    host = fixture_host(name)
+    assert Host.from_json(host.to_json()) == host
+    assert Host.from_yaml(host.to_yaml()) == host
+    assert Host.from_json(host.to_canonical_json()) == host
+
+
+@pytest.mark.parametrize("name", FIXTURE_NAMES)
+def test_every_upstream_fixture_written_back_validates_against_the_schema(name: str) -> None:
+    schema_validator().validate(fixture_host(name).to_json_dict())
+
+
+@pytest.mark.parametrize("name", FIXTURE_NAMES)
+def test_fixture_fields_survive_the_round_trip_as_written(name: str) -> None:
+    # Everything the fixture says comes back unchanged, apart from the newer fields that
+    # get their defaults, timestamps in bootc's normalized form and ignored unknown keys.
+    original = yaml.load(UPSTREAM_FIXTURES[name], Loader=yaml.BaseLoader)
+    written = yaml.load(fixture_host(name).to_yaml(), Loader=yaml.BaseLoader)
+
+    def compare(old: Any, new: Any, where: str) -> None:
+        if isinstance(old, dict):
+            for key, value in old.items():
+                if key == "isContainer":  # a field of v1alpha1 that bootc dropped
+                    continue
+                assert key in new, f"{where}.{key} lost"
+                compare(value, new[key], f"{where}.{key}")
+        elif isinstance(old, list):
+            assert len(old) == len(new), where
+            for i, (a, b) in enumerate(zip(old, new, strict=True)):
+                compare(a, b, f"{where}[{i}]")
+        elif where.endswith(".timestamp") and old not in ("null", ""):
+            assert new == normalize_timestamp(old), where
+        else:
+            assert new == old, where
+
+    compare(original, written, "")
+
+
+def test_an_empty_host_is_exactly_spec_v1_null() -> None:
+    expected = json.loads(UPSTREAM_FIXTURES["spec-v1-null.json"])
+    assert Host.empty().to_json_dict() == expected
+    assert list(Host.empty().to_json_dict()["status"]) == list(expected["status"])
+    assert Host.from_json_dict(expected) == Host.empty()
+
+
+def test_old_fixtures_get_the_defaults_of_newer_fields() -> None:
+    host = fixture_host("spec-staged-rollback.yaml")
+    assert host.api_version == "org.containers.bootc/v1alpha1"
+    assert host.spec.boot_order is BootOrder.DEFAULT
+    assert host.status.rollback_queued is False
+    assert host.status.type is None
+    assert host.status.other_deployments == ()
+    staged = host.status.staged
+    assert staged is not None
+    assert (staged.soft_reboot_capable, staged.store, staged.cached_update) == (False, None, None)
+    entry = host.to_json_dict()["status"]["staged"]
+    assert entry["softRebootCapable"] is False
+    assert entry["store"] is None
+
+
+def test_fixture_fields_are_read_into_the_dataclasses() -> None:
+    host = fixture_host("spec-booted-with-update.yaml")
+    booted = host.status.booted
+    assert booted is not None and booted.image is not None and booted.cached_update is not None
+    assert booted.image == ImageStatus(
+        image=ImageReference("quay.io/centos-bootc/centos-bootc:stream9", "registry"),
+        image_digest="sha256:47e5ed613a970b6574bfa954ab25bb6e85656552899aa518b5961d9645102b38",
+        architecture="arm64",
+        version="stream9.20240807.0",
+        timestamp="2024-08-07T12:00:00Z",
+    )
+    assert booted.cached_update.version == "stream9.20240901.0"
+    assert booted.ostree == BootEntryOstree(
+        stateroot="default",
+        checksum="439f6bd2e2361bee292c1f31840d798c5ac5ba76483b8021dc9f7b0164ac0f48",
+        deploy_serial=0,
+    )
+    assert host.status.type is HostType.BOOTC_HOST
+    assert host.spec.image == ImageReference(
+        "quay.io/centos-bootc/centos-bootc:stream9", "registry"
+    )
+
+
+def test_an_ostree_remote_signature_is_read_from_its_yaml_tag() -> None:
+    host = fixture_host("spec-ostree-remote.yaml")
+    assert host.spec.image is not None
+    assert host.spec.image.signature == ImageSignature.ostree_remote("fedora")
+    assert host.to_json_dict()["spec"]["image"]["signature"] == {"ostreeRemote": "fedora"}
+    assert "    signature: !ostreeRemote fedora\n" in host.to_yaml()
+
+
+def test_unquoted_yaml_scalars_stay_text_where_the_schema_wants_text() -> None:
+    # serde_yaml reads by the field's type; a YAML 1.1 reader would see a float and a date.
+    host = fixture_host("spec-v1a1.yaml")
+    assert host.status.booted is not None and host.status.booted.image is not None
+    assert host.status.booted.image.version == "20231230.1"
+    assert host.status.booted.image.timestamp == "2023-12-30T16:10:11Z"
+
+
+def test_usr_overlay_and_other_newer_status_fields_are_read() -> None:
+    host = fixture_host("spec-booted-usroverlay.yaml")
+    assert host.status.usr_overlay == FilesystemOverlay(
+        FilesystemOverlayAccessMode.READ_WRITE, FilesystemOverlayPersistence.TRANSIENT
+    )
+    assert host.to_json_dict()["status"]["usrOverlay"] == {
+        "accessMode": "readWrite",
+        "persistence": "transient",
+    }
+
+
+# --- writing ------------------------------------------------------------------------------
+
+
+def test_keys_come_out_in_bootc_order_not_sorted() -> None:
+    doc = fixture_host("spec-booted-pinned.yaml").to_json_dict()
+    assert list(doc) == ["apiVersion", "kind", "metadata", "spec", "status"]
+    assert list(doc["spec"]) == ["image", "bootOrder"]
+    status = doc["status"]
+    assert list(status) == [
+        "staged",
+        "booted",
+        "rollback",
+        "otherDeployments",
+        "rollbackQueued",
+        "type",
+    ]
+    assert list(status["booted"]) == [
+        "image",
+        "cachedUpdate",
+        "incompatible",
+        "pinned",
+        "softRebootCapable",
+        "downloadOnly",
+        "store",
+        "ostree",
+    ]
+    image = status["booted"]["image"]
+    assert list(image) == ["image", "version", "timestamp", "imageDigest", "architecture"]
+    assert list(status["booted"]["ostree"]) == ["stateroot", "checksum", "deploySerial"]
+    yaml_keys = [
+        line.split(":")[0] for line in fixture_host("spec-only-booted.yaml").to_yaml().splitlines()
+    ]
+    assert yaml_keys[:5] == ["apiVersion", "kind", "metadata", "  name", "spec"]
+
+
+def test_other_deployments_are_left_out_when_empty() -> None:
+    assert "otherDeployments" not in fixture_host("spec-only-booted.yaml").to_json_dict()["status"]
+    pinned = fixture_host("spec-booted-pinned.yaml").to_json_dict()["status"]
+    assert len(pinned["otherDeployments"]) == 1
+
+
+def test_signature_is_left_out_when_absent_and_written_per_kind() -> None:
+    def signature_of(signature: ImageSignature | None) -> object:
+        return (
+            ImageReference("quay.io/a/b:c", "registry", signature)
+            .to_json_dict()
+            .get("signature", "<absent>")
+        )
+
+    assert signature_of(None) == "<absent>"
+    assert signature_of(ImageSignature.insecure()) == "insecure"
+    assert signature_of(ImageSignature.container_policy()) == "containerPolicy"
+    assert signature_of(ImageSignature.ostree_remote("fedora")) == {"ostreeRemote": "fedora"}
+
+
+def test_json_is_pretty_printed_with_two_spaces() -> None:
+    assert Host.empty().to_json() == (
+        "{\n"
+        '  "apiVersion": "org.containers.bootc/v1",\n'
+        '  "kind": "BootcHost",\n'
+        '  "metadata": {\n'
+        '    "name": "host"\n'
+        "  },\n"
+        '  "spec": {\n'
+        '    "image": null,\n'
+        '    "bootOrder": "default"\n'
+        "  },\n"
+        '  "status": {\n'
+        '    "staged": null,\n'
+        '    "booted": null,\n'
+        '    "rollback": null,\n'
+        '    "rollbackQueued": false,\n'
+        '    "type": null\n'
+        "  }\n"
+        "}"
+    )
+
+
+def test_canonical_json_sorts_keys_without_whitespace_as_upstream_status_json() -> None:
+    assert Host.empty().to_canonical_json() == (
+        '{"apiVersion":"org.containers.bootc/v1","kind":"BootcHost","metadata":{"name":"host"},'
+        '"spec":{"bootOrder":"default","image":null},"status":{"booted":null,"rollback":null,'
+        '"rollbackQueued":false,"staged":null,"type":null}}'
+    )
+
+
+def test_yaml_of_an_empty_host() -> None:
+    assert Host.empty().to_yaml() == (
+        "apiVersion: org.containers.bootc/v1\n"
+        "kind: BootcHost\n"
+        "metadata:\n"
+        "  name: host\n"
+        "spec:\n"
+        "  image: null\n"
+        "  bootOrder: default\n"
+        "status:\n"
+        "  staged: null\n"
+        "  booted: null\n"
+        "  rollback: null\n"
+        "  rollbackQueued: false\n"
+        "  type: null\n"
+    )
+
+
+def test_yaml_quotes_text_that_a_yaml_reader_would_take_for_something_else() -> None:
+    image = ImageStatus(
+        ImageReference("x", "oci"),
+        DIGEST_A,
+        "amd64",
+        version="1.10",
+        timestamp="2024-01-01T00:00:00Z",
+    )
+    text = Host(status=HostStatus(booted=BootEntry(image=image))).to_yaml()
+    assert "version: '1.10'\n" in text
+    assert "timestamp: '2024-01-01T00:00:00Z'\n" in text
+    assert yaml.safe_load(text)["status"]["booted"]["image"]["version"] == "1.10"
+
+
+def test_store_takes_pybootc_backend_names_too() -> None:
+    entry = BootEntry(store="container")
+    host = Host(status=HostStatus(booted=entry))
+    assert host.to_json_dict()["status"]["booted"]["store"] == "container"
+    assert Host.from_json(host.to_json()) == host
+
+
+def test_newer_optional_fields_are_written_only_when_set() -> None:
+    composefs = BootEntryComposefs("abc", BootType.BLS, Bootloader.SYSTEMD, False, "sha256:x")
+    status = HostStatus(
+        booted=BootEntry(composefs=composefs),
+        usr_overlay=FilesystemOverlay(
+            FilesystemOverlayAccessMode.READ_ONLY, FilesystemOverlayPersistence.PERSISTENT
+        ),
+        read_only=True,
+    )
+    doc = Host(status=status).to_json_dict()["status"]
+    assert doc["booted"]["composefs"] == {
+        "verity": "abc",
+        "bootType": "Bls",
+        "bootloader": "systemd",
+        "bootDigest": "sha256:x",
+        "missingVerityAllowed": False,
+    }
+    assert doc["usrOverlay"] == {"accessMode": "readOnly", "persistence": "persistent"}
+    assert doc["readOnly"] is True
+    plain = Host(status=HostStatus(booted=BootEntry())).to_json_dict()["status"]
+    assert "composefs" not in plain["booted"]
+    assert "usrOverlay" not in plain
+    assert "readOnly" not in plain
+
+
+def test_filter_to_slot_keeps_only_that_slot() -> None:
+    host = fixture_host("spec-staged-booted.yaml")
+    booted_only = host.filter_to_slot(Slot.BOOTED)
+    assert booted_only.status.booted == host.status.booted
+    assert booted_only.status.staged is None
+    assert booted_only.status.rollback is None
+    assert booted_only.spec == host.spec
+
+
+# --- timestamps ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("given_text", "written"),
+    [
+        ("2024-08-07T12:00:00Z", "2024-08-07T12:00:00Z"),
+        ("2023-10-14T19:22:15.42Z", "2023-10-14T19:22:15.420Z"),
+        ("2023-10-14T19:22:15.000Z", "2023-10-14T19:22:15Z"),
+        ("2023-10-14T19:22:15.1234Z", "2023-10-14T19:22:15.123400Z"),
+        ("2024-06-15T10:30:45.123456789Z", "2024-06-15T10:30:45.123456789Z"),
+        ("2024-06-15T10:30:45.1234567891Z", "2024-06-15T10:30:45.123456789Z"),
+        ("2024-01-01T01:30:00+02:00", "2023-12-31T23:30:00Z"),
+        ("2024-01-01t00:00:00-00:30", "2024-01-01T00:30:00Z"),
+        ("2024-01-01 00:00:00z", "2024-01-01T00:00:00Z"),
+    ],
+)
+def test_timestamps_are_written_as_bootc_chrono_writes_them(given_text: str, written: str) -> None:
+    assert normalize_timestamp(given_text) == written
+
+
+def test_a_datetime_from_a_plain_yaml_reader_is_accepted() -> None:
+    data = yaml.safe_load(UPSTREAM_FIXTURES["spec-staged-booted.yaml"])
+    assert isinstance(data["status"]["staged"]["image"]["timestamp"], datetime)
+    assert Host.from_json_dict(data) == fixture_host("spec-staged-booted.yaml")
+    assert normalize_timestamp(datetime(2024, 1, 1, 0, 0, 0, 5)) == "2024-01-01T00:00:00.000005Z"
+
+
+@pytest.mark.parametrize(
+    "text", ["yesterday", "2024-01-01", "2024-01-01T00:00:00", "2024-02-30T00:00:00Z"]
+)
+def test_a_timestamp_that_is_not_rfc3339_is_refused(text: str) -> None:
+    with pytest.raises(BootcError, match="Invalid timestamp"):
+        normalize_timestamp(text)
+
+
+# --- bad documents ------------------------------------------------------------------------
+
+
+def _booted(**image_fields: object) -> dict[str, Any]:
+    doc = Host.empty().to_json_dict()
+    image: dict[str, object] = {"image": {"image": "x", "transport": "registry"}}
+    image |= {"imageDigest": DIGEST_A, "architecture": "amd64"} | image_fields
+    doc["status"]["booted"] = {"image": image, "incompatible": False, "pinned": False}
+    return doc
+
+
+@pytest.mark.parametrize(
+    ("doc", "message"),
+    [
+        ([], "Invalid host document: document: expected an object, found a list"),
+        ({"kind": "BootcHost"}, 'Invalid host document: document: missing field "apiVersion"'),
+        (
+            {"apiVersion": "v", "kind": "k", "spec": {"bootOrder": "sideways"}},
+            'Invalid host document: spec.bootOrder: unknown variant "sideways", '
+            'expected one of "default", "rollback"',
+        ),
+        (
+            {"apiVersion": "v", "kind": "k", "spec": {"image": {"image": "x"}}},
+            'Invalid host document: spec.image: missing field "transport"',
+        ),
+        (
+            _booted(imageDigest=None),
+            "Invalid host document: status.booted.image.imageDigest: expected a string, found null",
+        ),
+        (
+            _booted(timestamp="soon"),
+            'Invalid host document: status.booted.image.timestamp: Invalid timestamp "soon": '
+            "expected an RFC 3339 date-time",
+        ),
+        (
+            _booted(image={"image": "x", "transport": "registry", "signature": "trustme"}),
+            'Invalid host document: status.booted.image.image.signature: unknown variant "trustme"'
+            ', expected one of "ostreeRemote", "containerPolicy", "insecure"',
+        ),
+        (
+            {"apiVersion": "v", "kind": "k", "status": {"otherDeployments": [{"pinned": True}]}},
+            'Invalid host document: status.otherDeployments[0]: missing field "incompatible"',
+        ),
+        (
+            {"apiVersion": "v", "kind": "k", "status": {"rollbackQueued": "yes"}},
+            "Invalid host document: status.rollbackQueued: expected a boolean, found a string",
+        ),
+    ],
+)
+def test_a_bad_document_names_the_field_at_fault(doc: object, message: str) -> None:
+    with pytest.raises(BootcError) as caught:
+        Host.from_json_dict(doc)
+    assert str(caught.value) == message
+
+
+def test_a_deploy_serial_must_be_an_unsigned_32_bit_integer() -> None:
+    doc = fixture_host("spec-only-booted.yaml").to_json_dict()
+    doc["status"]["booted"]["ostree"]["deploySerial"] = -1
+    with pytest.raises(BootcError, match=r"status\.booted\.ostree\.deploySerial: expected an"):
+        Host.from_json_dict(doc)
+
+
+def test_text_that_is_not_json_or_yaml_is_a_bootc_error() -> None:
+    with pytest.raises(BootcError, match="Invalid host document"):
+        Host.from_json("{")
+    with pytest.raises(BootcError, match="Invalid host document"):
+        Host.from_yaml("a: [")
+
+
+def test_a_signature_kind_and_remote_must_agree() -> None:
+    with pytest.raises(BootcError):
+        ImageSignature(ImageSignature.insecure().kind, "fedora")
+    with pytest.raises(BootcError):
+        ImageSignature(ImageSignature.ostree_remote("x").kind)
+
+
+# --- generated hosts ----------------------------------------------------------------------
+
+_text = st.text(min_size=1, max_size=20)
+_timestamps = st.datetimes(
+    min_value=datetime(1970, 1, 1), max_value=datetime(2200, 1, 1), timezones=st.just(UTC)
+).map(normalize_timestamp)
+_signatures = (
+    st.none()
+    | st.sampled_from([ImageSignature.insecure(), ImageSignature.container_policy()])
+    | _text.map(ImageSignature.ostree_remote)
+)
+_image_refs = st.builds(ImageReference, image=_text, transport=_text, signature=_signatures)
+_image_statuses = st.builds(
+    ImageStatus,
+    image=_image_refs,
+    image_digest=_text,
+    architecture=_text,
+    version=st.none() | _text,
+    timestamp=st.none() | _timestamps,
+)
+_composefs = st.builds(
+    BootEntryComposefs,
+    verity=_text,
+    boot_type=st.sampled_from(BootType),
+    bootloader=st.sampled_from(Bootloader),
+    missing_verity_allowed=st.booleans(),
+    boot_digest=st.none() | _text,
+)
+
+
+def _entries(stores: st.SearchStrategy[str | None]) -> st.SearchStrategy[BootEntry]:
+    return st.builds(
+        BootEntry,
+        image=st.none() | _image_statuses,
+        cached_update=st.none() | _image_statuses,
+        incompatible=st.booleans(),
+        pinned=st.booleans(),
+        soft_reboot_capable=st.booleans(),
+        download_only=st.booleans(),
+        store=stores,
+        ostree=st.none()
+        | st.builds(
+            BootEntryOstree,
+            stateroot=_text,
+            checksum=_text,
+            deploy_serial=st.integers(0, 2**32 - 1),
+        ),
+        composefs=st.none() | _composefs,
+    )
+
+
+def _hosts(stores: st.SearchStrategy[str | None]) -> st.SearchStrategy[Host]:
+    entries = _entries(stores)
+    status = st.builds(
+        HostStatus,
+        staged=st.none() | entries,
+        booted=st.none() | entries,
+        rollback=st.none() | entries,
+        other_deployments=st.lists(entries, max_size=2).map(tuple),
+        rollback_queued=st.booleans(),
+        type=st.none() | st.just(HostType.BOOTC_HOST),
+        usr_overlay=st.none()
+        | st.builds(
+            FilesystemOverlay,
+            st.sampled_from(FilesystemOverlayAccessMode),
+            st.sampled_from(FilesystemOverlayPersistence),
+        ),
+        read_only=st.booleans(),
+    )
+    pairs = st.none() | st.dictionaries(_text, _text, max_size=2).map(
+        lambda d: tuple(sorted(d.items()))
+    )
+    return st.builds(
+        Host,
+        spec=st.builds(
+            HostSpec, image=st.none() | _image_refs, boot_order=st.sampled_from(BootOrder)
+        ),
+        status=status,
+        api_version=_text,
+        kind=_text,
+        metadata=st.builds(
+            ObjectMeta,
+            name=st.none() | _text,
+            namespace=st.none() | _text,
+            labels=pairs,
+            annotations=pairs,
+        ),
+    )
+
+
+_any_store = st.none() | st.sampled_from([STORE_OSTREE_CONTAINER, "container", "ostree"]) | _text
+
+
+@given(_hosts(_any_store))
+def test_generated_hosts_round_trip_through_dict_json_and_yaml(host: Host) -> None:
+    assert Host.from_json_dict(host.to_json_dict()) == host
+    assert Host.from_json(host.to_json()) == host
+    assert Host.from_yaml(host.to_yaml()) == host
+
+
+@given(_hosts(st.none() | st.just(STORE_OSTREE_CONTAINER)))
+def test_generated_hosts_with_upstream_stores_validate_against_the_schema(host: Host) -> None:
+    schema_validator().validate(host.to_json_dict())
+
+
+# --- upstream's fixtures, unchanged -------------------------------------------------------
+
+UPSTREAM_FIXTURES: dict[str, str] = {
+    "spec-booted-pinned.yaml": """\
+apiVersion: org.containers.bootc/v1alpha1
+kind: BootcHost
+metadata:
+  name: host
+spec:
+  image:
+    image: quay.io/centos-bootc/centos-bootc:stream9
+    transport: registry
+  bootOrder: default
+status:
+  staged: null
+  booted:
+    image:
+      image:
+        image: quay.io/centos-bootc/centos-bootc:stream9
+        transport: registry
+      architecture: arm64
+      version: stream9.20240807.0
+      timestamp: null
+      imageDigest: sha256:47e5ed613a970b6574bfa954ab25bb6e85656552899aa518b5961d9645102b38
+    cachedUpdate: null
+    incompatible: false
+    pinned: true
+    downloadOnly: false
+    ostree:
+      checksum: 439f6bd2e2361bee292c1f31840d798c5ac5ba76483b8021dc9f7b0164ac0f48
+      deploySerial: 0
+      stateroot: default
+  otherDeployments:
+  - image:
+      image:
+        image: quay.io/centos-bootc/centos-bootc:stream9
+        transport: registry
+      version: stream9.20240807.0
+      timestamp: null
+      imageDigest: sha256:47e5ed613a970b6574bfa954ab25bb6e85656552899aa518b5961d9645102b37
+      architecture: arm64
+    cachedUpdate: null
+    incompatible: false
+    pinned: true
+    downloadOnly: false
+    ostree:
+      checksum: 99b2cc3b6edce9ebaef6a6076effa5ee3e1dcff3523016ffc94a1b27c6c67e12
+      deploySerial: 0
+      stateroot: default
+  rollback: null
+  rollbackQueued: false
+  type: bootcHost
+""",
+    "spec-booted-update-same-digest.yaml": """\
+apiVersion: org.containers.bootc/v1alpha1
+kind: BootcHost
+metadata:
+  name: host
+spec:
+  image:
+    image: quay.io/centos-bootc/centos-bootc:stream9
+    transport: registry
+  bootOrder: default
+status:
+  staged: null
+  booted:
+    image:
+      image:
+        image: quay.io/centos-bootc/centos-bootc:stream9
+        transport: registry
+      architecture: arm64
+      version: stream9.20240807.0
+      timestamp: null
+      imageDigest: sha256:47e5ed613a970b6574bfa954ab25bb6e85656552899aa518b5961d9645102b38
+    cachedUpdate:
+      image:
+        image: quay.io/centos-bootc/centos-bootc:stream9
+        transport: registry
+      architecture: arm64
+      version: stream9.20240807.0
+      timestamp: null
+      imageDigest: sha256:47e5ed613a970b6574bfa954ab25bb6e85656552899aa518b5961d9645102b38
+    incompatible: false
+    pinned: false
+    downloadOnly: false
+    ostree:
+      checksum: 439f6bd2e2361bee292c1f31840d798c5ac5ba76483b8021dc9f7b0164ac0f48
+      deploySerial: 0
+      stateroot: default
+  rollback: null
+  rollbackQueued: false
+  type: bootcHost
+""",
+    "spec-booted-usroverlay.yaml": """\
+apiVersion: org.containers.bootc/v1alpha1
+kind: BootcHost
+metadata:
+  name: host
+spec:
+  image:
+    image: quay.io/example/someimage:latest
+    transport: registry
+    signature: insecure
+status:
+  booted:
+    image:
+      image:
+        image: quay.io/example/someimage:latest
+        transport: registry
+      architecture: arm64
+      version: nightly
+      timestamp: 2023-09-30T19:22:16Z
+      imageDigest: sha256:736b359467c9437c1ac915acaae952aad854e07eb4a16a94999a48af08c83c34
+    incompatible: false
+    pinned: false
+    downloadOnly: false
+    ostree:
+      checksum: 26836632adf6228d64ef07a26fd3efaf177104efd1f341a2cf7909a3e4e2c72c
+      deploySerial: 0
+      stateroot: default
+  rollback: null
+  isContainer: false
+  usrOverlay:
+    accessMode: readWrite
+    persistence: transient
+""",
+    "spec-booted-with-update-no-version.yaml": """\
+apiVersion: org.containers.bootc/v1alpha1
+kind: BootcHost
+metadata:
+  name: host
+spec:
+  image:
+    image: quay.io/centos-bootc/centos-bootc:stream9
+    transport: registry
+  bootOrder: default
+status:
+  staged: null
+  booted:
+    image:
+      image:
+        image: quay.io/centos-bootc/centos-bootc:stream9
+        transport: registry
+      architecture: arm64
+      version: stream9.20240807.0
+      timestamp: null
+      imageDigest: sha256:47e5ed613a970b6574bfa954ab25bb6e85656552899aa518b5961d9645102b38
+    cachedUpdate:
+      image:
+        image: quay.io/centos-bootc/centos-bootc:stream9
+        transport: registry
+      architecture: arm64
+      version: null
+      timestamp: null
+      imageDigest: sha256:b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1
+    incompatible: false
+    pinned: false
+    downloadOnly: false
+    ostree:
+      checksum: 439f6bd2e2361bee292c1f31840d798c5ac5ba76483b8021dc9f7b0164ac0f48
+      deploySerial: 0
+      stateroot: default
+  rollback: null
+  rollbackQueued: false
+  type: bootcHost
+""",
+    "spec-booted-with-update.yaml": """\
+apiVersion: org.containers.bootc/v1alpha1
+kind: BootcHost
+metadata:
+  name: host
+spec:
+  image:
+    image: quay.io/centos-bootc/centos-bootc:stream9
+    transport: registry
+  bootOrder: default
+status:
+  staged: null
+  booted:
+    image:
+      image:
+        image: quay.io/centos-bootc/centos-bootc:stream9
+        transport: registry
+      architecture: arm64
+      version: stream9.20240807.0
+      timestamp: "2024-08-07T12:00:00Z"
+      imageDigest: sha256:47e5ed613a970b6574bfa954ab25bb6e85656552899aa518b5961d9645102b38
+    cachedUpdate:
+      image:
+        image: quay.io/centos-bootc/centos-bootc:stream9
+        transport: registry
+      architecture: arm64
+      version: stream9.20240901.0
+      timestamp: "2024-09-01T12:00:00Z"
+      imageDigest: sha256:a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0
+    incompatible: false
+    pinned: false
+    downloadOnly: false
+    ostree:
+      checksum: 439f6bd2e2361bee292c1f31840d798c5ac5ba76483b8021dc9f7b0164ac0f48
+      deploySerial: 0
+      stateroot: default
+  rollback: null
+  rollbackQueued: false
+  type: bootcHost
+""",
+    "spec-only-booted.yaml": """\
+apiVersion: org.containers.bootc/v1alpha1
+kind: BootcHost
+metadata:
+  name: host
+spec:
+  image:
+    image: quay.io/centos-bootc/centos-bootc:stream9
+    transport: registry
+  bootOrder: default
+status:
+  staged: null
+  booted:
+    image:
+      image:
+        image: quay.io/centos-bootc/centos-bootc:stream9
+        transport: registry
+      architecture: arm64
+      version: stream9.20240807.0
+      timestamp: null
+      imageDigest: sha256:47e5ed613a970b6574bfa954ab25bb6e85656552899aa518b5961d9645102b38
+    cachedUpdate: null
+    incompatible: false
+    pinned: false
+    downloadOnly: false
+    ostree:
+      checksum: 439f6bd2e2361bee292c1f31840d798c5ac5ba76483b8021dc9f7b0164ac0f48
+      deploySerial: 0
+      stateroot: default
+  rollback: null
+  rollbackQueued: false
+  type: bootcHost""",
+    "spec-ostree-remote.yaml": """\
+# This one drops the now-optional signature schema
+apiVersion: org.containers.bootc/v1alpha1
+kind: BootcHost
+metadata:
+  name: host
+spec:
+  image:
+    image: quay.io/fedora/fedora-coreos:stable
+    transport: registry
+    signature: !ostreeRemote "fedora"
+status:
+  booted:
+    image:
+      image:
+        image: quay.io/otherexample/otherimage:latest
+        transport: registry
+      architecture: arm64
+      version: 20231230.1
+      timestamp: 2023-12-30T16:10:11Z
+      imageDigest: sha256:b5bb9d8014a0f9b1d61e21e796d78dccdf1352f23cd32812f4850b878ae4944c
+    incompatible: false
+    pinned: false
+    downloadOnly: false
+    ostree:
+      checksum: 41af286dc0b172ed2f1ca934fd2278de4a1192302ffa07087cea2682e7d372e3
+      deploySerial: 0
+      stateroot: default
+  rollback: null
+  isContainer: false
+""",
+    "spec-ostree-to-bootc.yaml": """\
+apiVersion: org.containers.bootc/v1alpha1
+kind: BootcHost
+metadata:
+  name: host
+spec:
+  image:
+    image: quay.io/centos-bootc/centos-bootc:stream9
+    transport: registry
+  bootOrder: default
+status:
+  staged:
+    image:
+      image:
+        image: quay.io/centos-bootc/centos-bootc:stream9
+        transport: registry
+      architecture: s390x
+      version: stream9.20240807.0
+      timestamp: null
+      imageDigest: sha256:47e5ed613a970b6574bfa954ab25bb6e85656552899aa518b5961d9645102b38
+    cachedUpdate: null
+    incompatible: false
+    pinned: false
+    downloadOnly: false
+    store: ostreeContainer
+    ostree:
+      checksum: 05cbf6dcae32e7a1c5a0774a648a073a5834a305ca92204b53fb6c281fe49db1
+      deploySerial: 0
+      stateroot: default
+  booted:
+    image: null
+    cachedUpdate: null
+    incompatible: false
+    pinned: false
+    downloadOnly: false
+    store: null
+    ostree:
+      checksum: f9fa3a553ceaaaf30cf85bfe7eed46a822f7b8fd7e14c1e3389cbc3f6d27f791
+      deploySerial: 0
+      stateroot: default
+  rollback: null
+  rollbackQueued: false
+  type: null
+""",
+    "spec-rfe-ostree-deployment.yaml": """\
+apiVersion: org.containers.bootc/v1alpha1
+kind: BootcHost
+metadata:
+  name: host
+spec:
+  image: null
+  bootOrder: default
+status:
+  staged:
+    image: null
+    cachedUpdate: null
+    incompatible: true
+    pinned: false
+    downloadOnly: false
+    store: null
+    ostree:
+      checksum: 1c24260fdd1be20f72a4a97a75c582834ee3431fbb0fa8e4f482bb219d633a45
+      deploySerial: 0
+      stateroot: default
+  booted:
+    image: null
+    cachedUpdate: null
+    incompatible: false
+    pinned: false
+    downloadOnly: false
+    store: null
+    ostree:
+      checksum: f9fa3a553ceaaaf30cf85bfe7eed46a822f7b8fd7e14c1e3389cbc3f6d27f791
+      deploySerial: 0
+      stateroot: default
+  rollback: null
+  rollbackQueued: false
+  type: null
+""",
+    "spec-staged-booted.yaml": """\
+apiVersion: org.containers.bootc/v1alpha1
+kind: BootcHost
+metadata:
+  name: host
+spec:
+  image:
+    image: quay.io/example/someimage:latest
+    transport: registry
+    signature: insecure
+status:
+  staged:
+    image:
+      image:
+        image: quay.io/example/someimage:latest
+        transport: registry
+        signature: insecure
+      architecture: arm64
+      version: nightly
+      # This one has nanoseconds, which should be dropped for human consumption
+      timestamp: 2023-10-14T19:22:15.42Z
+      imageDigest: sha256:16dc2b6256b4ff0d2ec18d2dbfb06d117904010c8cf9732cdb022818cf7a7566
+    incompatible: false
+    pinned: false
+    downloadOnly: false
+    ostree:
+      checksum: 3c6dad657109522e0b2e49bf44b5420f16f0b438b5b9357e5132211cfbad135d
+      deploySerial: 0
+      stateroot: default
+  booted:
+    image:
+      image:
+        image: quay.io/example/someimage:latest
+        transport: registry
+        signature: insecure
+      architecture: arm64
+      version: nightly
+      timestamp: 2023-09-30T19:22:16Z
+      imageDigest: sha256:736b359467c9437c1ac915acaae952aad854e07eb4a16a94999a48af08c83c34
+    incompatible: false
+    pinned: false
+    downloadOnly: false
+    ostree:
+      checksum: 26836632adf6228d64ef07a26fd3efaf177104efd1f341a2cf7909a3e4e2c72c
+      deploySerial: 0
+      stateroot: default
+  rollback: null
+  isContainer: false
+""",
+    "spec-staged-download-only.yaml": """\
+apiVersion: org.containers.bootc/v1alpha1
+kind: BootcHost
+metadata:
+  name: host
+spec:
+  image:
+    image: quay.io/example/someimage:latest
+    transport: registry
+    signature: insecure
+status:
+  staged:
+    image:
+      image:
+        image: quay.io/example/someimage:latest
+        transport: registry
+        signature: insecure
+      architecture: arm64
+      version: nightly
+      timestamp: 2023-10-14T19:22:15.42Z
+      imageDigest: sha256:16dc2b6256b4ff0d2ec18d2dbfb06d117904010c8cf9732cdb022818cf7a7566
+    incompatible: false
+    pinned: false
+    downloadOnly: true
+    ostree:
+      checksum: 3c6dad657109522e0b2e49bf44b5420f16f0b438b5b9357e5132211cfbad135d
+      deploySerial: 0
+      stateroot: default
+  booted:
+    image:
+      image:
+        image: quay.io/example/someimage:latest
+        transport: registry
+        signature: insecure
+      architecture: arm64
+      version: nightly
+      timestamp: 2023-09-30T19:22:16Z
+      imageDigest: sha256:736b359467c9437c1ac915acaae952aad854e07eb4a16a94999a48af08c83c34
+    incompatible: false
+    pinned: false
+    ostree:
+      checksum: 26836632adf6228d64ef07a26fd3efaf177104efd1f341a2cf7909a3e4e2c72c
+      deploySerial: 0
+      stateroot: default
+  rollback: null
+  isContainer: false
+""",
+    "spec-staged-rollback.yaml": """\
+apiVersion: org.containers.bootc/v1alpha1
+kind: BootcHost
+metadata:
+  name: host
+spec:
+  image:
+    image: quay.io/example/someimage:latest
+    transport: registry
+    signature: insecure
+status:
+  staged:
+    image:
+      image:
+        image: quay.io/example/someimage:latest
+        transport: registry
+        signature: insecure
+      architecture: s390x
+      version: nightly
+      timestamp: 2023-10-14T19:22:15Z
+      imageDigest: sha256:16dc2b6256b4ff0d2ec18d2dbfb06d117904010c8cf9732cdb022818cf7a7566
+    incompatible: false
+    pinned: false
+    downloadOnly: false
+    ostree:
+      checksum: 3c6dad657109522e0b2e49bf44b5420f16f0b438b5b9357e5132211cfbad135d
+      deploySerial: 0
+      stateroot: default
+  booted: null
+  rollback:
+    image:
+      image:
+        image: quay.io/example/someimage:latest
+        transport: registry
+        signature: insecure
+      architecture: s390x
+      version: nightly
+      timestamp: 2023-09-30T19:22:16Z
+      imageDigest: sha256:736b359467c9437c1ac915acaae952aad854e07eb4a16a94999a48af08c83c34
+    incompatible: false
+    pinned: false
+    downloadOnly: false
+    ostree:
+      checksum: 26836632adf6228d64ef07a26fd3efaf177104efd1f341a2cf7909a3e4e2c72c
+      deploySerial: 0
+      stateroot: default
+  isContainer: false
+""",
+    "spec-v1-null.json": (
+        '{"apiVersion":"org.containers.bootc/v1","kind":"BootcHost","metadata":{"name":"h'
+        'ost"},"spec":{"image":null,"bootOrder":"default"},"status":{"staged":null,"boote'
+        'd":null,"rollback":null,"rollbackQueued":false,"type":null}}'
+    ),
+    "spec-v1a1-orig.yaml": """\
+apiVersion: org.containers.bootc/v1alpha1
+kind: BootcHost
+metadata:
+  name: host
+spec:
+  image:
+    image: quay.io/example/someimage:latest
+    transport: registry
+    signature: insecure
+status:
+  staged:
+    image:
+      image:
+        image: quay.io/example/someimage:latest
+        transport: registry
+        signature: insecure
+      version: nightly
+      timestamp: 2023-10-14T19:22:15Z
+      imageDigest: sha256:16dc2b6256b4ff0d2ec18d2dbfb06d117904010c8cf9732cdb022818cf7a7566
+      architecture: amd64
+    incompatible: false
+    pinned: false
+    downloadOnly: false
+    ostree:
+      checksum: 3c6dad657109522e0b2e49bf44b5420f16f0b438b5b9357e5132211cfbad135d
+      deploySerial: 0
+      stateroot: default
+  booted:
+    image:
+      image:
+        image: quay.io/example/someimage:latest
+        transport: registry
+        signature: insecure
+      version: nightly
+      timestamp: 2023-09-30T19:22:16Z
+      imageDigest: sha256:736b359467c9437c1ac915acaae952aad854e07eb4a16a94999a48af08c83c34
+      architecture: amd64
+    incompatible: false
+    pinned: false
+    downloadOnly: false
+    ostree:
+      checksum: 26836632adf6228d64ef07a26fd3efaf177104efd1f341a2cf7909a3e4e2c72c
+      deploySerial: 0
+      stateroot: default
+  rollback: null
+  isContainer: false
+""",
+    "spec-v1a1.yaml": """\
+# This one drops the now-optional signature schema
+apiVersion: org.containers.bootc/v1alpha1
+kind: BootcHost
+metadata:
+  name: host
+spec:
+  image:
+    image: quay.io/otherexample/otherimage:latest
+    transport: registry
+status:
+  booted:
+    image:
+      image:
+        image: quay.io/otherexample/otherimage:latest
+        transport: registry
+      architecture: s390x
+      version: 20231230.1
+      timestamp: 2023-12-30T16:10:11Z
+      imageDigest: sha256:b5bb9d8014a0f9b1d61e21e796d78dccdf1352f23cd32812f4850b878ae4944c
+    incompatible: false
+    pinned: false
+    downloadOnly: false
+    ostree:
+      checksum: 41af286dc0b172ed2f1ca934fd2278de4a1192302ffa07087cea2682e7d372e3
+      deploySerial: 0
+      stateroot: default
+  rollback: null
+  isContainer: false
+""",
+    "spec-via-local-oci.yaml": """\
+apiVersion: org.containers.bootc/v1alpha1
+kind: BootcHost
+metadata:
+  name: host
+spec:
+  image:
+    image: /var/mnt/osupdate:latest
+    transport: oci
+  bootOrder: default
+status:
+  staged: null
+  booted:
+    image:
+      image:
+        image: /var/mnt/osupdate
+        transport: oci
+      architecture: amd64
+      version: stream9.20240807.0
+      timestamp: null
+      imageDigest: sha256:47e5ed613a970b6574bfa954ab25bb6e85656552899aa518b5961d9645102b38
+    cachedUpdate: null
+    incompatible: false
+    pinned: false
+    downloadOnly: false
+    ostree:
+      checksum: 439f6bd2e2361bee292c1f31840d798c5ac5ba76483b8021dc9f7b0164ac0f48
+      deploySerial: 0
+      stateroot: default
+  rollback: null
+  rollbackQueued: false
+  type: bootcHost""",
+}
