@@ -1,18 +1,136 @@
 """The `bootc` command line: argument parsing and dispatch, nothing else.
 
 Each verb maps to one library call; a BootcError from it becomes a single
-`error: ...` line and exit status 1, as upstream bootc does.
+`error: ...` line and exit status 1, as upstream bootc does. Usage errors exit 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from pybootc.backends import Backend
 from pybootc.errors import BootcError
+from pybootc.imgref import ImageReference, OstreeImageReference, SignatureSource
+
+
+def _print(lines: Sequence[str]) -> None:
+    for line in lines:
+        print(line)
+
+
+def _image_argument(text: str, transport: str | None, enforce: bool) -> OstreeImageReference:
+    if transport is not None:
+        imgref = ImageReference.from_name_and_transport(text, transport)
+        sigverify = SignatureSource.container_policy() if enforce else SignatureSource.insecure()
+        return OstreeImageReference(sigverify, imgref)
+    parsed = OstreeImageReference.parse(text)
+    if enforce:
+        return OstreeImageReference(SignatureSource.container_policy(), parsed.imgref)
+    return parsed
+
+
+def _status(args: argparse.Namespace) -> int:
+    from pybootc.spec import Slot
+    from pybootc.status import build_host
+    from pybootc.status_render import render_human
+    from pybootc.sysroot import Sysroot
+
+    sysroot = Sysroot.open(args.sysroot)
+    host = build_host(sysroot)
+    if args.booted:
+        host = host.filter_to_slot(Slot.BOOTED)
+    fmt = "json" if args.json else args.format
+    if fmt is None:
+        fmt = "humanreadable" if sys.stdout.isatty() else "yaml"
+    if fmt == "json":
+        print(host.to_json())
+    elif fmt == "yaml":
+        sys.stdout.write(host.to_yaml())
+    else:
+        sys.stdout.write(render_human(host, verbose=args.verbose, require_booted=sysroot.booted))
+    return 0
+
+
+def _switch(args: argparse.Namespace) -> int:
+    from pybootc.deploy import switch
+    from pybootc.sigpolicy import require_enforcing_policy
+
+    if args.enforce_container_sigpolicy:
+        require_enforcing_policy()
+    target = _image_argument(args.image, args.transport, args.enforce_container_sigpolicy)
+    report = switch(
+        args.sysroot,
+        target,
+        backend=Backend(args.backend) if args.backend else None,
+        retain=args.retain,
+        decryption_key=args.decryption_key,
+    )
+    _print(report.lines)
+    return 0
+
+
+def _upgrade(args: argparse.Namespace) -> int:
+    from pybootc.deploy import check_for_update, upgrade
+
+    if args.check:
+        report, summary = check_for_update(args.sysroot)
+        if args.format == "json":
+            print(json.dumps(summary, indent=2))
+        else:
+            _print(report.lines)
+        return 0
+    _print(upgrade(args.sysroot).lines)
+    return 0
+
+
+def _rollback(args: argparse.Namespace) -> int:
+    from pybootc.deploy import rollback
+
+    _print(rollback(args.sysroot).lines)
+    return 0
+
+
+def _install(args: argparse.Namespace) -> int:
+    from pybootc.deploy import install_to_filesystem
+
+    report = install_to_filesystem(
+        args.path,
+        OstreeImageReference.parse(args.source_imgref),
+        backend=Backend(args.backend),
+        stateroot=args.stateroot,
+        kargs=args.karg,
+        disable_selinux=args.disable_selinux,
+        decryption_key=args.decryption_key,
+    )
+    _print(report.lines)
+    return 0
+
+
+def _podman(args: argparse.Namespace) -> int:
+    from pybootc.image_commands import podman
+
+    return podman(args.sysroot, args.args)
+
+
+def _image(args: argparse.Namespace) -> int:
+    from pybootc import image_commands
+
+    if args.image_verb == "list":
+        print(image_commands.list_images(args.sysroot, as_json=args.format == "json"))
+        return 0
+    if args.image_verb == "copy-to-storage":
+        report = image_commands.copy_to_storage(args.sysroot, args.source, args.target)
+    elif args.image_verb == "pull-from-default-storage":
+        report = image_commands.pull_from_default_storage(args.sysroot, args.image)
+    else:
+        report = image_commands.prune(args.sysroot)
+    _print(report.lines)
+    return 0
 
 
 def _flatten(args: argparse.Namespace) -> int:
@@ -25,14 +143,12 @@ def _flatten(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bootc", description="Image-based OS updates (pybootc)")
-    parser.add_argument(
-        "--sysroot", type=Path, default=Path("/"), help="the system root (default /)"
-    )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log the commands run")
-    verbs = parser.add_subparsers(dest="verb", required=True)
+def _add_progress(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quiet", action="store_true", help="no progress output")
+    parser.add_argument("--progress-fd", type=int, metavar="N", help=argparse.SUPPRESS)
 
+
+def _add_internals(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     internals = verbs.add_parser("internals", help="internal and debugging commands")
     internal_verbs = internals.add_subparsers(dest="internal_verb", required=True)
     flatten = internal_verbs.add_parser(
@@ -50,16 +166,93 @@ def build_parser() -> argparse.ArgumentParser:
     flatten.add_argument("image", help="image in any skopeo transport, e.g. oci:DIR:TAG")
     flatten.add_argument("--output", type=Path, required=True, help="directory to create")
     flatten.set_defaults(func=_flatten)
+    for parent, name in ((internal_verbs, "podman"), (verbs, "internal-podman")):
+        podman = parent.add_parser(name, help="run podman against bootc's container storage")
+        podman.add_argument("args", nargs=argparse.REMAINDER)
+        podman.set_defaults(func=_podman)
+
+
+def _add_image(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    image = verbs.add_parser("image", help="images in bootc's container storage")
+    image_verbs = image.add_subparsers(dest="image_verb", required=True)
+    listing = image_verbs.add_parser("list", help="list images in bootc's storage")
+    listing.add_argument("--format", choices=["table", "json"], default="table")
+    copy = image_verbs.add_parser("copy-to-storage", help="copy an image to the host's storage")
+    copy.add_argument("--source", help="image in bootc's storage (default: the deployed one)")
+    copy.add_argument("--target", help="name in the host's storage (default: localhost/bootc)")
+    pull = image_verbs.add_parser(
+        "pull-from-default-storage", help="copy an image from the host's storage to bootc's"
+    )
+    pull.add_argument("image")
+    image_verbs.add_parser("prune", help="remove images no deployment uses")
+    image.set_defaults(func=_image)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bootc", description="Image-based OS updates (pybootc)")
+    parser.add_argument(
+        "--sysroot", type=Path, default=Path("/"), help="the system root (default /)"
+    )
+    parser.add_argument("--debug", action="store_true", help="log the commands run")
+    verbs = parser.add_subparsers(dest="verb", required=True)
+
+    status = verbs.add_parser("status", help="show the host's deployments")
+    status.add_argument("--format", choices=["humanreadable", "yaml", "json"])
+    status.add_argument("--format-version", type=int, choices=[0, 1], default=1)
+    status.add_argument("--json", action="store_true", help="same as --format json")
+    status.add_argument("--booted", action="store_true", help="only the booted deployment")
+    status.add_argument("-v", "--verbose", action="store_true")
+    status.set_defaults(func=_status)
+
+    switch = verbs.add_parser("switch", help="deploy another image")
+    switch.add_argument("--backend", choices=[b.value for b in Backend])
+    switch.add_argument(
+        "--transport",
+        choices=["registry", "oci", "oci-archive", "containers-storage", "dir", "docker-archive"],
+    )
+    switch.add_argument("--retain", action="store_true", help="keep the old image's ref")
+    switch.add_argument("--enforce-container-sigpolicy", action="store_true")
+    switch.add_argument("--decryption-key", type=Path, metavar="K")
+    _add_progress(switch)
+    switch.add_argument("image")
+    switch.set_defaults(func=_switch)
+
+    upgrade = verbs.add_parser("upgrade", help="deploy the newest version of the image")
+    upgrade.add_argument("--check", action="store_true", help="only fetch manifest and config")
+    upgrade.add_argument("--format", choices=["humanreadable", "json"], default="humanreadable")
+    _add_progress(upgrade)
+    upgrade.set_defaults(func=_upgrade)
+
+    rollback = verbs.add_parser("rollback", help="boot the previous deployment next")
+    rollback.set_defaults(func=_rollback)
+
+    install = verbs.add_parser("install", help="install to a target")
+    install_verbs = install.add_subparsers(dest="install_verb", required=True)
+    to_fs = install_verbs.add_parser("to-filesystem", help="install into a mounted filesystem")
+    to_fs.add_argument("--source-imgref", required=True, metavar="IMGREF")
+    to_fs.add_argument("--backend", choices=[b.value for b in Backend], default="ostree")
+    to_fs.add_argument("--stateroot", default="default")
+    to_fs.add_argument("--karg", action="append", default=[], metavar="K")
+    to_fs.add_argument("--disable-selinux", action="store_true")
+    to_fs.add_argument("--decryption-key", type=Path, metavar="K")
+    _add_progress(to_fs)
+    to_fs.add_argument("path", type=Path, metavar="PATH")
+    to_fs.set_defaults(func=_install)
+
+    _add_image(verbs)
+    _add_internals(verbs)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.WARNING,
-        format="%(message)s",
+        level=logging.DEBUG if args.debug else logging.WARNING,
+        format="%(levelname)s: %(message)s",
         stream=sys.stderr,
     )
+    # Warnings read like bootc's: "warning: ..."
+    logging.addLevelName(logging.WARNING, "warning")
     try:
         result: int = args.func(args)
     except BootcError as err:

@@ -6,4 +6,4 @@ gi.require_version("OSTree", "1.0")
 
 from gi.repository import Gio, GLib, OSTree  # noqa: E402
 
-__all__ = ["Gio", "GLib", "OSTree"]
+__all__ = ["GLib", "Gio", "OSTree"]

@@ -28,6 +28,7 @@ from pybootc.tools import run
 
 log = logging.getLogger(__name__)
 
+
 @dataclass(frozen=True)
 class ImportedImage:
     commit: str

@@ -1,0 +1,296 @@
+"""switch, upgrade, rollback and install: from an image reference to a deployment.
+
+Every verb fetches manifest and config first (architecture, digest, "is there
+anything new?") and only then pulls. A failure after the pull puts back what it
+changed, so bad input leaves the sysroot, its refs and bootc's storage as they were.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from pybootc import bootc_storage
+from pybootc.backends import Backend
+from pybootc.backends.container import ImportedImage, import_image
+from pybootc.deployment_image import (
+    CACHED_CONFIG,
+    CACHED_DIGEST,
+    CACHED_MANIFEST,
+    OriginImage,
+    commit_image,
+    origin_image,
+)
+from pybootc.errors import BootcError, error_context
+from pybootc.image_metadata import ImageMetadata, canonical_json, fetch_image_metadata
+from pybootc.imgref import OstreeImageReference
+from pybootc.ostree_commit import image_ref_name, list_refs, set_detached_metadata, set_ref
+from pybootc.ostree_gi import GLib
+from pybootc.sysroot import DeploymentInfo, Sysroot, initialize
+
+log = logging.getLogger(__name__)
+
+IMAGE_REF_PREFIX = "ostree/container/image"
+DEFAULT_STATEROOT = "default"
+
+
+@dataclass(frozen=True)
+class Report:
+    """What a verb has to say: lines for stdout."""
+
+    lines: tuple[str, ...]
+
+
+def image_ref(imgref: OstreeImageReference) -> str:
+    # ostree-ext names the ref after `transport:name`, whatever the signature.
+    return image_ref_name(f"{imgref.imgref.transport.value}:{imgref.imgref.name}")
+
+
+def _queued(imgref: OstreeImageReference, metadata: ImageMetadata) -> Report:
+    lines = [f"Queued for next boot: {imgref}"]
+    if metadata.config.version:
+        lines.append(f"  Version: {metadata.config.version}")
+    lines.append(f"  Digest: {metadata.manifest_digest}")
+    return Report(tuple(lines))
+
+
+def current_deployment(sysroot: Sysroot) -> DeploymentInfo | None:
+    """The deployment an upgrade follows: the booted one, else the first in boot order."""
+    deployments = sysroot.deployments()
+    for deployment in deployments:
+        if deployment.is_booted:
+            return deployment
+    return deployments[0] if deployments else None
+
+
+def _deployed_digests(sysroot: Sysroot) -> set[str]:
+    digests = set()
+    for deployment in sysroot.deployments():
+        image = commit_image(sysroot.repo, deployment.checksum)
+        if image is not None:
+            digests.add(image.manifest_digest)
+    return digests
+
+
+def collect_garbage(sysroot: Sysroot) -> list[str]:
+    """Remove the images in bootc's storage that no deployment uses."""
+    return bootc_storage.remove_unused(
+        bootc_storage.bootc_storage(sysroot.path), _deployed_digests(sysroot)
+    )
+
+
+@contextmanager
+def _undo_on_failure(sysroot: Sysroot) -> Iterator[None]:
+    """Put refs and bootc's storage back as they were if the body fails."""
+    refs_before = list_refs(sysroot.repo, IMAGE_REF_PREFIX)
+    try:
+        yield
+    except BaseException:
+        for ref, checksum in list_refs(sysroot.repo, IMAGE_REF_PREFIX).items():
+            if refs_before.get(ref) != checksum:
+                set_ref(sysroot.repo, ref, refs_before.get(ref))
+        collect_garbage(sysroot)
+        sysroot.cleanup()
+        raise
+
+
+def _import(
+    sysroot: Sysroot, target: OriginImage, *, disable_selinux: bool = False
+) -> ImportedImage:
+    if target.backend is Backend.OSTREE:
+        raise BootcError("The ostree backend is not implemented yet; use --backend container")
+    if target.decryption_key is not None and not target.decryption_key.is_file():
+        raise BootcError(f"Decryption key {target.decryption_key} does not exist")
+    return import_image(
+        sysroot.path,
+        sysroot.repo,
+        target.imgref,
+        decryption_key=target.decryption_key,
+        disable_selinux=disable_selinux,
+    )
+
+
+def _deploy(
+    sysroot: Sysroot,
+    target: OriginImage,
+    *,
+    stateroot: str,
+    kargs: Sequence[str] | None = None,
+    retain_others: bool = True,
+    disable_selinux: bool = False,
+) -> ImageMetadata:
+    with _undo_on_failure(sysroot):
+        imported = _import(sysroot, target, disable_selinux=disable_selinux)
+        sysroot.deploy(
+            imported.commit,
+            stateroot=stateroot,
+            origin=target.to_origin(),
+            kargs=kargs,
+            retain_others=retain_others,
+        )
+    sysroot.cleanup()
+    collect_garbage(sysroot)
+    return imported.metadata
+
+
+def switch(
+    sysroot_path: Path,
+    target: OstreeImageReference,
+    *,
+    backend: Backend | None = None,
+    retain: bool = False,
+    decryption_key: Path | None = None,
+) -> Report:
+    sysroot = Sysroot.open(sysroot_path)
+    with sysroot.lock():
+        current = current_deployment(sysroot)
+        current_image = origin_image(current) if current else None
+        chosen = backend or (current_image.backend if current_image else Backend.OSTREE)
+        origin = OriginImage(target, chosen, decryption_key.absolute() if decryption_key else None)
+        metadata = fetch_image_metadata(target.imgref)
+        if current is not None and current_image == origin:
+            deployed = commit_image(sysroot.repo, current.checksum)
+            if deployed is not None and deployed.manifest_digest == metadata.manifest_digest:
+                return Report(("Image specification is unchanged.",))
+        stateroot = current.stateroot if current else DEFAULT_STATEROOT
+        pulled = _deploy(sysroot, origin, stateroot=stateroot)
+        if not retain and current_image is not None and current_image.imgref != target:
+            set_ref(sysroot.repo, image_ref(current_image.imgref), None)
+            sysroot.cleanup()
+    return _queued(target, pulled)
+
+
+def _follow(sysroot: Sysroot) -> tuple[DeploymentInfo, OriginImage]:
+    current = current_deployment(sysroot)
+    image = origin_image(current) if current else None
+    if current is None or image is None:
+        raise BootcError("No image to upgrade: the system is not deployed via bootc")
+    return current, image
+
+
+def upgrade(sysroot_path: Path) -> Report:
+    sysroot = Sysroot.open(sysroot_path)
+    with sysroot.lock():
+        current, image = _follow(sysroot)
+        metadata = fetch_image_metadata(image.imgref.imgref)
+        deployed = commit_image(sysroot.repo, current.checksum)
+        if deployed is not None and deployed.manifest_digest == metadata.manifest_digest:
+            return Report(("No update available.",))
+        pulled = _deploy(sysroot, image, stateroot=current.stateroot)
+    return _queued(image.imgref, pulled)
+
+
+def check_for_update(sysroot_path: Path) -> tuple[Report, dict[str, object]]:
+    """`upgrade --check`: manifest and config only, kept as the cached update."""
+    sysroot = Sysroot.open(sysroot_path)
+    with sysroot.lock():
+        current, image = _follow(sysroot)
+        metadata = fetch_image_metadata(image.imgref.imgref)
+        deployed = commit_image(sysroot.repo, current.checksum)
+        unchanged = deployed is not None and deployed.manifest_digest == metadata.manifest_digest
+        set_detached_metadata(
+            sysroot.repo,
+            current.checksum,
+            {
+                CACHED_DIGEST: GLib.Variant("s", metadata.manifest_digest),
+                CACHED_MANIFEST: GLib.Variant("s", canonical_json(metadata.manifest_raw)),
+                CACHED_CONFIG: GLib.Variant("s", canonical_json(metadata.config_raw)),
+            },
+        )
+    summary: dict[str, object] = {
+        "image": str(image.imgref),
+        "updateAvailable": not unchanged,
+        "digest": metadata.manifest_digest,
+        "version": metadata.config.version,
+        "layers": len(metadata.manifest.layers),
+        "size": sum(layer.size for layer in metadata.manifest.layers),
+    }
+    if unchanged:
+        return Report((f"No changes in: {image.imgref}",)), summary
+    lines = [f"Update available for: {image.imgref}"]
+    if metadata.config.version:
+        lines.append(f"  Version: {metadata.config.version}")
+    lines.append(f"  Digest: {metadata.manifest_digest}")
+    size = sum(layer.size for layer in metadata.manifest.layers)
+    lines.append(f"Total new layers: {len(metadata.manifest.layers)}  Size: {_human_size(size)}")
+    return Report(tuple(lines)), summary
+
+
+def _human_size(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "kB", "MB", "GB"):
+        if value < 1000 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{size} B"
+
+
+def rollback(sysroot_path: Path) -> Report:
+    sysroot = Sysroot.open(sysroot_path)
+    sysroot.rollback()
+    return Report(("Next boot: rollback deployment",))
+
+
+def _check_empty_target(path: Path) -> None:
+    if not path.is_dir():
+        raise BootcError(f"{path} is not a directory")
+    leftovers = sorted(set(os.listdir(path)) - {"lost+found"})
+    if leftovers:
+        raise BootcError(f"{path} is not empty (it has {', '.join(leftovers[:3])})")
+
+
+def _empty_again(path: Path) -> None:
+    """Remove what a failed install created in `path` (its deployments are immutable)."""
+    roots = [p for p in path.glob("ostree/deploy/*/deploy/*") if p.is_dir() and not p.is_symlink()]
+    if roots:
+        subprocess.run(["chattr", "-i", *map(str, roots)], check=False)
+    storage = bootc_storage.bootc_storage(path)
+    if storage.root.exists():
+        storage.reset(check=False)
+    for child in path.iterdir():
+        if child.name == "lost+found":
+            continue
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+
+
+def install_to_filesystem(
+    path: Path,
+    source: OstreeImageReference,
+    *,
+    backend: Backend = Backend.OSTREE,
+    stateroot: str = DEFAULT_STATEROOT,
+    kargs: Sequence[str] = (),
+    disable_selinux: bool = False,
+    decryption_key: Path | None = None,
+) -> Report:
+    _check_empty_target(path)
+    origin = OriginImage(source, backend, decryption_key.absolute() if decryption_key else None)
+    if backend is Backend.OSTREE:
+        raise BootcError("The ostree backend is not implemented yet; use --backend container")
+    # Refuse a missing image or another architecture before anything is written.
+    fetch_image_metadata(source.imgref)
+    try:
+        with error_context(f"Installing to {path}"):
+            initialize(path, stateroot)
+            sysroot = Sysroot.open(path)
+            with sysroot.lock():
+                pulled = _deploy(
+                    sysroot,
+                    origin,
+                    stateroot=stateroot,
+                    kargs=list(kargs),
+                    disable_selinux=disable_selinux,
+                )
+    except BaseException:
+        _empty_again(path)
+        raise
+    return _queued(source, pulled)

@@ -1,0 +1,125 @@
+"""Builds the Host document (`bootc status`) from a sysroot's deployments.
+
+On a sysroot that is not the running system nothing is booted: the deployment
+that boots next is `staged`, the next one `rollback`, the rest `otherDeployments`.
+"""
+
+from __future__ import annotations
+
+from pybootc.backends import Backend
+from pybootc.deployment_image import CommitImage, cached_update, commit_image, origin_image
+from pybootc.imgref import OstreeImageReference, SignatureKind
+from pybootc.ostree_gi import OSTree
+from pybootc.spec import (
+    BootEntry,
+    BootEntryOstree,
+    BootOrder,
+    Host,
+    HostSpec,
+    HostStatus,
+    HostType,
+    ImageReference,
+    ImageSignature,
+    ImageStatus,
+    normalize_timestamp,
+)
+from pybootc.sysroot import DeploymentInfo, Sysroot
+
+
+def spec_reference(imgref: OstreeImageReference) -> ImageReference:
+    """bootc's ImageReference for an image reference: transport, name and signature."""
+    kind = imgref.sigverify.kind
+    if kind is SignatureKind.OSTREE_REMOTE:
+        signature = ImageSignature.ostree_remote(imgref.sigverify.remote or "")
+    elif kind is SignatureKind.CONTAINER_POLICY:
+        signature = ImageSignature.container_policy()
+    else:
+        signature = ImageSignature.insecure()
+    return ImageReference(
+        image=imgref.imgref.name, transport=imgref.imgref.transport.value, signature=signature
+    )
+
+
+def _image_status(reference: ImageReference, image: CommitImage) -> ImageStatus:
+    return ImageStatus(
+        image=reference,
+        image_digest=image.manifest_digest,
+        architecture=image.architecture,
+        version=image.version,
+        timestamp=normalize_timestamp(image.created) if image.created else None,
+    )
+
+
+def boot_entry(repo: OSTree.Repo, deployment: DeploymentInfo) -> BootEntry:
+    origin = origin_image(deployment)
+    image = cached = None
+    store = None
+    if origin is not None:
+        reference = spec_reference(origin.imgref)
+        committed = commit_image(repo, deployment.checksum)
+        if committed is not None:
+            image = _image_status(reference, committed)
+            update = cached_update(repo, deployment.checksum)
+            if update is not None and update.manifest_digest != committed.manifest_digest:
+                cached = _image_status(reference, update)
+        store = origin.backend.store
+    return BootEntry(
+        image=image,
+        cached_update=cached,
+        pinned=deployment.pinned,
+        store=store,
+        ostree=BootEntryOstree(
+            stateroot=deployment.stateroot,
+            checksum=deployment.checksum,
+            deploy_serial=deployment.deploy_serial,
+        ),
+    )
+
+
+def build_host(sysroot: Sysroot) -> Host:
+    deployments = sysroot.deployments()
+    if not deployments:
+        return Host.empty()
+    repo = sysroot.repo
+    entries = [boot_entry(repo, d) for d in deployments]
+    staged = booted = rollback = None
+    others: list[BootEntry] = []
+    booted_index = next((d.index for d in deployments if d.is_booted), None)
+    if booted_index is None:
+        # Nothing runs from this sysroot: what boots next is queued, i.e. staged.
+        staged, rollback, others = (
+            entries[0],
+            (entries[1] if len(entries) > 1 else None),
+            entries[2:],
+        )
+        spec_entry = staged
+        rollback_queued = False
+    else:
+        booted = entries[booted_index]
+        staged_index = next((d.index for d in deployments if d.is_staged), None)
+        staged = entries[staged_index] if staged_index is not None else None
+        rest = [i for i in range(len(entries)) if i not in (booted_index, staged_index)]
+        rollback = entries[rest[0]] if rest else None
+        others = [entries[i] for i in rest[1:]]
+        spec_entry = staged or booted
+        # The rollback deployment is first in boot order: it boots next.
+        rollback_queued = staged_index is None and booted_index != 0
+    image = spec_entry.image.image if spec_entry and spec_entry.image else None
+    return Host(
+        spec=HostSpec(
+            image=image, boot_order=BootOrder.ROLLBACK if rollback_queued else BootOrder.DEFAULT
+        ),
+        status=HostStatus(
+            staged=staged,
+            booted=booted,
+            rollback=rollback,
+            other_deployments=tuple(others),
+            rollback_queued=rollback_queued,
+            type=HostType.BOOTC_HOST if any(e.image for e in entries) else None,
+        ),
+    )
+
+
+def backend_of(deployment: DeploymentInfo) -> Backend | None:
+    origin = origin_image(deployment)
+    return origin.backend if origin else None
