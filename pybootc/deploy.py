@@ -25,12 +25,13 @@ from pybootc.deployment_image import (
     CACHED_MANIFEST,
     OriginImage,
     commit_image,
+    image_ref,
     origin_image,
 )
 from pybootc.errors import BootcError, error_context
 from pybootc.image_metadata import ImageMetadata, canonical_json, fetch_image_metadata
 from pybootc.imgref import OstreeImageReference
-from pybootc.ostree_commit import image_ref_name, list_refs, set_detached_metadata, set_ref
+from pybootc.ostree_commit import list_refs, set_detached_metadata, set_ref
 from pybootc.ostree_gi import GLib
 from pybootc.sysroot import DeploymentInfo, Sysroot, initialize
 
@@ -45,11 +46,6 @@ class Report:
     """What a verb has to say: lines for stdout."""
 
     lines: tuple[str, ...]
-
-
-def image_ref(imgref: OstreeImageReference) -> str:
-    # ostree-ext names the ref after `transport:name`, whatever the signature.
-    return image_ref_name(f"{imgref.imgref.transport.value}:{imgref.imgref.name}")
 
 
 def _queued(imgref: OstreeImageReference, metadata: ImageMetadata) -> Report:
@@ -122,7 +118,6 @@ def _deploy(
     *,
     stateroot: str,
     kargs: Sequence[str] | None = None,
-    retain_others: bool = True,
     disable_selinux: bool = False,
 ) -> ImageMetadata:
     with _undo_on_failure(sysroot):
@@ -132,7 +127,9 @@ def _deploy(
             stateroot=stateroot,
             origin=target.to_origin(),
             kargs=kargs,
-            retain_others=retain_others,
+            # As `ostree admin deploy` does: the new deployment, the previous
+            # default as rollback, and pinned ones; older ones go.
+            retain_others=False,
         )
     sysroot.cleanup()
     collect_garbage(sysroot)

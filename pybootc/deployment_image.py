@@ -17,6 +17,7 @@ from pybootc.errors import BootcError
 from pybootc.imgref import OstreeImageReference
 from pybootc.ostree_commit import (
     commit_timestamp,
+    image_ref_name,
     read_commit_metadata,
     read_detached_metadata,
 )
@@ -33,6 +34,12 @@ DECRYPTION_KEY_KEY = "decryption-key"
 CACHED_DIGEST = "ostree-ext.cached.manifest-digest"
 CACHED_MANIFEST = "ostree-ext.cached.manifest"
 CACHED_CONFIG = "ostree-ext.cached.config"
+
+
+def image_ref(imgref: OstreeImageReference) -> str:
+    """The ref that holds an image's merge commit: ostree-ext names it after
+    `transport:name`, whatever the signature policy."""
+    return image_ref_name(f"{imgref.imgref.transport.value}:{imgref.imgref.name}")
 
 
 @dataclass(frozen=True)

@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.support import Oracle, running_registry
+from pybootc.containers_storage import ContainersStorage
+from tests.support import Oracle, Registry, running_registry
 
 
 @pytest.fixture(scope="session")
-def registry() -> Iterator[str]:
-    with running_registry() as address:
-        yield address
+def registry() -> Iterator[Registry]:
+    with running_registry() as found:
+        yield found
 
 
 @pytest.fixture(scope="session")
@@ -24,3 +28,45 @@ def oracle() -> Iterator[Oracle]:
         yield found
     finally:
         found.close()
+
+
+@pytest.fixture
+def target(tmp_path: Path) -> Iterator[Path]:
+    """An empty directory on a tmpfs of its own: where a sysroot gets installed."""
+    from pybootc.bootc_storage import bootc_storage
+    from tests.sysroot_support import scratch_tmpfs
+
+    with scratch_tmpfs(tmp_path / "mnt") as mount:
+        path = mount / "sysroot"
+        path.mkdir()
+        try:
+            yield path
+        finally:
+            storage = bootc_storage(path)
+            if storage.root.exists():
+                storage.reset(check=False)
+            shutil.rmtree(storage.runroot, ignore_errors=True)
+
+
+@pytest.fixture
+def host_storage(tmp_path: Path) -> Iterator[ContainersStorage]:
+    """The "host's default storage" for this test: CONTAINERS_STORAGE_CONF points at it."""
+    # podman refuses a runroot path longer than 50 characters.
+    storage = ContainersStorage(
+        tmp_path / "host-storage", Path(tempfile.mkdtemp(prefix="hs-", dir="/run"))
+    )
+    conf = tmp_path / "storage.conf"
+    conf.write_text(
+        f'[storage]\ndriver = "overlay"\ngraphroot = "{storage.root}"\nrunroot = "{storage.runroot}"\n'
+    )
+    previous = os.environ.get("CONTAINERS_STORAGE_CONF")
+    os.environ["CONTAINERS_STORAGE_CONF"] = str(conf)
+    try:
+        yield storage
+    finally:
+        subprocess.run(["podman", "system", "reset", "--force"], capture_output=True, check=False)
+        shutil.rmtree(storage.runroot, ignore_errors=True)
+        if previous is None:
+            del os.environ["CONTAINERS_STORAGE_CONF"]
+        else:
+            os.environ["CONTAINERS_STORAGE_CONF"] = previous

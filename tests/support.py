@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -111,22 +112,33 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+@dataclass(frozen=True)
+class Registry:
+    address: str  # 127.0.0.1:PORT
+    log_path: Path
+
+    def requests(self) -> list[str]:
+        """Request lines seen so far, such as `GET /v2/x/blobs/sha256:...`."""
+        text = self.log_path.read_text(errors="replace")
+        return re.findall(r'"((?:GET|HEAD|PUT|POST|PATCH|DELETE) /v2/[^ ]*)', text)
+
+
 @contextmanager
-def running_registry() -> Iterator[str]:
-    """Debian's docker-registry on a free loopback port; yields `127.0.0.1:PORT`."""
+def running_registry() -> Iterator[Registry]:
+    """Debian's docker-registry on a free loopback port, its access log kept."""
     workdir = Path(tempfile.mkdtemp(prefix="pybootc-registry-"))
     port = free_port()
     config = workdir / "config.yml"
     config.write_text(
         "version: 0.1\n"
-        "log: {level: error}\n"
+        "log: {level: info}\n"
         f"storage: {{filesystem: {{rootdirectory: {workdir / 'data'}}}}}\n"
         f"http: {{addr: '127.0.0.1:{port}'}}\n"
     )
+    log_path = workdir / "access.log"
+    log_file = log_path.open("wb")
     proc = subprocess.Popen(
-        ["docker-registry", "serve", str(config)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        ["docker-registry", "serve", str(config)], stdout=log_file, stderr=log_file
     )
     address = f"127.0.0.1:{port}"
     try:
@@ -145,12 +157,13 @@ def running_registry() -> Iterator[str]:
         REGISTRIES_DROPIN_DIR.mkdir(parents=True, exist_ok=True)
         dropin.write_text(f'[[registry]]\nlocation = "{address}"\ninsecure = true\n')
         try:
-            yield address
+            yield Registry(address, log_path)
         finally:
             dropin.unlink(missing_ok=True)
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+        log_file.close()
         shutil.rmtree(workdir, ignore_errors=True)
 
 

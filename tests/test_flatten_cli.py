@@ -26,6 +26,7 @@ from pybootc.ocibuild import (
     whiteout,
     write_tar,
 )
+from tests.support import Registry
 
 SAMPLE = ImageSpec(
     (
@@ -62,17 +63,17 @@ def layout(tmp_path: Path) -> OciLayout:
 
 @pytest.mark.parametrize("source", ["blobs", "containers-storage"])
 def test_both_sources_from_a_registry_give_the_same_tree(
-    registry: str, layout: OciLayout, tmp_path: Path, source: str
+    registry: Registry, layout: OciLayout, tmp_path: Path, source: str
 ) -> None:
     layout.add_image("v1", SAMPLE)
-    push(layout.ref("v1"), f"docker://{registry}/flatten/sample:v1")
+    push(layout.ref("v1"), f"docker://{registry.address}/flatten/sample:v1")
     out = tmp_path / "out"
     proc = bootc(
         "internals",
         "flatten",
         "--source",
         source,
-        f"docker://{registry}/flatten/sample:v1",
+        f"docker://{registry.address}/flatten/sample:v1",
         "--output",
         str(out),
     )
@@ -83,9 +84,9 @@ def test_both_sources_from_a_registry_give_the_same_tree(
     assert paths == {"etc", "etc/os-release", "usr"}
 
 
-def test_docker_v2s2_media_types(registry: str, layout: OciLayout, tmp_path: Path) -> None:
+def test_docker_v2s2_media_types(registry: Registry, layout: OciLayout, tmp_path: Path) -> None:
     layout.add_image("v1", SAMPLE)
-    ref = f"docker://{registry}/flatten/docker:v1"
+    ref = f"docker://{registry.address}/flatten/docker:v1"
     push(layout.ref("v1"), ref, "--format", "v2s2")
     blobs, storage = tmp_path / "blobs", tmp_path / "storage"
     assert bootc("internals", "flatten", ref, "--output", str(blobs)).returncode == 0

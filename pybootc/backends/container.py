@@ -16,13 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pybootc import bootc_storage
+from pybootc.deployment_image import image_ref
 from pybootc.errors import BootcError, error_context
 from pybootc.image_metadata import ImageMetadata, canonical_json
 from pybootc.imgref import OstreeImageReference
 from pybootc.layers.flatten import flatten_diff_dirs
 from pybootc.layers.postprocess import postprocess_tree
 from pybootc.oci.model import ImageConfig, Manifest, manifest_digest
-from pybootc.ostree_commit import commit_directory, image_ref_name, set_ref
+from pybootc.ostree_commit import commit_directory, set_ref
 from pybootc.ostree_gi import GLib, OSTree
 from pybootc.tools import run
 
@@ -100,7 +101,7 @@ def import_image(
                 selinux_policy=policy,
                 consume=True,
             )
-            set_ref(repo, image_ref_name(str(imgref)), commit)
+            set_ref(repo, image_ref(imgref), commit)
     except BootcError:
         raise
     except OSError as err:

@@ -1,0 +1,100 @@
+"""Helpers for end-to-end tests of deployments: sysroots on tmpfs, images, state.
+
+A sysroot lives on a tmpfs of its own, so libostree's freeze of the filesystem
+holding /boot never reaches the machine's root filesystem.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from pybootc.bootc_storage import bootc_storage
+from pybootc.ocibuild import ImageSpec, OciLayout, push
+from pybootc.ostree_commit import list_refs
+from pybootc.sysroot import Sysroot
+from tests.support import Registry
+
+_repos = itertools.count()
+
+
+def bootc(*args: str, sysroot: Path | None = None) -> subprocess.CompletedProcess[str]:
+    prefix = ["--sysroot", str(sysroot)] if sysroot is not None else []
+    return subprocess.run(
+        [sys.executable, "-m", "pybootc", *prefix, *args],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def ok(proc: subprocess.CompletedProcess[str]) -> str:
+    assert proc.returncode == 0, f"exit {proc.returncode}: {proc.stderr}"
+    return proc.stdout
+
+
+def one_error_line(proc: subprocess.CompletedProcess[str]) -> str:
+    assert proc.returncode == 1, f"exit {proc.returncode}: {proc.stdout}{proc.stderr}"
+    lines = [line for line in proc.stderr.splitlines() if not line.startswith("warning:")]
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    return lines[0]
+
+
+@dataclass(frozen=True)
+class Published:
+    """An image pushed to the test registry, and the layout it came from."""
+
+    ref: str  # host/repo:tag, for --transport registry or docker://
+    layout: OciLayout
+    tag: str
+
+    @property
+    def docker(self) -> str:
+        return f"docker://{self.ref}"
+
+
+def publish(
+    registry: Registry, workdir: Path, spec: ImageSpec, *, repo: str = "", tag: str = "latest"
+) -> Published:
+    """Write `spec` to an OCI layout and push it to the registry as repo:tag."""
+    repo = repo or f"pybootc/os{next(_repos)}"
+    layout = OciLayout(workdir / f"layout-{repo.replace('/', '-')}-{tag}")
+    layout.add_image(tag, spec)
+    ref = f"{registry.address}/{repo}:{tag}"
+    push(layout.ref(tag), f"docker://{ref}")
+    return Published(ref, layout, tag)
+
+
+@dataclass(frozen=True)
+class SysrootState:
+    """Everything bad input must leave alone."""
+
+    deployments: tuple[tuple[str, str], ...]
+    refs: tuple[tuple[str, str], ...]
+    images: tuple[str, ...]
+    boot_entries: tuple[str, ...]
+
+
+def state(path: Path) -> SysrootState:
+    sysroot = Sysroot.open(path)
+    storage = bootc_storage(path)
+    images: list[str] = []
+    if storage.root.exists():
+        out = subprocess.run(
+            storage.podman("images", "-q", "--no-trunc"), capture_output=True, text=True, check=True
+        )
+        images = sorted(out.stdout.split())
+    return SysrootState(
+        deployments=tuple(
+            (d.checksum, json.dumps(d.origin, sort_keys=True)) for d in sysroot.deployments()
+        ),
+        refs=tuple(sorted(list_refs(sysroot.repo).items())),
+        images=tuple(images),
+        boot_entries=tuple(
+            sorted(p.read_text() for p in (path / "boot/loader/entries").glob("*.conf"))
+        ),
+    )

@@ -1,0 +1,244 @@
+"""The container backend end to end, against the loopback registry.
+
+install, switch, upgrade, upgrade --check, rollback and status across image
+versions; --retain; podman passthrough; GC. Every command is the real CLI.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pybootc.containers_storage import ContainersStorage
+from pybootc.sample_image import sample_image
+from pybootc.spec import Host
+from tests.backend_support import Published, bootc, ok, publish, state
+from tests.support import Registry
+
+pytestmark = pytest.mark.registry
+
+
+def install(target: Path, image: Published, *extra: str) -> str:
+    return ok(
+        bootc(
+            "install",
+            "to-filesystem",
+            "--backend",
+            "container",
+            "--source-imgref",
+            image.docker,
+            *extra,
+            str(target),
+        )
+    )
+
+
+def host(target: Path) -> Host:
+    return Host.from_json(ok(bootc("status", "--format", "json", sysroot=target)))
+
+
+def test_install_switch_upgrade_rollback(registry: Registry, target: Path, tmp_path: Path) -> None:
+    v1 = publish(registry, tmp_path, sample_image("1.0"), repo="pybootc/life", tag="v1")
+    v2 = publish(registry, tmp_path, sample_image("2.0"), repo="pybootc/life", tag="v2")
+
+    out = install(target, v1, "--karg", "console=ttyS0")
+    assert out.splitlines()[0] == f"Queued for next boot: ostree-unverified-registry:{v1.ref}"
+    assert "  Version: 1.0" in out and re.search(r"  Digest: sha256:[0-9a-f]{64}", out)
+    first = host(target)
+    assert first.status.booted is None and first.status.staged is not None
+    assert first.status.staged.image is not None and first.status.staged.image.version == "1.0"
+    assert first.status.staged.store == "containerStorage"
+    entries = list((target / "boot/loader/entries").glob("*.conf"))
+    assert len(entries) == 1 and "console=ttyS0" in entries[0].read_text()
+
+    out = ok(bootc("switch", v2.docker, sysroot=target))
+    assert out.startswith(f"Queued for next boot: ostree-unverified-registry:{v2.ref}")
+    second = host(target)
+    assert second.status.staged and second.status.staged.image
+    assert second.status.staged.image.version == "2.0"
+    assert second.status.rollback and second.status.rollback.image
+    assert second.status.rollback.image.version == "1.0"
+    assert second.spec.image is not None and second.spec.image.image == v2.ref
+    # Kernel arguments carry over from the deployment the new one merges from.
+    assert all(
+        "console=ttyS0" in p.read_text() for p in (target / "boot/loader/entries").glob("*.conf")
+    )
+
+    assert ok(bootc("switch", v2.docker, sysroot=target)) == "Image specification is unchanged.\n"
+    assert ok(bootc("upgrade", sysroot=target)) == "No update available.\n"
+
+    publish(registry, tmp_path, sample_image("3.0"), repo="pybootc/life", tag="v2")
+    out = ok(bootc("upgrade", sysroot=target))
+    assert "Version: 3.0" in out
+    third = host(target)
+    assert (
+        third.status.staged
+        and third.status.staged.image
+        and third.status.staged.image.version == "3.0"
+    )
+    assert third.status.rollback and third.status.rollback.image
+    assert third.status.rollback.image.version == "2.0"
+
+    assert ok(bootc("rollback", sysroot=target))
+    rolled = host(target)
+    assert (
+        rolled.status.staged
+        and rolled.status.staged.image
+        and rolled.status.staged.image.version == "2.0"
+    )
+    ok(bootc("rollback", sysroot=target))
+    again = host(target)
+    assert (
+        again.status.staged
+        and again.status.staged.image
+        and again.status.staged.image.version == "3.0"
+    )
+
+    human = ok(bootc("status", "--format", "humanreadable", sysroot=target))
+    assert "  Staged image: " in human and "  Rollback image: " in human and "Version: 3.0" in human
+    assert (
+        yaml.safe_load(ok(bootc("status", "--format", "yaml", sysroot=target)))["kind"]
+        == "BootcHost"
+    )
+
+
+def test_upgrade_check_fetches_only_manifest_and_config(
+    registry: Registry, target: Path, tmp_path: Path
+) -> None:
+    v1 = publish(registry, tmp_path, sample_image("1.0"), repo="pybootc/check", tag="latest")
+    install(target, v1)
+    assert (
+        ok(bootc("upgrade", "--check", sysroot=target))
+        == f"No changes in: ostree-unverified-registry:{v1.ref}\n"
+    )
+
+    newer = publish(registry, tmp_path, sample_image("1.1"), repo="pybootc/check", tag="latest")
+    manifest = json.loads(newer.layout.blob_path(_manifest_digest(newer)).read_bytes())
+    before = len(registry.requests())
+    out = ok(bootc("upgrade", "--check", sysroot=target))
+    assert out.startswith(f"Update available for: ostree-unverified-registry:{v1.ref}")
+    assert "Version: 1.1" in out and "Total new layers: " in out
+    seen = registry.requests()[before:]
+    layer_digests = {layer["digest"] for layer in manifest["layers"]}
+    assert any("/manifests/" in r for r in seen)
+    assert not [r for r in seen if any(d in r for d in layer_digests)], seen
+
+    status = host(target)
+    assert status.status.staged and status.status.staged.cached_update
+    assert status.status.staged.cached_update.version == "1.1"
+    human = ok(bootc("status", "--format", "humanreadable", sysroot=target))
+    assert "UpdateVersion: 1.1" in human
+    summary = json.loads(ok(bootc("upgrade", "--check", "--format", "json", sysroot=target)))
+    assert summary["updateAvailable"] is True and summary["version"] == "1.1"
+
+
+def _manifest_digest(image: Published) -> str:
+    index = json.loads((image.layout.path / "index.json").read_text())
+    return str(index["manifests"][-1]["digest"])
+
+
+def test_retain_keeps_the_old_images_ref(registry: Registry, target: Path, tmp_path: Path) -> None:
+    a = publish(registry, tmp_path, sample_image("1.0"), repo="pybootc/keep-a")
+    b = publish(registry, tmp_path, sample_image("2.0"), repo="pybootc/keep-b")
+    c = publish(registry, tmp_path, sample_image("3.0"), repo="pybootc/keep-c")
+    install(target, a)
+
+    def image_refs() -> list[str]:
+        return [ref for ref, _ in state(target).refs if ref.startswith("ostree/container/image/")]
+
+    ok(bootc("switch", "--retain", b.docker, sysroot=target))
+    assert len(image_refs()) == 2
+    ok(bootc("switch", c.docker, sysroot=target))
+    refs = image_refs()
+    assert len(refs) == 2 and not any("keep-b" in ref.replace("_2D_", "-") for ref in refs)
+
+
+def test_transport_option_and_podman_passthrough(
+    registry: Registry, target: Path, tmp_path: Path
+) -> None:
+    a = publish(registry, tmp_path, sample_image("1.0"), repo="pybootc/pass")
+    install(target, a)
+    b = publish(registry, tmp_path, sample_image("2.0"), repo="pybootc/pass", tag="two")
+    ok(bootc("switch", "--transport", "registry", b.ref, sysroot=target))
+    images = ok(
+        bootc(
+            "internals", "podman", "images", "--format", "{{.Repository}}:{{.Tag}}", sysroot=target
+        )
+    )
+    assert f"{registry.address}/pybootc/pass:two" in images.split()
+    alias = bootc("internal-podman", "image", "exists", "no/such:image", sysroot=target)
+    assert alias.returncode == 1  # podman's own exit status comes through
+    listing = json.loads(ok(bootc("image", "list", "--format", "json", sysroot=target)))
+    assert {row["type"] for row in listing} == {"host"}
+    table = ok(bootc("image", "list", sysroot=target))
+    assert table.splitlines()[0].startswith("REPOSITORY")
+
+
+def test_gc_removes_only_images_no_deployment_uses(
+    registry: Registry, target: Path, tmp_path: Path
+) -> None:
+    images = [
+        publish(registry, tmp_path, sample_image(f"{n}.0"), repo=f"pybootc/gc{n}")
+        for n in (1, 2, 3)
+    ]
+    install(target, images[0])
+    ok(bootc("switch", images[1].docker, sysroot=target))
+    assert len(state(target).images) == 2
+    # A third deployment pushes the first one out (rollback keeps one), and its image goes.
+    ok(bootc("switch", images[2].docker, sysroot=target))
+    assert len(state(target).deployments) == 2
+    remaining = ok(
+        bootc("internals", "podman", "images", "--format", "{{.Repository}}", sysroot=target)
+    ).split()
+    assert sorted(remaining) == sorted(f"{registry.address}/pybootc/gc{n}" for n in (2, 3))
+    assert ok(bootc("image", "prune", sysroot=target)) == "No unused images.\n"
+
+
+def test_images_move_between_bootc_and_host_storage(
+    registry: Registry, target: Path, tmp_path: Path, host_storage: ContainersStorage
+) -> None:
+    import subprocess
+
+    from pybootc.bootc_storage import bootc_storage
+    from pybootc.layers.listing import list_tree
+
+    os_image = publish(registry, tmp_path, sample_image("1.0"), repo="pybootc/move")
+    install(target, os_image)
+    ok(bootc("image", "copy-to-storage", sysroot=target))
+    host = host_storage
+    mine = bootc_storage(target)
+    name = f"{registry.address}/pybootc/move:latest"
+    # Complete: the same tree through the kernel's overlay from both stores.
+    copied, original = host.mount("localhost/bootc"), mine.mount(name)
+    try:
+        assert list_tree(copied) == list_tree(original)
+    finally:
+        host.unmount("localhost/bootc")
+        mine.unmount(name)
+
+    # podman image prune on the host never touches the OS image in bootc's storage.
+    subprocess.run(
+        ["podman", "image", "prune", "--all", "--force"], check=True, capture_output=True
+    )
+    subprocess.run(["podman", "rmi", "--all", "--force"], check=True, capture_output=True)
+    assert name in ok(
+        bootc(
+            "internals", "podman", "images", "--format", "{{.Repository}}:{{.Tag}}", sysroot=target
+        )
+    )
+
+    extra = publish(registry, tmp_path, sample_image("9.9"), repo="pybootc/extra")
+    subprocess.run(
+        ["skopeo", "copy", "--quiet", extra.docker, "containers-storage:localhost/extra:1"],
+        check=True,
+    )
+    ok(bootc("image", "pull-from-default-storage", "localhost/extra:1", sysroot=target))
+    assert "localhost/extra:1" in ok(bootc("image", "list", sysroot=target))
+    pruned = ok(bootc("image", "prune", sysroot=target))
+    assert pruned.startswith("Removed sha256:")
+    assert "localhost/extra" not in ok(bootc("image", "list", sysroot=target))
+    assert name in ok(bootc("image", "list", sysroot=target))
