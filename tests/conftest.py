@@ -57,7 +57,10 @@ def host_storage(tmp_path: Path) -> Iterator[ContainersStorage]:
     )
     conf = tmp_path / "storage.conf"
     conf.write_text(
-        f'[storage]\ndriver = "overlay"\ngraphroot = "{storage.root}"\nrunroot = "{storage.runroot}"\n'
+        "[storage]\n"
+        'driver = "overlay"\n'
+        f'graphroot = "{storage.root}"\n'
+        f'runroot = "{storage.runroot}"\n'
     )
     previous = os.environ.get("CONTAINERS_STORAGE_CONF")
     os.environ["CONTAINERS_STORAGE_CONF"] = str(conf)
