@@ -45,6 +45,7 @@ _COLUMNS = (
     "ratio",
     "files/s",
     "MB/s",
+    "CPU s",
     "RSS MB",
     "tree RSS MB",
     "wall ≤ 1.0",
@@ -64,6 +65,7 @@ def _cells(row: Comparison) -> list[str]:
         f"{row.ratio:.2f}",
         f"{row.files_per_s:,.0f}",
         f"{row.mb_per_s:.1f}",
+        f"{row.ours.median_cpu_s:.1f} / {row.baseline.median_cpu_s:.1f}",
         "?" if self_mb is None else f"{self_mb:.0f}",
         f"{row.ours.peak_tree_mb:.0f} / {row.baseline.peak_tree_mb:.0f}",
         "pass" if verdict.wall_ok else "FAIL",
@@ -77,6 +79,7 @@ _NOTES = (
     "flatten s: the time bootc reports for flattening alone. baseline s: median wall of "
     "`umoci raw unpack` (blobs) or `podman image mount` + `cp -a` (containers-storage). "
     "files/s and MB/s: entries and regular-file bytes of the flattened tree over ours s. "
+    "CPU s: user+sys time of each side's process tree, ours / baseline. "
     "RSS MB: peak of our Python process alone. tree RSS MB: largest process in each "
     "side's tree (ours includes skopeo), ours / baseline."
 )
@@ -112,7 +115,9 @@ def markdown(rows: Sequence[Comparison], environment: dict[str, object]) -> str:
         f"# Flatten benchmark, {environment['date']}",
         "",
         f"Commit {environment['commit']}, {environment['cpus']} CPUs, "
-        f"kernel {environment['kernel']}, {environment['runs']} runs after one warm-up.",
+        f"kernel {environment['kernel']}, {environment['runs']} runs after one warm-up, "
+        f"{environment['scratch_filesystem']}; load average before "
+        f"{environment['loadavg_before']}, after {environment['loadavg_after']}.",
         "",
         "| " + " | ".join(_COLUMNS) + " |",
         "|" + "|".join("---" for _ in _COLUMNS) + "|",
@@ -145,6 +150,8 @@ def _row_json(row: Comparison) -> dict[str, object]:
         "layers": row.summary.layers,
         "files_per_s": row.files_per_s,
         "mb_per_s": row.mb_per_s,
+        "ours_cpu_s": row.ours.median_cpu_s,
+        "baseline_cpu_s": row.baseline.median_cpu_s,
         "ours_self_rss_mb": row.ours.peak_self_mb,
         "ours_tree_rss_mb": row.ours.peak_tree_mb,
         "baseline_tree_rss_mb": row.baseline.peak_tree_mb,
@@ -163,7 +170,9 @@ def _tool_version(*argv: str) -> str:
         return "unknown"
 
 
-def environment(runs: int, repo: Path) -> dict[str, object]:
+def environment(
+    runs: int, repo: Path, scratch: Path, load_before: tuple[float, float, float]
+) -> dict[str, object]:
     return {
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "commit": _tool_version("git", "-C", str(repo), "rev-parse", "--short", "HEAD"),
@@ -174,6 +183,10 @@ def environment(runs: int, repo: Path) -> dict[str, object]:
         "skopeo": _tool_version("skopeo", "--version"),
         "podman": _tool_version("podman", "--version"),
         "runs": runs,
+        "scratch_filesystem": f"outputs on a loop-mounted ext4 whose image is in {scratch}",
+        # Other jobs may share the machine: the load around the run says how much.
+        "loadavg_before": [round(x, 2) for x in load_before],
+        "loadavg_after": [round(x, 2) for x in os.getloadavg()],
         "targets": {"max_ratio": MAX_RATIO, "max_rss_mb": MAX_RSS_MB},
     }
 

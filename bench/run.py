@@ -1,13 +1,15 @@
 """`make bench`: flatten the benchmark images with both sources and compare with baselines.
 
-Builds (or reuses) the workloads in bench/cache/, measures in bench/work/, and
-writes the results to bench/results/. `--profile` adds one cProfile'd run of
-each of our measurements and prints where the main thread spent its time.
+Builds (or reuses) the workloads in bench/cache/, measures on a scratch ext4
+(see scratchfs) and writes the results to bench/results/. `--profile` adds one
+cProfile'd run of each of ours (in bench/work/, pull included, the .pstats kept
+there) and prints where the main thread spent its time.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import pstats
 import shutil
 import sys
@@ -18,6 +20,7 @@ from pathlib import Path
 from report import environment, print_table, save
 from rich.console import Console
 from scenarios import BENCH_DIR, COMPARISONS, Comparison, bootc_argv
+from scratchfs import discard
 from workloads import WORKLOADS, Workload
 
 from pybootc import tools
@@ -27,11 +30,32 @@ from pybootc.errors import BootcError
 CACHE = BENCH_DIR / "cache"
 WORK = BENCH_DIR / "work"
 RESULTS = BENCH_DIR / "results"
+# Scratch filesystem images: in RAM when there is room, so that the VM's shared
+# disk, which other jobs use too, does not decide the result.
+_SHM = Path("/dev/shm")
+_SHM_NEEDED = 6 << 30
+
+
+def scratch_directory() -> Path:
+    if _SHM.is_dir():
+        st = os.statvfs(_SHM)
+        if st.f_bavail * st.f_frsize >= _SHM_NEEDED:
+            return _SHM / "pybootc-bench"
+    return WORK / "scratch"
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--runs", type=int, default=3, help="measured runs per command (default 3)")
+    parser.add_argument(
+        "--runs", type=_positive, default=3, help="measured runs per command (default 3)"
+    )
     parser.add_argument(
         "--workload", action="append", choices=sorted(WORKLOADS), help="only this workload"
     )
@@ -47,7 +71,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
 def _profile(workload: Workload, source: str, console: Console) -> None:
     """One extra run of ours under cProfile; the top of the main thread's time."""
     out = WORK / "out-profile"
-    stats_file = RESULTS / f"profile-{workload.name}-{source}.pstats"
+    stats_file = WORK / f"profile-{workload.name}-{source}.pstats"
     storage = WORK / "profile-storage"
     extra: list[str | Path] = ["--storage", storage] if source == "containers-storage" else []
     shutil.rmtree(out, ignore_errors=True)
@@ -70,6 +94,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     console = Console(width=max(Console().width, 160))
     started = time.monotonic()
     WORK.mkdir(parents=True, exist_ok=True)
+    scratch = scratch_directory()
+    load_before = os.getloadavg()
     rows: list[Comparison] = []
     described: dict[str, dict[str, object]] = {}
     try:
@@ -85,14 +111,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             console.log(f"{name}: {len(sizes)} layers, {sum(sizes) / 1e6:.0f} MB compressed")
             for source in args.source or list(COMPARISONS):
                 with console.status(f"Measuring {name} / {source}"):
-                    rows.append(COMPARISONS[source](workload, WORK, args.runs))
+                    rows.append(COMPARISONS[source](workload, scratch, args.runs))
                 console.log(f"{name} / {source}: done")
                 if args.profile:
                     _profile(workload, source, console)
     except BootcError as err:
         console.print(f"[bold red]error:[/] {err}")
         return 1
-    env = environment(args.runs, BENCH_DIR.parent)
+    finally:
+        discard(scratch)
+    env = environment(args.runs, BENCH_DIR.parent, scratch, load_before)
     print_table(rows, console)
     for path in save(rows, described, env, RESULTS):
         console.log(f"wrote {path}")

@@ -4,10 +4,9 @@ blobs: `bootc internals flatten --source blobs` against `umoci raw unpack`, both
 reading the OCI layout. containers-storage: both sides start from a storage that
 already holds the image; ours flattens with `--storage`, which still runs its
 own `skopeo copy` (the re-pull is timed on its own as well), the baseline is
-`podman image mount` plus `cp -a` of the kernel's overlay view. Every run writes
-to a fresh scratch filesystem (see scratchfs), which for containers-storage
-already holds the pulled storage, since our output must be on the storage's
-filesystem.
+`podman image mount` plus `cp -a` of the kernel's overlay view. Each comparison
+writes to its own scratch filesystem (see scratchfs); outputs are removed
+between runs, untimed.
 """
 
 from __future__ import annotations
@@ -21,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from measure import Sample, Series, Trial, count_entries, measure_pair, repeat, run_measured
-from scratchfs import ScratchFilesystem
+from scratchfs import scratch_filesystem
 from workloads import Workload
 
 from pybootc import tools
@@ -87,96 +86,74 @@ def bootc_argv(*args: str | Path) -> list[str | Path]:
 
 
 def _trial(
-    fs: ScratchFilesystem,
-    run: Callable[[Path], Sample],
+    run: Callable[[], Sample],
+    out: Path,
     counts: dict[str, int],
     key: str,
     *,
-    before: Callable[[], None] = lambda: None,
     after: Callable[[], None] = lambda: None,
 ) -> Trial:
-    """A side that writes `out` on a fresh copy of the scratch filesystem each run."""
-    out = fs.mountpoint / "out"
+    """A side that writes the tree `out`, removed before and after each run."""
 
-    def prepare() -> None:
-        fs.fresh()
-        before()
+    def remove() -> None:
+        if out.exists():
+            shutil.rmtree(out)
 
     def finish() -> None:
         after()
-        fs.unmount()
+        remove()
 
     return Trial(
-        run=lambda: run(out),
-        before=prepare,
+        run=run,
+        before=remove,
         after=finish,
         inspect=lambda: counts.__setitem__(key, count_entries(out)),
     )
 
 
 def compare_blobs(workload: Workload, scratch: Path, runs: int) -> Comparison:
-    fs = ScratchFilesystem(scratch)
     counts: dict[str, int] = {}
-    ours = _trial(
-        fs,
-        lambda out: run_measured(
-            bootc_argv("--source", "blobs", workload.oci_ref, "--output", out)
-        ),
-        counts,
-        "ours",
-    )
-    baseline = _trial(
-        fs,
-        lambda out: run_measured(["umoci", "raw", "unpack", "--image", workload.umoci_ref, out]),
-        counts,
-        "baseline",
-    )
-    try:
-        fs.make_template()
-        ours_series, baseline_series = measure_pair(runs, ours, baseline)
-    finally:
-        fs.discard()
+    with scratch_filesystem(scratch) as mnt:
+        out = mnt / "out"
+        ours_cmd = bootc_argv("--source", "blobs", workload.oci_ref, "--output", out)
+        baseline_cmd: list[str | Path] = [
+            "umoci",
+            "raw",
+            "unpack",
+            "--image",
+            workload.umoci_ref,
+            out,
+        ]
+        ours, baseline = measure_pair(
+            runs,
+            _trial(lambda: run_measured(ours_cmd), out, counts, "ours"),
+            _trial(lambda: run_measured(baseline_cmd), out, counts, "baseline"),
+        )
     return Comparison(
         workload.name,
         "blobs",
         "umoci raw unpack",
-        ours_series,
-        baseline_series,
-        parse_summary(ours_series.median_sample.stdout),
+        ours,
+        baseline,
+        parse_summary(ours.median_sample.stdout),
         counts["ours"],
         counts["baseline"],
     )
 
 
 def compare_storage(workload: Workload, scratch: Path, runs: int) -> Comparison:
-    fs = ScratchFilesystem(scratch)
-    # Same root path in every copy, so the same runroot as `internals flatten` picks.
-    storage = ContainersStorage.at(fs.mountpoint / "storage")
-    pull = ["skopeo", "copy", "--quiet", workload.oci_ref, storage.reference(STORAGE_NAME)]
-    pulls: dict[str, float] = {}
-
-    def forget_runroot() -> None:
-        # Its state describes the previous copy of the filesystem, not this one.
-        shutil.rmtree(storage.runroot, ignore_errors=True)
-
-    def fill(_: Path) -> None:
-        pulls["pull_cold_s"] = run_measured(pull).seconds
-        pulls["repull_s"] = repeat(runs, lambda: run_measured(pull)).median_s
-        forget_runroot()
-
-    def unmount_image() -> None:
-        tools.run(storage.podman("image", "unmount", "--all"))
-
-    def mount_and_copy(out: Path) -> Sample:
-        mounted = run_measured(storage.podman("image", "mount", STORAGE_NAME))
-        where = mounted.stdout.strip()
-        return mounted + run_measured(["cp", "-a", f"{where}/.", out])
-
     counts: dict[str, int] = {}
-    ours = _trial(
-        fs,
-        lambda out: run_measured(
-            bootc_argv(
+    with scratch_filesystem(scratch) as mnt:
+        # Our output must be on the storage's filesystem: both go on the scratch one.
+        storage = ContainersStorage.at(mnt / "storage")
+        out = mnt / "out"
+        pull = ["skopeo", "copy", "--quiet", workload.oci_ref, storage.reference(STORAGE_NAME)]
+        try:
+            pulls = {
+                "pull_cold_s": run_measured(pull).seconds,
+                "repull_s": repeat(runs, lambda: run_measured(pull)).median_s,
+            }
+            ours_cmd = bootc_argv(
                 "--source",
                 "containers-storage",
                 "--storage",
@@ -185,32 +162,31 @@ def compare_storage(workload: Workload, scratch: Path, runs: int) -> Comparison:
                 "--output",
                 out,
             )
-        ),
-        counts,
-        "ours",
-        before=forget_runroot,
-    )
-    baseline = _trial(
-        fs,
-        mount_and_copy,
-        counts,
-        "baseline",
-        before=forget_runroot,
-        after=unmount_image,
-    )
-    try:
-        fs.make_template(fill)
-        ours_series, baseline_series = measure_pair(runs, ours, baseline)
-    finally:
-        fs.discard()
-        forget_runroot()
+
+            def mount_and_copy() -> Sample:
+                mounted = run_measured(storage.podman("image", "mount", STORAGE_NAME))
+                where = mounted.stdout.strip()
+                return mounted + run_measured(["cp", "-a", f"{where}/.", out])
+
+            def unmount_image() -> None:
+                tools.run(storage.podman("image", "unmount", "--all"))
+
+            ours, baseline = measure_pair(
+                runs,
+                _trial(lambda: run_measured(ours_cmd), out, counts, "ours"),
+                _trial(mount_and_copy, out, counts, "baseline", after=unmount_image),
+            )
+        finally:
+            if storage.root.exists():
+                storage.reset()
+            shutil.rmtree(storage.runroot, ignore_errors=True)
     return Comparison(
         workload.name,
         "containers-storage",
         "podman image mount + cp -a",
-        ours_series,
-        baseline_series,
-        parse_summary(ours_series.median_sample.stdout),
+        ours,
+        baseline,
+        parse_summary(ours.median_sample.stdout),
         counts["ours"],
         counts["baseline"],
         pulls,
