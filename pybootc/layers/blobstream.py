@@ -23,7 +23,7 @@ from pybootc.errors import BootcError
 from pybootc.oci.model import LayerCompression
 
 _READ_SIZE = 1 << 20
-_QUEUE_DEPTH = 16
+_QUEUE_DEPTH = 8
 
 
 class _DigestMismatch(BootcError):
@@ -32,18 +32,22 @@ class _DigestMismatch(BootcError):
 
 def _gzip_chunks(raw: IO[bytes]) -> Iterator[bytes]:
     # wbits 47 accepts a gzip header; concatenated gzip members are one valid
-    # stream, so a finished member is followed by a fresh decompressor.
+    # stream, so a finished member is followed by a fresh decompressor. Output
+    # is capped per call: a small blob of zeros can expand to gigabytes.
     decomp = zlib.decompressobj(wbits=47)
     in_member = False
-    pending = b""
-    while chunk := pending or raw.read(_READ_SIZE):
-        pending = b""
+    data = b""
+    while data or (data := raw.read(_READ_SIZE)):
         in_member = True
-        out = decomp.decompress(chunk)
-        if out:
-            yield out
+        while True:
+            out = decomp.decompress(data, _READ_SIZE)
+            data = decomp.unconsumed_tail
+            if out:
+                yield out
+            if decomp.eof or (len(out) < _READ_SIZE and not data):
+                break
         if decomp.eof:
-            pending = decomp.unused_data
+            data = decomp.unused_data
             decomp = zlib.decompressobj(wbits=47)
             in_member = False
     if in_member:
