@@ -77,8 +77,8 @@ def _empty_directory(dirs: DirectoryHandles, name: str) -> None:
             os.unlink(entry.name, dir_fd=fd)
 
 
-def _special_files(fd: int, prefix: str) -> Iterator[tuple[int, str, str]]:
-    """(parent fd, name, path) of every device, FIFO and socket below `fd`."""
+def _remove_special_files(fd: int, prefix: str) -> Iterator[str]:
+    """Remove every device node, FIFO and socket below `fd`; yield their paths."""
     with os.scandir(fd) as it:
         entries = list(it)
     for entry in entries:
@@ -86,11 +86,12 @@ def _special_files(fd: int, prefix: str) -> Iterator[tuple[int, str, str]]:
         if entry.is_dir(follow_symlinks=False):
             child = os.open(entry.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
             try:
-                yield from _special_files(child, path)
+                yield from _remove_special_files(child, path)
             finally:
                 os.close(child)
         elif not entry.is_file(follow_symlinks=False) and not entry.is_symlink():
-            yield fd, entry.name, path
+            os.unlink(entry.name, dir_fd=fd)
+            yield path
 
 
 def _move(dirs: DirectoryHandles, source: str, dest: tuple[str, ...]) -> bool:
@@ -178,10 +179,10 @@ def postprocess_tree(root: Path, *, keep_var: bool) -> PostprocessResult:
     try:
         for name in API_DIRECTORIES:
             _empty_directory(dirs, name)
-        warnings = []
-        for parent, name, path in list(_special_files(root_fd, "")):
-            os.unlink(name, dir_fd=parent)
-            warnings.append(f"Skipping {path}: a device node, FIFO or socket cannot be committed")
+        warnings = [
+            f"Skipping {path}: a device node, FIFO or socket cannot be committed"
+            for path in _remove_special_files(root_fd, "")
+        ]
         _move(dirs, "etc", ("usr", "etc"))
         moved_var = not keep_var and _move(dirs, "var", ("usr", "share", "factory", "var"))
         if moved_var:

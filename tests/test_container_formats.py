@@ -1,0 +1,272 @@
+"""Layer formats the container backend gets through containers-storage, end to end.
+
+zstd and zstd:chunked layers deploy the same tree as gzip ones (one root tree
+checksum for one image content), and ocicrypt-encrypted images deploy with
+their key, fail clearly without it, and keep upgrading from the key's path.
+"""
+
+from __future__ import annotations
+
+import configparser
+import json
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pybootc.bootc_storage import bootc_storage
+from pybootc.deployment_image import image_ref
+from pybootc.imgref import OstreeImageReference
+from pybootc.ocibuild import Compression, OciLayout, push
+from pybootc.ostree_commit import read_commit_metadata, resolve_ref, root_tree_checksum
+from pybootc.sample_image import sample_image
+from pybootc.spec import Host
+from pybootc.sysroot import Sysroot
+from tests.backend_support import bootc, ok, one_error_line, state
+from tests.support import Registry
+from tests.sysroot_support import scratch_tmpfs
+
+pytestmark = pytest.mark.registry
+
+GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
+ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
+CHUNKED_ANNOTATION = "io.containers.zstd-chunked.manifest-checksum"
+# skopeo's --dest-compress-format for each variant; gzip is what ocibuild writes.
+FORMATS = {"gzip": None, "zstd": "zstd", "zstd-chunked": "zstd:chunked"}
+
+
+def skopeo(*args: str) -> bytes:
+    return subprocess.run(["skopeo", *args], capture_output=True, check=True).stdout
+
+
+def pushed_manifest(docker_ref: str) -> dict[str, object]:
+    manifest: dict[str, object] = json.loads(skopeo("inspect", "--raw", docker_ref))
+    return manifest
+
+
+def layers_of(manifest: dict[str, object]) -> list[dict[str, object]]:
+    layers = manifest["layers"]
+    assert isinstance(layers, list) and layers
+    return layers
+
+
+def publish_in_formats(
+    registry: Registry, workdir: Path, version: str, repo: str
+) -> dict[str, str]:
+    """One image content pushed as gzip, zstd and zstd:chunked; docker:// refs by format.
+
+    The variants are recompressed from an OCI layout, not registry to registry,
+    where skopeo may reuse the gzip blob instead of recompressing.
+    """
+    source = OciLayout(workdir / f"gzip-{version}")
+    source.add_image(version, sample_image(version, compression=Compression.GZIP))
+    refs = {}
+    for name, compress_format in FORMATS.items():
+        layout_ref = source.ref(version)
+        if compress_format is not None:
+            layout_ref = f"oci:{workdir / f'{name}-{version}'}:{version}"
+            skopeo(
+                "copy", "--quiet", "--dest-compress-format", compress_format,
+                source.ref(version), layout_ref,
+            )  # fmt: skip
+        refs[name] = f"docker://{registry.address}/{repo}:{name}"
+        push(layout_ref, refs[name])
+    return refs
+
+
+def deployed_commit(sysroot_path: Path) -> str:
+    """The commit of the deployment that boots next, and a check that the image's
+    ref (ostree/container/image/...) holds that same merge commit."""
+    sysroot = Sysroot.open(sysroot_path)
+    deployment = sysroot.deployments()[0]
+    origin = deployment.origin["origin"]["container-image-reference"]
+    assert resolve_ref(sysroot.repo, image_ref(OstreeImageReference.parse(origin))) == (
+        deployment.checksum
+    )
+    return deployment.checksum
+
+
+def tree_of(sysroot_path: Path, commit: str) -> str:
+    return root_tree_checksum(Sysroot.open(sysroot_path).repo, commit)
+
+
+def recorded_layers(sysroot_path: Path, commit: str) -> list[dict[str, object]]:
+    """The layers of the manifest the commit says it was made from."""
+    metadata = read_commit_metadata(Sysroot.open(sysroot_path).repo, commit)
+    manifest = metadata["ostree.manifest"]
+    assert isinstance(manifest, str)
+    return layers_of(json.loads(manifest))
+
+
+def staged_version(sysroot_path: Path) -> str | None:
+    host = Host.from_json(ok(bootc("status", "--format", "json", sysroot=sysroot_path)))
+    assert host.status.staged is not None and host.status.staged.image is not None
+    return host.status.staged.image.version
+
+
+def install(target: Path, imgref: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    return bootc(
+        "install", "to-filesystem", "--backend", "container",
+        "--source-imgref", imgref, *extra, str(target),
+    )  # fmt: skip
+
+
+@pytest.fixture
+def other_target(tmp_path: Path) -> Iterator[Path]:
+    """A second empty sysroot directory on a tmpfs of its own, like `target`."""
+    with scratch_tmpfs(tmp_path / "other-mnt") as mount:
+        path = mount / "sysroot"
+        path.mkdir()
+        try:
+            yield path
+        finally:
+            storage = bootc_storage(path)
+            if storage.root.exists():
+                storage.reset(check=False)
+            shutil.rmtree(storage.runroot, ignore_errors=True)
+
+
+def test_the_compression_formats_are_really_what_was_pushed(
+    registry: Registry, tmp_path: Path
+) -> None:
+    refs = publish_in_formats(registry, tmp_path, "1.0", "pybootc/formats-pushed")
+    manifests = {name: pushed_manifest(ref) for name, ref in refs.items()}
+    assert {layer["mediaType"] for layer in layers_of(manifests["gzip"])} == {GZIP}
+    for name in ("zstd", "zstd-chunked"):
+        assert {layer["mediaType"] for layer in layers_of(manifests[name])} == {ZSTD}
+    assert not any("annotations" in layer for layer in layers_of(manifests["zstd"]))
+    for layer in layers_of(manifests["zstd-chunked"]):
+        annotations = layer.get("annotations")
+        assert isinstance(annotations, dict) and CHUNKED_ANNOTATION in annotations, layer
+    # The same content, three encodings: one config (same diff_ids), three layer sets.
+    assert len({json.dumps(m["config"]) for m in manifests.values()}) == 1
+    digests = [tuple(layer["digest"] for layer in layers_of(m)) for m in manifests.values()]
+    assert len(set(digests)) == 3
+
+
+def test_gzip_zstd_and_zstd_chunked_deploy_the_same_tree(
+    registry: Registry, target: Path, other_target: Path, tmp_path: Path
+) -> None:
+    refs = publish_in_formats(registry, tmp_path, "1.0", "pybootc/formats")
+
+    ok(install(target, refs["gzip"]))
+    commits = {"gzip": deployed_commit(target)}
+    for name in ("zstd-chunked", "zstd"):
+        out = ok(bootc("switch", refs[name], sysroot=target))
+        assert out.startswith(f"Queued for next boot: ostree-unverified-registry:{refs[name][9:]}")
+        commits[name] = deployed_commit(target)
+        assert staged_version(target) == "1.0"
+        assert len(state(target).deployments) == 2
+    # Three commits (each records its own manifest), one tree.
+    assert len(set(commits.values())) == 3
+    trees = {name: tree_of(target, commit) for name, commit in commits.items()}
+    assert len(set(trees.values())) == 1, trees
+    assert {layer["mediaType"] for layer in recorded_layers(target, commits["zstd"])} == {ZSTD}
+
+    # A fresh sysroot that starts from zstd:chunked gets that tree too.
+    ok(install(other_target, refs["zstd-chunked"]))
+    chunked = deployed_commit(other_target)
+    assert tree_of(other_target, chunked) == trees["gzip"]
+    assert all(
+        CHUNKED_ANNOTATION in dict(layer.get("annotations") or {})  # type: ignore[call-overload]
+        for layer in recorded_layers(other_target, chunked)
+    )
+
+    # upgrade follows a zstd:chunked tag to new content.
+    newer = publish_in_formats(registry, tmp_path, "2.0", "pybootc/formats")
+    assert newer["zstd-chunked"] == refs["zstd-chunked"]
+    assert "Version: 2.0" in ok(bootc("upgrade", sysroot=other_target))
+    upgraded = deployed_commit(other_target)
+    assert staged_version(other_target) == "2.0"
+    assert tree_of(other_target, upgraded) != trees["gzip"]
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> tuple[Path, Path]:
+    """An RSA key pair for ocicrypt's JWE scheme: (private, public)."""
+    private, public = tmp_path / "priv.pem", tmp_path / "pub.pem"
+    subprocess.run(
+        ["openssl", "genrsa", "-out", str(private), "2048"], capture_output=True, check=True
+    )
+    subprocess.run(
+        ["openssl", "rsa", "-in", str(private), "-pubout", "-out", str(public)],
+        capture_output=True,
+        check=True,
+    )
+    return private, public
+
+
+def publish_encrypted(
+    registry: Registry, workdir: Path, public_key: Path, version: str, repo: str
+) -> str:
+    layout = OciLayout(workdir / f"plain-{repo.replace('/', '-')}-{version}")
+    layout.add_image(version, sample_image(version))
+    ref = f"docker://{registry.address}/{repo}:latest"
+    push(layout.ref(version), ref, "--encryption-key", f"jwe:{public_key}")
+    assert all(
+        str(layer["mediaType"]).endswith("+encrypted") for layer in layers_of(pushed_manifest(ref))
+    )
+    return ref
+
+
+def origin_keys(sysroot_path: Path, private: Path) -> list[str | None]:
+    """The decryption key each deployment's origin keyfile names, in boot order,
+    after checking that no origin holds any of the key's contents."""
+    secret = [line for line in private.read_text().splitlines() if "-----" not in line]
+    keys: list[str | None] = []
+    for deployment in Sysroot.open(sysroot_path).deployments():
+        path = Path(f"{deployment.deployment_path}.origin")
+        text = path.read_text()
+        assert "PRIVATE KEY" not in text and not any(line in text for line in secret), text
+        origin = configparser.ConfigParser(interpolation=None)
+        origin.read_string(text)
+        assert origin["pybootc"]["backend"] == "container"
+        keys.append(origin["pybootc"].get("decryption-key"))
+    return keys
+
+
+def test_install_of_an_encrypted_image_needs_its_key(
+    registry: Registry, target: Path, other_target: Path, tmp_path: Path, keys: tuple[Path, Path]
+) -> None:
+    private, public = keys
+    image = publish_encrypted(registry, tmp_path, public, "1.0", "pybootc/enc-install")
+
+    line = one_error_line(install(other_target, image))
+    assert "image is encrypted" in line and "unexpected EOF" not in line, line
+    assert list(other_target.iterdir()) == []
+
+    out = ok(install(target, image, "--decryption-key", str(private)))
+    assert out.startswith("Queued for next boot: ") and "Version: 1.0" in out
+    assert staged_version(target) == "1.0"
+    assert origin_keys(target, private) == [str(private)]
+
+
+def test_switch_to_an_encrypted_image_needs_the_key_and_upgrade_remembers_it(
+    registry: Registry, target: Path, tmp_path: Path, keys: tuple[Path, Path]
+) -> None:
+    private, public = keys
+    layout = OciLayout(tmp_path / "plain")
+    layout.add_image("1.0", sample_image("1.0"))
+    plain = f"docker://{registry.address}/pybootc/enc-plain:latest"
+    push(layout.ref("1.0"), plain)
+    ok(install(target, plain))
+    image = publish_encrypted(registry, tmp_path, public, "2.0", "pybootc/enc-switch")
+
+    before = state(target)
+    line = one_error_line(bootc("switch", image, sysroot=target))
+    assert "image is encrypted" in line and "unexpected EOF" not in line, line
+    assert state(target) == before
+
+    ok(bootc("switch", "--decryption-key", str(private), image, sysroot=target))
+    assert staged_version(target) == "2.0"
+    assert origin_keys(target, private) == [str(private), None]
+
+    # A new encrypted version on the same tag: upgrade takes the key from the origin.
+    publish_encrypted(registry, tmp_path, public, "3.0", "pybootc/enc-switch")
+    out = ok(bootc("upgrade", sysroot=target))
+    assert "Version: 3.0" in out
+    assert staged_version(target) == "3.0"
+    assert origin_keys(target, private) == [str(private), str(private)]
+    assert ok(bootc("upgrade", sysroot=target)) == "No update available.\n"

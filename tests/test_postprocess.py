@@ -1,0 +1,179 @@
+"""Post-processing (ostree-ext's rules), on synthetic trees and on a real deployment.
+
+The deployed commit must equal the kernel's overlay view of the same image
+with the same post-processing applied.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from pybootc.bootc_storage import bootc_storage
+from pybootc.errors import BootcError
+from pybootc.layers.listing import diff_listings, list_tree
+from pybootc.layers.postprocess import VAR_TMPFILES, postprocess_tree
+from pybootc.ocibuild import Entry, Kind, file, layer
+from pybootc.sample_image import KERNEL_VERSION, sample_image
+from pybootc.sysroot import Sysroot
+from tests.backend_support import bootc, ok, publish
+from tests.support import Registry
+
+
+def bootable(root: Path) -> Path:
+    kernel = root / f"usr/lib/modules/{KERNEL_VERSION}"
+    kernel.mkdir(parents=True)
+    (kernel / "vmlinuz").write_bytes(b"kernel")
+    (root / "usr/lib/os-release").write_text("ID=test\n")
+    return root
+
+
+def test_etc_moves_to_usr_etc_and_var_to_the_factory(tmp_path: Path) -> None:
+    root = bootable(tmp_path / "root")
+    (root / "etc/apt").mkdir(parents=True)
+    (root / "etc/apt/sources.list").write_text("deb x\n")
+    (root / "var/lib/app").mkdir(parents=True)
+    (root / "var/lib/app/state").write_text("s")
+    os.symlink("../state", root / "var/lib/app/link")
+    postprocess_tree(root, keep_var=False)
+    assert (root / "usr/etc/apt/sources.list").read_text() == "deb x\n"
+    assert not (root / "etc").exists()
+    assert (root / "usr/share/factory/var/lib/app/state").read_text() == "s"
+    assert (root / "var").is_dir() and not any((root / "var").iterdir())
+    lines = (root / VAR_TMPFILES).read_text().splitlines()
+    assert "d /var/lib 0755 0 0 - -" in lines
+    assert "C /var/lib/app/state - - - - /usr/share/factory/var/lib/app/state" in lines
+    assert "L /var/lib/app/link - - - - ../state" in lines
+
+
+def test_var_is_kept_where_ostree_seeds_it(tmp_path: Path) -> None:
+    root = bootable(tmp_path / "root")
+    (root / "var/lib").mkdir(parents=True)
+    postprocess_tree(root, keep_var=True)
+    assert (root / "var/lib").is_dir() and not (root / "usr/share/factory").exists()
+
+
+def test_api_directories_are_emptied_and_devices_elsewhere_dropped(tmp_path: Path) -> None:
+    root = bootable(tmp_path / "root")
+    for name in ("run", "tmp", "proc", "sys", "dev"):
+        (root / name / "sub").mkdir(parents=True)
+        (root / name / "sub/file").write_text("x")
+    os.mknod(root / "dev/null", 0o666 | 0o020000, os.makedev(1, 3))
+    (root / "srv").mkdir()
+    os.mkfifo(root / "srv/fifo")
+    os.mknod(root / "srv/disk", 0o660 | 0o060000, os.makedev(7, 0))
+    result = postprocess_tree(root, keep_var=False)
+    for name in ("run", "tmp", "proc", "sys", "dev"):
+        assert (root / name).is_dir() and not any((root / name).iterdir())
+    assert not (root / "srv/fifo").exists() and not (root / "srv/disk").exists()
+    assert sorted(result.warnings) == [
+        "Skipping /srv/disk: a device node, FIFO or socket cannot be committed",
+        "Skipping /srv/fifo: a device node, FIFO or socket cannot be committed",
+    ]
+
+
+def test_only_empty_injected_files_are_removed(tmp_path: Path) -> None:
+    root = bootable(tmp_path / "root")
+    (root / "etc").mkdir()
+    (root / "etc/hostname").write_text("")
+    (root / "etc/resolv.conf").write_text("nameserver 1.1.1.1\n")
+    postprocess_tree(root, keep_var=False)
+    assert not (root / "usr/etc/hostname").exists()
+    assert (root / "usr/etc/resolv.conf").exists()
+
+
+def test_an_image_without_a_kernel_is_not_bootable(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "usr/lib/modules/6.1").mkdir(parents=True)
+    with pytest.raises(BootcError, match="not bootable"):
+        postprocess_tree(root, keep_var=False)
+
+
+def test_a_symlinked_usr_cannot_redirect_the_etc_move(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    root = tmp_path / "root"
+    bootable(root)
+    (root / "etc").mkdir()
+    shutil.move(root / "usr", tmp_path / "realusr")
+    os.symlink(tmp_path / "realusr", root / "usr")
+    with pytest.raises(BootcError):
+        postprocess_tree(root, keep_var=False)
+    assert not any(outside.iterdir()) and not (tmp_path / "realusr/etc").exists()
+
+
+def _without_links(tree: list) -> list:  # type: ignore[type-arg]
+    # OSTree stores content once per distinct file, so it keeps no hardlink identity.
+    return [dataclasses.replace(entry, link_group=None) for entry in tree]
+
+
+@pytest.mark.registry
+def test_deployed_tree_equals_the_kernel_view_post_processed(
+    registry: Registry, target: Path, tmp_path: Path
+) -> None:
+    fifo = layer(file("srv/readme", "r"), Entry("srv/fifo", Kind.FIFO, mode=0o644))
+    image = publish(registry, tmp_path, sample_image("1.0", extra=(fifo,)), repo="pybootc/post")
+    proc = bootc(
+        "install",
+        "to-filesystem",
+        "--backend",
+        "container",
+        "--source-imgref",
+        image.docker,
+        str(target),
+    )
+    ok(proc)
+    assert (
+        "warning: Skipping /srv/fifo: a device node, FIFO or socket cannot be committed"
+        in proc.stderr
+    )
+
+    deployment = Sysroot.open(target).deployments()[0]
+    checkout = tmp_path / "checkout"
+    subprocess.run(
+        [
+            "ostree",
+            f"--repo={target}/ostree/repo",
+            "checkout",
+            "--force-copy",
+            deployment.checksum,
+            str(checkout),
+        ],
+        check=True,
+    )
+    storage = bootc_storage(target)
+    kernel_copy = tmp_path / "kernel"
+    mountpoint = storage.mount(image.ref)
+    try:
+        subprocess.run(["cp", "-a", f"{mountpoint}/.", str(kernel_copy)], check=True)
+    finally:
+        storage.unmount(image.ref)
+    postprocess_tree(kernel_copy, keep_var=False)
+    expected, actual = _without_links(list_tree(kernel_copy)), _without_links(list_tree(checkout))
+    assert not diff_listings(expected, actual), "\n".join(diff_listings(expected, actual))
+    paths = {e.path for e in actual}
+    assert {
+        "usr/etc/apt/sources.list",
+        "usr/share/factory/var/lib/sample/state",
+        VAR_TMPFILES,
+    } <= paths
+    assert (
+        not {
+            "etc",
+            "usr/etc/hostname",
+            "usr/etc/resolv.conf",
+            "tmp/leftover",
+            "dev/null",
+            "srv/fifo",
+        }
+        & paths
+    )
+    assert not any(
+        p.startswith(("overlay", "backingFsBlockDev")) or "backingFsBlockDev" in p for p in paths
+    )
+    shutil.rmtree(checkout)
