@@ -1,8 +1,11 @@
 """`make demo`: the main job on an embedded default, with no registry and no network.
 
-It builds a small bootable-looking sample image into an OCI layout, flattens it
-with both sources through the real `bootc` command, and shows that the two trees
-are the same. Later issues grow this into install, switch, upgrade and rollback.
+It builds two versions of a small bootable image into an OCI layout, shows that
+both flattening sources give the same tree, then installs version 1 into a fresh
+sysroot with the container backend, switches to version 2, checks for updates,
+shows status, rolls back and shows status again, all through the real `bootc`.
+The sysroot is a loop-mounted ext4 under demo/, so nothing touches the host's
+own deployments or filesystems.
 """
 
 from __future__ import annotations
@@ -13,52 +16,79 @@ import sys
 from pathlib import Path
 
 from rich.console import Console
-from rich.table import Table
 
 from pybootc.layers.listing import diff_listings, list_tree
 from pybootc.ocibuild import OciLayout
 from pybootc.sample_image import sample_image
 
-WORK = Path("demo/work")
-SAMPLE = sample_image("1.0")
+DEMO = Path("demo").absolute()
+WORK = DEMO / "work"
+SYSROOT = DEMO / "sysroot"
+DISK = WORK / "disk.img"
+
+console = Console(highlight=False)
+
+
+def sh(*cmd: str) -> None:
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
 
 
 def bootc(*args: str) -> str:
-    cmd = [sys.executable, "-m", "pybootc", *args]
-    print("$ bootc " + " ".join(args))
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    console.print(f"[bold cyan]$ bootc {' '.join(args)}[/]")
+    proc = subprocess.run(
+        [sys.executable, "-m", "pybootc", *args], capture_output=True, text=True, check=False
+    )
     sys.stdout.write(proc.stdout)
+    sys.stderr.write(proc.stderr)
     if proc.returncode != 0:
-        sys.stderr.write(proc.stderr)
         raise SystemExit(proc.returncode)
     return proc.stdout
 
 
-def main() -> int:
-    console = Console()
+def fresh_sysroot() -> None:
+    """An empty ext4 filesystem mounted at demo/sysroot, as an installer would get."""
+    if subprocess.run(["mountpoint", "-q", str(SYSROOT)], check=False).returncode == 0:
+        deployments = SYSROOT.glob("ostree/deploy/*/deploy/*")
+        roots = [str(p) for p in deployments if p.is_dir() and not p.is_symlink()]
+        if roots:
+            sh("chattr", "-i", *roots)
+        sh("umount", str(SYSROOT))
     shutil.rmtree(WORK, ignore_errors=True)
+    WORK.mkdir(parents=True)
+    SYSROOT.mkdir(parents=True, exist_ok=True)
+    sh("truncate", "-s", "2G", str(DISK))
+    sh("mkfs.ext4", "-q", str(DISK))
+    sh("mount", "-o", "loop", str(DISK), str(SYSROOT))
+
+
+def main() -> int:
+    fresh_sysroot()
     layout = OciLayout(WORK / "oci")
-    layout.add_image("v1", SAMPLE)
-    image = layout.ref("v1")
-    console.print(f"[bold]Built[/] {image} ({len(SAMPLE.layers)} layers)")
-    outputs = {}
+    layout.add_image("v1", sample_image("1.0"))
+    layout.add_image("v2", sample_image("2.0", created="2026-02-01T00:00:00Z"))
+    v1, v2 = layout.ref("v1"), layout.ref("v2")
+    console.rule("Flattening: tar blobs and containers-storage give the same tree")
+    trees = {}
     for source in ("blobs", "containers-storage"):
         out = WORK / f"flat-{source}"
-        bootc("internals", "flatten", "--source", source, image, "--output", str(out))
-        outputs[source] = list_tree(out)
-    table = Table(title="Flattened sample image")
-    table.add_column("path")
-    table.add_column("type")
-    table.add_column("mode")
-    table.add_column("links")
-    for entry in outputs["blobs"]:
-        table.add_row(entry.path, entry.kind, f"{entry.mode:04o}", entry.link_group or "")
-    console.print(table)
-    differences = diff_listings(outputs["containers-storage"], outputs["blobs"])
+        bootc("internals", "flatten", "--source", source, v1, "--output", str(out))
+        trees[source] = list_tree(out)
+    differences = diff_listings(trees["containers-storage"], trees["blobs"])
     if differences:
         console.print("[red]The two sources differ:[/]\n" + "\n".join(differences))
         return 1
-    console.print(f"[green]Both sources give the same {len(outputs['blobs'])} entries.[/]")
+    console.print(f"[green]Same {len(trees['blobs'])} entries from both sources.[/]")
+
+    console.rule("Install, switch, check, status, rollback")
+    root = ["--sysroot", str(SYSROOT)]
+    bootc("install", "to-filesystem", "--backend", "container", "--source-imgref", v1, str(SYSROOT))
+    bootc(*root, "switch", v2)
+    bootc(*root, "upgrade", "--check")
+    bootc(*root, "status", "--format", "humanreadable")
+    bootc(*root, "internals", "podman", "images")
+    bootc(*root, "rollback")
+    bootc(*root, "status", "--format", "humanreadable")
+    console.print(f"[green]Done.[/] The sysroot stays mounted at {SYSROOT} to look at.")
     return 0
 
 
