@@ -29,6 +29,8 @@ from pybootc.layers.listing import ListedEntry, diff_listings, list_tree
 from pybootc.ocibuild import ImageSpec, Layer, OciLayout
 
 Tree = list[ListedEntry]
+# shared/ lies beside the checkout, for developers and for CI alike.
+SHARED_REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
 REGISTRIES_DROPIN_DIR = Path("/etc/containers/registries.conf.d")
 
 
@@ -170,3 +172,21 @@ def running_registry() -> Iterator[Registry]:
 def tree_snapshot(path: Path) -> Tree:
     """A listing that also covers the root, for checking nothing changed."""
     return list_tree(path, include_root=True) if os.path.exists(path) else []
+
+
+def host_schema(*, with_container_store: bool) -> dict[str, object]:
+    """bootc's host-v1 schema; optionally with the one value pybootc adds to `Store`.
+
+    Upstream's schema knows a single store, "ostreeContainer". pybootc reports
+    deployments of its container backend as "containerStorage": the only
+    difference from upstream's document, and the only change made here.
+    """
+    import json
+
+    schema: dict[str, object] = json.loads(
+        (SHARED_REFERENCE / "upstream-bootc" / "host-v1.schema.json").read_text()
+    )
+    if with_container_store:
+        store = schema["$defs"]["Store"]  # type: ignore[index]
+        store["oneOf"].append({"type": "string", "const": "containerStorage"})
+    return schema

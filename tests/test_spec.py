@@ -42,6 +42,7 @@ from pybootc.spec import (
     Slot,
     normalize_timestamp,
 )
+from tests.support import SHARED_REFERENCE
 
 FIXTURE_NAMES = [
     "spec-booted-pinned.yaml",
@@ -65,7 +66,7 @@ FIXTURE_NAMES = [
 # host-v1.schema.json: a copy inside the repository wins over the shared reference.
 _SCHEMA_PLACES = [
     Path(__file__).parent / "data" / "upstream-bootc" / "host-v1.schema.json",
-    Path("/work/shared/reference/upstream-bootc/host-v1.schema.json"),
+    SHARED_REFERENCE / "upstream-bootc" / "host-v1.schema.json",
 ]
 
 DIGEST_A = "sha256:" + "a" * 64
