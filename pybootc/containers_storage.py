@@ -55,25 +55,30 @@ class ContainersStorage:
         """Copy `source` (any skopeo transport) into this storage as `name`."""
         tools.run(["skopeo", "copy", "--quiet", *extra, source, self.reference(name)])
 
-    def inspect(self, name: str) -> dict[str, object]:
-        out = tools.run(self.podman("image", "inspect", "--format", "json", name)).stdout
-        found = json.loads(out)
-        if not found:
-            raise BootcError(f"No image {name} in {self.root}")
-        image: dict[str, object] = found[0]
-        return image
-
     def layer_diff_dirs(self, name: str) -> list[Path]:
-        """The image's overlay diff directories, lowest layer first."""
-        driver = self.inspect(name).get("GraphDriver")
-        if not isinstance(driver, dict) or driver.get("Name") != "overlay":
-            raise BootcError(f"Image {name} is not stored with the overlay driver")
-        data = driver.get("Data", {})
-        lower = [Path(p) for p in str(data.get("LowerDir", "")).split(":") if p]
-        upper = data.get("UpperDir")
-        if not upper:
+        """The image's overlay diff directories, lowest layer first.
+
+        Read from the storage's own metadata (images.json, layers.json), which
+        containers-storage replaces atomically: starting podman to ask costs more
+        than the rest of flattening a small image.
+        """
+        try:
+            images = json.loads((self.root / "overlay-images/images.json").read_bytes())
+            layers = json.loads((self.root / "overlay-layers/layers.json").read_bytes())
+        except (OSError, ValueError) as err:
+            raise BootcError(f"Reading the metadata of {self.root}: {err}") from None
+        image = next((i for i in images if name in i.get("names", ()) or i["id"] == name), None)
+        if image is None:
+            raise BootcError(f"No image {name} in {self.root}")
+        parents = {layer["id"]: layer.get("parent") for layer in layers}
+        chain: list[Path] = []
+        layer_id = image.get("layer")
+        while layer_id:
+            chain.append(self.root / "overlay" / layer_id / "diff")
+            layer_id = parents.get(layer_id)
+        if not chain:
             raise BootcError(f"Image {name} has no layers")
-        return [*reversed(lower), Path(str(upper))]
+        return chain[::-1]
 
     def mount(self, name: str) -> Path:
         """Mount the image read-only with the kernel's overlayfs and return where."""
