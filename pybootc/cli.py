@@ -144,8 +144,9 @@ def _flatten(args: argparse.Namespace) -> int:
 
 
 def _add_progress(parser: argparse.ArgumentParser) -> None:
+    # Nothing prints progress yet, so --quiet is already satisfied; --progress-fd
+    # is not offered until it writes the JSON lines bootc's schema describes.
     parser.add_argument("--quiet", action="store_true", help="no progress output")
-    parser.add_argument("--progress-fd", type=int, metavar="N", help=argparse.SUPPRESS)
 
 
 def _add_internals(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
