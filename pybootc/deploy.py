@@ -65,7 +65,8 @@ def current_deployment(sysroot: Sysroot) -> DeploymentInfo | None:
     return deployments[0] if deployments else None
 
 
-def _deployed_digests(sysroot: Sysroot) -> set[str]:
+def deployed_digests(sysroot: Sysroot) -> set[str]:
+    """Manifest digests of the images the deployments came from: GC's roots."""
     digests = set()
     for deployment in sysroot.deployments():
         image = commit_image(sysroot.repo, deployment.checksum)
@@ -77,8 +78,17 @@ def _deployed_digests(sysroot: Sysroot) -> set[str]:
 def collect_garbage(sysroot: Sysroot) -> list[str]:
     """Remove the images in bootc's storage that no deployment uses."""
     return bootc_storage.remove_unused(
-        bootc_storage.bootc_storage(sysroot.path), _deployed_digests(sysroot)
+        bootc_storage.bootc_storage(sysroot.path), deployed_digests(sysroot)
     )
+
+
+def _prepare(target: OriginImage) -> ImageMetadata:
+    """Manifest and config, checked: architecture, and a key for encrypted layers."""
+    metadata = fetch_image_metadata(target.imgref.imgref)
+    encrypted = any(layer.layer_format.encrypted for layer in metadata.manifest.layers)
+    if encrypted and target.decryption_key is None:
+        raise BootcError(f"{target.imgref}: the image is encrypted; use --decryption-key")
+    return metadata
 
 
 @contextmanager
@@ -150,7 +160,7 @@ def switch(
         current_image = origin_image(current) if current else None
         chosen = backend or (current_image.backend if current_image else Backend.OSTREE)
         origin = OriginImage(target, chosen, decryption_key.absolute() if decryption_key else None)
-        metadata = fetch_image_metadata(target.imgref)
+        metadata = _prepare(origin)
         if current is not None and current_image == origin:
             deployed = commit_image(sysroot.repo, current.checksum)
             if deployed is not None and deployed.manifest_digest == metadata.manifest_digest:
@@ -175,7 +185,7 @@ def upgrade(sysroot_path: Path) -> Report:
     sysroot = Sysroot.open(sysroot_path)
     with sysroot.lock():
         current, image = _follow(sysroot)
-        metadata = fetch_image_metadata(image.imgref.imgref)
+        metadata = _prepare(image)
         deployed = commit_image(sysroot.repo, current.checksum)
         if deployed is not None and deployed.manifest_digest == metadata.manifest_digest:
             return Report(("No update available.",))
@@ -274,7 +284,7 @@ def install_to_filesystem(
     if backend is Backend.OSTREE:
         raise BootcError("The ostree backend is not implemented yet; use --backend container")
     # Refuse a missing image or another architecture before anything is written.
-    fetch_image_metadata(source.imgref)
+    _prepare(origin)
     try:
         with error_context(f"Installing to {path}"):
             initialize(path, stateroot)

@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pybootc import bootc_storage, tools
-from pybootc.deploy import Report, collect_garbage, current_deployment
-from pybootc.deployment_image import commit_image, origin_image
+from pybootc.deploy import Report, collect_garbage, current_deployment, deployed_digests
+from pybootc.deployment_image import origin_image
 from pybootc.errors import BootcError
 from pybootc.imgref import ImageReference, Transport
 from pybootc.sysroot import Sysroot
@@ -31,18 +31,9 @@ def podman(sysroot_path: Path, args: Sequence[str]) -> int:
     return tools.run_passthrough(storage.podman(*args))
 
 
-def _in_use(sysroot: Sysroot) -> set[str]:
-    found = set()
-    for deployment in sysroot.deployments():
-        image = commit_image(sysroot.repo, deployment.checksum)
-        if image is not None:
-            found.add(image.manifest_digest)
-    return found
-
-
 def list_images(sysroot_path: Path, *, as_json: bool) -> str:
     sysroot = Sysroot.open(sysroot_path)
-    used = _in_use(sysroot)
+    used = deployed_digests(sysroot)
     images = bootc_storage.list_images(bootc_storage.bootc_storage(sysroot_path))
     rows = [
         {

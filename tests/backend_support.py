@@ -32,6 +32,20 @@ def bootc(*args: str, sysroot: Path | None = None) -> subprocess.CompletedProces
     )
 
 
+def install(target: Path, image: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    """`bootc install to-filesystem` of `image` with the container backend."""
+    return bootc(
+        "install",
+        "to-filesystem",
+        "--backend",
+        "container",
+        "--source-imgref",
+        image,
+        *extra,
+        str(target),
+    )
+
+
 def ok(proc: subprocess.CompletedProcess[str]) -> str:
     assert proc.returncode == 0, f"exit {proc.returncode}: {proc.stderr}"
     return proc.stdout

@@ -16,25 +16,14 @@ import yaml
 from pybootc.containers_storage import ContainersStorage
 from pybootc.sample_image import sample_image
 from pybootc.spec import Host
-from tests.backend_support import Published, bootc, ok, publish, state
+from tests.backend_support import Published, bootc, install, ok, publish, state
 from tests.support import Registry
 
 pytestmark = pytest.mark.registry
 
 
-def install(target: Path, image: Published, *extra: str) -> str:
-    return ok(
-        bootc(
-            "install",
-            "to-filesystem",
-            "--backend",
-            "container",
-            "--source-imgref",
-            image.docker,
-            *extra,
-            str(target),
-        )
-    )
+def install_ok(target: Path, image: Published, *extra: str) -> str:
+    return ok(install(target, image.docker, *extra))
 
 
 def host(target: Path) -> Host:
@@ -45,7 +34,7 @@ def test_install_switch_upgrade_rollback(registry: Registry, target: Path, tmp_p
     v1 = publish(registry, tmp_path, sample_image("1.0"), repo="pybootc/life", tag="v1")
     v2 = publish(registry, tmp_path, sample_image("2.0"), repo="pybootc/life", tag="v2")
 
-    out = install(target, v1, "--karg", "console=ttyS0")
+    out = install_ok(target, v1, "--karg", "console=ttyS0")
     assert out.splitlines()[0] == f"Queued for next boot: ostree-unverified-registry:{v1.ref}"
     assert "  Version: 1.0" in out and re.search(r"  Digest: sha256:[0-9a-f]{64}", out)
     first = host(target)
@@ -110,7 +99,7 @@ def test_upgrade_check_fetches_only_manifest_and_config(
     registry: Registry, target: Path, tmp_path: Path
 ) -> None:
     v1 = publish(registry, tmp_path, sample_image("1.0"), repo="pybootc/check", tag="latest")
-    install(target, v1)
+    install_ok(target, v1)
     assert (
         ok(bootc("upgrade", "--check", sysroot=target))
         == f"No changes in: ostree-unverified-registry:{v1.ref}\n"
@@ -145,7 +134,7 @@ def test_retain_keeps_the_old_images_ref(registry: Registry, target: Path, tmp_p
     a = publish(registry, tmp_path, sample_image("1.0"), repo="pybootc/keep-a")
     b = publish(registry, tmp_path, sample_image("2.0"), repo="pybootc/keep-b")
     c = publish(registry, tmp_path, sample_image("3.0"), repo="pybootc/keep-c")
-    install(target, a)
+    install_ok(target, a)
 
     def image_refs() -> list[str]:
         return [ref for ref, _ in state(target).refs if ref.startswith("ostree/container/image/")]
@@ -161,7 +150,7 @@ def test_transport_option_and_podman_passthrough(
     registry: Registry, target: Path, tmp_path: Path
 ) -> None:
     a = publish(registry, tmp_path, sample_image("1.0"), repo="pybootc/pass")
-    install(target, a)
+    install_ok(target, a)
     b = publish(registry, tmp_path, sample_image("2.0"), repo="pybootc/pass", tag="two")
     ok(bootc("switch", "--transport", "registry", b.ref, sysroot=target))
     images = ok(
@@ -185,7 +174,7 @@ def test_gc_removes_only_images_no_deployment_uses(
         publish(registry, tmp_path, sample_image(f"{n}.0"), repo=f"pybootc/gc{n}")
         for n in (1, 2, 3)
     ]
-    install(target, images[0])
+    install_ok(target, images[0])
     ok(bootc("switch", images[1].docker, sysroot=target))
     assert len(state(target).images) == 2
     # A third deployment pushes the first one out (rollback keeps one), and its image goes.
@@ -207,7 +196,7 @@ def test_images_move_between_bootc_and_host_storage(
     from pybootc.layers.listing import list_tree
 
     os_image = publish(registry, tmp_path, sample_image("1.0"), repo="pybootc/move")
-    install(target, os_image)
+    install_ok(target, os_image)
     ok(bootc("image", "copy-to-storage", sysroot=target))
     host = host_storage
     mine = bootc_storage(target)

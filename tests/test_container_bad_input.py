@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from pybootc.sample_image import sample_image
-from tests.backend_support import Published, bootc, ok, one_error_line, publish, state
+from tests.backend_support import Published, bootc, install, ok, one_error_line, publish, state
 from tests.support import Registry, free_port
 
 pytestmark = pytest.mark.registry
@@ -20,17 +20,7 @@ pytestmark = pytest.mark.registry
 @pytest.fixture
 def installed(registry: Registry, target: Path, tmp_path: Path) -> Path:
     image = publish(registry, tmp_path, sample_image("1.0"), repo="pybootc/bad-base")
-    ok(
-        bootc(
-            "install",
-            "to-filesystem",
-            "--backend",
-            "container",
-            "--source-imgref",
-            image.docker,
-            str(target),
-        )
-    )
+    ok(install(target, image.docker))
     return target
 
 
@@ -98,15 +88,7 @@ def test_install_into_a_non_empty_directory(
 ) -> None:
     image: Published = publish(registry, tmp_path, sample_image("1.0"), repo="pybootc/nonempty")
     (target / "precious").write_text("keep me")
-    proc = bootc(
-        "install",
-        "to-filesystem",
-        "--backend",
-        "container",
-        "--source-imgref",
-        image.docker,
-        str(target),
-    )
+    proc = install(target, image.docker)
     assert "is not empty" in one_error_line(proc)
     assert sorted(p.name for p in target.iterdir()) == ["precious"]
     assert (target / "precious").read_text() == "keep me"
@@ -118,15 +100,7 @@ def test_install_of_an_image_with_no_kernel_leaves_the_directory_empty(
     image = publish(
         registry, tmp_path, sample_image("1.0", kernel=False), repo="pybootc/nokernel-install"
     )
-    proc = bootc(
-        "install",
-        "to-filesystem",
-        "--backend",
-        "container",
-        "--source-imgref",
-        image.docker,
-        str(target),
-    )
+    proc = install(target, image.docker)
     assert "not bootable" in one_error_line(proc)
     assert list(target.iterdir()) == []
 

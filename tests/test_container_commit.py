@@ -13,7 +13,7 @@ import yaml
 from pybootc.ostree_commit import commit_timestamp, list_refs, read_commit_metadata
 from pybootc.sample_image import sample_image
 from pybootc.sysroot import Sysroot
-from tests.backend_support import bootc, ok, publish
+from tests.backend_support import bootc, install, ok, publish
 from tests.support import Registry, host_schema
 
 pytestmark = pytest.mark.registry
@@ -23,17 +23,7 @@ def _install(registry: Registry, target: Path, tmp_path: Path, version: str, rep
     image = publish(
         registry, tmp_path, sample_image(version, created="2026-03-04T05:06:07Z"), repo=repo
     )
-    ok(
-        bootc(
-            "install",
-            "to-filesystem",
-            "--backend",
-            "container",
-            "--source-imgref",
-            image.docker,
-            str(target),
-        )
-    )
+    ok(install(target, image.docker))
     return image.docker
 
 

@@ -21,7 +21,7 @@ from pybootc.layers.postprocess import VAR_TMPFILES, postprocess_tree
 from pybootc.ocibuild import Entry, Kind, file, layer
 from pybootc.sample_image import KERNEL_VERSION, sample_image
 from pybootc.sysroot import Sysroot
-from tests.backend_support import bootc, ok, publish
+from tests.backend_support import install, ok, publish
 from tests.support import Registry
 
 
@@ -118,15 +118,7 @@ def test_deployed_tree_equals_the_kernel_view_post_processed(
 ) -> None:
     fifo = layer(file("srv/readme", "r"), Entry("srv/fifo", Kind.FIFO, mode=0o644))
     image = publish(registry, tmp_path, sample_image("1.0", extra=(fifo,)), repo="pybootc/post")
-    proc = bootc(
-        "install",
-        "to-filesystem",
-        "--backend",
-        "container",
-        "--source-imgref",
-        image.docker,
-        str(target),
-    )
+    proc = install(target, image.docker)
     ok(proc)
     assert (
         "warning: Skipping /srv/fifo: a device node, FIFO or socket cannot be committed"
