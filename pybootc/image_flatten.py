@@ -53,7 +53,10 @@ def flatten_from_blobs(image: str, output: Path) -> FlattenSummary:
                 )
         layers = [
             BlobLayer(
-                desc, diff_id, functools.partial(proxy.open_blob, opened, desc.digest, desc.size)
+                desc,
+                diff_id,
+                functools.partial(proxy.open_blob, opened, desc.digest, desc.size),
+                source_checks_digest=True,
             )
             for desc, diff_id in zip(manifest.layers, config.diff_ids, strict=True)
         ]

@@ -1,7 +1,8 @@
 """A layer blob as a verified, decompressed byte stream.
 
-The compressed bytes are checked against the manifest's digest and the
-decompressed ones against the config's diff_id, so a corrupt, truncated or
+The compressed bytes are checked against the manifest's digest (unless the
+source already does, as skopeo's image proxy does) and the decompressed ones
+against the config's diff_id, so a corrupt, truncated or
 substituted blob is refused however far the tar reader got. Decompression runs
 in a thread (zlib, zstd and sha256 release the GIL) so that it overlaps with
 writing files.
@@ -96,10 +97,12 @@ class LayerStream(io.RawIOBase):
         *,
         digest: str,
         diff_id: str | None,
+        check_digest: bool = True,
     ) -> None:
-        self._compressed = _HashingReader(raw)
+        self._compressed = _HashingReader(raw) if check_digest else None
         self._digest = digest
         self._diff_id = diff_id
+        self._raw = raw
         self._uncompressed = hashlib.sha256()
         self._queue: queue.Queue[bytes | BaseException | None] = queue.Queue(_QUEUE_DEPTH)
         self._buffer = memoryview(b"")
@@ -115,7 +118,8 @@ class LayerStream(io.RawIOBase):
 
     def _produce(self, chunks: Callable[[IO[bytes]], Iterator[bytes]]) -> None:
         try:
-            for chunk in chunks(self._compressed):  # type: ignore[arg-type]
+            source = self._compressed or self._raw
+            for chunk in chunks(source):  # type: ignore[arg-type]
                 self._uncompressed.update(chunk)
                 if self._stop.is_set():
                     return
@@ -156,9 +160,10 @@ class LayerStream(io.RawIOBase):
         """Read what the tar reader left (padding) and check both digests."""
         while self._buffer or self._next_chunk():
             self._buffer = memoryview(b"")
-        got = "sha256:" + self._compressed.sha256.hexdigest()
-        if got != self._digest:
-            raise _DigestMismatch(f"Digest mismatch for blob {self._digest}: got {got}")
+        if self._compressed is not None:
+            got = "sha256:" + self._compressed.sha256.hexdigest()
+            if got != self._digest:
+                raise _DigestMismatch(f"Digest mismatch for blob {self._digest}: got {got}")
         if self._diff_id is not None:
             got = "sha256:" + self._uncompressed.hexdigest()
             if got != self._diff_id:

@@ -57,9 +57,18 @@ def _copy_content(src: int, dst: int, size: int) -> None:
 class DirectorySink:
     """A TreeSink that fills an existing empty directory."""
 
-    def __init__(self, root_fd: int, *, move: bool) -> None:
+    def __init__(
+        self,
+        root_fd: int,
+        *,
+        move: bool,
+        movable: Callable[[LayerEntry], bool] | None = None,
+    ) -> None:
         self.root_fd = root_fd
         self.move = move
+        # Which directories may be moved whole: those of our own scratch layers
+        # with no whiteout or opaque marker below them.
+        self.movable = movable
         self.stats = SinkStats()
         self._first_name: dict[tuple[int, int], str] = {}
         self._warnings: list[str] = []
@@ -77,6 +86,29 @@ class DirectorySink:
                 copy_xattrs(entry.path, lambda k, v: os.setxattr(fd, k, v))
             os.fchmod(fd, stat.S_IMODE(st.st_mode))
             os.utime(fd, ns=(st.st_mtime_ns, st.st_mtime_ns))
+        finally:
+            os.close(fd)
+
+    def move_subtree(self, path: str, entry: LayerEntry) -> bool:
+        if not self.move or self.movable is None or not self.movable(entry):
+            return False
+        os.rename(entry.path, path, dst_dir_fd=self.root_fd)
+        self._count_moved(path)
+        return True
+
+    def _count_moved(self, path: str) -> None:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=self.root_fd)
+        try:
+            self.stats.entries += 1
+            with os.scandir(fd) as it:
+                entries = list(it)
+            for item in entries:
+                if item.is_dir(follow_symlinks=False):
+                    self._count_moved(f"{path}/{item.name}")
+                    continue
+                self.stats.entries += 1
+                if item.is_file(follow_symlinks=False):
+                    self.stats.bytes += item.stat(follow_symlinks=False).st_size
         finally:
             os.close(fd)
 

@@ -15,7 +15,7 @@ import shutil
 import stat
 import tarfile
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import IO, cast
 
 from pybootc.errors import BootcError
@@ -40,6 +40,13 @@ class LayerStats:
     bytes: int = 0
     # Whether the layer has an entry for "." that set the root's metadata.
     sets_root: bool = False
+    # Directories with an overlay marker somewhere below them (or on them): the
+    # merge may move any other directory of this layer whole.
+    marked_dirs: set[str] = field(default_factory=set)
+
+    def mark(self, directory: Parts) -> None:
+        for depth in range(len(directory) + 1):
+            self.marked_dirs.add(join(directory[:depth]))
 
 
 def _xattrs(member: tarfile.TarInfo) -> Iterator[tuple[str, bytes]]:
@@ -102,6 +109,8 @@ class LayerExtractor:
             if marker is Marker.NONE or err.symlink:
                 raise
             return
+        if marker is not Marker.NONE:
+            self.stats.mark(parts[:-1])
         if marker is Marker.OPAQUE:
             os.setxattr(parent, "trusted.overlay.opaque", b"y")
         elif marker is Marker.WHITEOUT:
@@ -165,6 +174,8 @@ class LayerExtractor:
                 if member.isfifo():
                     kind = stat.S_IFIFO
                 device = os.makedev(member.devmajor, member.devminor)
+                if kind == stat.S_IFCHR and device == 0:
+                    self.stats.mark(parts[:-1])  # a whiteout by another name
                 os.mknod(name, kind | 0o600, device, dir_fd=parent)
             else:
                 raise BootcError(f'Unsupported tar entry type {member.type!r} for "{join(parts)}"')

@@ -54,6 +54,8 @@ class BlobLayer:
     descriptor: Descriptor
     diff_id: str | None
     open: Callable[[], AbstractContextManager[IO[bytes]]]
+    # skopeo's image proxy hashes each blob as it sends it: no need to twice.
+    source_checks_digest: bool = False
 
 
 def _default_root() -> LayerEntry:
@@ -108,7 +110,13 @@ def _unpack_blob(layer: BlobLayer, dest: Path) -> LayerStats:
     desc = layer.descriptor
     compression = desc.compression
     with layer.open() as raw:
-        stream = LayerStream(raw, compression, digest=desc.digest, diff_id=layer.diff_id)
+        stream = LayerStream(
+            raw,
+            compression,
+            digest=desc.digest,
+            diff_id=layer.diff_id,
+            check_digest=not layer.source_checks_digest,
+        )
         try:
             fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY)
             try:
@@ -126,7 +134,8 @@ def flatten_blobs(layers: Sequence[BlobLayer], output: Path) -> FlattenSummary:
     start = time.monotonic()
     with new_output_directory(output) as out_fd:
         work = Path(tempfile.mkdtemp(prefix=".pybootc-layers-", dir=output))
-        diff_dirs = []
+        diff_dirs: list[Path] = []
+        marked: list[set[str]] = []
         root = _default_root()
         for index, layer in enumerate(layers):
             dest = work / str(index)
@@ -137,10 +146,16 @@ def flatten_blobs(layers: Sequence[BlobLayer], output: Path) -> FlattenSummary:
             ):
                 stats = _unpack_blob(layer, dest)
             diff_dirs.append(dest)
+            marked.append(stats.marked_dirs)
             if stats.sets_root:
                 root = LayerEntry(index, str(dest), os.lstat(dest))
         with _os_errors("Merging layers"):
-            sink = DirectorySink(out_fd, move=True)
+
+            def movable(entry: LayerEntry) -> bool:
+                relative = os.path.relpath(entry.path, diff_dirs[entry.layer])
+                return relative not in marked[entry.layer]
+
+            sink = DirectorySink(out_fd, move=True, movable=movable)
             merge_layers(diff_dirs, sink, root)
             shutil.rmtree(work)
     return FlattenSummary(

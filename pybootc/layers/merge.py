@@ -26,6 +26,9 @@ class TreeSink(Protocol):
     def leaf(self, path: str, entry: LayerEntry) -> None:
         """Add a non-directory at `path`."""
 
+    def move_subtree(self, path: str, entry: LayerEntry) -> bool:
+        """Take the directory `entry`, which only one layer has, whole; False to decline."""
+
 
 def _listings(stack: Sequence[tuple[int, str]], *, at_root: bool) -> list[DirectoryListing]:
     listings = []
@@ -72,8 +75,11 @@ def _walk(rel: str, stack: Sequence[tuple[int, str]], sink: TreeSink) -> None:
         if not entry.is_dir:
             sink.leaf(path, entry)
             continue
+        stack = _child_stack(name, entry, listings)
+        if len(stack) == 1 and sink.move_subtree(path, entry):
+            continue
         sink.directory(path, entry)
-        _walk(path, _child_stack(name, entry, listings), sink)
+        _walk(path, stack, sink)
         sink.finish_directory(path, entry)
 
 
