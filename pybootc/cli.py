@@ -12,10 +12,13 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pybootc.backends import Backend
 from pybootc.errors import BootcError
-from pybootc.imgref import ImageReference, OstreeImageReference, SignatureSource
+
+if TYPE_CHECKING:
+    from pybootc.imgref import OstreeImageReference
 
 
 def _print(lines: Sequence[str]) -> None:
@@ -24,6 +27,8 @@ def _print(lines: Sequence[str]) -> None:
 
 
 def _image_argument(text: str, transport: str | None, enforce: bool) -> OstreeImageReference:
+    from pybootc.imgref import ImageReference, OstreeImageReference, SignatureSource
+
     if transport is not None:
         imgref = ImageReference.from_name_and_transport(text, transport)
         sigverify = SignatureSource.container_policy() if enforce else SignatureSource.insecure()
@@ -97,6 +102,7 @@ def _rollback(args: argparse.Namespace) -> int:
 
 def _install(args: argparse.Namespace) -> int:
     from pybootc.deploy import install_to_filesystem
+    from pybootc.imgref import OstreeImageReference
 
     report = install_to_filesystem(
         args.path,

@@ -18,7 +18,6 @@ from pybootc.containers_storage import ContainersStorage
 from pybootc.errors import BootcError, error_context
 from pybootc.layers.flatten import BlobLayer, FlattenSummary, flatten_blobs, flatten_diff_dirs
 from pybootc.oci.model import ImageConfig, Manifest
-from pybootc.oci.proxy import ImageProxy
 
 # The name an image gets in a scratch storage; nothing else lives there.
 _SCRATCH_NAME = "localhost/pybootc-flatten:latest"
@@ -37,6 +36,9 @@ def _check_output(output: Path) -> None:
 
 
 def flatten_from_blobs(image: str, output: Path) -> FlattenSummary:
+    # Imported here: the containers-storage source has no use for it.
+    from pybootc.oci.proxy import ImageProxy
+
     with ImageProxy() as proxy:
         opened = proxy.open_image(image)
         manifest = Manifest.parse(proxy.fetch_manifest(opened)[0])
