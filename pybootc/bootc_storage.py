@@ -7,6 +7,7 @@ to and from the host's default storage with `bootc image`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Iterable, Sequence
@@ -47,6 +48,10 @@ class StoredImage:
     digest: str
     created: str
     size: int
+    # Every manifest digest the image was pulled under: one image (one config, one
+    # layer chain) can come from several manifests, e.g. the gzip and zstd pushes of
+    # one build; `digest` is only the first of them.
+    digests: frozenset[str] = frozenset()
 
 
 def list_images(storage: ContainersStorage) -> list[StoredImage]:
@@ -62,9 +67,26 @@ def list_images(storage: ContainersStorage) -> list[StoredImage]:
                 digest=str(item.get("Digest", "")),
                 created=str(item.get("CreatedAt", "")),
                 size=int(item.get("Size", 0)),
+                digests=frozenset(
+                    {str(item.get("Digest", ""))}
+                    | {str(d).rpartition("@")[2] for d in item.get("RepoDigests") or ()}
+                ),
             )
         )
     return found
+
+
+# containers-storage names an image by its config digest. skopeo 1.9.3's zstd:chunked
+# writer re-tars every layer (it drops the end-of-archive padding) but keeps the config
+# and its diff_ids, so one config can come with two different layer chains: the gzip
+# and the zstd:chunked push of one build. Pulling the second then fails with this.
+_IMAGE_ID_TAKEN = "uses a different top layer"
+
+
+def _own_image_id(imgref: ImageReference) -> str:
+    """An image ID for `imgref` that no config digest can collide with."""
+    raw = tools.run(["skopeo", "inspect", "--raw", imgref.to_skopeo()]).stdout
+    return hashlib.sha256(b"pybootc-image-id:" + hashlib.sha256(raw).digest()).hexdigest()
 
 
 def pull(
@@ -79,7 +101,13 @@ def pull(
     extra = ["--decryption-key", str(decryption_key)] if decryption_key else []
     try:
         with error_context(f"Pulling {imgref}"):
-            storage.pull(imgref.to_skopeo(), name, extra=extra)
+            try:
+                storage.pull(imgref.to_skopeo(), name, extra=extra)
+            except BootcError as err:
+                if _IMAGE_ID_TAKEN not in err.message:
+                    raise
+                # The layers it wrote are kept and reused: only the image is new.
+                storage.pull(imgref.to_skopeo(), f"{name}@{_own_image_id(imgref)}", extra=extra)
     except BootcError as err:
         if "unexpected EOF" in err.message or "decrypt" in err.message.lower():
             hint = "use --decryption-key" if decryption_key is None else "is it the right key?"
@@ -95,7 +123,7 @@ def remove_unused(storage: ContainersStorage, keep: Iterable[str]) -> list[str]:
     wanted = set(keep)
     removed = []
     for image in list_images(storage):
-        if image.image_id in wanted or image.digest in wanted:
+        if image.image_id in wanted or image.digests & wanted:
             continue
         tools.run(storage.podman("rmi", "--force", image.image_id))
         removed.append(image.image_id)

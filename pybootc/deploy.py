@@ -107,7 +107,11 @@ def _undo_on_failure(sysroot: Sysroot) -> Iterator[None]:
 
 
 def _import(
-    sysroot: Sysroot, target: OriginImage, *, disable_selinux: bool = False
+    sysroot: Sysroot,
+    target: OriginImage,
+    source: ImageMetadata,
+    *,
+    disable_selinux: bool = False,
 ) -> ImportedImage:
     if target.backend is Backend.OSTREE:
         raise BootcError("The ostree backend is not implemented yet; use --backend container")
@@ -117,6 +121,7 @@ def _import(
         sysroot.path,
         sysroot.repo,
         target.imgref,
+        source=source,
         decryption_key=target.decryption_key,
         disable_selinux=disable_selinux,
     )
@@ -125,13 +130,14 @@ def _import(
 def _deploy(
     sysroot: Sysroot,
     target: OriginImage,
+    source: ImageMetadata,
     *,
     stateroot: str,
     kargs: Sequence[str] | None = None,
     disable_selinux: bool = False,
 ) -> ImageMetadata:
     with _undo_on_failure(sysroot):
-        imported = _import(sysroot, target, disable_selinux=disable_selinux)
+        imported = _import(sysroot, target, source, disable_selinux=disable_selinux)
         sysroot.deploy(
             imported.commit,
             stateroot=stateroot,
@@ -166,7 +172,7 @@ def switch(
             if deployed is not None and deployed.manifest_digest == metadata.manifest_digest:
                 return Report(("Image specification is unchanged.",))
         stateroot = current.stateroot if current else DEFAULT_STATEROOT
-        pulled = _deploy(sysroot, origin, stateroot=stateroot)
+        pulled = _deploy(sysroot, origin, metadata, stateroot=stateroot)
         if not retain and current_image is not None and current_image.imgref != target:
             set_ref(sysroot.repo, image_ref(current_image.imgref), None)
             sysroot.cleanup()
@@ -189,7 +195,7 @@ def upgrade(sysroot_path: Path) -> Report:
         deployed = commit_image(sysroot.repo, current.checksum)
         if deployed is not None and deployed.manifest_digest == metadata.manifest_digest:
             return Report(("No update available.",))
-        pulled = _deploy(sysroot, image, stateroot=current.stateroot)
+        pulled = _deploy(sysroot, image, metadata, stateroot=current.stateroot)
     return _queued(image.imgref, pulled)
 
 
@@ -284,7 +290,7 @@ def install_to_filesystem(
     if backend is Backend.OSTREE:
         raise BootcError("The ostree backend is not implemented yet; use --backend container")
     # Refuse a missing image or another architecture before anything is written.
-    _prepare(origin)
+    metadata = _prepare(origin)
     try:
         with error_context(f"Installing to {path}"):
             initialize(path, stateroot)
@@ -293,6 +299,7 @@ def install_to_filesystem(
                 pulled = _deploy(
                     sysroot,
                     origin,
+                    metadata,
                     stateroot=stateroot,
                     kargs=list(kargs),
                     disable_selinux=disable_selinux,

@@ -40,7 +40,7 @@ def list_images(sysroot_path: Path, *, as_json: bool) -> str:
             "image": name,
             "imageId": image.image_id,
             "digest": image.digest,
-            "type": "host" if image.digest in used else "unused",
+            "type": "host" if image.digests & used else "unused",
         }
         for image in images
         for name in (image.names or ("<none>",))

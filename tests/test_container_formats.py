@@ -12,6 +12,7 @@ import json
 import shutil
 import subprocess
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,7 @@ from pybootc.ostree_commit import read_commit_metadata, resolve_ref, root_tree_c
 from pybootc.sample_image import sample_image
 from pybootc.spec import Host
 from pybootc.sysroot import Sysroot
-from tests.backend_support import bootc, ok, one_error_line, state
+from tests.backend_support import bootc, install, ok, one_error_line, state
 from tests.support import Registry
 from tests.sysroot_support import scratch_tmpfs
 
@@ -44,6 +45,11 @@ def skopeo(*args: str) -> bytes:
 def pushed_manifest(docker_ref: str) -> dict[str, object]:
     manifest: dict[str, object] = json.loads(skopeo("inspect", "--raw", docker_ref))
     return manifest
+
+
+def chunked(layer: dict[str, object]) -> bool:
+    annotations = layer.get("annotations")
+    return isinstance(annotations, dict) and CHUNKED_ANNOTATION in annotations
 
 
 def layers_of(manifest: dict[str, object]) -> list[dict[str, object]]:
@@ -67,50 +73,46 @@ def publish_in_formats(
         layout_ref = source.ref(version)
         if compress_format is not None:
             layout_ref = f"oci:{workdir / f'{name}-{version}'}:{version}"
-            skopeo(
-                "copy", "--quiet", "--dest-compress-format", compress_format,
-                source.ref(version), layout_ref,
-            )  # fmt: skip
+            recompress = ["--dest-compress-format", compress_format]
+            skopeo("copy", "--quiet", *recompress, source.ref(version), layout_ref)
         refs[name] = f"docker://{registry.address}/{repo}:{name}"
-        push(layout_ref, refs[name])
+        # Without --preserve-digests skopeo may push a blob the registry already has
+        # for the same diff_id (the gzip one) in place of the zstd one.
+        push(layout_ref, refs[name], "--preserve-digests")
     return refs
 
 
-def deployed_commit(sysroot_path: Path) -> str:
-    """The commit of the deployment that boots next, and a check that the image's
-    ref (ostree/container/image/...) holds that same merge commit."""
+@dataclass(frozen=True)
+class Deployed:
+    """The commit of the deployment that boots next, what is in it and where from."""
+
+    commit: str
+    tree: str  # the root tree checksum: equal for equal trees
+    layers: list[dict[str, object]]  # of the manifest the commit records
+
+
+def deployed(sysroot_path: Path) -> Deployed:
+    """The deployment that boots next, checking that the image's ref
+    (ostree/container/image/...) holds that same merge commit."""
     sysroot = Sysroot.open(sysroot_path)
     deployment = sysroot.deployments()[0]
     origin = deployment.origin["origin"]["container-image-reference"]
     assert resolve_ref(sysroot.repo, image_ref(OstreeImageReference.parse(origin))) == (
         deployment.checksum
     )
-    return deployment.checksum
-
-
-def tree_of(sysroot_path: Path, commit: str) -> str:
-    return root_tree_checksum(Sysroot.open(sysroot_path).repo, commit)
-
-
-def recorded_layers(sysroot_path: Path, commit: str) -> list[dict[str, object]]:
-    """The layers of the manifest the commit says it was made from."""
-    metadata = read_commit_metadata(Sysroot.open(sysroot_path).repo, commit)
-    manifest = metadata["ostree.manifest"]
+    manifest = read_commit_metadata(sysroot.repo, deployment.checksum)["ostree.manifest"]
     assert isinstance(manifest, str)
-    return layers_of(json.loads(manifest))
+    return Deployed(
+        deployment.checksum,
+        root_tree_checksum(sysroot.repo, deployment.checksum),
+        layers_of(json.loads(manifest)),
+    )
 
 
 def staged_version(sysroot_path: Path) -> str | None:
     host = Host.from_json(ok(bootc("status", "--format", "json", sysroot=sysroot_path)))
     assert host.status.staged is not None and host.status.staged.image is not None
     return host.status.staged.image.version
-
-
-def install(target: Path, imgref: str, *extra: str) -> subprocess.CompletedProcess[str]:
-    return bootc(
-        "install", "to-filesystem", "--backend", "container",
-        "--source-imgref", imgref, *extra, str(target),
-    )  # fmt: skip
 
 
 @pytest.fixture
@@ -137,9 +139,7 @@ def test_the_compression_formats_are_really_what_was_pushed(
     for name in ("zstd", "zstd-chunked"):
         assert {layer["mediaType"] for layer in layers_of(manifests[name])} == {ZSTD}
     assert not any("annotations" in layer for layer in layers_of(manifests["zstd"]))
-    for layer in layers_of(manifests["zstd-chunked"]):
-        annotations = layer.get("annotations")
-        assert isinstance(annotations, dict) and CHUNKED_ANNOTATION in annotations, layer
+    assert all(chunked(layer) for layer in layers_of(manifests["zstd-chunked"]))
     # The same content, three encodings: one config (same diff_ids), three layer sets.
     assert len({json.dumps(m["config"]) for m in manifests.values()}) == 1
     digests = [tuple(layer["digest"] for layer in layers_of(m)) for m in manifests.values()]
@@ -152,41 +152,46 @@ def test_gzip_zstd_and_zstd_chunked_deploy_the_same_tree(
     refs = publish_in_formats(registry, tmp_path, "1.0", "pybootc/formats")
 
     ok(install(target, refs["gzip"]))
-    commits = {"gzip": deployed_commit(target)}
+    seen = {"gzip": deployed(target)}
+    previous = refs["gzip"]
     for name in ("zstd-chunked", "zstd"):
         out = ok(bootc("switch", refs[name], sysroot=target))
-        assert out.startswith(f"Queued for next boot: ostree-unverified-registry:{refs[name][9:]}")
-        commits[name] = deployed_commit(target)
+        pulled = refs[name].removeprefix("docker://")
+        assert out.startswith(f"Queued for next boot: ostree-unverified-registry:{pulled}")
+        seen[name] = deployed(target)
         assert staged_version(target) == "1.0"
         assert len(state(target).deployments) == 2
+        # Both deployments' images stay in bootc's storage, though gzip and zstd share
+        # one image there (one config, one layer chain) under two manifest digests.
+        listed = json.loads(ok(bootc("image", "list", "--format", "json", sysroot=target)))
+        kept = {row["image"] for row in listed if row["type"] == "host"}
+        assert {refs[name], previous} <= {f"docker://{image}" for image in kept}, listed
+        previous = refs[name]
     # Three commits (each records its own manifest), one tree.
-    assert len(set(commits.values())) == 3
-    trees = {name: tree_of(target, commit) for name, commit in commits.items()}
-    assert len(set(trees.values())) == 1, trees
-    assert {layer["mediaType"] for layer in recorded_layers(target, commits["zstd"])} == {ZSTD}
+    assert len({d.commit for d in seen.values()}) == 3
+    assert len({d.tree for d in seen.values()}) == 1, seen
+    assert {layer["mediaType"] for layer in seen["gzip"].layers} == {GZIP}
+    assert {layer["mediaType"] for layer in seen["zstd"].layers} == {ZSTD}
+    assert all(chunked(layer) for layer in seen["zstd-chunked"].layers)
 
     # A fresh sysroot that starts from zstd:chunked gets that tree too.
     ok(install(other_target, refs["zstd-chunked"]))
-    chunked = deployed_commit(other_target)
-    assert tree_of(other_target, chunked) == trees["gzip"]
-    assert all(
-        CHUNKED_ANNOTATION in dict(layer.get("annotations") or {})  # type: ignore[call-overload]
-        for layer in recorded_layers(other_target, chunked)
-    )
+    fresh = deployed(other_target)
+    assert fresh.tree == seen["gzip"].tree
+    assert all(chunked(layer) for layer in fresh.layers)
 
     # upgrade follows a zstd:chunked tag to new content.
     newer = publish_in_formats(registry, tmp_path, "2.0", "pybootc/formats")
     assert newer["zstd-chunked"] == refs["zstd-chunked"]
     assert "Version: 2.0" in ok(bootc("upgrade", sysroot=other_target))
-    upgraded = deployed_commit(other_target)
     assert staged_version(other_target) == "2.0"
-    assert tree_of(other_target, upgraded) != trees["gzip"]
+    upgraded = deployed(other_target)
+    assert upgraded.tree != fresh.tree and all(chunked(layer) for layer in upgraded.layers)
 
 
-@pytest.fixture
-def keys(tmp_path: Path) -> tuple[Path, Path]:
+def key_pair(workdir: Path, name: str) -> tuple[Path, Path]:
     """An RSA key pair for ocicrypt's JWE scheme: (private, public)."""
-    private, public = tmp_path / "priv.pem", tmp_path / "pub.pem"
+    private, public = workdir / f"{name}.pem", workdir / f"{name}.pub.pem"
     subprocess.run(
         ["openssl", "genrsa", "-out", str(private), "2048"], capture_output=True, check=True
     )
@@ -196,6 +201,11 @@ def keys(tmp_path: Path) -> tuple[Path, Path]:
         check=True,
     )
     return private, public
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> tuple[Path, Path]:
+    return key_pair(tmp_path, "priv")
 
 
 def publish_encrypted(
@@ -236,11 +246,20 @@ def test_install_of_an_encrypted_image_needs_its_key(
     line = one_error_line(install(other_target, image))
     assert "image is encrypted" in line and "unexpected EOF" not in line, line
     assert list(other_target.iterdir()) == []
+    wrong, _ = key_pair(tmp_path, "wrong")
+    line = one_error_line(install(other_target, image, "--decryption-key", str(wrong)))
+    assert "could not be decrypted (is it the right key?)" in line, line
+    assert list(other_target.iterdir()) == []
 
     out = ok(install(target, image, "--decryption-key", str(private)))
     assert out.startswith("Queued for next boot: ") and "Version: 1.0" in out
     assert staged_version(target) == "1.0"
     assert origin_keys(target, private) == [str(private)]
+    # The deployment records the manifest the registry serves, not the decrypted copy,
+    # and its image in bootc's storage (holding that copy) stays a GC root.
+    assert ok(bootc("upgrade", sysroot=target)) == "No update available.\n"
+    listed = json.loads(ok(bootc("image", "list", "--format", "json", sysroot=target)))
+    assert [row["type"] for row in listed] == ["host"]
 
 
 def test_switch_to_an_encrypted_image_needs_the_key_and_upgrade_remembers_it(
@@ -259,9 +278,12 @@ def test_switch_to_an_encrypted_image_needs_the_key_and_upgrade_remembers_it(
     assert "image is encrypted" in line and "unexpected EOF" not in line, line
     assert state(target) == before
 
-    ok(bootc("switch", "--decryption-key", str(private), image, sysroot=target))
+    with_key = ("switch", "--decryption-key", str(private), image)
+    ok(bootc(*with_key, sysroot=target))
     assert staged_version(target) == "2.0"
     assert origin_keys(target, private) == [str(private), None]
+    # The deployment records the manifest the registry serves, not the decrypted copy.
+    assert ok(bootc(*with_key, sysroot=target)) == "Image specification is unchanged.\n"
 
     # A new encrypted version on the same tag: upgrade takes the key from the origin.
     publish_encrypted(registry, tmp_path, public, "3.0", "pybootc/enc-switch")

@@ -67,13 +67,24 @@ def import_image(
     repo: OSTree.Repo,
     imgref: OstreeImageReference,
     *,
+    source: ImageMetadata | None = None,
     decryption_key: Path | None = None,
     disable_selinux: bool = False,
 ) -> ImportedImage:
-    """Pull `imgref` into bootc's storage and commit its post-processed tree."""
+    """Pull `imgref` into bootc's storage and commit its post-processed tree.
+
+    `source` is the manifest and config fetched before the pull; the commit records
+    that manifest, as the source serves it, unless the tag moved to another image since.
+    """
     storage = bootc_storage.bootc_storage(sysroot_path)
     name = bootc_storage.pull(storage, imgref.imgref, decryption_key=decryption_key)
-    metadata = _stored_metadata(storage.reference(name))
+    stored = _stored_metadata(storage.reference(name))
+    # A decrypting pull stores a rewritten manifest, whose digest the registry never
+    # serves: recorded, it would make every upgrade and switch see a new image. (The
+    # storage itself knows the image by the source's digest too: podman's Digest.)
+    metadata = stored
+    if source is not None and source.config_digest == stored.config_digest:
+        metadata = source
     work = Path(tempfile.mkdtemp(prefix="pybootc-import-", dir=sysroot_path / "ostree/repo/tmp"))
     try:
         root = work / "root"
