@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import itertools
 import json
+import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,8 +21,25 @@ from pybootc.ocibuild import ImageSpec, OciLayout, push
 from pybootc.ostree_commit import list_refs
 from pybootc.sysroot import Sysroot
 from tests.support import Registry
+from tests.sysroot_support import scratch_tmpfs
 
 _repos = itertools.count()
+
+
+@contextmanager
+def empty_sysroot_dir(mountpoint: Path) -> Iterator[Path]:
+    """An empty directory on a fresh tmpfs at `mountpoint`; bootc's storage in it is
+    reset and its runroot removed afterwards."""
+    with scratch_tmpfs(mountpoint) as mount:
+        path = mount / "sysroot"
+        path.mkdir()
+        try:
+            yield path
+        finally:
+            storage = bootc_storage(path)
+            if storage.root.exists():
+                storage.reset(check=False)
+            shutil.rmtree(storage.runroot, ignore_errors=True)
 
 
 def bootc(*args: str, sysroot: Path | None = None) -> subprocess.CompletedProcess[str]:

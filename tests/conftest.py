@@ -33,19 +33,10 @@ def oracle() -> Iterator[Oracle]:
 @pytest.fixture
 def target(tmp_path: Path) -> Iterator[Path]:
     """An empty directory on a tmpfs of its own: where a sysroot gets installed."""
-    from pybootc.bootc_storage import bootc_storage
-    from tests.sysroot_support import scratch_tmpfs
+    from tests.backend_support import empty_sysroot_dir
 
-    with scratch_tmpfs(tmp_path / "mnt") as mount:
-        path = mount / "sysroot"
-        path.mkdir()
-        try:
-            yield path
-        finally:
-            storage = bootc_storage(path)
-            if storage.root.exists():
-                storage.reset(check=False)
-            shutil.rmtree(storage.runroot, ignore_errors=True)
+    with empty_sysroot_dir(tmp_path / "mnt") as path:
+        yield path
 
 
 @pytest.fixture

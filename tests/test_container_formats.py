@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import configparser
 import json
-import shutil
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,7 +16,6 @@ from pathlib import Path
 
 import pytest
 
-from pybootc.bootc_storage import bootc_storage
 from pybootc.deployment_image import image_ref
 from pybootc.imgref import OstreeImageReference
 from pybootc.ocibuild import Compression, OciLayout, push
@@ -25,9 +23,8 @@ from pybootc.ostree_commit import read_commit_metadata, resolve_ref, root_tree_c
 from pybootc.sample_image import sample_image
 from pybootc.spec import Host
 from pybootc.sysroot import Sysroot
-from tests.backend_support import bootc, install, ok, one_error_line, state
+from tests.backend_support import bootc, empty_sysroot_dir, install, ok, one_error_line, state
 from tests.support import Registry
-from tests.sysroot_support import scratch_tmpfs
 
 pytestmark = pytest.mark.registry
 
@@ -118,16 +115,8 @@ def staged_version(sysroot_path: Path) -> str | None:
 @pytest.fixture
 def other_target(tmp_path: Path) -> Iterator[Path]:
     """A second empty sysroot directory on a tmpfs of its own, like `target`."""
-    with scratch_tmpfs(tmp_path / "other-mnt") as mount:
-        path = mount / "sysroot"
-        path.mkdir()
-        try:
-            yield path
-        finally:
-            storage = bootc_storage(path)
-            if storage.root.exists():
-                storage.reset(check=False)
-            shutil.rmtree(storage.runroot, ignore_errors=True)
+    with empty_sysroot_dir(tmp_path / "other-mnt") as path:
+        yield path
 
 
 def test_the_compression_formats_are_really_what_was_pushed(
