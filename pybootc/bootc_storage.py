@@ -94,20 +94,28 @@ def pull(
     imgref: ImageReference,
     *,
     decryption_key: Path | None = None,
-    quiet: bool = True,
+    policy: Path | None = None,
 ) -> str:
-    """Copy `imgref` into bootc's storage; returns the name it is stored under."""
+    """Copy `imgref` into bootc's storage; returns the name it is stored under.
+
+    `policy`: the containers-policy.json to enforce (`ostree-image-signed:`).
+    """
     name = stored_name(imgref)
     extra = ["--decryption-key", str(decryption_key)] if decryption_key else []
     try:
         with error_context(f"Pulling {imgref}"):
             try:
-                storage.pull(imgref.to_skopeo(), name, extra=extra)
+                storage.pull(imgref.to_skopeo(), name, extra=extra, policy=policy)
             except BootcError as err:
                 if _IMAGE_ID_TAKEN not in err.message:
                     raise
                 # The layers it wrote are kept and reused: only the image is new.
-                storage.pull(imgref.to_skopeo(), f"{name}@{_own_image_id(imgref)}", extra=extra)
+                storage.pull(
+                    imgref.to_skopeo(),
+                    f"{name}@{_own_image_id(imgref)}",
+                    extra=extra,
+                    policy=policy,
+                )
     except BootcError as err:
         if "unexpected EOF" in err.message or "decrypt" in err.message.lower():
             hint = "use --decryption-key" if decryption_key is None else "is it the right key?"

@@ -51,9 +51,20 @@ class ContainersStorage:
             *args,
         ]
 
-    def pull(self, source: str, name: str, *, extra: Sequence[str] = ()) -> None:
-        """Copy `source` (any skopeo transport) into this storage as `name`."""
-        tools.run(["skopeo", "copy", "--quiet", *extra, source, self.reference(name)])
+    def pull(
+        self,
+        source: str,
+        name: str,
+        *,
+        extra: Sequence[str] = (),
+        policy: Path | None = None,
+    ) -> None:
+        """Copy `source` (any skopeo transport) into this storage as `name`.
+
+        `policy` is the containers-policy.json skopeo must enforce, else its default.
+        """
+        options = ["--policy", str(policy)] if policy is not None else []
+        tools.run(["skopeo", *options, "copy", "--quiet", *extra, source, self.reference(name)])
 
     def layer_diff_dirs(self, name: str) -> list[Path]:
         """The image's overlay diff directories, lowest layer first.

@@ -11,12 +11,12 @@ own deployments or filesystems.
 from __future__ import annotations
 
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 from rich.console import Console
 
+from pybootc import tools
 from pybootc.layers.listing import diff_listings, list_tree
 from pybootc.ocibuild import OciLayout
 from pybootc.sample_image import sample_image
@@ -30,24 +30,24 @@ console = Console(highlight=False)
 
 
 def sh(*cmd: str) -> None:
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    tools.run(cmd)
 
 
 def bootc(*args: str) -> str:
+    """Run the real `bootc` command line, showing the command and what it says."""
     console.print(f"[bold cyan]$ bootc {' '.join(args)}[/]")
-    proc = subprocess.run(
-        [sys.executable, "-m", "pybootc", *args], capture_output=True, text=True, check=False
-    )
-    sys.stdout.write(proc.stdout)
-    sys.stderr.write(proc.stderr)
+    proc = tools.run([sys.executable, "-m", "pybootc", *args], check=False)
+    out, err = proc.stdout.decode(), proc.stderr.decode()
+    sys.stdout.write(out)
+    sys.stderr.write(err)
     if proc.returncode != 0:
         raise SystemExit(proc.returncode)
-    return proc.stdout
+    return out
 
 
 def fresh_sysroot() -> None:
     """An empty ext4 filesystem mounted at demo/sysroot, as an installer would get."""
-    if subprocess.run(["mountpoint", "-q", str(SYSROOT)], check=False).returncode == 0:
+    if tools.run(["mountpoint", "-q", SYSROOT], check=False).returncode == 0:
         deployments = SYSROOT.glob("ostree/deploy/*/deploy/*")
         roots = [str(p) for p in deployments if p.is_dir() and not p.is_symlink()]
         if roots:

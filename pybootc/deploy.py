@@ -10,13 +10,12 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import subprocess
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from pybootc import bootc_storage
+from pybootc import bootc_storage, tools
 from pybootc.backends import Backend
 from pybootc.backends.container import ImportedImage, import_image
 from pybootc.deployment_image import (
@@ -262,7 +261,7 @@ def _empty_again(path: Path) -> None:
     """Remove what a failed install created in `path` (its deployments are immutable)."""
     roots = [p for p in path.glob("ostree/deploy/*/deploy/*") if p.is_dir() and not p.is_symlink()]
     if roots:
-        subprocess.run(["chattr", "-i", *map(str, roots)], check=False)
+        tools.run(["chattr", "-i", *roots], check=False)
     storage = bootc_storage.bootc_storage(path)
     if storage.root.exists():
         storage.reset(check=False)

@@ -6,7 +6,6 @@ that boots next is `staged`, the next one `rollback`, the rest `otherDeployments
 
 from __future__ import annotations
 
-from pybootc.backends import Backend
 from pybootc.deployment_image import CommitImage, cached_update, commit_image, origin_image
 from pybootc.imgref import OstreeImageReference, SignatureKind
 from pybootc.ostree_gi import OSTree
@@ -118,8 +117,3 @@ def build_host(sysroot: Sysroot) -> Host:
             type=HostType.BOOTC_HOST if any(e.image for e in entries) else None,
         ),
     )
-
-
-def backend_of(deployment: DeploymentInfo) -> Backend | None:
-    origin = origin_image(deployment)
-    return origin.backend if origin else None

@@ -19,12 +19,13 @@ from pybootc import bootc_storage
 from pybootc.deployment_image import image_ref
 from pybootc.errors import BootcError, error_context
 from pybootc.image_metadata import ImageMetadata, canonical_json
-from pybootc.imgref import OstreeImageReference
+from pybootc.imgref import OstreeImageReference, SignatureKind
 from pybootc.layers.flatten import flatten_diff_dirs
 from pybootc.layers.postprocess import postprocess_tree
 from pybootc.oci.model import ImageConfig, Manifest, manifest_digest
 from pybootc.ostree_commit import commit_directory, set_ref
 from pybootc.ostree_gi import GLib, OSTree
+from pybootc.sigpolicy import policy_path
 from pybootc.tools import run
 
 log = logging.getLogger(__name__)
@@ -77,7 +78,14 @@ def import_image(
     that manifest, as the source serves it, unless the tag moved to another image since.
     """
     storage = bootc_storage.bootc_storage(sysroot_path)
-    name = bootc_storage.pull(storage, imgref.imgref, decryption_key=decryption_key)
+    # ostree-image-signed: skopeo enforces the same policy file bootc checked.
+    enforce = imgref.sigverify.kind is SignatureKind.CONTAINER_POLICY
+    name = bootc_storage.pull(
+        storage,
+        imgref.imgref,
+        decryption_key=decryption_key,
+        policy=policy_path() if enforce else None,
+    )
     stored = _stored_metadata(storage.reference(name))
     # A decrypting pull stores a rewritten manifest, whose digest the registry never
     # serves: recorded, it would make every upgrade and switch see a new image. (The
