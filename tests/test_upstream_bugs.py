@@ -99,3 +99,30 @@ def test_kaniko_282_extraction_order_keeps_hardlinks(oracle: Oracle) -> None:
     )
     assert tree["lib/libc.so.6"].link_group == "lib/libc.so"  # type: ignore[attr-defined]
     assert tree["lib/other.1"].link_group == "lib/other"  # type: ignore[attr-defined]
+
+
+def test_ostree_ext_hardlink_fixture_matches_the_kernel(oracle: Oracle) -> None:
+    # ostree-ext's own test layer: build-id symlinks and a hardlinked .pyc pair.
+    import gzip
+    import hashlib
+
+    from pybootc.image_flatten import Source
+    from pybootc.ocibuild import ImageSpec
+    from tests.support import SHARED_REFERENCE
+
+    blob = (SHARED_REFERENCE / "upstream-bootc" / "hlinks.tar.gz").read_bytes()
+    diff_id = "sha256:" + hashlib.sha256(gzip.decompress(blob)).hexdigest()
+    layout = oracle.layout
+    descriptor = {
+        "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+        "digest": layout.put_blob(blob),
+        "size": len(blob),
+    }
+    layout.add_manifest("hlinks", ImageSpec(()), [descriptor], [diff_id])
+    kernel = oracle.kernel_view("hlinks")
+    assert not isinstance(kernel, str), kernel
+    assert sum(1 for e in kernel if e.link_group) == 2  # one hardlinked pair
+    for source in (Source.BLOBS, Source.CONTAINERS_STORAGE):
+        tree = oracle.flatten("hlinks", source)
+        assert not isinstance(tree, str), tree
+        assert tree == kernel, source
