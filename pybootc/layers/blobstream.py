@@ -4,7 +4,7 @@ The compressed bytes are checked against the manifest's digest (unless the
 source already does, as skopeo's image proxy does) and the decompressed ones
 against the config's diff_id, so a corrupt, truncated or
 substituted blob is refused however far the tar reader got. Decompression runs
-in a thread (zlib, zstd and sha256 release the GIL) so that it overlaps with
+in a thread (ISA-L's inflate, zstd and sha256 release the GIL) so that it overlaps with
 writing files.
 """
 
@@ -14,16 +14,17 @@ import hashlib
 import io
 import queue
 import threading
-import zlib
 from collections.abc import Callable, Iterator
-from typing import IO
+from typing import IO, cast
 
 import zstandard
+from isal import isal_zlib
 
 from pybootc.errors import BootcError
 from pybootc.oci.model import LayerCompression
 
 _READ_SIZE = 1 << 20
+_GZIP_ERROR = cast(type[Exception], isal_zlib.error)
 _QUEUE_DEPTH = 8
 
 
@@ -32,10 +33,12 @@ class _DigestMismatch(BootcError):
 
 
 def _gzip_chunks(raw: IO[bytes]) -> Iterator[bytes]:
-    # wbits 47 accepts a gzip header; concatenated gzip members are one valid
-    # stream, so a finished member is followed by a fresh decompressor. Output
-    # is capped per call: a small blob of zeros can expand to gigabytes.
-    decomp = zlib.decompressobj(wbits=47)
+    # ISA-L's inflate, zlib's interface at over twice zlib's speed: gunzip is what
+    # bounds the whole flatten. wbits 47 accepts a gzip header; concatenated gzip
+    # members are one valid stream, so a finished member is followed by a fresh
+    # decompressor. Output is capped per call: a small blob of zeros can expand
+    # to gigabytes.
+    decomp = isal_zlib.decompressobj(wbits=47)
     in_member = False
     data = b""
     while data or (data := raw.read(_READ_SIZE)):
@@ -49,7 +52,7 @@ def _gzip_chunks(raw: IO[bytes]) -> Iterator[bytes]:
                 break
         if decomp.eof:
             data = decomp.unused_data
-            decomp = zlib.decompressobj(wbits=47)
+            decomp = isal_zlib.decompressobj(wbits=47)
             in_member = False
     if in_member:
         raise BootcError("corrupt gzip stream: unexpected end of data")
@@ -125,7 +128,7 @@ class LayerStream(io.RawIOBase):
                     return
                 self._queue.put(chunk)
             self._queue.put(None)
-        except zlib.error as err:
+        except _GZIP_ERROR as err:
             self._queue.put(BootcError(f"corrupt gzip stream: {err}"))
         except zstandard.ZstdError as err:
             self._queue.put(BootcError(f"corrupt zstd stream: {err}"))
