@@ -8,26 +8,31 @@ a sysroot is status.py's job; rendering it for people is status_render.py's.
 from __future__ import annotations
 
 import json
-import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta, timezone
 from enum import StrEnum
-from typing import Any, Protocol, TypeVar
-
-import yaml
 
 from pybootc.errors import BootcError
+from pybootc.spec_fields import (
+    Fields,
+    JsonDict,
+    dump_optional,
+    kind_of,
+    normalize_timestamp,
+    read_boolean,
+    read_string,
+    read_string_map,
+    read_timestamp,
+    read_uint32,
+    read_variant,
+)
+from pybootc.spec_yaml import dump_yaml, load_yaml
 
 API_VERSION = "org.containers.bootc/v1"
 KIND = "BootcHost"
 OBJECT_NAME = "host"
 # The one Store the schema names; pybootc also records its own backend names there.
 STORE_OSTREE_CONTAINER = "ostreeContainer"
-
-JsonDict = dict[str, Any]
-_T = TypeVar("_T")
-_E = TypeVar("_E", bound=StrEnum)
 
 
 class BootOrder(StrEnum):
@@ -91,153 +96,6 @@ class FilesystemOverlayPersistence(StrEnum):
 # ---------------------------------------------------------------------------------------
 # Timestamps: kept as the RFC 3339 UTC text that bootc (chrono) writes.
 
-_RFC3339 = re.compile(
-    r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?([Zz]|[+-]\d{2}:\d{2})"
-)
-
-
-def _format_utc(m: datetime, nanos: int) -> str:
-    # chrono prints no fraction, or 3, 6 or 9 digits: the fewest that lose nothing.
-    if nanos == 0:
-        fraction = ""
-    elif nanos % 1_000_000 == 0:
-        fraction = f".{nanos // 1_000_000:03d}"
-    elif nanos % 1_000 == 0:
-        fraction = f".{nanos // 1_000:06d}"
-    else:
-        fraction = f".{nanos:09d}"
-    date = f"{m.year:04d}-{m.month:02d}-{m.day:02d}"
-    return f"{date}T{m.hour:02d}:{m.minute:02d}:{m.second:02d}{fraction}Z"
-
-
-def normalize_timestamp(value: str | datetime) -> str:
-    """`value` as bootc serializes a timestamp: RFC 3339 in UTC, `Z`, 0/3/6/9 fraction digits.
-
-    Nanoseconds survive (a datetime would cut them to microseconds). A naive datetime is
-    taken as UTC. Raises BootcError for text that is not an RFC 3339 date-time.
-    """
-    if isinstance(value, datetime):
-        utc = (value if value.tzinfo is not None else value.replace(tzinfo=UTC)).astimezone(UTC)
-        return _format_utc(utc, utc.microsecond * 1000)
-    found = _RFC3339.fullmatch(value)
-    if found is None:
-        raise BootcError(f'Invalid timestamp "{value}": expected an RFC 3339 date-time')
-    year, month, day, hour, minute, second, digits, offset = found.groups()
-    try:
-        zone = UTC
-        if offset not in ("Z", "z"):
-            delta = timedelta(hours=int(offset[1:3]), minutes=int(offset[4:6]))
-            zone = timezone(-delta if offset[0] == "-" else delta)
-        ymd = int(year), int(month), int(day)
-        moment = datetime(*ymd, int(hour), int(minute), int(second), tzinfo=zone)
-        utc = moment.astimezone(UTC)
-    except (ValueError, OverflowError) as err:
-        raise BootcError(f'Invalid timestamp "{value}": {err}') from None
-    return _format_utc(utc, int((digits or "0")[:9].ljust(9, "0")))
-
-
-# ---------------------------------------------------------------------------------------
-# Reading untyped JSON/YAML values, naming the path of the offending field in every error.
-
-
-def _kind_of(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "a list"
-    return "an object" if isinstance(value, Mapping) else type(value).__name__
-
-
-class _Fields:
-    """One JSON object being read; `where` is its path in the document."""
-
-    def __init__(self, data: object, where: str) -> None:
-        if not isinstance(data, Mapping):
-            problem = f"expected an object, found {_kind_of(data)}"
-            raise self.fail(where or "document", problem)
-        self.data: Mapping[str, Any] = data
-        self.where = where
-
-    @staticmethod
-    def fail(where: str, problem: str) -> BootcError:
-        return BootcError(f"Invalid host document: {where}: {problem}")
-
-    def path(self, key: str) -> str:
-        return f"{self.where}.{key}" if self.where else key
-
-    def get(self, key: str, check: Callable[[object, str], _T], default: _T) -> _T:
-        """The value of `key` through `check`, or `default` when absent or null."""
-        value = self.data.get(key)
-        return default if value is None else check(value, self.path(key))
-
-    def required(self, key: str, check: Callable[[object, str], _T]) -> _T:
-        if key not in self.data:
-            raise self.fail(self.where or "document", f'missing field "{key}"')
-        return check(self.data[key], self.path(key))
-
-
-def _string(value: object, where: str) -> str:
-    # Unquoted YAML reads `version: 20231230` as a number; serde_yaml, knowing the field
-    # is a string, takes it as one, and so do we. Booleans are not taken.
-    if isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
-    if not isinstance(value, str):
-        raise _Fields.fail(where, f"expected a string, found {_kind_of(value)}")
-    return value
-
-
-def _boolean(value: object, where: str) -> bool:
-    if not isinstance(value, bool):
-        raise _Fields.fail(where, f"expected a boolean, found {_kind_of(value)}")
-    return value
-
-
-def _uint32(value: object, where: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**32:
-        raise _Fields.fail(where, f"expected an unsigned 32-bit integer, found {value!r}")
-    return value
-
-
-def _timestamp(value: object, where: str) -> str:
-    if not isinstance(value, str | datetime):
-        raise _Fields.fail(where, f"expected a date-time string, found {_kind_of(value)}")
-    try:
-        return normalize_timestamp(value)
-    except BootcError as err:
-        raise _Fields.fail(where, err.message) from None
-
-
-def _variant(enum: type[_E]) -> Callable[[object, str], _E]:
-    def check(value: object, where: str) -> _E:
-        try:
-            return enum(_string(value, where))
-        except ValueError:
-            expected = ", ".join(f'"{v.value}"' for v in enum)
-            problem = f'unknown variant "{value}", expected one of {expected}'
-            raise _Fields.fail(where, problem) from None
-
-    return check
-
-
-def _string_map(value: object, where: str) -> tuple[tuple[str, str], ...]:
-    data = _Fields(value, where).data
-    return tuple(sorted((str(k), _string(v, f"{where}.{k}")) for k, v in data.items()))
-
-
-class _Dumpable(Protocol):
-    def to_json_dict(self) -> JsonDict: ...
-
-
-def _dump(value: _Dumpable | None) -> JsonDict | None:
-    return None if value is None else value.to_json_dict()
-
-
 # ---------------------------------------------------------------------------------------
 # The document. Each to_json_dict writes keys in the order bootc's structs declare them.
 
@@ -273,11 +131,11 @@ class ImageSignature:
     def from_json_value(cls, value: object, where: str = "signature") -> ImageSignature:
         if isinstance(value, Mapping):
             if list(value) != [SignatureKind.OSTREE_REMOTE.value]:
-                raise _Fields.fail(where, f'expected {{"ostreeRemote": NAME}}, found {value}')
-            return cls.ostree_remote(_string(value["ostreeRemote"], f"{where}.ostreeRemote"))
-        kind = _variant(SignatureKind)(value, where)
+                raise Fields.fail(where, f'expected {{"ostreeRemote": NAME}}, found {value}')
+            return cls.ostree_remote(read_string(value["ostreeRemote"], f"{where}.ostreeRemote"))
+        kind = read_variant(SignatureKind)(value, where)
         if kind is SignatureKind.OSTREE_REMOTE:
-            raise _Fields.fail(where, '"ostreeRemote" needs the name of the remote')
+            raise Fields.fail(where, '"ostreeRemote" needs the name of the remote')
         return cls(kind)
 
 
@@ -297,10 +155,10 @@ class ImageReference:
 
     @classmethod
     def from_json_dict(cls, data: object, where: str = "image") -> ImageReference:
-        f = _Fields(data, where)
+        f = Fields(data, where)
         return cls(
-            image=f.required("image", _string),
-            transport=f.required("transport", _string),
+            image=f.required("image", read_string),
+            transport=f.required("transport", read_string),
             signature=f.get("signature", ImageSignature.from_json_value, None),
         )
 
@@ -331,13 +189,13 @@ class ImageStatus:
 
     @classmethod
     def from_json_dict(cls, data: object, where: str = "image") -> ImageStatus:
-        f = _Fields(data, where)
+        f = Fields(data, where)
         return cls(
             image=f.required("image", ImageReference.from_json_dict),
-            version=f.get("version", _string, None),
-            timestamp=f.get("timestamp", _timestamp, None),
-            image_digest=f.required("imageDigest", _string),
-            architecture=f.required("architecture", _string),
+            version=f.get("version", read_string, None),
+            timestamp=f.get("timestamp", read_timestamp, None),
+            image_digest=f.required("imageDigest", read_string),
+            architecture=f.required("architecture", read_string),
         )
 
 
@@ -358,11 +216,11 @@ class BootEntryOstree:
 
     @classmethod
     def from_json_dict(cls, data: object, where: str = "ostree") -> BootEntryOstree:
-        f = _Fields(data, where)
+        f = Fields(data, where)
         return cls(
-            stateroot=f.required("stateroot", _string),
-            checksum=f.required("checksum", _string),
-            deploy_serial=f.required("deploySerial", _uint32),
+            stateroot=f.required("stateroot", read_string),
+            checksum=f.required("checksum", read_string),
+            deploy_serial=f.required("deploySerial", read_uint32),
         )
 
 
@@ -387,13 +245,13 @@ class BootEntryComposefs:
 
     @classmethod
     def from_json_dict(cls, data: object, where: str = "composefs") -> BootEntryComposefs:
-        f = _Fields(data, where)
+        f = Fields(data, where)
         return cls(
-            verity=f.required("verity", _string),
-            boot_type=f.required("bootType", _variant(BootType)),
-            bootloader=f.required("bootloader", _variant(Bootloader)),
-            boot_digest=f.get("bootDigest", _string, None),
-            missing_verity_allowed=f.required("missingVerityAllowed", _boolean),
+            verity=f.required("verity", read_string),
+            boot_type=f.required("bootType", read_variant(BootType)),
+            bootloader=f.required("bootloader", read_variant(Bootloader)),
+            boot_digest=f.get("bootDigest", read_string, None),
+            missing_verity_allowed=f.required("missingVerityAllowed", read_boolean),
         )
 
 
@@ -416,14 +274,14 @@ class BootEntry:
 
     def to_json_dict(self) -> JsonDict:
         out: JsonDict = {
-            "image": _dump(self.image),
-            "cachedUpdate": _dump(self.cached_update),
+            "image": dump_optional(self.image),
+            "cachedUpdate": dump_optional(self.cached_update),
             "incompatible": self.incompatible,
             "pinned": self.pinned,
             "softRebootCapable": self.soft_reboot_capable,
             "downloadOnly": self.download_only,
             "store": self.store,
-            "ostree": _dump(self.ostree),
+            "ostree": dump_optional(self.ostree),
         }
         # Left out when absent, so that ostree deployments read like the v1 fixtures.
         if self.composefs is not None:
@@ -432,15 +290,15 @@ class BootEntry:
 
     @classmethod
     def from_json_dict(cls, data: object, where: str = "entry") -> BootEntry:
-        f = _Fields(data, where)
+        f = Fields(data, where)
         return cls(
             image=f.get("image", ImageStatus.from_json_dict, None),
             cached_update=f.get("cachedUpdate", ImageStatus.from_json_dict, None),
-            incompatible=f.required("incompatible", _boolean),
-            pinned=f.required("pinned", _boolean),
-            soft_reboot_capable=f.get("softRebootCapable", _boolean, False),
-            download_only=f.get("downloadOnly", _boolean, False),
-            store=f.get("store", _string, None),
+            incompatible=f.required("incompatible", read_boolean),
+            pinned=f.required("pinned", read_boolean),
+            soft_reboot_capable=f.get("softRebootCapable", read_boolean, False),
+            download_only=f.get("downloadOnly", read_boolean, False),
+            store=f.get("store", read_string, None),
             ostree=f.get("ostree", BootEntryOstree.from_json_dict, None),
             composefs=f.get("composefs", BootEntryComposefs.from_json_dict, None),
         )
@@ -463,10 +321,10 @@ class FilesystemOverlay:
 
     @classmethod
     def from_json_dict(cls, data: object, where: str = "usrOverlay") -> FilesystemOverlay:
-        f = _Fields(data, where)
+        f = Fields(data, where)
         return cls(
-            access_mode=f.required("accessMode", _variant(FilesystemOverlayAccessMode)),
-            persistence=f.required("persistence", _variant(FilesystemOverlayPersistence)),
+            access_mode=f.required("accessMode", read_variant(FilesystemOverlayAccessMode)),
+            persistence=f.required("persistence", read_variant(FilesystemOverlayPersistence)),
         )
 
 
@@ -478,20 +336,20 @@ class HostSpec:
     boot_order: BootOrder = BootOrder.DEFAULT
 
     def to_json_dict(self) -> JsonDict:
-        return {"image": _dump(self.image), "bootOrder": self.boot_order.value}
+        return {"image": dump_optional(self.image), "bootOrder": self.boot_order.value}
 
     @classmethod
     def from_json_dict(cls, data: object, where: str = "spec") -> HostSpec:
-        f = _Fields(data, where)
+        f = Fields(data, where)
         return cls(
             image=f.get("image", ImageReference.from_json_dict, None),
-            boot_order=f.get("bootOrder", _variant(BootOrder), BootOrder.DEFAULT),
+            boot_order=f.get("bootOrder", read_variant(BootOrder), BootOrder.DEFAULT),
         )
 
 
 def _entries(value: object, where: str) -> tuple[BootEntry, ...]:
     if not isinstance(value, list):
-        raise _Fields.fail(where, f"expected a list, found {_kind_of(value)}")
+        raise Fields.fail(where, f"expected a list, found {kind_of(value)}")
     return tuple(BootEntry.from_json_dict(e, f"{where}[{i}]") for i, e in enumerate(value))
 
 
@@ -523,9 +381,9 @@ class HostStatus:
 
     def to_json_dict(self) -> JsonDict:
         out: JsonDict = {
-            "staged": _dump(self.staged),
-            "booted": _dump(self.booted),
-            "rollback": _dump(self.rollback),
+            "staged": dump_optional(self.staged),
+            "booted": dump_optional(self.booted),
+            "rollback": dump_optional(self.rollback),
         }
         if self.other_deployments:
             out["otherDeployments"] = [e.to_json_dict() for e in self.other_deployments]
@@ -541,16 +399,16 @@ class HostStatus:
 
     @classmethod
     def from_json_dict(cls, data: object, where: str = "status") -> HostStatus:
-        f = _Fields(data, where)
+        f = Fields(data, where)
         return cls(
             staged=f.get("staged", BootEntry.from_json_dict, None),
             booted=f.get("booted", BootEntry.from_json_dict, None),
             rollback=f.get("rollback", BootEntry.from_json_dict, None),
             other_deployments=f.get("otherDeployments", _entries, ()),
-            rollback_queued=f.get("rollbackQueued", _boolean, False),
-            type=f.get("type", _variant(HostType), None),
+            rollback_queued=f.get("rollbackQueued", read_boolean, False),
+            type=f.get("type", read_variant(HostType), None),
             usr_overlay=f.get("usrOverlay", FilesystemOverlay.from_json_dict, None),
-            read_only=f.get("readOnly", _boolean, False),
+            read_only=f.get("readOnly", read_boolean, False),
         )
 
 
@@ -577,12 +435,12 @@ class ObjectMeta:
 
     @classmethod
     def from_json_dict(cls, data: object, where: str = "metadata") -> ObjectMeta:
-        f = _Fields(data, where)
+        f = Fields(data, where)
         return cls(
-            name=f.get("name", _string, None),
-            namespace=f.get("namespace", _string, None),
-            labels=f.get("labels", _string_map, None),
-            annotations=f.get("annotations", _string_map, None),
+            name=f.get("name", read_string, None),
+            namespace=f.get("namespace", read_string, None),
+            labels=f.get("labels", read_string_map, None),
+            annotations=f.get("annotations", read_string_map, None),
         )
 
 
@@ -627,10 +485,10 @@ class Host:
     @classmethod
     def from_json_dict(cls, data: object) -> Host:
         """Read a document, with defaults for fields newer than it; unknown keys are ignored."""
-        f = _Fields(data, "")
+        f = Fields(data, "")
         return cls(
-            api_version=f.required("apiVersion", _string),
-            kind=f.required("kind", _string),
+            api_version=f.required("apiVersion", read_string),
+            kind=f.required("kind", read_string),
             metadata=f.get("metadata", ObjectMeta.from_json_dict, ObjectMeta()),
             spec=f.get("spec", HostSpec.from_json_dict, HostSpec()),
             status=f.get("status", HostStatus.from_json_dict, HostStatus()),
@@ -656,105 +514,9 @@ class Host:
         return cls.from_json_dict(data)
 
     def to_yaml(self) -> str:
-        """YAML with keys in bootc's order; an ostree remote signature as `!ostreeRemote NAME`."""
-        return yaml.dump(
-            _tag_signatures(self.to_json_dict()),
-            Dumper=_HostYamlDumper,
-            sort_keys=False,
-            allow_unicode=True,
-            width=2**31 - 1,
-        )
+        """YAML with keys in bootc's order (spec_yaml)."""
+        return dump_yaml(self.to_json_dict())
 
     @classmethod
     def from_yaml(cls, text: str) -> Host:
-        """Read YAML the way serde_yaml reads it into bootc's types (see _HostYamlLoader)."""
-        try:
-            data = yaml.load(text, Loader=_HostYamlLoader)
-        except yaml.YAMLError as err:
-            raise BootcError(f"Invalid host document: {err}") from None
-        return cls.from_json_dict(data)
-
-
-# ---------------------------------------------------------------------------------------
-# YAML: serde_yaml writes an enum's newtype variant as a tag (`!ostreeRemote fedora`), and
-# reads scalars by the field's type, so `2023-10-14T19:22:15Z` and `20231230.1` stay text.
-
-
-_STR_TAG = "tag:yaml.org,2002:str"
-_PRINTABLE_ASCII = re.compile(r"[!-~]+(?: [!-~]+)*")
-_UNICODE_BREAKS = re.compile("[\x85\u2028\u2029]")
-
-
-@dataclass(frozen=True)
-class _TaggedScalar:
-    tag: str
-    value: str
-
-
-def _tag_signatures(value: Any) -> Any:
-    if isinstance(value, list):
-        return [_tag_signatures(item) for item in value]
-    if not isinstance(value, dict):
-        return value
-    out: JsonDict = {}
-    for key, item in value.items():
-        if key == "signature" and isinstance(item, dict):
-            ((variant, name),) = item.items()
-            out[key] = _TaggedScalar(variant, name)
-        else:
-            out[key] = _tag_signatures(item)
-    return out
-
-
-class _HostYamlDumper(yaml.SafeDumper):
-    """A SafeDumper that writes _TaggedScalar as a local tag, unquoted where it can."""
-
-    def choose_scalar_style(self) -> str:
-        event = self.event
-        if isinstance(event, yaml.ScalarEvent) and _UNICODE_BREAKS.search(event.value):
-            # PyYAML folds these inside single quotes, changing the text; escape them.
-            return '"'
-        # PyYAML quotes every explicitly tagged scalar; serde_yaml writes plain text plainly.
-        if isinstance(event, yaml.ScalarEvent) and (event.tag or "").startswith("!"):
-            analysis = self.analysis = self.analysis or self.analyze_scalar(event.value)
-            implicit = self.resolve(yaml.ScalarNode, event.value, (True, False))  # type: ignore[no-untyped-call]
-            plain_text = implicit == _STR_TAG and _PRINTABLE_ASCII.fullmatch(event.value)
-            if plain_text and analysis.allow_block_plain and not analysis.multiline:
-                return ""
-        return str(super().choose_scalar_style())
-
-
-def _represent_tagged(dumper: yaml.SafeDumper, data: _TaggedScalar) -> yaml.ScalarNode:
-    return dumper.represent_scalar(f"!{data.tag}", data.value)
-
-
-_HostYamlDumper.add_representer(_TaggedScalar, _represent_tagged)
-
-
-class _HostYamlLoader(yaml.SafeLoader):
-    """A SafeLoader that resolves only null, booleans and plain decimal integers."""
-
-
-_HostYamlLoader.yaml_implicit_resolvers = {}
-for _tag, _pattern, _first in (
-    ("null", r"~|null|Null|NULL|", ["~", "n", "N", ""]),
-    ("bool", r"true|True|TRUE|false|False|FALSE", list("tTfF")),
-    # No leading zero and no "+", so that the number turned back into text loses nothing.
-    ("int", r"0|-?[1-9][0-9]*", list("-0123456789")),
-):
-    _HostYamlLoader.add_implicit_resolver(
-        f"tag:yaml.org,2002:{_tag}", re.compile(f"^(?:{_pattern})$"), _first
-    )
-
-
-def _construct_local_tag(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> JsonDict:
-    if isinstance(node, yaml.ScalarNode):
-        return {suffix: loader.construct_scalar(node)}
-    if isinstance(node, yaml.MappingNode):
-        return {suffix: loader.construct_mapping(node, deep=True)}
-    if isinstance(node, yaml.SequenceNode):
-        return {suffix: loader.construct_sequence(node, deep=True)}
-    raise yaml.constructor.ConstructorError(None, None, f"unknown tag !{suffix}", node.start_mark)
-
-
-_HostYamlLoader.add_multi_constructor("!", _construct_local_tag)
+        return cls.from_json_dict(load_yaml(text))

@@ -20,8 +20,8 @@ from pybootc.spec import (
     ImageReference,
     ImageSignature,
     ImageStatus,
-    normalize_timestamp,
 )
+from pybootc.spec_fields import normalize_timestamp
 from pybootc.sysroot import DeploymentInfo, Sysroot
 
 

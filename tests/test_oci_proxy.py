@@ -8,7 +8,6 @@ import io
 import json
 import os
 import random
-import shutil
 import signal
 import tarfile
 import threading
@@ -22,8 +21,6 @@ import pytest
 from pybootc.errors import BootcError
 from pybootc.oci.model import ImageConfig, LayerCompression, Manifest, manifest_digest
 from pybootc.oci.proxy import ImageProxy, OpenedImage, _clean_error
-
-pytestmark = pytest.mark.skipif(shutil.which("skopeo") is None, reason="needs skopeo")
 
 T = TypeVar("T")
 # Larger than a pipe's default 64 KiB buffer, so that skopeo's writer must wait for us.

@@ -40,8 +40,8 @@ from pybootc.spec import (
     ImageStatus,
     ObjectMeta,
     Slot,
-    normalize_timestamp,
 )
+from pybootc.spec_fields import normalize_timestamp
 from tests.support import SHARED_REFERENCE
 
 FIXTURE_NAMES = [
