@@ -7,7 +7,6 @@ changed, so bad input leaves the sysroot, its refs and bootc's storage as they w
 
 from __future__ import annotations
 
-import logging
 import os
 import shutil
 from collections.abc import Iterator, Sequence
@@ -33,8 +32,6 @@ from pybootc.imgref import OstreeImageReference
 from pybootc.ostree_commit import list_refs, set_detached_metadata, set_ref
 from pybootc.ostree_gi import GLib
 from pybootc.sysroot import DeploymentInfo, Sysroot, initialize
-
-log = logging.getLogger(__name__)
 
 IMAGE_REF_PREFIX = "ostree/container/image"
 DEFAULT_STATEROOT = "default"
@@ -82,7 +79,9 @@ def collect_garbage(sysroot: Sysroot) -> list[str]:
 
 
 def _prepare(target: OriginImage) -> ImageMetadata:
-    """Manifest and config, checked: architecture, and a key for encrypted layers."""
+    """Manifest and config, checked: backend, architecture, a key for encrypted layers."""
+    if target.backend is Backend.OSTREE:
+        raise BootcError("The ostree backend is not implemented yet; use --backend container")
     metadata = fetch_image_metadata(target.imgref.imgref)
     encrypted = any(layer.layer_format.encrypted for layer in metadata.manifest.layers)
     if encrypted and target.decryption_key is None:
@@ -112,8 +111,6 @@ def _import(
     *,
     disable_selinux: bool = False,
 ) -> ImportedImage:
-    if target.backend is Backend.OSTREE:
-        raise BootcError("The ostree backend is not implemented yet; use --backend container")
     if target.decryption_key is not None and not target.decryption_key.is_file():
         raise BootcError(f"Decryption key {target.decryption_key} does not exist")
     return import_image(
@@ -215,13 +212,14 @@ def check_for_update(sysroot_path: Path) -> tuple[Report, dict[str, object]]:
                 CACHED_CONFIG: GLib.Variant("s", canonical_json(metadata.config_raw)),
             },
         )
+    size = sum(layer.size for layer in metadata.manifest.layers)
     summary: dict[str, object] = {
         "image": str(image.imgref),
         "updateAvailable": not unchanged,
         "digest": metadata.manifest_digest,
         "version": metadata.config.version,
         "layers": len(metadata.manifest.layers),
-        "size": sum(layer.size for layer in metadata.manifest.layers),
+        "size": size,
     }
     if unchanged:
         return Report((f"No changes in: {image.imgref}",)), summary
@@ -229,18 +227,19 @@ def check_for_update(sysroot_path: Path) -> tuple[Report, dict[str, object]]:
     if metadata.config.version:
         lines.append(f"  Version: {metadata.config.version}")
     lines.append(f"  Digest: {metadata.manifest_digest}")
-    size = sum(layer.size for layer in metadata.manifest.layers)
     lines.append(f"Total new layers: {len(metadata.manifest.layers)}  Size: {_human_size(size)}")
     return Report(tuple(lines)), summary
 
 
 def _human_size(size: int) -> str:
-    value = float(size)
-    for unit in ("B", "kB", "MB", "GB"):
-        if value < 1000 or unit == "GB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+    if size < 1000:
+        return f"{size} B"
+    value = size / 1000
+    for unit in ("kB", "MB"):
+        if value < 1000:
+            return f"{value:.1f} {unit}"
         value /= 1000
-    return f"{size} B"
+    return f"{value:.1f} GB"
 
 
 def rollback(sysroot_path: Path) -> Report:
@@ -286,8 +285,6 @@ def install_to_filesystem(
 ) -> Report:
     _check_empty_target(path)
     origin = OriginImage(source, backend, decryption_key.absolute() if decryption_key else None)
-    if backend is Backend.OSTREE:
-        raise BootcError("The ostree backend is not implemented yet; use --backend container")
     # Refuse a missing image or another architecture before anything is written.
     metadata = _prepare(origin)
     try:

@@ -71,6 +71,17 @@ def _platform_manifest(imgref: ImageReference, index_raw: bytes) -> tuple[str, s
     raise BootcError(f"Image has no manifest for architecture {arch}")
 
 
+def _metadata(raw: bytes, config_raw: bytes) -> ImageMetadata:
+    return ImageMetadata(
+        raw, manifest_digest(raw), Manifest.parse(raw), config_raw, ImageConfig.parse(config_raw)
+    )
+
+
+def metadata_at(source: str) -> ImageMetadata:
+    """Manifest and config of the image at skopeo's `source`, exactly as stored there."""
+    return _metadata(_inspect(source, "--raw"), _inspect(source, "--config", "--raw"))
+
+
 def fetch_image_metadata(
     imgref: ImageReference, *, check_architecture: bool = True
 ) -> ImageMetadata:
@@ -78,14 +89,14 @@ def fetch_image_metadata(
     source = imgref.to_skopeo()
     with error_context(f"Fetching manifest of {imgref}"):
         raw = _inspect(source, "--raw")
-        if json.loads(raw).get("mediaType") in INDEX_MEDIA_TYPES or "manifests" in json.loads(raw):
+        document = json.loads(raw)
+        if document.get("mediaType") in INDEX_MEDIA_TYPES or "manifests" in document:
             source, _ = _platform_manifest(imgref, raw)
             raw = _inspect(source, "--raw")
-        manifest = Manifest.parse(raw)
-        config_raw = _inspect(source, "--config", "--raw")
-        config = ImageConfig.parse(config_raw)
-    if check_architecture and config.architecture != host_architecture():
+        metadata = _metadata(raw, _inspect(source, "--config", "--raw"))
+    expected = host_architecture()
+    if check_architecture and metadata.config.architecture != expected:
         raise BootcError(
-            f"Image has architecture {config.architecture}; expected {host_architecture()}"
+            f"Image has architecture {metadata.config.architecture}; expected {expected}"
         )
-    return ImageMetadata(raw, manifest_digest(raw), manifest, config_raw, config)
+    return metadata

@@ -18,15 +18,13 @@ from pathlib import Path
 from pybootc import bootc_storage
 from pybootc.deployment_image import image_ref
 from pybootc.errors import BootcError, error_context
-from pybootc.image_metadata import ImageMetadata, canonical_json
+from pybootc.image_metadata import ImageMetadata, canonical_json, metadata_at
 from pybootc.imgref import OstreeImageReference, SignatureKind
 from pybootc.layers.flatten import flatten_diff_dirs
 from pybootc.layers.postprocess import postprocess_tree
-from pybootc.oci.model import ImageConfig, Manifest, manifest_digest
 from pybootc.ostree_commit import commit_directory, set_ref
 from pybootc.ostree_gi import GLib, OSTree
 from pybootc.sigpolicy import policy_path
-from pybootc.tools import run
 
 log = logging.getLogger(__name__)
 
@@ -54,15 +52,6 @@ def _has_selinux_policy(root: Path) -> bool:
     return (root / "usr/etc/selinux/config").is_file()
 
 
-def _stored_metadata(storage_ref: str) -> ImageMetadata:
-    """Manifest and config exactly as they were pulled (a tag may have moved since)."""
-    raw = run(["skopeo", "inspect", "--raw", storage_ref]).stdout
-    config_raw = run(["skopeo", "inspect", "--config", "--raw", storage_ref]).stdout
-    return ImageMetadata(
-        raw, manifest_digest(raw), Manifest.parse(raw), config_raw, ImageConfig.parse(config_raw)
-    )
-
-
 def import_image(
     sysroot_path: Path,
     repo: OSTree.Repo,
@@ -86,7 +75,7 @@ def import_image(
         decryption_key=decryption_key,
         policy=policy_path() if enforce else None,
     )
-    stored = _stored_metadata(storage.reference(name))
+    stored = metadata_at(storage.reference(name))
     # A decrypting pull stores a rewritten manifest, whose digest the registry never
     # serves: recorded, it would make every upgrade and switch see a new image. (The
     # storage itself knows the image by the source's digest too: podman's Digest.)
