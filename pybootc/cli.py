@@ -19,6 +19,7 @@ from pybootc.errors import BootcError
 
 if TYPE_CHECKING:
     from pybootc.imgref import OstreeImageReference
+    from pybootc.progress import Progress
 
 
 def _print(lines: Sequence[str]) -> None:
@@ -74,6 +75,7 @@ def _switch(args: argparse.Namespace) -> int:
         backend=Backend(args.backend) if args.backend else None,
         retain=args.retain,
         decryption_key=args.decryption_key,
+        progress=_progress(args),
     )
     _print(report.lines)
     return 0
@@ -89,7 +91,7 @@ def _upgrade(args: argparse.Namespace) -> int:
         else:
             _print(report.lines)
         return 0
-    _print(upgrade(args.sysroot).lines)
+    _print(upgrade(args.sysroot, progress=_progress(args)).lines)
     return 0
 
 
@@ -112,6 +114,7 @@ def _install(args: argparse.Namespace) -> int:
         kargs=args.karg,
         disable_selinux=args.disable_selinux,
         decryption_key=args.decryption_key,
+        progress=_progress(args),
     )
     _print(report.lines)
     return 0
@@ -150,9 +153,17 @@ def _flatten(args: argparse.Namespace) -> int:
 
 
 def _add_progress(parser: argparse.ArgumentParser) -> None:
-    # Nothing prints progress yet, so --quiet is already satisfied; --progress-fd
-    # is not offered until it writes the JSON lines bootc's schema describes.
+    # Nothing draws progress on the terminal, so --quiet is already satisfied.
     parser.add_argument("--quiet", action="store_true", help="no progress output")
+    parser.add_argument(
+        "--progress-fd", type=int, metavar="N", help="write progress as JSON lines to fd N"
+    )
+
+
+def _progress(args: argparse.Namespace) -> Progress:
+    from pybootc.progress import NO_PROGRESS, Progress
+
+    return NO_PROGRESS if args.progress_fd is None else Progress(args.progress_fd)
 
 
 def _add_internals(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

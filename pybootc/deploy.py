@@ -31,6 +31,7 @@ from pybootc.image_metadata import ImageMetadata, canonical_json, fetch_image_me
 from pybootc.imgref import OstreeImageReference
 from pybootc.ostree_commit import list_refs, set_detached_metadata, set_ref
 from pybootc.ostree_gi import GLib
+from pybootc.progress import NO_PROGRESS, Progress
 from pybootc.sysroot import DeploymentInfo, Sysroot, initialize
 
 IMAGE_REF_PREFIX = "ostree/container/image"
@@ -110,6 +111,7 @@ def _import(
     source: ImageMetadata,
     *,
     disable_selinux: bool = False,
+    progress: Progress,
 ) -> ImportedImage:
     if target.decryption_key is not None and not target.decryption_key.is_file():
         raise BootcError(f"Decryption key {target.decryption_key} does not exist")
@@ -120,6 +122,7 @@ def _import(
         source=source,
         decryption_key=target.decryption_key,
         disable_selinux=disable_selinux,
+        progress=progress,
     )
 
 
@@ -131,18 +134,23 @@ def _deploy(
     stateroot: str,
     kargs: Sequence[str] | None = None,
     disable_selinux: bool = False,
+    progress: Progress = NO_PROGRESS,
 ) -> ImageMetadata:
+    progress.for_image(str(target.imgref))
     with _undo_on_failure(sysroot):
-        imported = _import(sysroot, target, source, disable_selinux=disable_selinux)
-        sysroot.deploy(
-            imported.commit,
-            stateroot=stateroot,
-            origin=target.to_origin(),
-            kargs=kargs,
-            # As `ostree admin deploy` does: the new deployment, the previous
-            # default as rollback, and pinned ones; older ones go.
-            retain_others=False,
+        imported = _import(
+            sysroot, target, source, disable_selinux=disable_selinux, progress=progress
         )
+        with progress.step("deploying"):
+            sysroot.deploy(
+                imported.commit,
+                stateroot=stateroot,
+                origin=target.to_origin(),
+                kargs=kargs,
+                # As `ostree admin deploy` does: the new deployment, the previous
+                # default as rollback, and pinned ones; older ones go.
+                retain_others=False,
+            )
     sysroot.cleanup()
     collect_garbage(sysroot)
     return imported.metadata
@@ -155,6 +163,7 @@ def switch(
     backend: Backend | None = None,
     retain: bool = False,
     decryption_key: Path | None = None,
+    progress: Progress = NO_PROGRESS,
 ) -> Report:
     sysroot = Sysroot.open(sysroot_path)
     with sysroot.lock():
@@ -168,7 +177,7 @@ def switch(
             if deployed is not None and deployed.manifest_digest == metadata.manifest_digest:
                 return Report(("Image specification is unchanged.",))
         stateroot = current.stateroot if current else DEFAULT_STATEROOT
-        pulled = _deploy(sysroot, origin, metadata, stateroot=stateroot)
+        pulled = _deploy(sysroot, origin, metadata, stateroot=stateroot, progress=progress)
         if not retain and current_image is not None and current_image.imgref != target:
             set_ref(sysroot.repo, image_ref(current_image.imgref), None)
             sysroot.cleanup()
@@ -183,7 +192,7 @@ def _follow(sysroot: Sysroot) -> tuple[DeploymentInfo, OriginImage]:
     return current, image
 
 
-def upgrade(sysroot_path: Path) -> Report:
+def upgrade(sysroot_path: Path, *, progress: Progress = NO_PROGRESS) -> Report:
     sysroot = Sysroot.open(sysroot_path)
     with sysroot.lock():
         current, image = _follow(sysroot)
@@ -191,7 +200,7 @@ def upgrade(sysroot_path: Path) -> Report:
         deployed = commit_image(sysroot.repo, current.checksum)
         if deployed is not None and deployed.manifest_digest == metadata.manifest_digest:
             return Report(("No update available.",))
-        pulled = _deploy(sysroot, image, metadata, stateroot=current.stateroot)
+        pulled = _deploy(sysroot, image, metadata, stateroot=current.stateroot, progress=progress)
     return _queued(image.imgref, pulled)
 
 
@@ -282,6 +291,7 @@ def install_to_filesystem(
     kargs: Sequence[str] = (),
     disable_selinux: bool = False,
     decryption_key: Path | None = None,
+    progress: Progress = NO_PROGRESS,
 ) -> Report:
     _check_empty_target(path)
     origin = OriginImage(source, backend, decryption_key.absolute() if decryption_key else None)
@@ -299,6 +309,7 @@ def install_to_filesystem(
                     stateroot=stateroot,
                     kargs=list(kargs),
                     disable_selinux=disable_selinux,
+                    progress=progress,
                 )
     except BaseException:
         _empty_again(path)

@@ -24,6 +24,7 @@ from pybootc.layers.flatten import flatten_diff_dirs
 from pybootc.layers.postprocess import postprocess_tree
 from pybootc.ostree_commit import commit_directory, set_ref
 from pybootc.ostree_gi import GLib, OSTree
+from pybootc.progress import NO_PROGRESS, Progress
 from pybootc.sigpolicy import policy_path
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,7 @@ def import_image(
     source: ImageMetadata | None = None,
     decryption_key: Path | None = None,
     disable_selinux: bool = False,
+    progress: Progress = NO_PROGRESS,
 ) -> ImportedImage:
     """Pull `imgref` into bootc's storage and commit its post-processed tree.
 
@@ -69,12 +71,13 @@ def import_image(
     storage = bootc_storage.bootc_storage(sysroot_path)
     # ostree-image-signed: skopeo enforces the same policy file bootc checked.
     enforce = imgref.sigverify.kind is SignatureKind.CONTAINER_POLICY
-    name = bootc_storage.pull(
-        storage,
-        imgref.imgref,
-        decryption_key=decryption_key,
-        policy=policy_path() if enforce else None,
-    )
+    with progress.step("pulling"):
+        name = bootc_storage.pull(
+            storage,
+            imgref.imgref,
+            decryption_key=decryption_key,
+            policy=policy_path() if enforce else None,
+        )
     stored = metadata_at(storage.reference(name))
     # A decrypting pull stores a rewritten manifest, whose digest the registry never
     # serves: recorded, it would make every upgrade and switch see a new image. (The
@@ -85,11 +88,12 @@ def import_image(
     work = Path(tempfile.mkdtemp(prefix="pybootc-import-", dir=sysroot_path / "ostree/repo/tmp"))
     try:
         root = work / "root"
-        with error_context(f"Importing {imgref}"):
+        with error_context(f"Importing {imgref}"), progress.step("flattening"):
             flatten_diff_dirs(storage.layer_diff_dirs(name), root)
             result = postprocess_tree(root, keep_var=ostree_seeds_var())
-            for warning in result.warnings:
-                log.warning("%s", warning)
+        for warning in result.warnings:
+            log.warning("%s", warning)
+        with error_context(f"Importing {imgref}"), progress.step("committing"):
             variants = {
                 "ostree.manifest-digest": GLib.Variant("s", metadata.manifest_digest),
                 "ostree.manifest": GLib.Variant("s", canonical_json(metadata.manifest_raw)),
@@ -110,8 +114,6 @@ def import_image(
                 consume=True,
             )
             set_ref(repo, image_ref(imgref), commit)
-    except BootcError:
-        raise
     except OSError as err:
         raise BootcError(f"Importing {imgref}: {err}") from None
     finally:
