@@ -231,3 +231,13 @@ def ref_unescape(escaped: str) -> str:
 def image_ref_name(imgref: str) -> str:
     """The ref ostree-ext keeps an image's merge commit under."""
     return f"{IMAGE_REF_PREFIX}/{ref_escape(imgref)}"
+
+
+def checkout(repo: OSTree.Repo, commit: str, dest: Path) -> None:
+    """Check `commit` out at `dest` (which must not exist), as hardlinks into the repo
+    where it can: the files are the repo's objects and must never be changed in place."""
+    # The defaults are what is wanted: mode NONE keeps owners (we are root),
+    # overwrite NONE refuses an existing `dest`.
+    options = OSTree.RepoCheckoutAtOptions()
+    with libostree_errors(f"Checking out {commit}"):
+        repo.checkout_at(options, -100, str(dest), commit, None)  # -100: AT_FDCWD

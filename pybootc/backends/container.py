@@ -8,26 +8,20 @@ sysroot's repo with the metadata ostree-ext writes.
 
 from __future__ import annotations
 
-import datetime
-import logging
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from pybootc import bootc_storage
-from pybootc.deployment_image import image_ref
+from pybootc.backends.image_commit import commit_image_tree, postprocess
 from pybootc.errors import BootcError, error_context
-from pybootc.image_metadata import ImageMetadata, canonical_json, metadata_at
+from pybootc.image_metadata import ImageMetadata, metadata_at
 from pybootc.imgref import OstreeImageReference, SignatureKind
 from pybootc.layers.flatten import flatten_diff_dirs
-from pybootc.layers.postprocess import postprocess_tree
-from pybootc.ostree_commit import commit_directory, set_ref
-from pybootc.ostree_gi import GLib, OSTree
+from pybootc.ostree_gi import OSTree
 from pybootc.progress import NO_PROGRESS, Progress
 from pybootc.sigpolicy import policy_path
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -35,22 +29,6 @@ class ImportedImage:
     commit: str
     metadata: ImageMetadata
     stored_name: str
-
-
-def ostree_seeds_var() -> bool:
-    """ostree 2024.3 and newer copy an image's /var into an empty stateroot /var."""
-    return bool(OSTree.check_version(2024, 3))
-
-
-def _timestamp(created: str | None) -> int:
-    if not created:
-        return 0
-    parsed = datetime.datetime.fromisoformat(created.replace("Z", "+00:00"))
-    return int(parsed.timestamp())
-
-
-def _has_selinux_policy(root: Path) -> bool:
-    return (root / "usr/etc/selinux/config").is_file()
 
 
 def import_image(
@@ -90,30 +68,10 @@ def import_image(
         root = work / "root"
         with error_context(f"Importing {imgref}"), progress.step("flattening"):
             flatten_diff_dirs(storage.layer_diff_dirs(name), root)
-            result = postprocess_tree(root, keep_var=ostree_seeds_var())
-        for warning in result.warnings:
-            log.warning("%s", warning)
-        with error_context(f"Importing {imgref}"), progress.step("committing"):
-            variants = {
-                "ostree.manifest-digest": GLib.Variant("s", metadata.manifest_digest),
-                "ostree.manifest": GLib.Variant("s", canonical_json(metadata.manifest_raw)),
-                "ostree.container.image-config": GLib.Variant(
-                    "s", canonical_json(metadata.config_raw)
-                ),
-            }
-            if metadata.config.version:
-                variants["version"] = GLib.Variant("s", metadata.config.version)
-            policy = root if _has_selinux_policy(root) and not disable_selinux else None
-            commit = commit_directory(
-                repo,
-                root,
-                subject=f"{imgref.imgref} ({metadata.manifest_digest})",
-                metadata=variants,
-                timestamp=_timestamp(metadata.config.created),
-                selinux_policy=policy,
-                consume=True,
-            )
-            set_ref(repo, image_ref(imgref), commit)
+        postprocess(root, imgref)
+        commit = commit_image_tree(
+            repo, root, imgref, metadata, disable_selinux=disable_selinux, progress=progress
+        )
     except OSError as err:
         raise BootcError(f"Importing {imgref}: {err}") from None
     finally:

@@ -95,11 +95,17 @@ def _os_errors(what: str) -> Iterator[None]:
         raise BootcError(f"{what}: {err.strerror}{where}") from None
 
 
-def flatten_diff_dirs(diff_dirs: Sequence[Path], output: Path) -> FlattenSummary:
-    """Merge containers-storage diff directories (lowest first) into a new `output`."""
+def flatten_diff_dirs(
+    diff_dirs: Sequence[Path], output: Path, *, consume: bool = False
+) -> FlattenSummary:
+    """Merge diff directories (lowest first) into a new `output`.
+
+    containers-storage's are copied from; with `consume`, the directories are
+    scratch ones of ours and their entries are moved instead.
+    """
     start = time.monotonic()
     with new_output_directory(output) as out_fd, _os_errors("Flattening layers"):
-        sink = DirectorySink(out_fd, move=False)
+        sink = DirectorySink(out_fd, move=consume)
         merge_layers(diff_dirs, sink, _default_root())
     return FlattenSummary(
         len(diff_dirs), sink.stats.entries, sink.stats.bytes, time.monotonic() - start

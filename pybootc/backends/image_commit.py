@@ -1,0 +1,75 @@
+"""The last steps both backends share: post-process a flattened image and commit it.
+
+Sharing them is what makes the two backends' commits of one image have the
+same tree: same post-processing, same SELinux labelling, same metadata.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+from pathlib import Path
+
+from pybootc.deployment_image import image_ref
+from pybootc.errors import error_context
+from pybootc.image_metadata import ImageMetadata, canonical_json
+from pybootc.imgref import OstreeImageReference
+from pybootc.layers.postprocess import postprocess_tree
+from pybootc.ostree_commit import commit_directory, set_ref
+from pybootc.ostree_gi import GLib, OSTree
+from pybootc.progress import Progress
+
+log = logging.getLogger(__name__)
+
+
+def ostree_seeds_var() -> bool:
+    """ostree 2024.3 and newer copy an image's /var into an empty stateroot /var."""
+    return bool(OSTree.check_version(2024, 3))
+
+
+def _timestamp(created: str | None) -> int:
+    if not created:
+        return 0
+    parsed = datetime.datetime.fromisoformat(created.replace("Z", "+00:00"))
+    return int(parsed.timestamp())
+
+
+def postprocess(root: Path, imgref: OstreeImageReference) -> None:
+    """ostree-ext's post-processing, in place; what a commit cannot hold is warned about."""
+    with error_context(f"Importing {imgref}"):
+        result = postprocess_tree(root, keep_var=ostree_seeds_var())
+    for warning in result.warnings:
+        log.warning("%s", warning)
+
+
+def commit_image_tree(
+    repo: OSTree.Repo,
+    root: Path,
+    imgref: OstreeImageReference,
+    metadata: ImageMetadata,
+    *,
+    disable_selinux: bool,
+    progress: Progress,
+) -> str:
+    """Commit the post-processed tree at `root` (consumed) with ostree-ext's metadata,
+    point the image's ref at it and return the commit."""
+    with error_context(f"Importing {imgref}"), progress.step("committing"):
+        variants = {
+            "ostree.manifest-digest": GLib.Variant("s", metadata.manifest_digest),
+            "ostree.manifest": GLib.Variant("s", canonical_json(metadata.manifest_raw)),
+            "ostree.container.image-config": GLib.Variant("s", canonical_json(metadata.config_raw)),
+        }
+        if metadata.config.version:
+            variants["version"] = GLib.Variant("s", metadata.config.version)
+        has_policy = (root / "usr/etc/selinux/config").is_file()
+        commit = commit_directory(
+            repo,
+            root,
+            subject=f"{imgref.imgref} ({metadata.manifest_digest})",
+            metadata=variants,
+            timestamp=_timestamp(metadata.config.created),
+            selinux_policy=root if has_policy and not disable_selinux else None,
+            consume=True,
+        )
+        set_ref(repo, image_ref(imgref), commit)
+    return commit
