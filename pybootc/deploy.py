@@ -16,13 +16,15 @@ from pathlib import Path
 
 from pybootc import bootc_storage, tools
 from pybootc.backends import Backend
-from pybootc.backends.container import ImportedImage, import_image
+from pybootc.backends import container as container_backend
+from pybootc.backends import ostree as ostree_backend
 from pybootc.deployment_image import (
     CACHED_CONFIG,
     CACHED_DIGEST,
     CACHED_MANIFEST,
     OriginImage,
     commit_image,
+    commit_layer_digests,
     image_ref,
     origin_image,
 )
@@ -35,6 +37,8 @@ from pybootc.progress import NO_PROGRESS, Progress
 from pybootc.sysroot import DeploymentInfo, Sysroot, initialize
 
 IMAGE_REF_PREFIX = "ostree/container/image"
+# Image refs and the ostree backend's layer refs alike.
+CONTAINER_REF_PREFIX = "ostree/container"
 DEFAULT_STATEROOT = "default"
 
 
@@ -73,18 +77,27 @@ def deployed_digests(sysroot: Sysroot) -> set[str]:
 
 
 def collect_garbage(sysroot: Sysroot) -> list[str]:
-    """Remove the images in bootc's storage that no deployment uses."""
+    """Remove the images in bootc's storage that no deployment uses, and the layer
+    commits of the ostree backend that no deployment or image ref needs."""
+    repo = sysroot.repo
+    commits = {d.checksum for d in sysroot.deployments()}
+    commits |= set(list_refs(repo, IMAGE_REF_PREFIX).values())
+    layers = set().union(*(commit_layer_digests(repo, commit) for commit in commits))
+    ostree_backend.prune_layer_refs(repo, layers)
     return bootc_storage.remove_unused(
         bootc_storage.bootc_storage(sysroot.path), deployed_digests(sysroot)
     )
 
 
 def _prepare(target: OriginImage) -> ImageMetadata:
-    """Manifest and config, checked: backend, architecture, a key for encrypted layers."""
-    if target.backend is Backend.OSTREE:
-        raise BootcError("The ostree backend is not implemented yet; use --backend container")
+    """Manifest and config, checked: architecture, and a way to decrypt encrypted layers."""
     metadata = fetch_image_metadata(target.imgref.imgref)
     encrypted = any(layer.layer_format.encrypted for layer in metadata.manifest.layers)
+    if encrypted and target.backend is Backend.OSTREE:
+        raise BootcError(
+            f"{target.imgref}: the image is encrypted, which the ostree backend cannot"
+            " decrypt; use --backend container"
+        )
     if encrypted and target.decryption_key is None:
         raise BootcError(f"{target.imgref}: the image is encrypted; use --decryption-key")
     return metadata
@@ -93,11 +106,11 @@ def _prepare(target: OriginImage) -> ImageMetadata:
 @contextmanager
 def _undo_on_failure(sysroot: Sysroot) -> Iterator[None]:
     """Put refs and bootc's storage back as they were if the body fails."""
-    refs_before = list_refs(sysroot.repo, IMAGE_REF_PREFIX)
+    refs_before = list_refs(sysroot.repo, CONTAINER_REF_PREFIX)
     try:
         yield
     except BaseException:
-        for ref, checksum in list_refs(sysroot.repo, IMAGE_REF_PREFIX).items():
+        for ref, checksum in list_refs(sysroot.repo, CONTAINER_REF_PREFIX).items():
             if refs_before.get(ref) != checksum:
                 set_ref(sysroot.repo, ref, refs_before.get(ref))
         collect_garbage(sysroot)
@@ -112,10 +125,21 @@ def _import(
     *,
     disable_selinux: bool = False,
     progress: Progress,
-) -> ImportedImage:
+) -> tuple[str, ImageMetadata]:
+    """Commit the image with the target's backend: the commit and the metadata it records."""
+    if target.backend is Backend.OSTREE:
+        commit, _ = ostree_backend.import_image(
+            sysroot.path,
+            sysroot.repo,
+            target.imgref,
+            source=source,
+            disable_selinux=disable_selinux,
+            progress=progress,
+        )
+        return commit, source
     if target.decryption_key is not None and not target.decryption_key.is_file():
         raise BootcError(f"Decryption key {target.decryption_key} does not exist")
-    return import_image(
+    imported = container_backend.import_image(
         sysroot.path,
         sysroot.repo,
         target.imgref,
@@ -124,6 +148,7 @@ def _import(
         disable_selinux=disable_selinux,
         progress=progress,
     )
+    return imported.commit, imported.metadata
 
 
 def _deploy(
@@ -138,12 +163,12 @@ def _deploy(
 ) -> ImageMetadata:
     progress.for_image(str(target.imgref))
     with _undo_on_failure(sysroot):
-        imported = _import(
+        commit, recorded = _import(
             sysroot, target, source, disable_selinux=disable_selinux, progress=progress
         )
         with progress.step("deploying"):
             sysroot.deploy(
-                imported.commit,
+                commit,
                 stateroot=stateroot,
                 origin=target.to_origin(),
                 kargs=kargs,
@@ -151,9 +176,9 @@ def _deploy(
                 # default as rollback, and pinned ones; older ones go.
                 retain_others=False,
             )
-    sysroot.cleanup()
     collect_garbage(sysroot)
-    return imported.metadata
+    sysroot.cleanup()
+    return recorded
 
 
 def switch(

@@ -15,6 +15,7 @@ from pathlib import Path
 from pybootc.backends import Backend
 from pybootc.errors import BootcError
 from pybootc.imgref import OstreeImageReference
+from pybootc.oci.model import Manifest
 from pybootc.ostree_commit import (
     commit_timestamp,
     image_ref_name,
@@ -102,6 +103,14 @@ def commit_image(repo: OSTree.Repo, checksum: str) -> CommitImage | None:
         created = datetime.datetime.fromtimestamp(timestamp, datetime.UTC).isoformat()
         return CommitImage(image.manifest_digest, image.architecture, image.version, created)
     return image
+
+
+def commit_layer_digests(repo: OSTree.Repo, checksum: str) -> set[str]:
+    """The layer digests of the manifest a commit was made from."""
+    raw = read_commit_metadata(repo, checksum).get("ostree.manifest")
+    if not isinstance(raw, str):
+        return set()
+    return {layer.digest for layer in Manifest.parse(raw.encode()).layers}
 
 
 def cached_update(repo: OSTree.Repo, checksum: str) -> CommitImage | None:

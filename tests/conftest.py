@@ -40,6 +40,15 @@ def target(tmp_path: Path) -> Iterator[Path]:
 
 
 @pytest.fixture
+def other_target(tmp_path: Path) -> Iterator[Path]:
+    """A second empty sysroot directory on a tmpfs of its own, like `target`."""
+    from tests.backend_support import empty_sysroot_dir
+
+    with empty_sysroot_dir(tmp_path / "other-mnt") as path:
+        yield path
+
+
+@pytest.fixture
 def host_storage(tmp_path: Path) -> Iterator[ContainersStorage]:
     """The "host's default storage" for this test: CONTAINERS_STORAGE_CONF points at it."""
     # podman refuses a runroot path longer than 50 characters.

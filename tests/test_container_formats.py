@@ -10,7 +10,6 @@ from __future__ import annotations
 import configparser
 import json
 import subprocess
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from pybootc.ostree_commit import read_commit_metadata, resolve_ref, root_tree_c
 from pybootc.sample_image import sample_image
 from pybootc.spec import Host
 from pybootc.sysroot import Sysroot
-from tests.backend_support import bootc, empty_sysroot_dir, install, ok, one_error_line, state
+from tests.backend_support import bootc, install, ok, one_error_line, state
 from tests.support import Registry
 
 pytestmark = pytest.mark.registry
@@ -110,13 +109,6 @@ def staged_version(sysroot_path: Path) -> str | None:
     host = Host.from_json(ok(bootc("status", "--format", "json", sysroot=sysroot_path)))
     assert host.status.staged is not None and host.status.staged.image is not None
     return host.status.staged.image.version
-
-
-@pytest.fixture
-def other_target(tmp_path: Path) -> Iterator[Path]:
-    """A second empty sysroot directory on a tmpfs of its own, like `target`."""
-    with empty_sysroot_dir(tmp_path / "other-mnt") as path:
-        yield path
 
 
 def test_the_compression_formats_are_really_what_was_pushed(

@@ -112,7 +112,8 @@ def flatten_diff_dirs(
     )
 
 
-def _unpack_blob(layer: BlobLayer, dest: Path) -> LayerStats:
+def unpack_blob(layer: BlobLayer, dest: Path) -> LayerStats:
+    """Unpack one verified layer blob into the empty directory `dest` (diff-dir format)."""
     desc = layer.descriptor
     compression = desc.compression
     with layer.open() as raw:
@@ -150,7 +151,7 @@ def flatten_blobs(layers: Sequence[BlobLayer], output: Path) -> FlattenSummary:
                 error_context(f"Layer {index + 1} ({layer.descriptor.digest})"),
                 _os_errors("Unpacking"),
             ):
-                stats = _unpack_blob(layer, dest)
+                stats = unpack_blob(layer, dest)
             diff_dirs.append(dest)
             marked.append(stats.marked_dirs)
             if stats.sets_root:

@@ -1,0 +1,206 @@
+"""The `ostree` backend, ostree-ext's way: every layer is a commit of its own.
+
+Layer blobs come through skopeo's image proxy and are unpacked into the same
+diff-directory format as containers-storage's; each is committed under
+`ostree/container/blob/<digest>`, so an update fetches only the layers the repo
+lacks. The image is then merged from checkouts of those layer commits, and
+post-processed and committed exactly as the container backend does.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import stat
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from pybootc.backends.image_commit import commit_image_tree, postprocess
+from pybootc.errors import BootcError, error_context
+from pybootc.image_metadata import ImageMetadata
+from pybootc.imgref import OstreeImageReference
+from pybootc.layers.flatten import BlobLayer, flatten_diff_dirs, unpack_blob
+from pybootc.layers.paths import WHITEOUT_PREFIX
+from pybootc.oci.proxy import ImageProxy
+from pybootc.ostree_commit import (
+    checkout,
+    commit_directory,
+    list_refs,
+    read_commit_metadata,
+    ref_escape,
+    resolve_ref,
+    set_ref,
+)
+from pybootc.ostree_gi import GLib, OSTree
+from pybootc.progress import NO_PROGRESS, Progress
+
+BLOB_REF_PREFIX = "ostree/container/blob/"
+# OSTree cannot store device nodes, FIFOs or sockets. A layer commit keeps each as
+# an empty file carrying this xattr ("c 1 3", "b 7 0", "p", "s"), and the merged
+# tree gets the real thing back, so post-processing sees what the image has.
+SPECIAL_XATTR = "user.pybootc.special"
+_KIND_LETTERS = {stat.S_IFCHR: "c", stat.S_IFBLK: "b", stat.S_IFIFO: "p", stat.S_IFSOCK: "s"}
+
+
+def blob_ref(digest: str) -> str:
+    return BLOB_REF_PREFIX + ref_escape(digest)
+
+
+@dataclass(frozen=True)
+class ImportedLayers:
+    commits: tuple[str, ...]
+    fetched: int  # layers that were not in the repo yet
+    has_special_files: bool
+
+
+def _special_entries(directory: Path) -> Iterator[tuple[Path, os.stat_result]]:
+    for dirpath, _, filenames in os.walk(directory):
+        for name in filenames:
+            path = Path(dirpath, name)
+            st = path.lstat()
+            if stat.S_IFMT(st.st_mode) in _KIND_LETTERS:
+                yield path, st
+
+
+def _make_storable(layer_dir: Path) -> bool:
+    """Turn what OSTree cannot store into files; True if any special file was kept."""
+    kept = False
+    for path, st in list(_special_entries(layer_dir)):
+        fmt = stat.S_IFMT(st.st_mode)
+        path.unlink()
+        if fmt == stat.S_IFCHR and st.st_rdev == 0:
+            # A whiteout: the literal form overlay readers (and ostree-ext) know.
+            (path.parent / f"{WHITEOUT_PREFIX}{path.name}").touch(mode=0o600)
+            continue
+        letter = _KIND_LETTERS[fmt]
+        if fmt in (stat.S_IFCHR, stat.S_IFBLK):
+            letter += f" {os.major(st.st_rdev)} {os.minor(st.st_rdev)}"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        try:
+            os.fchown(fd, st.st_uid, st.st_gid)
+            os.setxattr(fd, SPECIAL_XATTR, letter.encode())
+            os.fchmod(fd, stat.S_IMODE(st.st_mode))
+        finally:
+            os.close(fd)
+        kept = True
+    return kept
+
+
+def restore_special_files(root: Path) -> None:
+    """Give placeholder files in a merged tree back their device, FIFO or socket nature."""
+    for dirpath, _, filenames in os.walk(root):
+        for name in filenames:
+            path = Path(dirpath, name)
+            try:
+                value = os.getxattr(path, SPECIAL_XATTR, follow_symlinks=False)
+            except OSError:
+                continue
+            st = path.lstat()
+            kind, *numbers = value.decode().split()
+            fmt = {v: k for k, v in _KIND_LETTERS.items()}[kind]
+            device = os.makedev(int(numbers[0]), int(numbers[1])) if numbers else 0
+            # Unlink, never change in place: the file is a hardlink into the repo.
+            path.unlink()
+            os.mknod(path, fmt | 0o600, device)
+            os.chown(path, st.st_uid, st.st_gid, follow_symlinks=False)
+            os.chmod(path, stat.S_IMODE(st.st_mode))
+
+
+def _import_layer(repo: OSTree.Repo, layer: BlobLayer, work: Path) -> str:
+    staging = Path(tempfile.mkdtemp(prefix="layer-", dir=work))
+    with error_context(f"Layer {layer.descriptor.digest}"):
+        unpack_blob(layer, staging)
+    special = _make_storable(staging)
+    commit = commit_directory(
+        repo,
+        staging,
+        subject=f"layer {layer.descriptor.digest}",
+        metadata={
+            "ostree.container.blob-digest": GLib.Variant("s", layer.descriptor.digest),
+            "pybootc.special-files": GLib.Variant("b", special),
+        },
+        timestamp=0,
+        selinux_policy=None,
+        consume=True,
+    )
+    set_ref(repo, blob_ref(layer.descriptor.digest), commit)
+    return commit
+
+
+def import_layers(
+    repo: OSTree.Repo, imgref: OstreeImageReference, metadata: ImageMetadata, work: Path
+) -> ImportedLayers:
+    """Make sure every layer of the image is a commit in `repo`; fetch only the missing."""
+    layers = metadata.manifest.layers
+    if any(layer.layer_format.encrypted for layer in layers):
+        raise BootcError(
+            "The ostree backend cannot decrypt layers (skopeo's image proxy hands them out"
+            " as stored); use --backend container"
+        )
+    commits: list[str] = []
+    fetched = 0
+    with ImageProxy() as proxy:
+        opened = proxy.open_image(imgref.imgref.to_skopeo())
+        for descriptor, diff_id in zip(layers, metadata.config.diff_ids, strict=True):
+            existing = resolve_ref(repo, blob_ref(descriptor.digest))
+            if existing is not None:
+                commits.append(existing)
+                continue
+            opener = functools.partial(proxy.open_blob, opened, descriptor.digest, descriptor.size)
+            layer = BlobLayer(descriptor, diff_id, opener, source_checks_digest=True)
+            commits.append(_import_layer(repo, layer, work))
+            fetched += 1
+    special = any(
+        read_commit_metadata(repo, commit).get("pybootc.special-files") for commit in commits
+    )
+    return ImportedLayers(tuple(commits), fetched, special)
+
+
+def import_image(
+    sysroot_path: Path,
+    repo: OSTree.Repo,
+    imgref: OstreeImageReference,
+    *,
+    source: ImageMetadata,
+    disable_selinux: bool = False,
+    progress: Progress = NO_PROGRESS,
+) -> tuple[str, ImportedLayers]:
+    """Fetch the layers `imgref` needs as commits and commit its merged, post-processed tree."""
+    if len(source.config.diff_ids) != len(source.manifest.layers):
+        raise BootcError(f"{imgref}: the image's config and manifest disagree on its layers")
+    work = Path(tempfile.mkdtemp(prefix="pybootc-import-", dir=sysroot_path / "ostree/repo/tmp"))
+    try:
+        with progress.step("pulling"):
+            layers = import_layers(repo, imgref, source, work)
+        with error_context(f"Importing {imgref}"), progress.step("flattening"):
+            checkouts = []
+            for index, commit in enumerate(layers.commits):
+                checkouts.append(work / f"checkout-{index}")
+                checkout(repo, commit, checkouts[-1])
+            root = work / "root"
+            flatten_diff_dirs(checkouts, root, consume=True)
+            if layers.has_special_files:
+                restore_special_files(root)
+        postprocess(root, imgref)
+        commit = commit_image_tree(
+            repo, root, imgref, source, disable_selinux=disable_selinux, progress=progress
+        )
+    except OSError as err:
+        raise BootcError(f"Importing {imgref}: {err}") from None
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return commit, layers
+
+
+def prune_layer_refs(repo: OSTree.Repo, in_use: set[str]) -> list[str]:
+    """Drop the refs of layer commits whose digest is not in `in_use`; return them."""
+    dropped = []
+    for ref, commit in list_refs(repo, BLOB_REF_PREFIX.rstrip("/")).items():
+        digest = read_commit_metadata(repo, commit).get("ostree.container.blob-digest")
+        if digest not in in_use:
+            set_ref(repo, ref, None)
+            dropped.append(ref)
+    return dropped

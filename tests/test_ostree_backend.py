@@ -1,0 +1,143 @@
+"""The ostree backend: layers as commits of their own, fetched only when missing,
+and the same tree as the container backend for the same image."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from pybootc.ocibuild import Entry, Kind, file, layer
+from pybootc.ostree_commit import list_refs, read_commit_metadata, root_tree_checksum
+from pybootc.sample_image import sample_image
+from pybootc.sysroot import Sysroot
+from tests.backend_support import bootc, install, ok, one_error_line, publish, state
+from tests.support import Registry, host_schema
+
+pytestmark = pytest.mark.registry
+
+FIFO_LAYER = layer(file("srv/readme", "r"), Entry("srv/fifo", Kind.FIFO, mode=0o644))
+
+
+def install_ostree(target: Path, image: str) -> str:
+    return ok(
+        bootc(
+            "install", "to-filesystem", "--backend", "ostree",
+            "--source-imgref", image, str(target),
+        )
+    )  # fmt: skip
+
+
+def tree_of(target: Path) -> str:
+    sysroot = Sysroot.open(target)
+    return root_tree_checksum(sysroot.repo, sysroot.deployments()[0].checksum)
+
+
+def blob_refs(target: Path) -> set[str]:
+    return set(list_refs(Sysroot.open(target).repo, "ostree/container/blob"))
+
+
+def test_both_backends_commit_the_same_tree(
+    registry: Registry, target: Path, tmp_path: Path, other_target: Path
+) -> None:
+    image = publish(
+        registry, tmp_path, sample_image("1.0", extra=(FIFO_LAYER,)), repo="pybootc/same"
+    )
+    warning = "warning: Skipping /srv/fifo: a device node, FIFO or socket cannot be committed"
+    proc = bootc(
+        "install", "to-filesystem", "--backend", "ostree", "--source-imgref", image.docker,
+        str(target),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert warning in proc.stderr
+    proc = install(other_target, image.docker)
+    assert proc.returncode == 0 and warning in proc.stderr
+    assert tree_of(target) == tree_of(other_target)
+    status = json.loads(ok(bootc("status", "--json", sysroot=target)))
+    assert status["status"]["staged"]["store"] == "ostreeContainer"
+    jsonschema.validate(status, host_schema(with_container_store=False))
+
+
+def test_an_update_fetches_only_the_layers_that_changed(
+    registry: Registry, target: Path, tmp_path: Path
+) -> None:
+    first = publish(registry, tmp_path, sample_image("1.0"), repo="pybootc/delta", tag="stable")
+    install_ostree(target, first.docker)
+    assert len(blob_refs(target)) == 3
+    second = publish(registry, tmp_path, sample_image("2.0"), repo="pybootc/delta", tag="stable")
+    manifest = json.loads(ok(bootc("upgrade", "--check", "--format", "json", sysroot=target)))
+    assert manifest["updateAvailable"] is True
+    before = len(registry.requests())
+    out = ok(bootc("upgrade", sysroot=target))
+    assert "Version: 2.0" in out
+    fetched = [r for r in registry.requests()[before:] if r.startswith("GET") and "/blobs/" in r]
+    new_layer = json.loads(second.layout.blob_path(_manifest_digest(second)).read_bytes())
+    layer_digests = [entry["digest"] for entry in new_layer["layers"]]
+    # Only the top layer differs (it carries the version); the others are reused.
+    assert [d for d in layer_digests if any(d in r for r in fetched)] == layer_digests[-1:]
+    assert len(blob_refs(target)) == 4
+    ok(bootc("rollback", sysroot=target))
+    ok(bootc("rollback", sysroot=target))
+
+
+def _manifest_digest(image: object) -> str:
+    index = json.loads((image.layout.path / "index.json").read_text())  # type: ignore[attr-defined]
+    return str(index["manifests"][-1]["digest"])
+
+
+def test_layer_commits_nobody_needs_are_pruned(
+    registry: Registry, target: Path, tmp_path: Path
+) -> None:
+    images = [
+        publish(
+            registry,
+            tmp_path,
+            sample_image(f"{n}.0", extra=(layer(file(f"only-{n}", str(n))),)),
+            repo=f"pybootc/lp{n}",
+        )
+        for n in (1, 2, 3)
+    ]
+    install_ostree(target, images[0].docker)
+    ok(bootc("switch", images[1].docker, sysroot=target))
+    ok(bootc("switch", images[2].docker, sysroot=target))
+    # Deployed now: images 2 and 3. Image 1's own top layer is no longer needed.
+    sysroot = Sysroot.open(target)
+    needed = set()
+    for deployment in sysroot.deployments():
+        meta = read_commit_metadata(sysroot.repo, deployment.checksum)
+        manifest = json.loads(str(meta["ostree.manifest"]))
+        needed |= {entry["digest"] for entry in manifest["layers"]}
+    digests = {ref.rpartition("/")[2].replace("_3A_", ":") for ref in blob_refs(target)}
+    assert digests == needed
+
+
+def test_switch_between_backends_keeps_the_tree(
+    registry: Registry, target: Path, tmp_path: Path
+) -> None:
+    a = publish(registry, tmp_path, sample_image("1.0"), repo="pybootc/swb-a")
+    b = publish(registry, tmp_path, sample_image("2.0"), repo="pybootc/swb-b")
+    install_ostree(target, a.docker)
+    ok(bootc("switch", "--backend", "container", b.docker, sysroot=target))
+    container_tree = tree_of(target)
+    status = json.loads(ok(bootc("status", "--json", sysroot=target)))
+    assert status["status"]["staged"]["store"] == "containerStorage"
+    assert status["status"]["rollback"]["store"] == "ostreeContainer"
+    ok(bootc("switch", "--backend", "ostree", b.docker, sysroot=target))
+    assert tree_of(target) == container_tree
+
+
+def test_bad_input_changes_nothing(registry: Registry, target: Path, tmp_path: Path) -> None:
+    base = publish(registry, tmp_path, sample_image("1.0"), repo="pybootc/obad")
+    install_ostree(target, base.docker)
+    before = state(target)
+    nokernel = publish(registry, tmp_path, sample_image("2.0", kernel=False), repo="pybootc/onok")
+    assert "not bootable" in one_error_line(bootc("switch", nokernel.docker, sysroot=target))
+    assert state(target) == before
+    arm = publish(
+        registry, tmp_path, sample_image("2.0", architecture="arm64"), repo="pybootc/oarm"
+    )
+    line = one_error_line(bootc("switch", arm.docker, sysroot=target))
+    assert "Image has architecture arm64; expected amd64" in line
+    assert state(target) == before
