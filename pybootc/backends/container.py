@@ -8,14 +8,12 @@ sysroot's repo with the metadata ostree-ext writes.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from pybootc import bootc_storage
-from pybootc.backends.image_commit import commit_image_tree, postprocess
-from pybootc.errors import BootcError, error_context
+from pybootc.backends.image_commit import finish_import, import_workdir
+from pybootc.errors import error_context
 from pybootc.image_metadata import ImageMetadata, metadata_at
 from pybootc.imgref import OstreeImageReference, SignatureKind
 from pybootc.layers.flatten import flatten_diff_dirs
@@ -63,17 +61,11 @@ def import_image(
     metadata = stored
     if source is not None and source.config_digest == stored.config_digest:
         metadata = source
-    work = Path(tempfile.mkdtemp(prefix="pybootc-import-", dir=sysroot_path / "ostree/repo/tmp"))
-    try:
+    with import_workdir(sysroot_path, imgref) as work:
         root = work / "root"
         with error_context(f"Importing {imgref}"), progress.step("flattening"):
             flatten_diff_dirs(storage.layer_diff_dirs(name), root)
-        postprocess(root, imgref)
-        commit = commit_image_tree(
+        commit = finish_import(
             repo, root, imgref, metadata, disable_selinux=disable_selinux, progress=progress
         )
-    except OSError as err:
-        raise BootcError(f"Importing {imgref}: {err}") from None
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     return ImportedImage(commit, metadata, name)

@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import datetime
 import logging
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from pybootc.deployment_image import image_ref
-from pybootc.errors import error_context
+from pybootc.errors import BootcError, error_context
 from pybootc.image_metadata import ImageMetadata, canonical_json
 from pybootc.imgref import OstreeImageReference
 from pybootc.layers.postprocess import postprocess_tree
@@ -34,12 +38,41 @@ def _timestamp(created: str | None) -> int:
     return int(parsed.timestamp())
 
 
+@contextmanager
+def import_workdir(sysroot_path: Path, imgref: OstreeImageReference) -> Iterator[Path]:
+    """A scratch directory in the repo's filesystem (so commits can take files by
+    rename), removed afterwards; file system errors inside become one BootcError."""
+    work = Path(tempfile.mkdtemp(prefix="pybootc-import-", dir=sysroot_path / "ostree/repo/tmp"))
+    try:
+        yield work
+    except OSError as err:
+        raise BootcError(f"Importing {imgref}: {err}") from None
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def postprocess(root: Path, imgref: OstreeImageReference) -> None:
     """ostree-ext's post-processing, in place; what a commit cannot hold is warned about."""
     with error_context(f"Importing {imgref}"):
         result = postprocess_tree(root, keep_var=ostree_seeds_var())
     for warning in result.warnings:
         log.warning("%s", warning)
+
+
+def finish_import(
+    repo: OSTree.Repo,
+    root: Path,
+    imgref: OstreeImageReference,
+    metadata: ImageMetadata,
+    *,
+    disable_selinux: bool,
+    progress: Progress,
+) -> str:
+    """Post-process the flattened image at `root` and commit it; return the commit."""
+    postprocess(root, imgref)
+    return commit_image_tree(
+        repo, root, imgref, metadata, disable_selinux=disable_selinux, progress=progress
+    )
 
 
 def commit_image_tree(

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import functools
 import os
-import shutil
 import stat
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from pybootc.backends.image_commit import commit_image_tree, postprocess
+from pybootc.backends.image_commit import finish_import, import_workdir
 from pybootc.errors import BootcError, error_context
 from pybootc.image_metadata import ImageMetadata
 from pybootc.imgref import OstreeImageReference
@@ -171,8 +170,7 @@ def import_image(
     """Fetch the layers `imgref` needs as commits and commit its merged, post-processed tree."""
     if len(source.config.diff_ids) != len(source.manifest.layers):
         raise BootcError(f"{imgref}: the image's config and manifest disagree on its layers")
-    work = Path(tempfile.mkdtemp(prefix="pybootc-import-", dir=sysroot_path / "ostree/repo/tmp"))
-    try:
+    with import_workdir(sysroot_path, imgref) as work:
         with progress.step("pulling"):
             layers = import_layers(repo, imgref, source, work)
         with error_context(f"Importing {imgref}"), progress.step("flattening"):
@@ -184,14 +182,9 @@ def import_image(
             flatten_diff_dirs(checkouts, root, consume=True)
             if layers.has_special_files:
                 restore_special_files(root)
-        postprocess(root, imgref)
-        commit = commit_image_tree(
+        commit = finish_import(
             repo, root, imgref, source, disable_selinux=disable_selinux, progress=progress
         )
-    except OSError as err:
-        raise BootcError(f"Importing {imgref}: {err}") from None
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     return commit, layers
 
 
