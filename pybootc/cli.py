@@ -102,6 +102,13 @@ def _rollback(args: argparse.Namespace) -> int:
     return 0
 
 
+def _edit(args: argparse.Namespace) -> int:
+    from pybootc.edit import edit
+
+    _print(edit(args.sysroot, args.filename).lines)
+    return 0
+
+
 def _install(args: argparse.Namespace) -> int:
     from pybootc.deploy import install_to_filesystem
     from pybootc.imgref import OstreeImageReference
@@ -243,6 +250,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     rollback = verbs.add_parser("rollback", help="boot the previous deployment next")
     rollback.set_defaults(func=_rollback)
+
+    edit = verbs.add_parser("edit", help="change the host by editing its spec (YAML)")
+    edit.add_argument(
+        "-f", "--filename", type=Path, help="read the new host document from FILE (- for stdin)"
+    )
+    edit.set_defaults(func=_edit)
 
     install = verbs.add_parser("install", help="install to a target")
     install_verbs = install.add_subparsers(dest="install_verb", required=True)

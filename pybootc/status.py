@@ -7,7 +7,8 @@ that boots next is `staged`, the next one `rollback`, the rest `otherDeployments
 from __future__ import annotations
 
 from pybootc.deployment_image import CommitImage, cached_update, commit_image, origin_image
-from pybootc.imgref import OstreeImageReference, SignatureKind
+from pybootc.imgref import ImageReference as ImgRef
+from pybootc.imgref import OstreeImageReference, SignatureKind, SignatureSource
 from pybootc.ostree_gi import OSTree
 from pybootc.spec import (
     BootEntry,
@@ -21,6 +22,7 @@ from pybootc.spec import (
     ImageSignature,
     ImageStatus,
 )
+from pybootc.spec import SignatureKind as SpecSignatureKind
 from pybootc.spec_fields import normalize_timestamp
 from pybootc.sysroot import DeploymentInfo, Sysroot
 
@@ -37,6 +39,19 @@ def spec_reference(imgref: OstreeImageReference) -> ImageReference:
     return ImageReference(
         image=imgref.imgref.name, transport=imgref.imgref.transport.value, signature=signature
     )
+
+
+def ostree_reference(reference: ImageReference) -> OstreeImageReference:
+    """The image reference a spec's ImageReference stands for (spec_reference's inverse)."""
+    imgref = ImgRef.from_name_and_transport(reference.image, reference.transport)
+    signature = reference.signature
+    if signature is None or signature.kind is SpecSignatureKind.INSECURE:
+        sigverify = SignatureSource.insecure()
+    elif signature.kind is SpecSignatureKind.CONTAINER_POLICY:
+        sigverify = SignatureSource.container_policy()
+    else:
+        sigverify = SignatureSource.ostree_remote(signature.remote or "")
+    return OstreeImageReference(sigverify, imgref)
 
 
 def _image_status(reference: ImageReference, image: CommitImage) -> ImageStatus:

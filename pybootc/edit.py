@@ -1,0 +1,56 @@
+"""`bootc edit`: change the host by editing its spec, as upstream allows.
+
+Two changes are understood: a new `spec.image` (a switch) and a flipped
+`spec.bootOrder` (a rollback). Anything else in the document is ignored, as
+only the spec is the host's to change; both at once is refused.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+import tempfile
+from pathlib import Path
+
+from pybootc import tools
+from pybootc.deploy import Report, rollback, switch
+from pybootc.errors import BootcError
+from pybootc.spec import Host
+from pybootc.status import build_host, ostree_reference
+from pybootc.sysroot import Sysroot
+
+
+def _edited_in_editor(host: Host) -> str:
+    editor = os.environ.get("VISUAL") or os.environ.get("EDITOR") or "vi"
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix="bootc-edit-") as draft:
+        draft.write(host.to_yaml())
+        draft.flush()
+        if tools.run_passthrough([*shlex.split(editor), draft.name]) != 0:
+            raise BootcError(f"The editor ({editor}) failed")
+        return Path(draft.name).read_text()
+
+
+def edit(sysroot_path: Path, filename: Path | None) -> Report:
+    host = build_host(Sysroot.open(sysroot_path))
+    if filename is None:
+        text = _edited_in_editor(host)
+    elif str(filename) == "-":
+        text = sys.stdin.read()
+    else:
+        try:
+            text = filename.read_text()
+        except OSError as err:
+            raise BootcError(f"Reading {filename}: {err.strerror}") from None
+    wanted = Host.from_yaml(text).spec
+    if wanted == host.spec:
+        return Report(("Edit cancelled, no changes made.",))
+    image_changed = wanted.image != host.spec.image
+    order_changed = wanted.boot_order != host.spec.boot_order
+    if image_changed and order_changed:
+        raise BootcError("Changing the image and the boot order at once is not supported")
+    if order_changed:
+        return rollback(sysroot_path)
+    if wanted.image is None:
+        raise BootcError("Removing the image from the spec is not supported")
+    return switch(sysroot_path, ostree_reference(wanted.image), retain=False)

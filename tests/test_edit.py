@@ -1,0 +1,75 @@
+"""`bootc edit`: a new spec.image switches, a flipped spec.bootOrder rolls back."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pybootc.sample_image import sample_image
+from tests.backend_support import bootc, install, ok, one_error_line, publish, state
+from tests.support import Registry
+
+pytestmark = pytest.mark.registry
+
+
+def edited(target: Path, tmp_path: Path, change: dict[str, object]) -> Path:
+    document = yaml.safe_load(ok(bootc("status", "--format", "yaml", sysroot=target)))
+    document["spec"].update(change)
+    path = tmp_path / "host.yaml"
+    path.write_text(yaml.safe_dump(document))
+    return path
+
+
+def test_edit_switches_rolls_back_and_refuses(
+    registry: Registry, target: Path, tmp_path: Path
+) -> None:
+    one = publish(registry, tmp_path, sample_image("1.0"), repo="pybootc/edit", tag="one")
+    two = publish(registry, tmp_path, sample_image("2.0"), repo="pybootc/edit", tag="two")
+    ok(install(target, one.docker))
+
+    unchanged = edited(target, tmp_path, {})
+    assert (
+        ok(bootc("edit", "-f", str(unchanged), sysroot=target))
+        == "Edit cancelled, no changes made.\n"
+    )
+
+    image = {"image": two.ref, "transport": "registry", "signature": "insecure"}
+    out = ok(bootc("edit", "-f", str(edited(target, tmp_path, {"image": image})), sysroot=target))
+    assert out.startswith(f"Queued for next boot: ostree-unverified-registry:{two.ref}")
+
+    before = state(target)
+    both = edited(target, tmp_path, {"image": {**image, "image": one.ref}, "bootOrder": "rollback"})
+    assert "at once is not supported" in one_error_line(
+        bootc("edit", "-f", str(both), sysroot=target)
+    )
+    assert state(target) == before
+
+    ok(
+        bootc(
+            "edit", "-f", str(edited(target, tmp_path, {"bootOrder": "rollback"})), sysroot=target
+        )
+    )
+    status = yaml.safe_load(ok(bootc("status", "--format", "yaml", sysroot=target)))
+    assert status["status"]["staged"]["image"]["version"] == "1.0"
+
+
+def test_edit_in_the_editor(registry: Registry, target: Path, tmp_path: Path) -> None:
+    one = publish(registry, tmp_path, sample_image("1.0"), repo="pybootc/edit-ed", tag="one")
+    two = publish(registry, tmp_path, sample_image("2.0"), repo="pybootc/edit-ed", tag="two")
+    ok(install(target, one.docker))
+    # An "editor" that retags the image in the spec.
+    env = {**os.environ, "EDITOR": "sed -i s/edit-ed:one/edit-ed:two/"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "pybootc", "--sysroot", str(target), "edit"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert f"ostree-unverified-registry:{two.ref}" in proc.stdout
