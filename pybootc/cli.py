@@ -159,6 +159,13 @@ def _flatten(args: argparse.Namespace) -> int:
     return 0
 
 
+def _completion(args: argparse.Namespace) -> int:
+    from pybootc.completion import completion_script
+
+    sys.stdout.write(completion_script(build_parser(), args.shell))
+    return 0
+
+
 def _add_progress(parser: argparse.ArgumentParser) -> None:
     # Nothing draws progress on the terminal, so --quiet is already satisfied.
     parser.add_argument("--quiet", action="store_true", help="no progress output")
@@ -272,6 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_image(verbs)
     _add_internals(verbs)
+    completion = verbs.add_parser("completion", help="print a shell completion script")
+    completion.add_argument("shell", choices=["bash", "zsh", "fish"])
+    completion.set_defaults(func=_completion)
     return parser
 
 
