@@ -51,14 +51,6 @@ def import_workdir(sysroot_path: Path, imgref: OstreeImageReference) -> Iterator
         shutil.rmtree(work, ignore_errors=True)
 
 
-def postprocess(root: Path, imgref: OstreeImageReference) -> None:
-    """ostree-ext's post-processing, in place; what a commit cannot hold is warned about."""
-    with error_context(f"Importing {imgref}"):
-        result = postprocess_tree(root, keep_var=ostree_seeds_var())
-    for warning in result.warnings:
-        log.warning("%s", warning)
-
-
 def finish_import(
     repo: OSTree.Repo,
     root: Path,
@@ -68,24 +60,13 @@ def finish_import(
     disable_selinux: bool,
     progress: Progress,
 ) -> str:
-    """Post-process the flattened image at `root` and commit it; return the commit."""
-    postprocess(root, imgref)
-    return commit_image_tree(
-        repo, root, imgref, metadata, disable_selinux=disable_selinux, progress=progress
-    )
-
-
-def commit_image_tree(
-    repo: OSTree.Repo,
-    root: Path,
-    imgref: OstreeImageReference,
-    metadata: ImageMetadata,
-    *,
-    disable_selinux: bool,
-    progress: Progress,
-) -> str:
-    """Commit the post-processed tree at `root` (consumed) with ostree-ext's metadata,
-    point the image's ref at it and return the commit."""
+    """Post-process the flattened image at `root` (ostree-ext's rules; what a commit
+    cannot hold is warned about), commit it with ostree-ext's metadata (the tree is
+    consumed), point the image's ref at it and return the commit."""
+    with error_context(f"Importing {imgref}"):
+        result = postprocess_tree(root, keep_var=ostree_seeds_var())
+    for warning in result.warnings:
+        log.warning("%s", warning)
     with error_context(f"Importing {imgref}"), progress.step("committing"):
         variants = {
             "ostree.manifest-digest": GLib.Variant("s", metadata.manifest_digest),
