@@ -158,6 +158,19 @@ def import_layers(
     return ImportedLayers(tuple(commits), fetched, special)
 
 
+def flatten_layer_commits(
+    repo: OSTree.Repo, layers: ImportedLayers, work: Path, output: Path
+) -> None:
+    """The image's tree at `output` (created), merged from checkouts of its layer commits."""
+    checkouts = []
+    for index, commit in enumerate(layers.commits):
+        checkouts.append(work / f"checkout-{index}")
+        checkout(repo, commit, checkouts[-1])
+    flatten_diff_dirs(checkouts, output, consume=True)
+    if layers.has_special_files:
+        restore_special_files(output)
+
+
 def import_image(
     sysroot_path: Path,
     repo: OSTree.Repo,
@@ -173,15 +186,9 @@ def import_image(
     with import_workdir(sysroot_path, imgref) as work:
         with progress.step("pulling"):
             layers = import_layers(repo, imgref, source, work)
+        root = work / "root"
         with error_context(f"Importing {imgref}"), progress.step("flattening"):
-            checkouts = []
-            for index, commit in enumerate(layers.commits):
-                checkouts.append(work / f"checkout-{index}")
-                checkout(repo, commit, checkouts[-1])
-            root = work / "root"
-            flatten_diff_dirs(checkouts, root, consume=True)
-            if layers.has_special_files:
-                restore_special_files(root)
+            flatten_layer_commits(repo, layers, work, root)
         commit = finish_import(
             repo, root, imgref, source, disable_selinux=disable_selinux, progress=progress
         )
