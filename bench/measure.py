@@ -10,7 +10,7 @@ import os
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,7 +43,7 @@ class Sample:
         )
 
 
-def run_measured(cmd: Sequence[str | Path]) -> Sample:
+def run_measured(cmd: Sequence[str | Path], env: Mapping[str, str] | None = None) -> Sample:
     argv = [os.fspath(arg) for arg in cmd]
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         actions = [
@@ -52,7 +52,8 @@ def run_measured(cmd: Sequence[str | Path]) -> Sample:
             (os.POSIX_SPAWN_DUP2, err.fileno(), 2),
         ]
         start = time.perf_counter()
-        pid = os.posix_spawnp(argv[0], argv, os.environ, file_actions=actions)
+        environ = {**os.environ, **(env or {})}
+        pid = os.posix_spawnp(argv[0], argv, environ, file_actions=actions)
         _, status, usage = os.wait4(pid, 0)
         seconds = time.perf_counter() - start
         out.seek(0)

@@ -23,7 +23,6 @@ from measure import Sample, Series, Trial, count_entries, measure_pair, repeat, 
 from scratchfs import scratch_filesystem
 from workloads import Workload
 
-from pybootc import tools
 from pybootc.containers_storage import ContainersStorage
 from pybootc.errors import BootcError
 
@@ -164,12 +163,14 @@ def compare_storage(workload: Workload, scratch: Path, runs: int) -> Comparison:
             )
 
             def mount_and_copy() -> Sample:
-                mounted = run_measured(storage.podman("image", "mount", STORAGE_NAME))
+                mounted = run_measured(
+                    ["podman", "image", "mount", STORAGE_NAME], storage.podman_env()
+                )
                 where = mounted.stdout.strip()
                 return mounted + run_measured(["cp", "-a", f"{where}/.", out])
 
             def unmount_image() -> None:
-                tools.run(storage.podman("image", "unmount", "--all"))
+                storage.podman("image", "unmount", "--all")
 
             ours, baseline = measure_pair(
                 runs,

@@ -1,4 +1,4 @@
-"""bootc's own containers-storage at SYSROOT/ostree/container-storage.
+"""bootc's own containers-storage at SYSROOT/ostree/bootc/storage.
 
 It is kept apart from the host's podman storage, so `podman image prune` there
 can never delete the OS. Images get here by `skopeo copy`, leave by GC, and move
@@ -19,7 +19,8 @@ from pybootc.containers_storage import ContainersStorage
 from pybootc.errors import BootcError, error_context
 from pybootc.imgref import ImageReference, Transport
 
-STORAGE_SUBDIR = Path("ostree/container-storage")
+# Upstream's path (the seed PR had ostree/container-storage).
+STORAGE_SUBDIR = Path("ostree/bootc/storage")
 # The host's own storage, as podman and skopeo use it without options.
 DEFAULT_STORAGE = "containers-storage:"
 
@@ -57,7 +58,7 @@ class StoredImage:
 def list_images(storage: ContainersStorage) -> list[StoredImage]:
     if not storage.root.exists():
         return []
-    out = tools.run(storage.podman("images", "--format", "json")).stdout
+    out = storage.podman("images", "--format", "json").stdout
     found = []
     for item in json.loads(out or b"[]"):
         found.append(
@@ -133,7 +134,7 @@ def remove_unused(storage: ContainersStorage, keep: Iterable[str]) -> list[str]:
     for image in list_images(storage):
         if image.image_id in wanted or image.digests & wanted:
             continue
-        tools.run(storage.podman("rmi", "--force", image.image_id))
+        storage.podman("rmi", "--force", image.image_id)
         removed.append(image.image_id)
     return removed
 

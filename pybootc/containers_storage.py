@@ -2,13 +2,15 @@
 
 bootc's own storage, the scratch storage of `internals flatten` and the kernel
 oracle of the tests are all one of these: a root, a runroot kept outside it, and
-the argv that points skopeo and podman at that pair instead of the host's store.
+the transport string and environment that point skopeo and podman at that pair
+instead of the host's store.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,23 +35,39 @@ class ContainersStorage:
         """The skopeo transport string for `name` in this storage."""
         return f"containers-storage:[overlay@{self.root}+{self.runroot}]{name}"
 
-    def podman(self, *args: str) -> list[str]:
-        return [
-            "podman",
-            "--root",
-            str(self.root),
-            "--runroot",
-            str(self.runroot),
-            "--storage-driver",
-            "overlay",
-            # podman keeps its own state in /run/libpod by default, shared by every
-            # root; a per-storage one lets several storages be used at once.
-            "--tmpdir",
-            str(self.runroot / "libpod"),
-            "--events-backend",
-            "none",
-            *args,
-        ]
+    def podman_env(self) -> dict[str, str]:
+        """The environment that points podman at this storage.
+
+        Not `podman --root`: with it podman keeps its database in ROOT/libpod and
+        records ROOT there, so a storage made under an install-time mount fails
+        ("database configuration mismatch") once the host boots and sees it at
+        another path. The database lives in the runroot instead, and nothing in
+        ROOT records where ROOT is.
+        """
+        libpod = self.runroot / "libpod"
+        files = {
+            "storage.conf": (
+                f'[storage]\ndriver = "overlay"\ngraphroot = "{self.root}"\n'
+                f'runroot = "{self.runroot}"\n'
+            ),
+            "containers.conf": (
+                f'[engine]\nstatic_dir = "{libpod}"\ntmp_dir = "{libpod}/tmp"\n'
+                f'volume_path = "{libpod}/volumes"\nevents_logger = "none"\n'
+            ),
+        }
+        self.runroot.mkdir(parents=True, exist_ok=True)
+        for name, text in files.items():
+            path = self.runroot / name
+            if not path.exists() or path.read_text() != text:
+                path.write_text(text)
+        return {
+            "CONTAINERS_STORAGE_CONF": str(self.runroot / "storage.conf"),
+            "CONTAINERS_CONF": str(self.runroot / "containers.conf"),
+        }
+
+    def podman(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[bytes]:
+        """Run `podman ARGS` against this storage."""
+        return tools.run(["podman", *args], env=self.podman_env(), check=check)
 
     def pull(
         self,
@@ -93,15 +111,15 @@ class ContainersStorage:
 
     def mount(self, name: str) -> Path:
         """Mount the image read-only with the kernel's overlayfs and return where."""
-        out = tools.run(self.podman("image", "mount", name)).stdout
+        out = self.podman("image", "mount", name).stdout
         return Path(out.decode().strip())
 
     def unmount(self, name: str) -> None:
-        tools.run(self.podman("image", "unmount", "--force", name))
+        self.podman("image", "unmount", "--force", name)
 
     def remove(self, name: str) -> None:
-        tools.run(self.podman("image", "rm", "--force", name))
+        self.podman("image", "rm", "--force", name)
 
     def reset(self, *, check: bool = True) -> None:
         """Remove everything this storage holds, mounts included."""
-        tools.run(self.podman("system", "reset", "--force"), check=check)
+        self.podman("system", "reset", "--force", check=check)

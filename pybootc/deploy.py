@@ -7,6 +7,7 @@ changed, so bad input leaves the sysroot, its refs and bootc's storage as they w
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from collections.abc import Iterator, Sequence
@@ -40,6 +41,8 @@ IMAGE_REF_PREFIX = "ostree/container/image"
 # Image refs and the ostree backend's layer refs alike.
 CONTAINER_REF_PREFIX = "ostree/container"
 DEFAULT_STATEROOT = "default"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -151,6 +154,22 @@ def _import(
     return imported.commit, imported.metadata
 
 
+def _tidy_up(sysroot: Sysroot, *, drop_ref: str | None = None) -> None:
+    """Cleanup once the new deployment is written: GC, pruning, an old image's ref.
+
+    The verb has succeeded by then, and the deployment boots whatever happens here,
+    so a failure is a warning, never an error that would say otherwise.
+    """
+    try:
+        with error_context("Cleaning up after the deployment"):
+            if drop_ref is not None:
+                set_ref(sysroot.repo, drop_ref, None)
+            collect_garbage(sysroot)
+            sysroot.cleanup()
+    except BootcError as err:
+        log.warning("%s", err)
+
+
 def _deploy(
     sysroot: Sysroot,
     target: OriginImage,
@@ -159,6 +178,7 @@ def _deploy(
     stateroot: str,
     kargs: Sequence[str] | None = None,
     disable_selinux: bool = False,
+    drop_ref: str | None = None,
     progress: Progress = NO_PROGRESS,
 ) -> ImageMetadata:
     progress.for_image(str(target.imgref))
@@ -176,8 +196,7 @@ def _deploy(
                 # default as rollback, and pinned ones; older ones go.
                 retain_others=False,
             )
-    collect_garbage(sysroot)
-    sysroot.cleanup()
+    _tidy_up(sysroot, drop_ref=drop_ref)
     return recorded
 
 
@@ -202,10 +221,15 @@ def switch(
             if deployed is not None and deployed.manifest_digest == metadata.manifest_digest:
                 return Report(("Image specification is unchanged.",))
         stateroot = current.stateroot if current else DEFAULT_STATEROOT
-        pulled = _deploy(sysroot, origin, metadata, stateroot=stateroot, progress=progress)
-        if not retain and current_image is not None and current_image.imgref != target:
-            set_ref(sysroot.repo, image_ref(current_image.imgref), None)
-            sysroot.cleanup()
+        drop = not retain and current_image is not None and current_image.imgref != target
+        pulled = _deploy(
+            sysroot,
+            origin,
+            metadata,
+            stateroot=stateroot,
+            drop_ref=image_ref(current_image.imgref) if drop and current_image else None,
+            progress=progress,
+        )
     return _queued(target, pulled)
 
 

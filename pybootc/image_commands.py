@@ -28,7 +28,7 @@ def podman(sysroot_path: Path, args: Sequence[str]) -> int:
         raise BootcError(
             f"{storage.root} does not exist: nothing was deployed with containers-storage"
         )
-    return tools.run_passthrough(storage.podman(*args))
+    return tools.run_passthrough(["podman", *args], env=storage.podman_env())
 
 
 def list_images(sysroot_path: Path, *, as_json: bool) -> str:

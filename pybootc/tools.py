@@ -83,12 +83,14 @@ def run(
     return proc
 
 
-def run_passthrough(cmd: Argv) -> int:
+def run_passthrough(cmd: Argv, *, env: Mapping[str, str] | None = None) -> int:
     """Run `cmd` on the user's own terminal and hand back its exit status."""
     argv = _argv(cmd)
     log.debug("+ %s", shlex.join(argv))
     try:
-        return subprocess.run(argv, check=False).returncode
+        return subprocess.run(
+            argv, env=None if env is None else {**os.environ, **env}, check=False
+        ).returncode
     except FileNotFoundError:
         raise BootcError(f"{Path(argv[0]).name} not found") from None
 

@@ -118,10 +118,7 @@ def state(path: Path) -> SysrootState:
     storage = bootc_storage(path)
     images: list[str] = []
     if storage.root.exists():
-        out = subprocess.run(
-            storage.podman("images", "-q", "--no-trunc"), capture_output=True, text=True, check=True
-        )
-        images = sorted(out.stdout.split())
+        images = sorted(storage.podman("images", "-q", "--no-trunc").stdout.decode().split())
     return SysrootState(
         deployments=tuple(
             (d.checksum, json.dumps(d.origin, sort_keys=True)) for d in sysroot.deployments()

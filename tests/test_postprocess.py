@@ -169,3 +169,80 @@ def test_deployed_tree_equals_the_kernel_view_post_processed(
         p.startswith(("overlay", "backingFsBlockDev")) or "backingFsBlockDev" in p for p in paths
     )
     shutil.rmtree(checkout)
+
+
+def _var_tree(root: Path, order: list[str]) -> Path:
+    """A bootable tree whose /var directories are created in `order`."""
+    bootable(root)
+    for name in order:
+        (root / "var" / name / "sub").mkdir(parents=True)
+        (root / "var" / name / "sub/file").write_text(name)
+    return root
+
+
+def test_generated_var_tmpfiles_do_not_depend_on_directory_order(tmp_path: Path) -> None:
+    from tests.sysroot_support import scratch_tmpfs
+
+    # tmpfs lists a directory newest first: the two trees list /var in opposite orders.
+    with scratch_tmpfs(tmp_path / "mnt") as mnt:
+        names = ["cache", "lib", "log", "spool"]
+        first = _var_tree(mnt / "a", names)
+        second = _var_tree(mnt / "b", names[::-1])
+        assert os.listdir(first / "var") != os.listdir(second / "var")
+        postprocess_tree(first, keep_var=False)
+        postprocess_tree(second, keep_var=False)
+        generated = (first / VAR_TMPFILES).read_bytes()
+        assert generated == (second / VAR_TMPFILES).read_bytes()
+        paths = [line.split()[1] for line in generated.decode().splitlines()[1:]]
+        assert paths[:3] == ["/var/cache", "/var/cache/sub", "/var/cache/sub/file"]
+        assert paths == sorted(paths)
+
+
+def test_paths_the_image_declares_in_tmpfiles_d_get_no_second_line(tmp_path: Path) -> None:
+    root = bootable(tmp_path / "root")
+    (root / "usr/lib/tmpfiles.d").mkdir(parents=True)
+    (root / "usr/lib/tmpfiles.d/legacy.conf").write_text("L /var/lock - - - - ../run/lock\n")
+    (root / "etc/tmpfiles.d").mkdir(parents=True)
+    (root / "etc/tmpfiles.d/app.conf").write_text("d /var/lib/app\\x20dir 0700 - - -\n")
+    (root / "var/lib/app dir").mkdir(parents=True)
+    (root / "var/lib/app dir/state").write_text("s")
+    os.symlink("../run/lock", root / "var/lock")
+    postprocess_tree(root, keep_var=False)
+    lines = (root / VAR_TMPFILES).read_text().splitlines()[1:]
+    assert lines == [
+        "d /var/lib 0755 0 0 - -",
+        r"C /var/lib/app\x20dir/state - - - - /usr/share/factory/var/lib/app\x20dir/state",
+    ]
+
+
+def test_sysroot_and_the_ostree_link_are_added_as_bootc_base_images_have_them(
+    tmp_path: Path,
+) -> None:
+    root = bootable(tmp_path / "root")
+    postprocess_tree(root, keep_var=False)
+    assert (root / "sysroot").is_dir() and not any((root / "sysroot").iterdir())
+    assert os.readlink(root / "ostree") == "sysroot/ostree"
+
+    kept = bootable(tmp_path / "kept")
+    (kept / "sysroot/leftover").mkdir(parents=True)
+    os.symlink("sysroot/ostree/", kept / "ostree")
+    postprocess_tree(kept, keep_var=False)
+    assert not any((kept / "sysroot").iterdir())
+    assert os.readlink(kept / "ostree") == "sysroot/ostree/"
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda r: (r / "sysroot").write_text("x"), "/sysroot in the image is not a directory"),
+        (lambda r: (r / "ostree").mkdir(), "/ostree in the image must be a symlink"),
+        (lambda r: os.symlink("elsewhere", r / "ostree"), "not elsewhere"),
+    ],
+)
+def test_a_sysroot_or_ostree_of_another_kind_is_refused(
+    tmp_path: Path, make: object, message: str
+) -> None:
+    root = bootable(tmp_path / "root")
+    make(root)  # type: ignore[operator]
+    with pytest.raises(BootcError, match=message):
+        postprocess_tree(root, keep_var=False)

@@ -1,6 +1,6 @@
 """The `container` backend: pull into bootc's storage, flatten, post-process, commit.
 
-The image goes into SYSROOT/ostree/container-storage with `skopeo copy`, so
+The image goes into SYSROOT/ostree/bootc/storage with `skopeo copy`, so
 containers-storage brings zstd:chunked and encrypted layers; its overlay diff
 directories are merged, post-processed like ostree-ext and committed to the
 sysroot's repo with the metadata ostree-ext writes.

@@ -10,6 +10,7 @@ backends run exactly this, so their trees stay equal.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import stat
 from collections.abc import Iterator
@@ -19,8 +20,13 @@ from pathlib import Path
 from pybootc.errors import BootcError
 from pybootc.layers.dirfd import DirectoryHandles
 
-# Kept as empty directories: their content belongs to the running system.
-API_DIRECTORIES = ("run", "tmp", "proc", "sys", "dev")
+# Kept as empty directories: their content belongs to the running system. /sysroot
+# is where ostree-prepare-root mounts the physical root.
+API_DIRECTORIES = ("run", "tmp", "proc", "sys", "dev", "sysroot")
+# What bootc base images carry and ordinary images lack; both have exactly one
+# right value, and a deployment root cannot be changed after the commit.
+SYSROOT_DIR = "sysroot"
+OSTREE_LINK = ("ostree", "sysroot/ostree")
 # Empty files container builds inject; an empty one would shadow the real one.
 INJECTED_FILES = ("hostname", "resolv.conf")
 VAR_TMPFILES = "usr/lib/tmpfiles.d/pybootc-var.conf"
@@ -77,6 +83,31 @@ def _empty_directory(dirs: DirectoryHandles, name: str) -> None:
             os.unlink(entry.name, dir_fd=fd)
 
 
+def _add_sysroot(root_fd: int) -> None:
+    """Give the tree /sysroot and /ostree -> sysroot/ostree, as bootc base images have.
+
+    Without /sysroot ostree-prepare-root has nowhere to mount the physical root, and
+    without /ostree nothing on the booted host finds the sysroot at `/`.
+    """
+    try:
+        st = os.lstat(SYSROOT_DIR, dir_fd=root_fd)
+    except FileNotFoundError:
+        os.mkdir(SYSROOT_DIR, 0o755, dir_fd=root_fd)
+    else:
+        if not stat.S_ISDIR(st.st_mode):
+            raise BootcError("/sysroot in the image is not a directory")
+    name, target = OSTREE_LINK
+    try:
+        found = os.readlink(name, dir_fd=root_fd)
+    except FileNotFoundError:
+        os.symlink(target, name, dir_fd=root_fd)
+    except OSError:
+        raise BootcError(f"/{name} in the image must be a symlink to {target}") from None
+    else:
+        if found.rstrip("/") != target:
+            raise BootcError(f"/{name} in the image must be a symlink to {target}, not {found}")
+
+
 def _remove_special_files(fd: int, prefix: str) -> Iterator[str]:
     """Remove every device node, FIFO and socket below `fd`; yield their paths."""
     with os.scandir(fd) as it:
@@ -117,30 +148,60 @@ def _tmpfiles_escape(path: str) -> str:
     return "".join(c if c.isprintable() and c not in " \\\t" else f"\\x{ord(c):02x}" for c in path)
 
 
-def _var_tmpfiles_lines(var_root: Path) -> Iterator[str]:
-    """tmpfiles.d lines that recreate the image's /var content on a booted host."""
+def _tmpfiles_unescape(path: str) -> str:
+    return re.sub(r"\\x([0-9a-fA-F]{2})", lambda m: chr(int(m.group(1), 16)), path)
+
+
+def declared_tmpfiles_paths(root: Path) -> frozenset[str]:
+    """The paths the image's own tmpfiles.d already declares (systemd's, packages').
+
+    A second line for one of them makes systemd-tmpfiles log "Duplicate line for
+    path" on every boot, so those are left to the image, as bootc does.
+    """
+    paths = set()
+    for directory in ("usr/lib/tmpfiles.d", "usr/etc/tmpfiles.d"):
+        confs = root / directory
+        if not confs.is_dir() or confs.is_symlink():
+            continue
+        for conf in sorted(confs.glob("*.conf")):
+            if conf.name == Path(VAR_TMPFILES).name or not conf.is_file():
+                continue
+            for line in conf.read_text(errors="replace").splitlines():
+                fields = line.split()
+                if len(fields) >= 2 and not fields[0].startswith("#"):
+                    paths.add(os.path.normpath(_tmpfiles_unescape(fields[1])))
+    return frozenset(paths)
+
+
+def _var_tmpfiles_lines(var_root: Path, declared: frozenset[str], sub: str = "") -> Iterator[str]:
+    """tmpfiles.d lines that recreate the image's /var content on a booted host.
+
+    Depth first in sorted name order: directory order differs by filesystem, and
+    this file goes into the commit, which must be the same wherever it was made.
+    """
     factory = "/usr/share/factory/var"
-    for dirpath, dirnames, filenames in os.walk(var_root):
-        rel = os.path.relpath(dirpath, var_root)
-        for name in sorted(dirnames + filenames):
-            full = os.path.join(dirpath, name)
-            sub = name if rel == "." else f"{rel}/{name}"
-            target = _tmpfiles_escape(f"/var/{sub}")
-            st = os.lstat(full)
+    for name in sorted(os.listdir(var_root / sub if sub else var_root)):
+        path = f"{sub}/{name}" if sub else name
+        full = var_root / path
+        st = os.lstat(full)
+        target = _tmpfiles_escape(f"/var/{path}")
+        if f"/var/{path}" not in declared:
             if stat.S_ISDIR(st.st_mode):
                 mode = f"{stat.S_IMODE(st.st_mode):04o}"
                 yield f"d {target} {mode} {st.st_uid} {st.st_gid} - -"
             elif stat.S_ISLNK(st.st_mode):
                 yield f"L {target} - - - - {os.readlink(full)}"
             else:
-                yield f"C {target} - - - - {_tmpfiles_escape(f'{factory}/{sub}')}"
+                yield f"C {target} - - - - {_tmpfiles_escape(f'{factory}/{path}')}"
+        if stat.S_ISDIR(st.st_mode):
+            yield from _var_tmpfiles_lines(var_root, declared, path)
 
 
 def _write_var_tmpfiles(root: Path) -> None:
     var_root = root / "usr/share/factory/var"
     lines = [
         "# The image's /var, seeded on first boot (written by pybootc)",
-        *_var_tmpfiles_lines(var_root),
+        *_var_tmpfiles_lines(var_root, declared_tmpfiles_paths(root)),
     ]
     conf = root / VAR_TMPFILES
     dirs = DirectoryHandles(os.open(root, os.O_RDONLY | os.O_DIRECTORY))
@@ -179,6 +240,7 @@ def postprocess_tree(root: Path, *, keep_var: bool) -> PostprocessResult:
     try:
         for name in API_DIRECTORIES:
             _empty_directory(dirs, name)
+        _add_sysroot(root_fd)
         warnings = [
             f"Skipping {path}: a device node, FIFO or socket cannot be committed"
             for path in _remove_special_files(root_fd, "")
