@@ -127,6 +127,27 @@ def _install(args: argparse.Namespace) -> int:
     return 0
 
 
+def _install_to_disk(args: argparse.Namespace) -> int:
+    from pybootc.imgref import OstreeImageReference
+    from pybootc.install_disk import install_to_disk
+
+    report = install_to_disk(
+        args.device,
+        OstreeImageReference.parse(args.source_imgref),
+        via_loopback=args.via_loopback,
+        wipe=args.wipe,
+        filesystem=args.filesystem,
+        backend=Backend(args.backend),
+        stateroot=args.stateroot,
+        kargs=args.karg,
+        disable_selinux=args.disable_selinux,
+        decryption_key=args.decryption_key,
+        progress=_progress(args),
+    )
+    _print(report.lines)
+    return 0
+
+
 def _podman(args: argparse.Namespace) -> int:
     from pybootc.image_commands import podman
 
@@ -178,6 +199,16 @@ def _progress(args: argparse.Namespace) -> Progress:
     from pybootc.progress import NO_PROGRESS, Progress
 
     return NO_PROGRESS if args.progress_fd is None else Progress(args.progress_fd)
+
+
+def _add_install_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--source-imgref", required=True, metavar="IMGREF")
+    parser.add_argument("--backend", choices=[b.value for b in Backend], default="ostree")
+    parser.add_argument("--stateroot", default="default")
+    parser.add_argument("--karg", action="append", default=[], metavar="K")
+    parser.add_argument("--disable-selinux", action="store_true")
+    parser.add_argument("--decryption-key", type=Path, metavar="K")
+    _add_progress(parser)
 
 
 def _add_internals(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -267,15 +298,20 @@ def build_parser() -> argparse.ArgumentParser:
     install = verbs.add_parser("install", help="install to a target")
     install_verbs = install.add_subparsers(dest="install_verb", required=True)
     to_fs = install_verbs.add_parser("to-filesystem", help="install into a mounted filesystem")
-    to_fs.add_argument("--source-imgref", required=True, metavar="IMGREF")
-    to_fs.add_argument("--backend", choices=[b.value for b in Backend], default="ostree")
-    to_fs.add_argument("--stateroot", default="default")
-    to_fs.add_argument("--karg", action="append", default=[], metavar="K")
-    to_fs.add_argument("--disable-selinux", action="store_true")
-    to_fs.add_argument("--decryption-key", type=Path, metavar="K")
-    _add_progress(to_fs)
+    _add_install_options(to_fs)
     to_fs.add_argument("path", type=Path, metavar="PATH")
     to_fs.set_defaults(func=_install)
+    to_disk = install_verbs.add_parser(
+        "to-disk", help="install to a disk image: a partition table and an ext4 root"
+    )
+    _add_install_options(to_disk)
+    to_disk.add_argument(
+        "--via-loopback", action="store_true", help="DEVICE is a disk image file, used through loop"
+    )
+    to_disk.add_argument("--wipe", action="store_true", help="overwrite what is on DEVICE")
+    to_disk.add_argument("--filesystem", choices=["ext4"], default="ext4")
+    to_disk.add_argument("device", type=Path, metavar="DEVICE")
+    to_disk.set_defaults(func=_install_to_disk)
 
     _add_image(verbs)
     _add_internals(verbs)

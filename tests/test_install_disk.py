@@ -1,0 +1,122 @@
+"""`bootc install to-disk --via-loopback FILE`: a GPT disk image with an ext4 root.
+
+The disk is only ever a file here, used through a loop device; the boot test boots
+one. Bad input leaves the file exactly as it was.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from pybootc.install_disk import ROOT_PARTITION_TYPE
+from pybootc.ocibuild import OciLayout
+from pybootc.sample_image import sample_image
+from tests.backend_support import bootc, ok, one_error_line
+
+
+@pytest.fixture(scope="module")
+def layout(tmp_path_factory: pytest.TempPathFactory) -> OciLayout:
+    found = OciLayout(tmp_path_factory.mktemp("to-disk") / "oci")
+    found.add_image("v1", sample_image("1.0"))
+    return found
+
+
+def disk_file(path: Path, size: str = "2G") -> Path:
+    subprocess.run(["truncate", "-s", size, path], check=True)
+    return path
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_a_disk_image_gets_a_gpt_an_ext4_root_and_a_boot_entry(
+    layout: OciLayout, tmp_path: Path
+) -> None:
+    disk = disk_file(tmp_path / "disk.img")
+    out = ok(
+        bootc(
+            "install",
+            "to-disk",
+            "--via-loopback",
+            "--source-imgref",
+            layout.ref("v1"),
+            "--karg",
+            "console=ttyS0",
+            str(disk),
+        )
+    )
+    assert out.startswith("Queued for next boot: ")
+    table = json.loads(
+        subprocess.run(["sfdisk", "--json", disk], capture_output=True, check=True).stdout
+    )["partitiontable"]
+    assert table["label"] == "gpt"
+    (partition,) = table["partitions"]
+    assert partition["type"] == ROOT_PARTITION_TYPE and partition["name"] == "root"
+    # Mounted at the partition's offset: the kernel here may not scan partition tables.
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    offset = int(partition["start"]) * int(table.get("sectorsize", 512))
+    probe = subprocess.run(
+        ["blkid", "-p", "-O", str(offset), "-o", "export", disk],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    fields = dict(line.split("=", 1) for line in probe.split())
+    assert fields["TYPE"] == "ext4" and fields["LABEL"] == "root"
+    subprocess.run(["mount", "-o", f"ro,loop,offset={offset}", disk, mnt], check=True)
+    try:
+        (entry,) = (mnt / "boot/loader/entries").glob("*.conf")
+        options = next(
+            line.split()[1:]
+            for line in entry.read_text().splitlines()
+            if line.startswith("options ")
+        )
+        assert f"root=UUID={fields['UUID']}" in options
+        assert "rw" in options and "console=ttyS0" in options
+        assert list((mnt / "ostree/deploy/default/deploy").glob("*.0"))
+    finally:
+        subprocess.run(["umount", mnt], check=True)
+    # Installed once, the disk is refused a second time without --wipe.
+    before = digest(disk)
+    line = one_error_line(
+        bootc(
+            "install", "to-disk", "--via-loopback", "--source-imgref", layout.ref("v1"), str(disk)
+        )
+    )
+    assert "Detected existing partitions or filesystems" in line and "--wipe" in line
+    assert digest(disk) == before
+
+
+@pytest.mark.parametrize(
+    ("setup", "extra", "message"),
+    [
+        (lambda p: None, ["--via-loopback"], "does not exist (create it"),
+        (lambda p: disk_file(p, "100M"), ["--via-loopback"], "smaller than 1 GiB"),
+        (disk_file, [], "installs no boot loader"),
+        (lambda p: p.mkdir(), ["--via-loopback"], "needs a regular file"),
+    ],
+)
+def test_bad_targets_are_refused_and_left_alone(
+    layout: OciLayout, tmp_path: Path, setup: object, extra: list[str], message: str
+) -> None:
+    disk = tmp_path / "disk.img"
+    setup(disk)  # type: ignore[operator]
+    before = digest(disk) if disk.is_file() else None
+    line = one_error_line(
+        bootc("install", "to-disk", *extra, "--source-imgref", layout.ref("v1"), str(disk))
+    )
+    assert message in line, line
+    assert (digest(disk) if disk.is_file() else None) == before
+    assert (
+        subprocess.run(
+            ["losetup", "--associated", disk], check=False, capture_output=True, text=True
+        ).stdout
+        == ""
+    )
