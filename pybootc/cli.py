@@ -18,6 +18,7 @@ from pybootc.backends import Backend
 from pybootc.errors import BootcError
 
 if TYPE_CHECKING:
+    from pybootc.deploy import Report
     from pybootc.imgref import OstreeImageReference
     from pybootc.progress import Progress
 
@@ -62,10 +63,45 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _booted_checks(args: argparse.Namespace, *flags: str) -> bool:
+    """Refuse booted-host-only flags off a booted host, before anything is written;
+    whether to soft-reboot afterwards."""
+    from pybootc.booted import SoftReboot, check_soft_reboot, require_booted
+    from pybootc.sysroot import is_booted_root
+
+    booted = is_booted_root(args.sysroot)
+    for flag in flags:
+        if getattr(args, flag.lstrip("-").replace("-", "_"), None):
+            require_booted(booted, flag)
+    return check_soft_reboot(SoftReboot(args.soft_reboot) if args.soft_reboot else None)
+
+
+def _finish(args: argparse.Namespace, report: Report, *, soft: bool, staged: bool) -> int:
+    """Print what the verb said; with --apply, (soft-)reboot into what it changed."""
+    from pybootc import booted
+    from pybootc.sysroot import Sysroot
+
+    _print(report.lines)
+    if not report.changed:
+        return 0
+    if soft:
+        Sysroot.open(args.sysroot).prepare_soft_reboot(staged=staged)
+        print("Deployment is soft-reboot capable, preparing for soft-reboot...")
+    if args.apply:
+        if soft:
+            booted.soft_reboot()
+        booted.reboot()
+    return 0
+
+
+_BOOTED_FLAGS = ("--apply", "--soft-reboot")
+
+
 def _switch(args: argparse.Namespace) -> int:
     from pybootc.deploy import switch
     from pybootc.sigpolicy import require_enforcing_policy
 
+    soft = _booted_checks(args, *_BOOTED_FLAGS)
     if args.enforce_container_sigpolicy:
         require_enforcing_policy()
     target = _image_argument(args.image, args.transport, args.enforce_container_sigpolicy)
@@ -77,13 +113,15 @@ def _switch(args: argparse.Namespace) -> int:
         decryption_key=args.decryption_key,
         progress=_progress(args),
     )
-    _print(report.lines)
-    return 0
+    return _finish(args, report, soft=soft, staged=True)
 
 
 def _upgrade(args: argparse.Namespace) -> int:
-    from pybootc.deploy import check_for_update, upgrade
+    from pybootc.deploy import apply_downloaded, check_for_update, upgrade
 
+    soft = _booted_checks(args, *_BOOTED_FLAGS, "--download-only", "--from-downloaded")
+    if args.from_downloaded:
+        return _finish(args, apply_downloaded(args.sysroot), soft=soft, staged=True)
     if args.check:
         report, summary = check_for_update(args.sysroot)
         if args.format == "json":
@@ -91,15 +129,23 @@ def _upgrade(args: argparse.Namespace) -> int:
         else:
             _print(report.lines)
         return 0
-    _print(upgrade(args.sysroot, progress=_progress(args)).lines)
-    return 0
+    report = upgrade(args.sysroot, download_only=args.download_only, progress=_progress(args))
+    return _finish(args, report, soft=soft, staged=True)
 
 
 def _rollback(args: argparse.Namespace) -> int:
     from pybootc.deploy import rollback
 
-    _print(rollback(args.sysroot).lines)
-    return 0
+    soft = _booted_checks(args, *_BOOTED_FLAGS)
+    return _finish(args, rollback(args.sysroot), soft=soft, staged=False)
+
+
+def _usr_overlay(args: argparse.Namespace) -> int:
+    from pybootc.booted import require_booted, usr_overlay
+    from pybootc.sysroot import is_booted_root
+
+    require_booted(is_booted_root(args.sysroot), "usroverlay")
+    return usr_overlay(read_only=args.read_only)
 
 
 def _edit(args: argparse.Namespace) -> int:
@@ -187,6 +233,15 @@ def _completion(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_apply(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--apply", action="store_true", help=f"reboot into {what}")
+    parser.add_argument(
+        "--soft-reboot",
+        choices=["required", "auto"],
+        help="soft-reboot where possible (auto), or fail where not (required)",
+    )
+
+
 def _add_progress(parser: argparse.ArgumentParser) -> None:
     # Nothing draws progress on the terminal, so --quiet is already satisfied.
     parser.add_argument("--quiet", action="store_true", help="no progress output")
@@ -209,6 +264,26 @@ def _add_install_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--disable-selinux", action="store_true")
     parser.add_argument("--decryption-key", type=Path, metavar="K")
     _add_progress(parser)
+
+
+def _add_install(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    install = verbs.add_parser("install", help="install to a target")
+    install_verbs = install.add_subparsers(dest="install_verb", required=True)
+    to_fs = install_verbs.add_parser("to-filesystem", help="install into a mounted filesystem")
+    _add_install_options(to_fs)
+    to_fs.add_argument("path", type=Path, metavar="PATH")
+    to_fs.set_defaults(func=_install)
+    to_disk = install_verbs.add_parser(
+        "to-disk", help="install to a disk image: a partition table and an ext4 root"
+    )
+    _add_install_options(to_disk)
+    to_disk.add_argument(
+        "--via-loopback", action="store_true", help="DEVICE is a disk image file, used through loop"
+    )
+    to_disk.add_argument("--wipe", action="store_true", help="overwrite what is on DEVICE")
+    to_disk.add_argument("--filesystem", choices=["ext4"], default="ext4")
+    to_disk.add_argument("device", type=Path, metavar="DEVICE")
+    to_disk.set_defaults(func=_install_to_disk)
 
 
 def _add_internals(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -276,6 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
     switch.add_argument("--retain", action="store_true", help="keep the old image's ref")
     switch.add_argument("--enforce-container-sigpolicy", action="store_true")
     switch.add_argument("--decryption-key", type=Path, metavar="K")
+    _add_apply(switch, "the new image")
     _add_progress(switch)
     switch.add_argument("image")
     switch.set_defaults(func=_switch)
@@ -283,11 +359,30 @@ def build_parser() -> argparse.ArgumentParser:
     upgrade = verbs.add_parser("upgrade", help="deploy the newest version of the image")
     upgrade.add_argument("--check", action="store_true", help="only fetch manifest and config")
     upgrade.add_argument("--format", choices=["humanreadable", "json"], default="humanreadable")
+    _add_apply(upgrade, "the update")
+    held = upgrade.add_mutually_exclusive_group()
+    held.add_argument(
+        "--download-only",
+        action="store_true",
+        help="stage the update, but do not apply it at the next reboot",
+    )
+    held.add_argument(
+        "--from-downloaded",
+        action="store_true",
+        help="apply a --download-only update at the next reboot, fetching nothing",
+    )
     _add_progress(upgrade)
     upgrade.set_defaults(func=_upgrade)
 
     rollback = verbs.add_parser("rollback", help="boot the previous deployment next")
+    _add_apply(rollback, "the rollback deployment")
     rollback.set_defaults(func=_rollback)
+
+    overlay = verbs.add_parser(
+        "usr-overlay", aliases=["usroverlay"], help="a transient writable overlay on /usr"
+    )
+    overlay.add_argument("--read-only", action="store_true", help="mount the overlay read-only")
+    overlay.set_defaults(func=_usr_overlay)
 
     edit = verbs.add_parser("edit", help="change the host by editing its spec (YAML)")
     edit.add_argument(
@@ -295,24 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     edit.set_defaults(func=_edit)
 
-    install = verbs.add_parser("install", help="install to a target")
-    install_verbs = install.add_subparsers(dest="install_verb", required=True)
-    to_fs = install_verbs.add_parser("to-filesystem", help="install into a mounted filesystem")
-    _add_install_options(to_fs)
-    to_fs.add_argument("path", type=Path, metavar="PATH")
-    to_fs.set_defaults(func=_install)
-    to_disk = install_verbs.add_parser(
-        "to-disk", help="install to a disk image: a partition table and an ext4 root"
-    )
-    _add_install_options(to_disk)
-    to_disk.add_argument(
-        "--via-loopback", action="store_true", help="DEVICE is a disk image file, used through loop"
-    )
-    to_disk.add_argument("--wipe", action="store_true", help="overwrite what is on DEVICE")
-    to_disk.add_argument("--filesystem", choices=["ext4"], default="ext4")
-    to_disk.add_argument("device", type=Path, metavar="DEVICE")
-    to_disk.set_defaults(func=_install_to_disk)
-
+    _add_install(verbs)
     _add_image(verbs)
     _add_internals(verbs)
     completion = verbs.add_parser("completion", help="print a shell completion script")

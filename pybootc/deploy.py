@@ -47,9 +47,11 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Report:
-    """What a verb has to say: lines for stdout."""
+    """What a verb has to say: lines for stdout, and whether it changed what boots next
+    (`--apply` reboots only then)."""
 
     lines: tuple[str, ...]
+    changed: bool = True
 
 
 def _queued(imgref: OstreeImageReference, metadata: ImageMetadata) -> Report:
@@ -179,6 +181,7 @@ def _deploy(
     kargs: Sequence[str] | None = None,
     disable_selinux: bool = False,
     drop_ref: str | None = None,
+    lock_finalization: bool = False,
     progress: Progress = NO_PROGRESS,
 ) -> ImageMetadata:
     progress.for_image(str(target.imgref))
@@ -195,6 +198,7 @@ def _deploy(
                 # As `ostree admin deploy` does: the new deployment, the previous
                 # default as rollback, and pinned ones; older ones go.
                 retain_others=False,
+                lock_finalization=lock_finalization,
             )
     _tidy_up(sysroot, drop_ref=drop_ref)
     return recorded
@@ -219,7 +223,7 @@ def switch(
         if current is not None and current_image == origin:
             deployed = commit_image(sysroot.repo, current.checksum)
             if deployed is not None and deployed.manifest_digest == metadata.manifest_digest:
-                return Report(("Image specification is unchanged.",))
+                return Report(("Image specification is unchanged.",), changed=False)
         stateroot = current.stateroot if current else DEFAULT_STATEROOT
         drop = not retain and current_image is not None and current_image.imgref != target
         pulled = _deploy(
@@ -241,16 +245,50 @@ def _follow(sysroot: Sysroot) -> tuple[DeploymentInfo, OriginImage]:
     return current, image
 
 
-def upgrade(sysroot_path: Path, *, progress: Progress = NO_PROGRESS) -> Report:
+def upgrade(
+    sysroot_path: Path, *, download_only: bool = False, progress: Progress = NO_PROGRESS
+) -> Report:
+    """Deploy the newest version of the image the host follows.
+
+    `download_only` stages it held back from finalization, so a reboot does not apply
+    it until `upgrade --from-downloaded`; an update already staged is only re-locked
+    or released, as upstream does.
+    """
     sysroot = Sysroot.open(sysroot_path)
     with sysroot.lock():
         current, image = _follow(sysroot)
         metadata = _prepare(image)
+        staged = next((d for d in sysroot.deployments() if d.is_staged), None)
+        staged_image = commit_image(sysroot.repo, staged.checksum) if staged else None
+        if staged_image is not None and staged_image.manifest_digest == metadata.manifest_digest:
+            if sysroot.set_finalization(locked=download_only):
+                line = (
+                    "Image downloaded, but will not be applied on reboot"
+                    if download_only
+                    else "Staged deployment will now be applied on reboot"
+                )
+                return Report((line,))
+            return Report(("Staged update present, not changed",))
         deployed = commit_image(sysroot.repo, current.checksum)
         if deployed is not None and deployed.manifest_digest == metadata.manifest_digest:
-            return Report(("No update available.",))
-        pulled = _deploy(sysroot, image, metadata, stateroot=current.stateroot, progress=progress)
+            return Report(("No update available.",), changed=False)
+        pulled = _deploy(
+            sysroot,
+            image,
+            metadata,
+            stateroot=current.stateroot,
+            lock_finalization=download_only,
+            progress=progress,
+        )
     return _queued(image.imgref, pulled)
+
+
+def apply_downloaded(sysroot_path: Path) -> Report:
+    """`upgrade --from-downloaded`: let a download-only deployment be finalized."""
+    sysroot = Sysroot.open(sysroot_path)
+    if sysroot.set_finalization(locked=False):
+        return Report(("Staged deployment will now be applied on reboot",))
+    return Report(("Staged deployment is already set to apply on reboot",))
 
 
 def check_for_update(sysroot_path: Path) -> tuple[Report, dict[str, object]]:

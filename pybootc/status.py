@@ -14,6 +14,7 @@ from pybootc.spec import (
     BootEntry,
     BootEntryOstree,
     BootOrder,
+    FilesystemOverlay,
     Host,
     HostSpec,
     HostStatus,
@@ -22,6 +23,8 @@ from pybootc.spec import (
     ImageSignature,
     ImageStatus,
 )
+from pybootc.spec import FilesystemOverlayAccessMode as Access
+from pybootc.spec import FilesystemOverlayPersistence as Persistence
 from pybootc.spec import SignatureKind as SpecSignatureKind
 from pybootc.spec_fields import normalize_timestamp
 from pybootc.sysroot import DeploymentInfo, Sysroot
@@ -81,6 +84,7 @@ def boot_entry(repo: OSTree.Repo, deployment: DeploymentInfo) -> BootEntry:
         image=image,
         cached_update=cached,
         pinned=deployment.pinned,
+        download_only=deployment.finalization_locked,
         store=store,
         ostree=BootEntryOstree(
             stateroot=deployment.stateroot,
@@ -88,6 +92,14 @@ def boot_entry(repo: OSTree.Repo, deployment: DeploymentInfo) -> BootEntry:
             deploy_serial=deployment.deploy_serial,
         ),
     )
+
+
+# `ostree admin unlock` states as bootc reports them.
+_USR_OVERLAYS = {
+    "development": FilesystemOverlay(Access.READ_WRITE, Persistence.TRANSIENT),
+    "hotfix": FilesystemOverlay(Access.READ_WRITE, Persistence.PERSISTENT),
+    "transient": FilesystemOverlay(Access.READ_ONLY, Persistence.TRANSIENT),
+}
 
 
 def build_host(sysroot: Sysroot) -> Host:
@@ -129,6 +141,9 @@ def build_host(sysroot: Sysroot) -> Host:
             rollback=rollback,
             other_deployments=tuple(others),
             rollback_queued=rollback_queued,
+            usr_overlay=_USR_OVERLAYS.get(deployments[booted_index].unlocked)
+            if booted_index is not None
+            else None,
             type=HostType.BOOTC_HOST if any(e.image for e in entries) else None,
         ),
     )

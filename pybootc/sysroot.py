@@ -18,6 +18,8 @@ from pybootc.ostree_commit import libostree_errors
 from pybootc.ostree_gi import Gio, GLib, OSTree
 
 OSTREE_BOOTED = Path("/run/ostree-booted")
+# ostree-finalize-staged.service leaves the staged deployment alone while this exists.
+STAGED_LOCKED = Path("/run/ostree/staged-deployment-locked")
 Origin = Mapping[str, Mapping[str, str]]
 
 
@@ -35,6 +37,10 @@ class DeploymentInfo:
     is_staged: bool
     deployment_path: Path
     kargs: tuple[str, ...] = ()
+    # `ostree admin unlock`'s state: "none", "development", "hotfix" or "transient".
+    unlocked: str = "none"
+    # A staged deployment held back from finalization (`upgrade --download-only`).
+    finalization_locked: bool = False
 
 
 @dataclass(frozen=True)
@@ -92,6 +98,17 @@ def _origin_dict(keyfile: GLib.KeyFile | None) -> dict[str, dict[str, str]]:
     return origin
 
 
+def is_booted_root(path: Path) -> bool:
+    """Whether `path` is the running system's root, booted through OSTree."""
+    return OSTREE_BOOTED.exists() and os.path.realpath(path) == "/"
+
+
+def _finalization_locked(deployment: Any) -> bool:
+    if hasattr(deployment, "is_finalization_locked"):
+        return bool(deployment.is_finalization_locked())
+    return STAGED_LOCKED.exists()
+
+
 class Sysroot:
     """A loaded sysroot. Every method that changes it holds the sysroot lock."""
 
@@ -120,7 +137,7 @@ class Sysroot:
     @property
     def booted(self) -> bool:
         """Whether this sysroot is the running system, booted through OSTree."""
-        return OSTREE_BOOTED.exists() and os.path.realpath(self.path) == "/"
+        return is_booted_root(self.path)
 
     def _info(self, index: int, deployment: Any) -> DeploymentInfo:
         booted = self._sysroot.get_booted_deployment()
@@ -137,6 +154,8 @@ class Sysroot:
             is_staged=bool(deployment.is_staged()),
             deployment_path=self.path / str(self._sysroot.get_deployment_dirpath(deployment)),
             kargs=tuple(str(options).split()) if options else (),
+            unlocked=OSTree.Deployment.unlocked_state_to_string(deployment.get_unlocked()),
+            finalization_locked=bool(deployment.is_staged()) and _finalization_locked(deployment),
         )
 
     def _deployments(self) -> list[Any]:
@@ -199,6 +218,7 @@ class Sysroot:
         origin: Origin,
         kargs: Sequence[str] | None = None,
         retain_others: bool = True,
+        lock_finalization: bool = False,
     ) -> DeploymentInfo:
         """Deploy `checksum` as the next boot, /etc merged from the stateroot's current
         deployment, and return it.
@@ -207,7 +227,8 @@ class Sysroot:
         host it is staged (libostree finishes it at shutdown). Otherwise the deployments
         are written directly: the new one first, then the previous first one as rollback,
         then the others unless `retain_others` is false (pinned deployments and other
-        stateroots' deployments are kept regardless).
+        stateroots' deployments are kept regardless). `lock_finalization` keeps a staged
+        deployment from being finalized at shutdown until `set_finalization` says so.
         """
         _check_stateroot_name(stateroot)
         if not (self.path / "ostree/deploy" / stateroot).is_dir():
@@ -219,6 +240,7 @@ class Sysroot:
             if self.booted:
                 _, new = self._sysroot.stage_tree(stateroot, checksum, keyfile, merge, argv, None)
                 self._reload()
+                self.set_finalization(locked=lock_finalization)
                 return self._find(new)
             _, new = self._sysroot.deploy_tree(stateroot, checksum, keyfile, merge, argv, None)
             previous = [d for d in self._deployments() if not d.is_staged()]
@@ -233,6 +255,38 @@ class Sysroot:
                 ]
             self._write_deployments([new, *previous])
             return self._find(new)
+
+    def staged(self) -> Any | None:
+        return next((d for d in self._deployments() if d.is_staged()), None)
+
+    def set_finalization(self, *, locked: bool) -> bool:
+        """Hold the staged deployment back from finalization, or let it go; whether
+        that changed anything. A staged deployment is required."""
+        with self.lock():
+            staged = self.staged()
+            if staged is None:
+                raise BootcError("No staged deployment found")
+            if _finalization_locked(staged) == locked:
+                return False
+            if hasattr(self._sysroot, "change_finalization"):
+                with libostree_errors("Changing finalization"):
+                    self._sysroot.change_finalization(staged)
+            elif locked:
+                STAGED_LOCKED.parent.mkdir(parents=True, exist_ok=True)
+                STAGED_LOCKED.touch()
+            else:
+                STAGED_LOCKED.unlink(missing_ok=True)
+            self._reload()
+            return True
+
+    def prepare_soft_reboot(self, *, staged: bool) -> None:
+        """Make the next `systemctl soft-reboot` enter the staged deployment, or the
+        first in boot order (a rollback)."""
+        with self.lock(), libostree_errors("Preparing soft reboot"):
+            target = self.staged() if staged else self._deployments()[0]
+            if target is None:
+                raise BootcError("No staged deployment found")
+            self._sysroot.deployment_set_soft_reboot(target, False, None)
 
     def rollback(self) -> None:
         """Swap the first two deployments in boot order; twice puts them back.

@@ -1,0 +1,81 @@
+"""What only a booted host does: reboot into an update, soft reboot, hold a staged
+deployment back (download-only), and a transient writable /usr.
+
+Each of these is refused on a sysroot that is not the running system, before
+anything is written, because none of them means anything there.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+import signal
+import sys
+
+from pybootc import tools
+from pybootc.errors import BootcError
+from pybootc.ostree_gi import OSTree
+
+# The first systemd with `systemctl soft-reboot`.
+SOFT_REBOOT_SYSTEMD = 254
+
+
+class SoftReboot(enum.StrEnum):
+    REQUIRED = "required"
+    AUTO = "auto"
+
+
+def require_booted(booted: bool, what: str) -> None:
+    if not booted:
+        raise BootcError(f"{what} only applies on booted hosts")
+
+
+def reboot() -> None:
+    """Reboot the host as upstream does (systemd-run, so our exit races nothing)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    tools.run(["systemd-run", "--quiet", "--", "systemctl", "reboot"])
+    # systemd stops us on the way down; exiting first would look like a failure.
+    while True:
+        signal.pause()
+
+
+def systemd_version() -> int:
+    out = tools.run(["systemctl", "--version"]).stdout.decode()
+    found = re.match(r"systemd (\d+)", out)
+    return int(found.group(1)) if found else 0
+
+
+def soft_reboot_unavailable() -> str | None:
+    """Why this host cannot soft-reboot into another deployment, or None if it can."""
+    version = systemd_version()
+    if version < SOFT_REBOOT_SYSTEMD:
+        return f"systemd {version} has no soft-reboot (it needs {SOFT_REBOOT_SYSTEMD} or newer)"
+    if not hasattr(OSTree.Sysroot, "deployment_set_soft_reboot"):
+        return "this libostree cannot prepare a soft reboot"
+    return None
+
+
+def check_soft_reboot(mode: SoftReboot | None) -> bool:
+    """Whether to soft-reboot; `required` on a host that cannot is refused up front."""
+    if mode is None:
+        return False
+    reason = soft_reboot_unavailable()
+    if reason is None:
+        return True
+    if mode is SoftReboot.REQUIRED:
+        raise BootcError(f"Soft reboot was required but this host cannot soft-reboot: {reason}")
+    return False
+
+
+def soft_reboot() -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    tools.run(["systemd-run", "--quiet", "--", "systemctl", "soft-reboot"])
+    while True:
+        signal.pause()
+
+
+def usr_overlay(*, read_only: bool) -> int:
+    """A transient overlay on /usr, as upstream does it: `ostree admin unlock`."""
+    return tools.run_passthrough(["ostree", "admin", "unlock", *(["--transient"] * read_only)])

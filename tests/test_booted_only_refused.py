@@ -1,0 +1,48 @@
+"""What only a booted host does is refused on any other sysroot, and nothing is staged.
+
+The verbs themselves (--apply, --download-only, usr-overlay, soft reboot) are tested
+in the qemu boot harness, on a host that really booted; here only the refusal.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pybootc.ocibuild import OciLayout
+from pybootc.sample_image import sample_image
+from tests.backend_support import bootc, ok, one_error_line, state
+
+
+@pytest.fixture
+def installed(target: Path, tmp_path: Path) -> tuple[Path, OciLayout]:
+    layout = OciLayout(tmp_path / "oci")
+    layout.add_image("v1", sample_image("1.0"))
+    layout.add_image("v2", sample_image("2.0"))
+    ok(bootc("install", "to-filesystem", "--source-imgref", layout.ref("v1"), str(target)))
+    return target, layout
+
+
+@pytest.mark.parametrize(
+    ("argv", "flag"),
+    [
+        (["switch", "--apply", "@v2"], "--apply"),
+        (["switch", "--soft-reboot", "auto", "@v2"], "--soft-reboot"),
+        (["upgrade", "--apply"], "--apply"),
+        (["upgrade", "--download-only"], "--download-only"),
+        (["upgrade", "--from-downloaded"], "--from-downloaded"),
+        (["rollback", "--apply"], "--apply"),
+        (["usr-overlay"], "usroverlay"),
+        (["usroverlay", "--read-only"], "usroverlay"),
+    ],
+)
+def test_booted_host_verbs_are_refused_off_a_booted_host(
+    installed: tuple[Path, OciLayout], argv: list[str], flag: str
+) -> None:
+    sysroot, layout = installed
+    argv = [layout.ref("v2") if a == "@v2" else a for a in argv]
+    before = state(sysroot)
+    line = one_error_line(bootc(*argv, sysroot=sysroot))
+    assert line == f"error: {flag} only applies on booted hosts"
+    assert state(sysroot) == before
