@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench packages lint clean
+.PHONY: demo test test-boot bench packages lint clean
 
 packages:
 	@scripts/install-packages
@@ -20,6 +20,10 @@ demo: packages $(STAMP)
 
 test: packages $(STAMP)
 	$(PY) -m pytest -n 2 --dist loadgroup -q -p no:cacheprovider
+
+# The boot tests alone: every backend, and the Debian 13 guest too.
+test-boot: packages $(STAMP)
+	PYBOOTC_BOOT_ALL=1 $(PY) -m pytest -q -p no:cacheprovider -s tests/boot
 
 bench: packages $(STAMP)
 	$(PY) bench/run.py

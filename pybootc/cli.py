@@ -162,6 +162,9 @@ def _install(args: argparse.Namespace) -> int:
     report = install_to_filesystem(
         args.path,
         OstreeImageReference.parse(args.source_imgref),
+        target_imgref=OstreeImageReference.parse(args.target_imgref)
+        if args.target_imgref
+        else None,
         backend=Backend(args.backend),
         stateroot=args.stateroot,
         kargs=args.karg,
@@ -180,6 +183,9 @@ def _install_to_disk(args: argparse.Namespace) -> int:
     report = install_to_disk(
         args.device,
         OstreeImageReference.parse(args.source_imgref),
+        target_imgref=OstreeImageReference.parse(args.target_imgref)
+        if args.target_imgref
+        else None,
         via_loopback=args.via_loopback,
         wipe=args.wipe,
         filesystem=args.filesystem,
@@ -257,7 +263,14 @@ def _progress(args: argparse.Namespace) -> Progress:
 
 
 def _add_install_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--source-imgref", required=True, metavar="IMGREF")
+    parser.add_argument(
+        "--source-imgref", required=True, metavar="IMGREF", help="the image to install"
+    )
+    parser.add_argument(
+        "--target-imgref",
+        metavar="IMGREF",
+        help="the image the installed system follows (default: --source-imgref)",
+    )
     parser.add_argument("--backend", choices=[b.value for b in Backend], default="ostree")
     parser.add_argument("--stateroot", default="default")
     parser.add_argument("--karg", action="append", default=[], metavar="K")

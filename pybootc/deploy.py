@@ -182,8 +182,11 @@ def _deploy(
     disable_selinux: bool = False,
     drop_ref: str | None = None,
     lock_finalization: bool = False,
+    follow: OriginImage | None = None,
     progress: Progress = NO_PROGRESS,
 ) -> ImageMetadata:
+    """Fetch and deploy `target`; the origin records `follow` (default: `target`),
+    the image later upgrades fetch."""
     progress.for_image(str(target.imgref))
     with _undo_on_failure(sysroot):
         commit, recorded = _import(
@@ -193,7 +196,7 @@ def _deploy(
             sysroot.deploy(
                 commit,
                 stateroot=stateroot,
-                origin=target.to_origin(),
+                origin=(follow or target).to_origin(),
                 kargs=kargs,
                 # As `ostree admin deploy` does: the new deployment, the previous
                 # default as rollback, and pinned ones; older ones go.
@@ -373,6 +376,7 @@ def install_to_filesystem(
     path: Path,
     source: OstreeImageReference,
     *,
+    target_imgref: OstreeImageReference | None = None,
     backend: Backend = Backend.OSTREE,
     stateroot: str = DEFAULT_STATEROOT,
     kargs: Sequence[str] = (),
@@ -396,9 +400,12 @@ def install_to_filesystem(
                     stateroot=stateroot,
                     kargs=list(kargs),
                     disable_selinux=disable_selinux,
+                    follow=OriginImage(target_imgref, backend, origin.decryption_key)
+                    if target_imgref is not None
+                    else None,
                     progress=progress,
                 )
     except BaseException:
         _empty_again(path)
         raise
-    return _queued(source, pulled)
+    return _queued(target_imgref or source, pulled)

@@ -96,6 +96,7 @@ def install_to_disk(
     device: Path,
     source: OstreeImageReference,
     *,
+    target_imgref: OstreeImageReference | None = None,
     via_loopback: bool = False,
     wipe: bool = False,
     filesystem: str = "ext4",
@@ -119,6 +120,7 @@ def install_to_disk(
                 return install_to_filesystem(
                     mountpoint,
                     source,
+                    target_imgref=target_imgref,
                     backend=backend,
                     stateroot=stateroot,
                     kargs=[root, "rw", *kargs],

@@ -120,3 +120,27 @@ def test_bad_targets_are_refused_and_left_alone(
         ).stdout
         == ""
     )
+
+
+def test_target_imgref_is_what_the_installed_system_follows(
+    layout: OciLayout, target: Path
+) -> None:
+    out = ok(
+        bootc(
+            "install",
+            "to-filesystem",
+            "--source-imgref",
+            layout.ref("v1"),
+            "--target-imgref",
+            "ostree-unverified-registry:quay.io/example/os:stable",
+            str(target),
+        )
+    )
+    assert out.startswith("Queued for next boot: ostree-unverified-registry:quay.io/example/os")
+    status = json.loads(ok(bootc("status", "--format", "json", sysroot=target)))
+    assert status["spec"]["image"] == {
+        "image": "quay.io/example/os:stable",
+        "transport": "registry",
+        "signature": "insecure",
+    }
+    assert status["status"]["staged"]["image"]["version"] == "1.0"

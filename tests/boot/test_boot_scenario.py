@@ -1,0 +1,224 @@
+"""The booted-host life of a pybootc host, for each backend, asserted from inside the guest.
+
+One disk goes through every boot in order: v1 switches to v2 and reboots; v2 keeps /etc
+and /var, gets a transient /usr overlay, checks for, downloads and applies an update
+(v2.1) with `--apply`; v2.1 queues and unqueues a rollback, then `rollback --apply`;
+v2 is brought back to v2.1 by bootc-fetch-apply-updates.service; v2.1 switches to the
+broken v3 with `--apply`, whose boot fails, so the harness boots the previous entry as
+a loader's fallback does, and `rollback` makes that the default again.
+
+The guest reads its images from a disk labelled `images` (no network); the tag
+`stream` moves from v2 to v2.1 between boots, as a registry tag moves to a new build.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.boot.agent_disk import StepOutput, make_agent_disk
+from tests.boot.guest_image import GuestImages
+from tests.boot.loader import BootFailed, boot, read_entries
+from tests.boot.steps import (
+    BOOT_TIMEOUT,
+    SWITCH_TIMEOUT,
+    boot_step,
+    image_of,
+    images_disk,
+    install_v1,
+    phase,
+)
+
+pytestmark = pytest.mark.boot
+
+# `make test` boots one backend; `make test-boot` (PYBOOTC_BOOT_ALL=1) boots both.
+BACKENDS = ["ostree", "container"] if os.environ.get("PYBOOTC_BOOT_ALL") else ["ostree"]
+STREAM = "/run/images/layout:stream"
+
+MOUNT_IMAGES = """
+mkdir -p /run/images
+mount -o ro /dev/disk/by-label/images /run/images
+"""
+
+
+def host_document(output: StepOutput, name: str) -> dict[str, Any]:
+    found: dict[str, Any] = json.loads(output.text(name))
+    return found
+
+
+def version(entry: dict[str, Any] | None) -> str:
+    return image_of(entry)[1]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_host_boots_updates_itself_and_rolls_back(  # noqa: PLR0915 (one story, in order)
+    images: GuestImages, workdir: Path, backend: str
+) -> None:
+    disk = install_v1(images, workdir, backend=backend)
+    at_v2 = images_disk(workdir / "images-v2.img", images, {"stream": "v2"})
+    at_v21 = images_disk(workdir / "images-v2.1.img", images, {"stream": "v2.1"})
+
+    # 1-2. v1 is booted; /etc and /var are written to; a switch stages v2.
+    _, out = boot_step(
+        disk,
+        workdir,
+        MOUNT_IMAGES
+        + f"""
+bootc status --format json > "$OUT/v1.json"
+bootc status --format humanreadable > "$OUT/v1.txt"
+echo "edited on v1" > /etc/pybootc-test.conf
+mkdir -p /var/lib/pybootc-test && echo kept > /var/lib/pybootc-test/state
+bootc switch --quiet --transport oci {STREAM} > "$OUT/switch.txt"
+bootc status --format json > "$OUT/switched.json"
+then_ reboot
+""",
+        f"{backend}: v1, switch to v2, reboot",
+        timeout=SWITCH_TIMEOUT,
+        extra_disks=(at_v2,),
+    )
+    v1 = host_document(out, "v1.json")["status"]
+    assert version(v1["booted"]) == "1" and v1["staged"] is None
+    assert out.text("v1.txt").startswith("● Booted image: oci:")
+    assert out.text("switch.txt").startswith(f"Queued for next boot: oci:{STREAM}")
+    switched = host_document(out, "switched.json")["status"]
+    assert version(switched["staged"]) == "2" and version(switched["booted"]) == "1"
+
+    # 3-5. v2 booted, v1 its rollback, /etc merged and /var kept; a transient /usr; an
+    # update is checked for, downloaded only, released, and applied with a reboot.
+    soft = "required" if images.release == "bookworm" else "auto"
+    _, out = boot_step(
+        disk,
+        workdir,
+        MOUNT_IMAGES
+        + f"""
+bootc status --format json > "$OUT/v2.json"
+cat /etc/pybootc-test.conf > "$OUT/etc"
+cat /var/lib/pybootc-test/state > "$OUT/var"
+bootc usr-overlay > "$OUT/overlay.txt"
+touch /usr/pybootc-overlay-test
+bootc status --format json > "$OUT/overlay.json"
+bootc upgrade --check > "$OUT/check.txt"
+bootc upgrade --soft-reboot={soft} --download-only > "$OUT/soft.txt" 2>&1 \\
+    || echo $? > "$OUT/soft-rc"
+bootc upgrade --quiet --download-only > "$OUT/download.txt"
+bootc status --format json > "$OUT/downloaded.json"
+bootc upgrade --from-downloaded > "$OUT/released.txt"
+bootc status --format json > "$OUT/released.json"
+then_ none
+bootc upgrade --apply > "$OUT/apply.txt" || true
+echo "upgrade --apply returned" > "$OUT/apply-returned"
+""",
+        f"{backend}: v2, /etc, /var, usr-overlay, download-only, upgrade --apply",
+        timeout=SWITCH_TIMEOUT,
+        extra_disks=(at_v21,),
+    )
+    v2 = host_document(out, "v2.json")["status"]
+    assert version(v2["booted"]) == "2" and version(v2["rollback"]) == "1"
+    assert v2["booted"]["store"] == (
+        "ostreeContainer" if backend == "ostree" else "containerStorage"
+    )
+    assert out.text("etc") == "edited on v1\n" and out.text("var") == "kept\n"
+    overlay = host_document(out, "overlay.json")["status"]
+    assert overlay["usrOverlay"] == {"accessMode": "readWrite", "persistence": "transient"}
+    assert out.text("check.txt").startswith(f"Update available for: oci:{STREAM}")
+    if images.release == "bookworm":
+        assert out.text("soft-rc").strip() == "1"
+        assert out.text("soft.txt").startswith(
+            "error: Soft reboot was required but this host cannot soft-reboot: systemd 252"
+        )
+    assert out.text("download.txt").startswith("Queued for next boot:")
+    downloaded = host_document(out, "downloaded.json")["status"]
+    assert version(downloaded["staged"]) == "2.1" and downloaded["staged"]["downloadOnly"]
+    assert out.text("released.txt") == "Staged deployment will now be applied on reboot\n"
+    assert not host_document(out, "released.json")["status"]["staged"]["downloadOnly"]
+    assert out.text("apply.txt").startswith("Staged update present")
+    assert "apply-returned" in out.files  # killed by the shutdown: the `|| true` ran
+
+    # 6. v2.1 booted by the update; the /usr overlay is gone; a rollback is queued and
+    # unqueued, then `rollback --apply` reboots into v2.
+    _, out = boot_step(
+        disk,
+        workdir,
+        """
+bootc status --format json > "$OUT/v21.json"
+test ! -e /usr/pybootc-overlay-test && touch "$OUT/overlay-gone"
+bootc rollback > "$OUT/rollback.txt"
+bootc status --format json > "$OUT/queued.json"
+bootc rollback
+bootc status --format json > "$OUT/unqueued.json"
+then_ none
+bootc rollback --apply || true
+""",
+        f"{backend}: v2.1, rollback queued and unqueued, rollback --apply",
+    )
+    v21 = host_document(out, "v21.json")["status"]
+    assert version(v21["booted"]) == "2.1" and version(v21["rollback"]) == "2"
+    assert "overlay-gone" in out.files
+    queued = host_document(out, "queued.json")
+    assert queued["status"]["rollbackQueued"] is True
+    assert queued["spec"]["bootOrder"] == "rollback"
+    unqueued = host_document(out, "unqueued.json")
+    assert unqueued["status"]["rollbackQueued"] is False
+    assert unqueued["spec"]["bootOrder"] == "default"
+
+    # bootc-fetch-apply-updates.service, started by hand as its timer would, brings v2
+    # back to the stream's newest build and reboots into it.
+    _, out = boot_step(
+        disk,
+        workdir,
+        MOUNT_IMAGES
+        + """
+bootc status --format json > "$OUT/back.json"
+systemctl cat bootc-fetch-apply-updates.timer > "$OUT/timer"
+then_ none
+systemctl start --no-block bootc-fetch-apply-updates.service
+sleep 600
+""",
+        f"{backend}: v2, bootc-fetch-apply-updates.service",
+        timeout=SWITCH_TIMEOUT,
+        extra_disks=(at_v21,),
+    )
+    back = host_document(out, "back.json")["status"]
+    assert version(back["booted"]) == "2"
+    assert "OnUnitInactiveSec=8h" in out.text("timer")
+
+    # 7. v2.1 again; a switch to the broken v3 with --apply.
+    _, out = boot_step(
+        disk,
+        workdir,
+        MOUNT_IMAGES
+        + """
+bootc status --format json > "$OUT/v21-again.json"
+then_ none
+bootc switch --apply --quiet --transport oci /run/images/layout:v3 || true
+""",
+        f"{backend}: v2.1 by the timer's service, switch --apply to v3",
+        timeout=SWITCH_TIMEOUT,
+        extra_disks=(at_v21,),
+    )
+    assert version(host_document(out, "v21-again.json")["status"]["booted"]) == "2.1"
+
+    entries = read_entries(disk)
+    assert len(entries) == 2
+    agent = make_agent_disk(workdir / "agent-v3.img", "true")
+    with phase(f"{backend}: v3 fails to boot"), pytest.raises(BootFailed):
+        boot(disk, agent, 0, BOOT_TIMEOUT, console_log=workdir / f"console-{backend}-v3.log")
+
+    # The loader's fallback: the previous entry boots, and rollback makes it the default.
+    _, out = boot_step(
+        disk,
+        workdir,
+        """
+bootc status --format json > "$OUT/fallback.json"
+bootc rollback
+""",
+        f"{backend}: fallback to the previous entry, rollback",
+        entry=1,
+    )
+    fallback = host_document(out, "fallback.json")["status"]
+    assert version(fallback["booted"]) == "2.1" and version(fallback["rollback"]) == "3"
+    assert read_entries(disk)[0].initrd == entries[1].initrd
