@@ -12,7 +12,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pybootc.backends import Backend
 from pybootc.errors import BootcError
@@ -155,46 +155,39 @@ def _edit(args: argparse.Namespace) -> int:
     return 0
 
 
-def _install(args: argparse.Namespace) -> int:
-    from pybootc.deploy import install_to_filesystem
+def _install_options(args: argparse.Namespace) -> dict[str, Any]:
+    """What both install verbs take, from their shared options."""
     from pybootc.imgref import OstreeImageReference
 
-    report = install_to_filesystem(
-        args.path,
-        OstreeImageReference.parse(args.source_imgref),
-        target_imgref=OstreeImageReference.parse(args.target_imgref)
-        if args.target_imgref
-        else None,
-        backend=Backend(args.backend),
-        stateroot=args.stateroot,
-        kargs=args.karg,
-        disable_selinux=args.disable_selinux,
-        decryption_key=args.decryption_key,
-        progress=_progress(args),
-    )
-    _print(report.lines)
+    target = args.target_imgref
+    return {
+        "source": OstreeImageReference.parse(args.source_imgref),
+        "target_imgref": OstreeImageReference.parse(target) if target else None,
+        "backend": Backend(args.backend),
+        "stateroot": args.stateroot,
+        "kargs": args.karg,
+        "disable_selinux": args.disable_selinux,
+        "decryption_key": args.decryption_key,
+        "progress": _progress(args),
+    }
+
+
+def _install(args: argparse.Namespace) -> int:
+    from pybootc.deploy import install_to_filesystem
+
+    _print(install_to_filesystem(args.path, **_install_options(args)).lines)
     return 0
 
 
 def _install_to_disk(args: argparse.Namespace) -> int:
-    from pybootc.imgref import OstreeImageReference
     from pybootc.install_disk import install_to_disk
 
     report = install_to_disk(
         args.device,
-        OstreeImageReference.parse(args.source_imgref),
-        target_imgref=OstreeImageReference.parse(args.target_imgref)
-        if args.target_imgref
-        else None,
         via_loopback=args.via_loopback,
         wipe=args.wipe,
         filesystem=args.filesystem,
-        backend=Backend(args.backend),
-        stateroot=args.stateroot,
-        kargs=args.karg,
-        disable_selinux=args.disable_selinux,
-        decryption_key=args.decryption_key,
-        progress=_progress(args),
+        **_install_options(args),
     )
     _print(report.lines)
     return 0

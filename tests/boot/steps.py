@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import sys
 import time
@@ -110,7 +111,9 @@ def boot_step(
     timeout: float = BOOT_TIMEOUT,
     extra_disks: tuple[Path, ...] = (),
 ) -> tuple[BootResult, StepOutput]:
-    agent = make_agent_disk(workdir / f"agent-{name}.img", step)
+    # The name goes into qemu -drive options, where a comma would split it.
+    slug = re.sub(r"[^A-Za-z0-9.]+", "-", name).strip("-")
+    agent = make_agent_disk(workdir / f"agent-{slug}.img", step)
     with phase(name):
         result = boot(
             disk,
@@ -118,7 +121,7 @@ def boot_step(
             entry,
             timeout,
             extra_disks=extra_disks,
-            console_log=workdir / f"console-{name}.log",
+            console_log=workdir / f"console-{slug}.log",
         )
     if result.agent_started is not None:
         TIMINGS[f"{name}: guest uptime at agent start"] = result.agent_started

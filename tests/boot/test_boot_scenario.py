@@ -33,7 +33,8 @@ from tests.boot.steps import (
     phase,
 )
 
-pytestmark = pytest.mark.boot
+# One worker runs every boot test, one after another: each qemu uses both cores.
+pytestmark = [pytest.mark.boot, pytest.mark.xdist_group("boot")]
 
 # `make test` boots one backend; `make test-boot` (PYBOOTC_BOOT_ALL=1) boots both.
 BACKENDS = ["ostree", "container"] if os.environ.get("PYBOOTC_BOOT_ALL") else ["ostree"]

@@ -28,7 +28,8 @@ from tests.boot.steps import (
     status_of,
 )
 
-pytestmark = pytest.mark.boot
+# One worker runs every boot test, one after another: each qemu uses both cores.
+pytestmark = [pytest.mark.boot, pytest.mark.xdist_group("boot")]
 
 
 def test_installed_disk_boots_its_default_entry_with_ostree(
