@@ -88,7 +88,11 @@ def _mounted(partition: Path) -> Iterator[Path]:
     try:
         yield mountpoint
     finally:
-        tools.run(["umount", mountpoint], check=False)
+        if tools.run(["umount", mountpoint], check=False).returncode != 0:
+            # A failed install's traceback still holds the Sysroot and its open
+            # directories: detach the mount now, and the kernel lets the filesystem
+            # (and so the loop device) go when this process closes them.
+            tools.run(["umount", "--lazy", mountpoint])
         mountpoint.rmdir()
 
 

@@ -144,3 +144,31 @@ def test_target_imgref_is_what_the_installed_system_follows(
         "signature": "insecure",
     }
     assert status["status"]["staged"]["image"]["version"] == "1.0"
+
+
+def test_a_failed_install_is_one_error_and_leaves_no_mount_or_loop_device(
+    layout: OciLayout, tmp_path: Path
+) -> None:
+    # The layout loses a layer blob: the import fails with the filesystem mounted, and
+    # the Sysroot the failure's traceback still holds keeps that mount busy.
+    broken = tmp_path / "oci"
+    subprocess.run(["cp", "-a", layout.path, broken], check=True)
+    index = json.loads((broken / "index.json").read_text())
+    manifest_blob = index["manifests"][0]["digest"].removeprefix("sha256:")
+    manifest = json.loads((broken / "blobs" / "sha256" / manifest_blob).read_text())
+    layer = manifest["layers"][-1]["digest"].removeprefix("sha256:")
+    (broken / "blobs" / "sha256" / layer).unlink()
+    disk = disk_file(tmp_path / "disk.img")
+
+    line = one_error_line(
+        bootc(
+            "install", "to-disk", "--via-loopback", "--source-imgref", f"oci:{broken}:v1", str(disk)
+        )
+    )
+
+    assert line.startswith(f"error: Installing to disk {disk}: ") and layer in line, line
+    # A mounted loop device could not be let go: no loop device left means no mount either.
+    associated = subprocess.run(
+        ["losetup", "--associated", disk], check=False, capture_output=True, text=True
+    )
+    assert associated.stdout == ""

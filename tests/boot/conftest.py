@@ -23,11 +23,17 @@ def _print_timings() -> Iterator[None]:
         print("\n[boot phase] summary: " + json.dumps({k: round(v, 1) for k, v in TIMINGS.items()}))
 
 
-@pytest.fixture(scope="module")
-def images() -> GuestImages:
+@pytest.fixture(scope="session")
+def images() -> Iterator[GuestImages]:
     release = os.environ.get("PYBOOTC_BOOT_RELEASE", "bookworm")
-    with phase(f"guest images for {release} (cached base + wheel layer)"):
-        return build_guest_images(release)
+    # The layout is this session's own; the base layer in it is a hard link to the cache.
+    layout = Path(tempfile.mkdtemp(prefix=f"pybootc-guest-{release}-", dir="/var/tmp"))
+    try:
+        with phase(f"guest images for {release} (cached base + wheel layer)"):
+            images = build_guest_images(release, layout / "layout")
+        yield images
+    finally:
+        shutil.rmtree(layout, ignore_errors=True)
 
 
 @pytest.fixture

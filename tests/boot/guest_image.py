@@ -69,13 +69,14 @@ class BaseTree:
     os_release: str
 
 
-def build_guest_images(release: str = "bookworm", cache: Path = DEFAULT_CACHE) -> GuestImages:
-    """Build (or reuse) the base tree for `release`, then write the v1/v2/v3 layout afresh."""
+def build_guest_images(release: str, layout: Path, cache: Path = DEFAULT_CACHE) -> GuestImages:
+    """Build (or reuse) the base tree for `release`, then write the v1/v2/v3 layout afresh
+    at `layout`: a directory of the caller's own, as another test run may be reading the
+    layout it wrote while this one writes its own."""
     cache.mkdir(parents=True, exist_ok=True)
     with _locked(cache / ".lock"):
-        recipe = recipe_for(release)
-        base = _cached_base(recipe, cache)
-        return _write_layout(release, base, cache / f"layout-{release}")
+        base = _cached_base(recipe_for(release), cache)
+    return _write_layout(release, base, layout)
 
 
 # --- the cached base layer -------------------------------------------------------------
@@ -355,6 +356,7 @@ if __name__ == "__main__":
     import time
 
     started = time.monotonic()
-    images = build_guest_images(sys.argv[1] if len(sys.argv) > 1 else "bookworm")
+    release = sys.argv[1] if len(sys.argv) > 1 else "bookworm"
+    images = build_guest_images(release, DEFAULT_CACHE / f"layout-{release}")
     print(images)
     print(f"{time.monotonic() - started:.1f} s")

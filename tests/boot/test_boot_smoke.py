@@ -29,7 +29,7 @@ from tests.boot.steps import (
 )
 
 # One worker runs every boot test, one after another: each qemu uses both cores.
-pytestmark = [pytest.mark.boot, pytest.mark.xdist_group("boot")]
+pytestmark = pytest.mark.boot
 
 
 def test_installed_disk_boots_its_default_entry_with_ostree(
