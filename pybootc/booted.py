@@ -18,6 +18,8 @@ from pybootc.ostree_gi import OSTree
 
 # The first systemd with `systemctl soft-reboot`.
 SOFT_REBOOT_SYSTEMD = 254
+# The release that added ostree_sysroot_deployment_set_soft_reboot.
+SOFT_REBOOT_OSTREE = "2025.3"
 
 
 class SoftReboot(enum.StrEnum):
@@ -52,7 +54,10 @@ def soft_reboot_unavailable() -> str | None:
     if version < SOFT_REBOOT_SYSTEMD:
         return f"systemd {version} has no soft-reboot (it needs {SOFT_REBOOT_SYSTEMD} or newer)"
     if not hasattr(OSTree.Sysroot, "deployment_set_soft_reboot"):
-        return "this libostree cannot prepare a soft reboot"
+        return (
+            f"libostree {OSTree.VERSION_S} cannot prepare a soft reboot"
+            f" (it needs {SOFT_REBOOT_OSTREE} or newer)"
+        )
     return None
 
 

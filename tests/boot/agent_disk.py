@@ -22,6 +22,9 @@ STEP_PREAMBLE = """\
 set -euxo pipefail
 OUT=/run/agent/out
 then_() { echo "$1" > "$OUT/then"; }
+# A step that starts a shutdown goes on past it: SIGTERM stops the command it is waiting
+# for (`bootc upgrade --apply || true`), not the step.
+trap 'echo "step: SIGTERM (shutdown)"' TERM
 """
 
 

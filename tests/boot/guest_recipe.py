@@ -81,8 +81,10 @@ AGENT_SCRIPT = """\
 # pybootc test agent: runs the host's step from the disk labelled "agent", then powers off
 # or reboots as the step asked in out/then (poweroff, reboot or none).
 set -u
-# A shutdown that the step itself starts must not kill the agent before it writes rc.
-trap '' TERM
+# A shutdown that the step itself starts must not kill the agent before it writes rc. A
+# handler, not `trap '' TERM`: an ignored signal stays ignored in every child, and then a
+# `bootc upgrade --apply` in the step, which waits to be stopped as upstream's does, never is.
+trap 'say "SIGTERM: the system is going down; waiting for the step"' TERM
 # The guest's uptime on each marker lets the host time boot and step apart.
 say() { echo "PYBOOTC-AGENT: $* (uptime $(cut -d' ' -f1 /proc/uptime))" >/dev/console; }
 finish() {
@@ -135,8 +137,8 @@ After=local-fs.target ostree-remount.service ostree-finalize-staged.path systemd
 Type=oneshot
 ExecStart=/usr/libexec/pybootc-test-agent
 TimeoutStartSec=infinity
-# Only the agent itself sees SIGTERM (and ignores it) when the step starts a shutdown.
-KillMode=process
+# The whole group gets SIGTERM at shutdown: bootc in the step exits, the step and the agent
+# trap it and go on to write rc.
 TimeoutStopSec=60
 StandardOutput=journal+console
 StandardError=journal+console

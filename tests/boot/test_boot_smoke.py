@@ -28,7 +28,7 @@ from tests.boot.steps import (
     status_of,
 )
 
-# One worker runs every boot test, one after another: each qemu uses both cores.
+# `make test` runs the boot tests in a pytest of their own, one at a time.
 pytestmark = pytest.mark.boot
 
 
