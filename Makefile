@@ -18,15 +18,16 @@ $(STAMP): pyproject.toml | packages
 demo: packages $(STAMP)
 	$(PY) -m pybootc.demo
 
-# Everything but the boot tests on both cores, then the boot tests one at a time: a
-# qemu guest under TCG keeps a core busy, and its timeouts assume it has one.
+# Everything but the boot tests on both cores, then the boot scenario for both backends,
+# one at a time: a qemu guest under TCG keeps a core busy, and its timeouts assume it has
+# one. The smoke boot tests repeat parts of the scenario and run in `make test-boot`.
 test: packages $(STAMP)
 	$(PY) -m pytest -n 2 -q -p no:cacheprovider -m "not boot"
-	$(PY) -m pytest -q -p no:cacheprovider -m boot
+	$(PY) -m pytest -q -p no:cacheprovider -m boot tests/boot/test_boot_scenario.py
 
-# The boot tests alone: both backends on a Debian 12 guest, then a Debian 13 guest.
+# Every boot test on a Debian 12 guest, then on a Debian 13 guest.
 test-boot: packages $(STAMP)
-	PYBOOTC_BOOT_ALL=1 $(PY) -m pytest -q -p no:cacheprovider -s tests/boot
+	$(PY) -m pytest -q -p no:cacheprovider -s tests/boot
 	PYBOOTC_BOOT_RELEASE=trixie $(PY) -m pytest -q -p no:cacheprovider -s tests/boot
 
 bench: packages $(STAMP)

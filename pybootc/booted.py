@@ -8,6 +8,7 @@ anything is written, because none of them means anything there.
 from __future__ import annotations
 
 import enum
+import functools
 import re
 import signal
 import sys
@@ -42,6 +43,7 @@ def reboot() -> None:
         signal.pause()
 
 
+@functools.cache
 def systemd_version() -> int:
     out = tools.run(["systemctl", "--version"]).stdout.decode()
     found = re.match(r"systemd (\d+)", out)

@@ -85,8 +85,11 @@ def _finish(args: argparse.Namespace, report: Report, *, soft: bool, staged: boo
     if not report.changed:
         return 0
     if soft:
-        Sysroot.open(args.sysroot).prepare_soft_reboot(staged=staged)
-        print("Deployment is soft-reboot capable, preparing for soft-reboot...")
+        required = args.soft_reboot == "required"
+        soft = Sysroot.open(args.sysroot).prepare_soft_reboot(staged=staged, required=required)
+    if soft:
+        kind = "Staged" if staged else "Rollback"
+        print(f"{kind} deployment is soft-reboot capable, prepared for soft-reboot")
     if args.apply:
         if soft:
             booted.soft_reboot()

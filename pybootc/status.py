@@ -85,6 +85,7 @@ def boot_entry(repo: OSTree.Repo, deployment: DeploymentInfo) -> BootEntry:
         cached_update=cached,
         pinned=deployment.pinned,
         download_only=deployment.finalization_locked,
+        soft_reboot_capable=deployment.soft_reboot_capable,
         store=store,
         ostree=BootEntryOstree(
             stateroot=deployment.stateroot,

@@ -41,6 +41,9 @@ class DeploymentInfo:
     unlocked: str = "none"
     # A staged deployment held back from finalization (`upgrade --download-only`).
     finalization_locked: bool = False
+    # Whether `systemctl soft-reboot` can enter it: this host can soft-reboot, and it
+    # has the booted deployment's kernel and initramfs.
+    soft_reboot_capable: bool = False
 
 
 @dataclass(frozen=True)
@@ -156,6 +159,17 @@ class Sysroot:
             kargs=tuple(str(options).split()) if options else (),
             unlocked=OSTree.Deployment.unlocked_state_to_string(deployment.get_unlocked()),
             finalization_locked=bool(deployment.is_staged()) and _finalization_locked(deployment),
+            soft_reboot_capable=self._can_soft_reboot(deployment),
+        )
+
+    def _can_soft_reboot(self, deployment: Any) -> bool:
+        from pybootc.booted import soft_reboot_unavailable
+
+        return (
+            self.booted
+            and hasattr(self._sysroot, "deployment_can_soft_reboot")
+            and soft_reboot_unavailable() is None
+            and bool(self._sysroot.deployment_can_soft_reboot(deployment))
         )
 
     def _deployments(self) -> list[Any]:
@@ -279,14 +293,24 @@ class Sysroot:
             self._reload()
             return True
 
-    def prepare_soft_reboot(self, *, staged: bool) -> None:
+    def prepare_soft_reboot(self, *, staged: bool, required: bool) -> bool:
         """Make the next `systemctl soft-reboot` enter the staged deployment, or the
-        first in boot order (a rollback)."""
-        with self.lock(), libostree_errors("Preparing soft reboot"):
+        first in boot order (a rollback); whether it did. One that cannot be entered so
+        (another kernel) is refused if `required`, else left to a full reboot, as upstream."""
+        kind = "staged" if staged else "rollback"
+        with self.lock():
             target = self.staged() if staged else self._deployments()[0]
             if target is None:
                 raise BootcError("No staged deployment found")
-            self._sysroot.deployment_set_soft_reboot(target, False, None)
+            if not self._can_soft_reboot(target):
+                if required:
+                    raise BootcError(
+                        f"Soft reboot was required but {kind} deployment is not soft-reboot capable"
+                    )
+                return False
+            with libostree_errors("Preparing soft reboot"):
+                self._sysroot.deployment_set_soft_reboot(target, False, None)
+            return True
 
     def rollback(self) -> None:
         """Swap the first two deployments in boot order; twice puts them back.
