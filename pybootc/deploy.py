@@ -32,7 +32,15 @@ from pybootc.deployment_image import (
 from pybootc.errors import BootcError, error_context
 from pybootc.image_metadata import ImageMetadata, canonical_json, fetch_image_metadata
 from pybootc.imgref import OstreeImageReference
-from pybootc.ostree_commit import list_refs, set_detached_metadata, set_ref
+from pybootc.kargs import (
+    KARGS_D,
+    checked,
+    extended,
+    host_architecture,
+    image_kargs,
+    with_image_change,
+)
+from pybootc.ostree_commit import list_refs, read_directory, set_detached_metadata, set_ref
 from pybootc.ostree_gi import GLib
 from pybootc.progress import NO_PROGRESS, Progress
 from pybootc.sysroot import DeploymentInfo, Sysroot, initialize
@@ -172,13 +180,40 @@ def _tidy_up(sysroot: Sysroot, *, drop_ref: str | None = None) -> None:
         log.warning("%s", err)
 
 
+@dataclass(frozen=True)
+class InstallKargs:
+    """The kernel arguments an install starts from, both checked already."""
+
+    root: tuple[str, ...]
+    cli: tuple[str, ...]
+
+
+def _image_kargs(sysroot: Sysroot, commit: str) -> list[str] | None:
+    return image_kargs(read_directory(sysroot.repo, commit, KARGS_D), host_architecture())
+
+
+def _kargs_for(
+    sysroot: Sysroot, commit: str, stateroot: str, install: InstallKargs | None
+) -> list[str]:
+    """The new deployment's kernel arguments, as upstream computes them: an install's
+    root kargs, the image's kargs.d, then --karg; otherwise the merge deployment's,
+    moved from its image's kargs.d to the new image's."""
+    image = _image_kargs(sysroot, commit)
+    if install is not None:
+        return extended(extended(install.root, image or ()), install.cli)
+    merge = sysroot.merge_deployment(stateroot)
+    if merge is None:
+        return image or []
+    return with_image_change(merge.kargs, _image_kargs(sysroot, merge.checksum) or [], image)
+
+
 def _deploy(
     sysroot: Sysroot,
     target: OriginImage,
     source: ImageMetadata,
     *,
     stateroot: str,
-    kargs: Sequence[str] | None = None,
+    install: InstallKargs | None = None,
     disable_selinux: bool = False,
     drop_ref: str | None = None,
     lock_finalization: bool = False,
@@ -192,12 +227,13 @@ def _deploy(
         commit, recorded = _import(
             sysroot, target, source, disable_selinux=disable_selinux, progress=progress
         )
+        new_kargs = _kargs_for(sysroot, commit, stateroot, install)
         with progress.step("deploying"):
             sysroot.deploy(
                 commit,
                 stateroot=stateroot,
                 origin=(follow or target).to_origin(),
-                kargs=kargs,
+                kargs=new_kargs,
                 # As `ostree admin deploy` does: the new deployment, the previous
                 # default as rollback, and pinned ones; older ones go.
                 retain_others=False,
@@ -380,10 +416,16 @@ def install_to_filesystem(
     backend: Backend = Backend.OSTREE,
     stateroot: str = DEFAULT_STATEROOT,
     kargs: Sequence[str] = (),
+    root_kargs: Sequence[str] = (),
     disable_selinux: bool = False,
     decryption_key: Path | None = None,
     progress: Progress = NO_PROGRESS,
 ) -> Report:
+    """Install the image into the empty filesystem at `path`. `root_kargs` say how to
+    find the root (install to-disk's `root=UUID=`); `kargs` are --karg's."""
+    install = InstallKargs(
+        tuple(checked("the root filesystem", root_kargs)), tuple(checked("--karg", kargs))
+    )
     _check_empty_target(path)
     origin = OriginImage(source, backend, decryption_key.absolute() if decryption_key else None)
     # Refuse a missing image or another architecture before anything is written.
@@ -398,7 +440,7 @@ def install_to_filesystem(
                     origin,
                     metadata,
                     stateroot=stateroot,
-                    kargs=list(kargs),
+                    install=install,
                     disable_selinux=disable_selinux,
                     follow=OriginImage(target_imgref, backend, origin.decryption_key)
                     if target_imgref is not None

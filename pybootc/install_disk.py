@@ -21,6 +21,7 @@ from pybootc.backends import Backend
 from pybootc.deploy import DEFAULT_STATEROOT, Report, install_to_filesystem
 from pybootc.errors import BootcError, error_context
 from pybootc.imgref import OstreeImageReference
+from pybootc.kargs import checked
 from pybootc.progress import NO_PROGRESS, Progress
 
 # The Discoverable Partitions Specification's root partition type for x86-64.
@@ -113,6 +114,8 @@ def install_to_disk(
 ) -> Report:
     if filesystem not in FILESYSTEMS:
         raise BootcError(f"Unsupported filesystem {filesystem}; pybootc makes {FILESYSTEMS[0]}")
+    # Refused before the disk is partitioned, not only once install_to_filesystem sees them.
+    checked("--karg", kargs)
     _check_device(device, via_loopback=via_loopback, wipe=wipe)
     with error_context(f"Installing to disk {device}"):
         offset, size = _partition(device)
@@ -127,7 +130,8 @@ def install_to_disk(
                     target_imgref=target_imgref,
                     backend=backend,
                     stateroot=stateroot,
-                    kargs=[root, "rw", *kargs],
+                    kargs=kargs,
+                    root_kargs=[root, "rw"],
                     disable_selinux=disable_selinux,
                     decryption_key=decryption_key,
                     progress=progress,

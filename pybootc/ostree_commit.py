@@ -167,6 +167,39 @@ def read_detached_metadata(repo: OSTree.Repo, checksum: str) -> dict[str, object
     return _unpack_vardict(metadata)
 
 
+def read_directory(repo: OSTree.Repo, commit: str, path: str) -> dict[str, bytes] | None:
+    """The regular files directly in `path` of the commit, by name; None if there is no
+    such directory. Read from the repo, so nothing needs checking out."""
+    with libostree_errors(f"Reading {path} in commit {commit}"):
+        _, root, _ = repo.read_commit(commit, None)
+        directory = root.resolve_relative_path(path)
+        kind = directory.query_file_type(Gio.FileQueryInfoFlags.NOFOLLOW_SYMLINKS, None)
+        if kind == Gio.FileType.UNKNOWN:
+            return None
+        if kind != Gio.FileType.DIRECTORY:
+            raise BootcError(f"{path} in commit {commit} is not a directory")
+        files: dict[str, bytes] = {}
+        children = directory.enumerate_children(
+            "standard::name,standard::type", Gio.FileQueryInfoFlags.NOFOLLOW_SYMLINKS, None
+        )
+        for info in iter(children.next_file, None):
+            if info.get_file_type() == Gio.FileType.REGULAR:
+                child = directory.get_child(info.get_name())
+                child.ensure_resolved()
+                # Not Gio's load_contents: a RepoFile's stream is no GFileInputStream.
+                _, stream, _, _ = repo.load_file(child.get_checksum(), None)
+                files[info.get_name()] = _read_all(stream)
+        return files
+
+
+def _read_all(stream: Gio.InputStream) -> bytes:
+    chunks = []
+    while chunk := stream.read_bytes(1 << 16, None).get_data():
+        chunks.append(chunk)
+    stream.close(None)
+    return b"".join(chunks)
+
+
 def root_tree_checksum(repo: OSTree.Repo, commit: str) -> str:
     """A checksum of the commit's root dirtree and dirmeta: equal for equal trees,
     whatever the commits' metadata, timestamps or parents."""

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from pybootc.errors import BootcError
+from pybootc.kargs import split as split_kargs
 from pybootc.ostree_commit import libostree_errors
 from pybootc.ostree_gi import Gio, GLib, OSTree
 
@@ -156,7 +157,7 @@ class Sysroot:
             is_booted=booted is not None and bool(deployment.equal(booted)),
             is_staged=bool(deployment.is_staged()),
             deployment_path=self.path / str(self._sysroot.get_deployment_dirpath(deployment)),
-            kargs=tuple(str(options).split()) if options else (),
+            kargs=tuple(split_kargs(str(options))) if options else (),
             unlocked=OSTree.Deployment.unlocked_state_to_string(deployment.get_unlocked()),
             finalization_locked=bool(deployment.is_staged()) and _finalization_locked(deployment),
             soft_reboot_capable=self._can_soft_reboot(deployment),
@@ -223,6 +224,12 @@ class Sysroot:
             if candidate.equal(deployment):
                 return self._info(i, candidate)
         raise BootcError(f"Deployment of {deployment.get_csum()} not found after writing it")
+
+    def merge_deployment(self, stateroot: str) -> DeploymentInfo | None:
+        """The deployment a new one in `stateroot` merges /etc and kargs from: the
+        booted one if it is there, else the stateroot's first."""
+        merge = self._sysroot.get_merge_deployment(stateroot)
+        return None if merge is None else self._find(merge)
 
     def deploy(
         self,

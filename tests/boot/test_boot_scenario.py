@@ -225,8 +225,12 @@ bootc switch --apply --quiet --transport oci /run/images/layout:v3 || true
 
     entries = read_entries(disk)
     agent = make_agent_disk(workdir / "agent-v3.img", "true")
-    with phase(f"{backend}: v3 fails to boot"), pytest.raises(BootFailed):
-        boot(disk, agent, 0, BOOT_TIMEOUT, console_log=workdir / f"console-{backend}-v3.log")
+    v3_log = workdir / f"console-{backend}-v3.log"
+    with phase(f"{backend}: v3 fails to boot"), pytest.raises(BootFailed) as failed:
+        boot(disk, agent, 0, BOOT_TIMEOUT, console_log=v3_log)
+    # Stopped at the failure marker, not at the timeout, with the console's last lines.
+    assert "the console shows " in str(failed.value)
+    assert_console_tail(str(failed.value), v3_log)
 
     # The loader's fallback: the previous entry boots, and rollback makes it the default.
     _, out = boot_step(
@@ -242,3 +246,31 @@ bootc rollback
     fallback = host_document(out, "fallback.json")["status"]
     assert version(fallback["booted"]) == "2.1" and version(fallback["rollback"]) == "3"
     assert read_entries(disk)[0].initrd == entries[1].initrd
+
+
+def assert_console_tail(message: str, console_log: Path) -> None:
+    lines = console_log.read_text(errors="replace").splitlines()
+    tail = lines[-50:]
+    assert message.endswith(f"\nlast {len(tail)} console lines:\n" + "\n".join(tail))
+    assert len(tail) == 50
+
+
+def test_a_guest_that_panics_or_never_reaches_the_agent_fails_with_the_console_tail(
+    images: GuestImages, workdir: Path
+) -> None:
+    disk = install_v1(images, workdir)
+    agent = make_agent_disk(workdir / "agent.img", "true")
+    # No init in the initramfs: the kernel then cannot mount root=UUID=... itself.
+    panic_log = workdir / "console-panic.log"
+    with phase("a guest that panics"), pytest.raises(BootFailed) as panicked:
+        kargs = ("console=ttyS0", "rdinit=/nonexistent")
+        boot(disk, agent, 0, BOOT_TIMEOUT, console_log=panic_log, extra_kargs=kargs)
+    assert "the console shows 'Kernel panic'" in str(panicked.value)
+    assert_console_tail(str(panicked.value), panic_log)
+
+    # A boot slower than its bound is stopped there, wherever it has got to.
+    slow_log = workdir / "console-slow.log"
+    with phase("a guest that does not reach the agent in 15 s"), pytest.raises(BootFailed) as slow:
+        boot(disk, agent, 0, 15, console_log=slow_log)
+    assert ": timed out after 15 s\n" in str(slow.value)
+    assert_console_tail(str(slow.value), slow_log)
