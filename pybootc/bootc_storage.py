@@ -95,18 +95,14 @@ def pull(
     imgref: ImageReference,
     *,
     decryption_key: Path | None = None,
-    policy: Path | None = None,
 ) -> str:
-    """Copy `imgref` into bootc's storage; returns the name it is stored under.
-
-    `policy`: the containers-policy.json to enforce (`ostree-image-signed:`).
-    """
+    """Copy `imgref` into bootc's storage; returns the name it is stored under."""
     name = stored_name(imgref)
     extra = ["--decryption-key", str(decryption_key)] if decryption_key else []
     try:
         with error_context(f"Pulling {imgref}"):
             try:
-                storage.pull(imgref.to_skopeo(), name, extra=extra, policy=policy)
+                storage.pull(imgref.to_skopeo(), name, extra=extra)
             except BootcError as err:
                 if _IMAGE_ID_TAKEN not in err.message:
                     raise
@@ -115,7 +111,6 @@ def pull(
                     imgref.to_skopeo(),
                     f"{name}@{_own_image_id(imgref)}",
                     extra=extra,
-                    policy=policy,
                 )
     except BootcError as err:
         if "unexpected EOF" in err.message or "decrypt" in err.message.lower():

@@ -102,11 +102,10 @@ _BOOTED_FLAGS = ("--apply", "--soft-reboot")
 
 def _switch(args: argparse.Namespace) -> int:
     from pybootc.deploy import switch
-    from pybootc.sigpolicy import require_enforcing_policy
 
     soft = _booted_checks(args, *_BOOTED_FLAGS)
-    if args.enforce_container_sigpolicy:
-        require_enforcing_policy()
+    # --enforce-container-sigpolicy makes the target ostree-image-signed:, which the
+    # policy checks before anything is fetched.
     target = _image_argument(args.image, args.transport, args.enforce_container_sigpolicy)
     report = switch(
         args.sysroot,

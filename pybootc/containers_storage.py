@@ -17,6 +17,7 @@ from pathlib import Path
 
 from pybootc import tools
 from pybootc.errors import BootcError
+from pybootc.sigpolicy import policy_options
 
 
 @dataclass(frozen=True)
@@ -75,14 +76,12 @@ class ContainersStorage:
         name: str,
         *,
         extra: Sequence[str] = (),
-        policy: Path | None = None,
     ) -> None:
-        """Copy `source` (any skopeo transport) into this storage as `name`.
-
-        `policy` is the containers-policy.json skopeo must enforce, else its default.
-        """
-        options = ["--policy", str(policy)] if policy is not None else []
-        tools.run(["skopeo", *options, "copy", "--quiet", *extra, source, self.reference(name)])
+        """Copy `source` (any skopeo transport) into this storage as `name`, under the
+        signature policy every pull of pybootc's gets."""
+        tools.run(
+            ["skopeo", *policy_options(), "copy", "--quiet", *extra, source, self.reference(name)]
+        )
 
     def layer_diff_dirs(self, name: str) -> list[Path]:
         """The image's overlay diff directories, lowest layer first.

@@ -31,7 +31,7 @@ from pybootc.deployment_image import (
 )
 from pybootc.errors import BootcError, error_context
 from pybootc.image_metadata import ImageMetadata, canonical_json, fetch_image_metadata
-from pybootc.imgref import OstreeImageReference
+from pybootc.imgref import OstreeImageReference, SignatureKind
 from pybootc.kargs import (
     KARGS_D,
     checked,
@@ -43,6 +43,7 @@ from pybootc.kargs import (
 from pybootc.ostree_commit import list_refs, read_directory, set_detached_metadata, set_ref
 from pybootc.ostree_gi import GLib
 from pybootc.progress import NO_PROGRESS, Progress
+from pybootc.sigpolicy import require_enforcing_policy
 from pybootc.sysroot import DeploymentInfo, Sysroot, initialize
 
 IMAGE_REF_PREFIX = "ostree/container/image"
@@ -102,9 +103,19 @@ def collect_garbage(sysroot: Sysroot) -> list[str]:
     )
 
 
+def _fetch_metadata(imgref: OstreeImageReference) -> ImageMetadata:
+    """Manifest and config, judged by the signature policy. An `ostree-image-signed:`
+    image also needs a policy that does not accept anything by default: ostree-ext
+    refuses it otherwise, upgrades and checks included."""
+    if imgref.sigverify.kind is SignatureKind.CONTAINER_POLICY:
+        require_enforcing_policy()
+    return fetch_image_metadata(imgref.imgref)
+
+
 def _prepare(target: OriginImage) -> ImageMetadata:
-    """Manifest and config, checked: architecture, and a way to decrypt encrypted layers."""
-    metadata = fetch_image_metadata(target.imgref.imgref)
+    """Manifest and config, checked: signatures, architecture, and a way to decrypt
+    encrypted layers."""
+    metadata = _fetch_metadata(target.imgref)
     encrypted = any(layer.layer_format.encrypted for layer in metadata.manifest.layers)
     if encrypted and target.backend is Backend.OSTREE:
         raise BootcError(
@@ -335,7 +346,7 @@ def check_for_update(sysroot_path: Path) -> tuple[Report, dict[str, object]]:
     sysroot = Sysroot.open(sysroot_path)
     with sysroot.lock():
         current, image = _follow(sysroot)
-        metadata = fetch_image_metadata(image.imgref.imgref)
+        metadata = _fetch_metadata(image.imgref)
         deployed = commit_image(sysroot.repo, current.checksum)
         unchanged = deployed is not None and deployed.manifest_digest == metadata.manifest_digest
         set_detached_metadata(

@@ -14,6 +14,7 @@ from pybootc import tools
 from pybootc.errors import BootcError, error_context
 from pybootc.imgref import ImageReference, Transport
 from pybootc.oci.model import INDEX_MEDIA_TYPES, ImageConfig, Manifest, manifest_digest
+from pybootc.sigpolicy import check_policy
 
 # uname -m to the architecture names of OCI configs (Go's GOARCH).
 _GOARCH = {
@@ -53,6 +54,15 @@ def _inspect(source: str, *args: str) -> bytes:
     return tools.run(["skopeo", "inspect", "--retry-times", "0", *args, source]).stdout
 
 
+def _by_digest(imgref: ImageReference, digest: str) -> str:
+    """The skopeo source of `digest` in the registry repository of `imgref`."""
+    repository = imgref.name.rsplit("@", 1)[0]
+    last = repository.rsplit("/", 1)
+    if ":" in last[-1]:
+        repository = repository.rsplit(":", 1)[0]
+    return f"docker://{repository}@{digest}"
+
+
 def _platform_manifest(imgref: ImageReference, index_raw: bytes) -> tuple[str, str]:
     """Pick this machine's manifest from an index: (skopeo source of it, its digest)."""
     arch = host_architecture()
@@ -63,11 +73,7 @@ def _platform_manifest(imgref: ImageReference, index_raw: bytes) -> tuple[str, s
             digest = str(entry["digest"])
             if imgref.transport is not Transport.REGISTRY:
                 raise BootcError("Multi-architecture images are supported from registries only")
-            repository = imgref.name.rsplit("@", 1)[0]
-            last = repository.rsplit("/", 1)
-            if ":" in last[-1]:
-                repository = repository.rsplit(":", 1)[0]
-            return f"docker://{repository}@{digest}", digest
+            return _by_digest(imgref, digest), digest
     raise BootcError(f"Image has no manifest for architecture {arch}")
 
 
@@ -85,10 +91,19 @@ def metadata_at(source: str) -> ImageMetadata:
 def fetch_image_metadata(
     imgref: ImageReference, *, check_architecture: bool = True
 ) -> ImageMetadata:
-    """Fetch and check manifest and config of `imgref`; no layer is downloaded."""
+    """Fetch and check manifest and config of `imgref`; no layer is downloaded.
+
+    The signature policy is applied to the manifest the reference resolves to, pinned
+    by its digest: what is deployed later is fetched by digest from these documents,
+    so a tag that moves in between cannot swap in an image the policy never saw.
+    """
     source = imgref.to_skopeo()
     with error_context(f"Fetching manifest of {imgref}"):
         raw = _inspect(source, "--raw")
+        pinned = source
+        if imgref.transport is Transport.REGISTRY:
+            pinned = _by_digest(imgref, manifest_digest(raw))
+        check_policy(pinned)
         document = json.loads(raw)
         if document.get("mediaType") in INDEX_MEDIA_TYPES or "manifests" in document:
             source, _ = _platform_manifest(imgref, raw)

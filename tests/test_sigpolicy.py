@@ -27,12 +27,20 @@ def test_a_default_of_insecure_accept_anything_is_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     policy(tmp_path, INSECURE, monkeypatch)
-    with pytest.raises(BootcError, match="specifies a default of insecureAcceptAnything"):
+    with pytest.raises(BootcError, match="specifies a default of `insecureAcceptAnything`"):
         require_enforcing_policy()
 
 
 def test_a_rejecting_default_is_accepted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     policy(tmp_path, {"default": [{"type": "reject"}]}, monkeypatch)
+    require_enforcing_policy()
+    # As ostree-ext reads it: only a default of that one requirement accepts anything;
+    # requirements are all applied, so one more that rejects makes it enforcing.
+    policy(
+        tmp_path,
+        {"default": [{"type": "insecureAcceptAnything"}, {"type": "reject"}]},
+        monkeypatch,
+    )
     require_enforcing_policy()
 
 
@@ -47,7 +55,7 @@ def test_switch_with_an_insecure_policy_changes_nothing(
     before = state(target)
     proc = bootc("switch", "--enforce-container-sigpolicy", other.docker, sysroot=target)
     assert one_error_line(proc) == (
-        "error: containers-policy.json specifies a default of insecureAcceptAnything;"
+        "error: containers-policy.json specifies a default of `insecureAcceptAnything`;"
         " refusing usage"
     )
     assert state(target) == before

@@ -15,11 +15,10 @@ from pybootc import bootc_storage
 from pybootc.backends.image_commit import finish_import, import_workdir
 from pybootc.errors import error_context
 from pybootc.image_metadata import ImageMetadata, metadata_at
-from pybootc.imgref import OstreeImageReference, SignatureKind
+from pybootc.imgref import OstreeImageReference
 from pybootc.layers.flatten import flatten_diff_dirs
 from pybootc.ostree_gi import OSTree
 from pybootc.progress import NO_PROGRESS, Progress
-from pybootc.sigpolicy import policy_path
 
 
 @dataclass(frozen=True)
@@ -45,15 +44,9 @@ def import_image(
     that manifest, as the source serves it, unless the tag moved to another image since.
     """
     storage = bootc_storage.bootc_storage(sysroot_path)
-    # ostree-image-signed: skopeo enforces the same policy file bootc checked.
-    enforce = imgref.sigverify.kind is SignatureKind.CONTAINER_POLICY
     with progress.step("pulling"):
-        name = bootc_storage.pull(
-            storage,
-            imgref.imgref,
-            decryption_key=decryption_key,
-            policy=policy_path() if enforce else None,
-        )
+        # skopeo applies the signature policy again to what it pulls.
+        name = bootc_storage.pull(storage, imgref.imgref, decryption_key=decryption_key)
     stored = metadata_at(storage.reference(name))
     # A decrypting pull stores a rewritten manifest, whose digest the registry never
     # serves: recorded, it would make every upgrade and switch see a new image. (The

@@ -50,6 +50,7 @@ from typing import TYPE_CHECKING, BinaryIO
 from pybootc import tools
 from pybootc.errors import BootcError, error_context
 from pybootc.oci.model import is_valid_digest
+from pybootc.sigpolicy import policy_options
 
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
@@ -164,6 +165,8 @@ class ImageProxy:
         try:
             self._argv = [
                 "skopeo",
+                # Newer proxies apply it at OpenImage; pybootc checks it before, too.
+                *policy_options(),
                 "experimental-image-proxy",
                 *self._options,
                 "--sockfd",
