@@ -18,6 +18,7 @@ from pybootc import tools
 from pybootc.containers_storage import ContainersStorage
 from pybootc.errors import BootcError, error_context
 from pybootc.imgref import ImageReference, Transport
+from pybootc.registry_auth import ANONYMOUS, RegistryAuth
 
 # Upstream's path (the seed PR had ostree/container-storage).
 STORAGE_SUBDIR = Path("ostree/bootc/storage")
@@ -84,9 +85,9 @@ def list_images(storage: ContainersStorage) -> list[StoredImage]:
 _IMAGE_ID_TAKEN = "uses a different top layer"
 
 
-def _own_image_id(imgref: ImageReference) -> str:
+def _own_image_id(imgref: ImageReference, auth: RegistryAuth) -> str:
     """An image ID for `imgref` that no config digest can collide with."""
-    raw = tools.run(["skopeo", "inspect", "--raw", imgref.to_skopeo()]).stdout
+    raw = tools.run(["skopeo", "inspect", *auth.options(), "--raw", imgref.to_skopeo()]).stdout
     return hashlib.sha256(b"pybootc-image-id:" + hashlib.sha256(raw).digest()).hexdigest()
 
 
@@ -95,10 +96,12 @@ def pull(
     imgref: ImageReference,
     *,
     decryption_key: Path | None = None,
+    auth: RegistryAuth = ANONYMOUS,
 ) -> str:
     """Copy `imgref` into bootc's storage; returns the name it is stored under."""
     name = stored_name(imgref)
     extra = ["--decryption-key", str(decryption_key)] if decryption_key else []
+    extra += auth.source_options()
     try:
         with error_context(f"Pulling {imgref}"):
             try:
@@ -109,7 +112,7 @@ def pull(
                 # The layers it wrote are kept and reused: only the image is new.
                 storage.pull(
                     imgref.to_skopeo(),
-                    f"{name}@{_own_image_id(imgref)}",
+                    f"{name}@{_own_image_id(imgref, auth)}",
                     extra=extra,
                 )
     except BootcError as err:

@@ -43,6 +43,7 @@ from pybootc.kargs import (
 from pybootc.ostree_commit import list_refs, read_directory, set_detached_metadata, set_ref
 from pybootc.ostree_gi import GLib
 from pybootc.progress import NO_PROGRESS, Progress
+from pybootc.registry_auth import RegistryAuth
 from pybootc.sigpolicy import require_enforcing_policy
 from pybootc.sysroot import DeploymentInfo, Sysroot, initialize
 
@@ -103,19 +104,27 @@ def collect_garbage(sysroot: Sysroot) -> list[str]:
     )
 
 
-def _fetch_metadata(imgref: OstreeImageReference) -> ImageMetadata:
+def registry_auth(sysroot: Sysroot | None, current: DeploymentInfo | None) -> RegistryAuth:
+    """The host's registry credentials: those under a booted host's `/` (or an
+    installer's), else under the root of the deployment whose system is updated."""
+    if sysroot is None or sysroot.booted or current is None:
+        return RegistryAuth.find(Path("/"))
+    return RegistryAuth.find(current.deployment_path)
+
+
+def _fetch_metadata(imgref: OstreeImageReference, auth: RegistryAuth) -> ImageMetadata:
     """Manifest and config, judged by the signature policy. An `ostree-image-signed:`
     image also needs a policy that does not accept anything by default: ostree-ext
     refuses it otherwise, upgrades and checks included."""
     if imgref.sigverify.kind is SignatureKind.CONTAINER_POLICY:
         require_enforcing_policy()
-    return fetch_image_metadata(imgref.imgref)
+    return fetch_image_metadata(imgref.imgref, auth=auth)
 
 
-def _prepare(target: OriginImage) -> ImageMetadata:
+def _prepare(target: OriginImage, auth: RegistryAuth) -> ImageMetadata:
     """Manifest and config, checked: signatures, architecture, and a way to decrypt
     encrypted layers."""
-    metadata = _fetch_metadata(target.imgref)
+    metadata = _fetch_metadata(target.imgref, auth)
     encrypted = any(layer.layer_format.encrypted for layer in metadata.manifest.layers)
     if encrypted and target.backend is Backend.OSTREE:
         raise BootcError(
@@ -147,6 +156,7 @@ def _import(
     target: OriginImage,
     source: ImageMetadata,
     *,
+    auth: RegistryAuth,
     disable_selinux: bool = False,
     progress: Progress,
 ) -> tuple[str, ImageMetadata]:
@@ -157,6 +167,7 @@ def _import(
             sysroot.repo,
             target.imgref,
             source=source,
+            auth=auth,
             disable_selinux=disable_selinux,
             progress=progress,
         )
@@ -169,6 +180,7 @@ def _import(
         target.imgref,
         source=source,
         decryption_key=target.decryption_key,
+        auth=auth,
         disable_selinux=disable_selinux,
         progress=progress,
     )
@@ -224,6 +236,7 @@ def _deploy(
     source: ImageMetadata,
     *,
     stateroot: str,
+    auth: RegistryAuth,
     install: InstallKargs | None = None,
     disable_selinux: bool = False,
     drop_ref: str | None = None,
@@ -236,7 +249,7 @@ def _deploy(
     progress.for_image(str(target.imgref))
     with _undo_on_failure(sysroot):
         commit, recorded = _import(
-            sysroot, target, source, disable_selinux=disable_selinux, progress=progress
+            sysroot, target, source, auth=auth, disable_selinux=disable_selinux, progress=progress
         )
         new_kargs = _kargs_for(sysroot, commit, stateroot, install)
         with progress.step("deploying"):
@@ -269,7 +282,8 @@ def switch(
         current_image = origin_image(current) if current else None
         chosen = backend or (current_image.backend if current_image else Backend.OSTREE)
         origin = OriginImage(target, chosen, decryption_key.absolute() if decryption_key else None)
-        metadata = _prepare(origin)
+        auth = registry_auth(sysroot, current)
+        metadata = _prepare(origin, auth)
         if current is not None and current_image == origin:
             deployed = commit_image(sysroot.repo, current.checksum)
             if deployed is not None and deployed.manifest_digest == metadata.manifest_digest:
@@ -281,6 +295,7 @@ def switch(
             origin,
             metadata,
             stateroot=stateroot,
+            auth=auth,
             drop_ref=image_ref(current_image.imgref) if drop and current_image else None,
             progress=progress,
         )
@@ -307,7 +322,8 @@ def upgrade(
     sysroot = Sysroot.open(sysroot_path)
     with sysroot.lock():
         current, image = _follow(sysroot)
-        metadata = _prepare(image)
+        auth = registry_auth(sysroot, current)
+        metadata = _prepare(image, auth)
         staged = next((d for d in sysroot.deployments() if d.is_staged), None)
         staged_image = commit_image(sysroot.repo, staged.checksum) if staged else None
         if staged_image is not None and staged_image.manifest_digest == metadata.manifest_digest:
@@ -327,6 +343,7 @@ def upgrade(
             image,
             metadata,
             stateroot=current.stateroot,
+            auth=auth,
             lock_finalization=download_only,
             progress=progress,
         )
@@ -346,7 +363,7 @@ def check_for_update(sysroot_path: Path) -> tuple[Report, dict[str, object]]:
     sysroot = Sysroot.open(sysroot_path)
     with sysroot.lock():
         current, image = _follow(sysroot)
-        metadata = _fetch_metadata(image.imgref)
+        metadata = _fetch_metadata(image.imgref, registry_auth(sysroot, current))
         deployed = commit_image(sysroot.repo, current.checksum)
         unchanged = deployed is not None and deployed.manifest_digest == metadata.manifest_digest
         set_detached_metadata(
@@ -439,8 +456,10 @@ def install_to_filesystem(
     )
     _check_empty_target(path)
     origin = OriginImage(source, backend, decryption_key.absolute() if decryption_key else None)
+    # The installer's own credentials, as upstream's install uses.
+    auth = registry_auth(None, None)
     # Refuse a missing image or another architecture before anything is written.
-    metadata = _prepare(origin)
+    metadata = _prepare(origin, auth)
     try:
         with error_context(f"Installing to {path}"):
             initialize(path, stateroot)
@@ -451,6 +470,7 @@ def install_to_filesystem(
                     origin,
                     metadata,
                     stateroot=stateroot,
+                    auth=auth,
                     install=install,
                     disable_selinux=disable_selinux,
                     follow=OriginImage(target_imgref, backend, origin.decryption_key)

@@ -38,8 +38,9 @@ def _check_output(output: Path) -> None:
 def flatten_from_blobs(image: str, output: Path) -> FlattenSummary:
     # Imported here: the containers-storage source has no use for it.
     from pybootc.oci.proxy import ImageProxy
+    from pybootc.registry_auth import RegistryAuth
 
-    with ImageProxy() as proxy:
+    with ImageProxy(auth=RegistryAuth.find(Path("/"))) as proxy:
         opened = proxy.open_image(image)
         manifest = Manifest.parse(proxy.fetch_manifest(opened)[0])
         config = ImageConfig.parse(proxy.fetch_config(opened))

@@ -14,6 +14,7 @@ from pybootc import tools
 from pybootc.errors import BootcError, error_context
 from pybootc.imgref import ImageReference, Transport
 from pybootc.oci.model import INDEX_MEDIA_TYPES, ImageConfig, Manifest, manifest_digest
+from pybootc.registry_auth import ANONYMOUS, RegistryAuth
 from pybootc.sigpolicy import check_policy
 
 # uname -m to the architecture names of OCI configs (Go's GOARCH).
@@ -50,8 +51,9 @@ class ImageMetadata:
         return self.manifest.config.digest
 
 
-def _inspect(source: str, *args: str) -> bytes:
-    return tools.run(["skopeo", "inspect", "--retry-times", "0", *args, source]).stdout
+def _inspect(source: str, *args: str, auth: RegistryAuth = ANONYMOUS) -> bytes:
+    argv = ["skopeo", "inspect", "--retry-times", "0", *auth.options(), *args, source]
+    return tools.run(argv).stdout
 
 
 def _by_digest(imgref: ImageReference, digest: str) -> str:
@@ -89,7 +91,7 @@ def metadata_at(source: str) -> ImageMetadata:
 
 
 def fetch_image_metadata(
-    imgref: ImageReference, *, check_architecture: bool = True
+    imgref: ImageReference, *, auth: RegistryAuth = ANONYMOUS, check_architecture: bool = True
 ) -> ImageMetadata:
     """Fetch and check manifest and config of `imgref`; no layer is downloaded.
 
@@ -99,16 +101,16 @@ def fetch_image_metadata(
     """
     source = imgref.to_skopeo()
     with error_context(f"Fetching manifest of {imgref}"):
-        raw = _inspect(source, "--raw")
+        raw = _inspect(source, "--raw", auth=auth)
         pinned = source
         if imgref.transport is Transport.REGISTRY:
             pinned = _by_digest(imgref, manifest_digest(raw))
-        check_policy(pinned)
+        check_policy(pinned, auth)
         document = json.loads(raw)
         if document.get("mediaType") in INDEX_MEDIA_TYPES or "manifests" in document:
             source, _ = _platform_manifest(imgref, raw)
-            raw = _inspect(source, "--raw")
-        metadata = _metadata(raw, _inspect(source, "--config", "--raw"))
+            raw = _inspect(source, "--raw", auth=auth)
+        metadata = _metadata(raw, _inspect(source, "--config", "--raw", auth=auth))
     expected = host_architecture()
     if check_architecture and metadata.config.architecture != expected:
         raise BootcError(

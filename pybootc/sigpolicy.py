@@ -17,6 +17,7 @@ from pathlib import Path
 
 from pybootc import tools
 from pybootc.errors import BootcError
+from pybootc.registry_auth import RegistryAuth
 
 POLICY_ENV = "CONTAINERS_POLICY_JSON"
 _SYSTEM_POLICIES = (Path("/etc/containers/policy.json"), Path("/usr/share/containers/policy.json"))
@@ -71,7 +72,7 @@ def _refusing_port() -> Iterator[int]:
         yield int(sock.getsockname()[1])
 
 
-def check_policy(source: str) -> None:
+def check_policy(source: str, auth: RegistryAuth) -> None:
     """Have containers/image judge `source` (a skopeo reference, pinned by digest where
     the transport allows) against the policy; refused images raise BootcError.
 
@@ -92,6 +93,7 @@ def check_policy(source: str) -> None:
                 "--retry-times",
                 "0",
                 "--remove-signatures",
+                *auth.source_options(),
                 "--dest-no-creds",
                 source,
                 f"docker://{sentinel}/pybootc-policy-check:latest",

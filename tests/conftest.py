@@ -12,12 +12,19 @@ from pathlib import Path
 import pytest
 
 from pybootc.containers_storage import ContainersStorage
-from tests.support import Oracle, Registry, running_registry
+from tests.support import LOGIN, Oracle, Registry, running_registry
 
 
 @pytest.fixture(scope="session")
 def registry() -> Iterator[Registry]:
     with running_registry() as found:
+        yield found
+
+
+@pytest.fixture(scope="session")
+def private_registry() -> Iterator[Registry]:
+    """A second loopback registry, which only LOGIN may use."""
+    with running_registry(LOGIN) as found:
         yield found
 
 

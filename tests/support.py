@@ -15,6 +15,7 @@ import socket
 import subprocess
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -32,6 +33,8 @@ Tree = list[ListedEntry]
 # shared/ lies beside the checkout, for developers and for CI alike.
 SHARED_REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
 REGISTRIES_DROPIN_DIR = Path("/etc/containers/registries.conf.d")
+# The one user of the private test registry.
+LOGIN = ("pybootc", "s3cret-for-tests")
 
 
 @dataclass(frozen=True)
@@ -126,16 +129,22 @@ class Registry:
 
 
 @contextmanager
-def running_registry() -> Iterator[Registry]:
-    """Debian's docker-registry on a free loopback port, its access log kept."""
+def running_registry(login: tuple[str, str] | None = None) -> Iterator[Registry]:
+    """Debian's docker-registry on a free loopback port, its access log kept; with
+    `login` (user, password), only that user gets in (htpasswd, bcrypt)."""
     workdir = Path(tempfile.mkdtemp(prefix="pybootc-registry-"))
     port = free_port()
     config = workdir / "config.yml"
+    auth = ""
+    if login is not None:
+        htpasswd = workdir / "htpasswd"
+        subprocess.run(["htpasswd", "-Bbc", htpasswd, *login], capture_output=True, check=True)
+        auth = f"auth: {{htpasswd: {{realm: pybootc-test, path: {htpasswd}}}}}\n"
     config.write_text(
         "version: 0.1\n"
         "log: {level: info}\n"
         f"storage: {{filesystem: {{rootdirectory: {workdir / 'data'}}}}}\n"
-        f"http: {{addr: '127.0.0.1:{port}'}}\n"
+        f"http: {{addr: '127.0.0.1:{port}'}}\n" + auth
     )
     log_path = workdir / "access.log"
     log_file = log_path.open("wb")
@@ -149,6 +158,8 @@ def running_registry() -> Iterator[Registry]:
             try:
                 with urllib.request.urlopen(f"http://{address}/v2/", timeout=1):
                     break
+            except urllib.error.HTTPError:
+                break  # 401 from a registry that wants a login: it is up
             except OSError:
                 if proc.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError("docker-registry did not start") from None

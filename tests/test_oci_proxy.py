@@ -21,6 +21,7 @@ import pytest
 from pybootc.errors import BootcError
 from pybootc.oci.model import ImageConfig, LayerCompression, Manifest, manifest_digest
 from pybootc.oci.proxy import ImageProxy, OpenedImage, _clean_error
+from pybootc.registry_auth import RegistryAuth
 
 T = TypeVar("T")
 # Larger than a pipe's default 64 KiB buffer, so that skopeo's writer must wait for us.
@@ -452,8 +453,11 @@ def fake_skopeo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def test_options_become_skopeo_flags(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     argv_file = fake_skopeo(tmp_path, monkeypatch)
+    policy = tmp_path / "policy.json"
+    policy.write_text('{"default": [{"type": "reject"}]}')
+    monkeypatch.setenv("CONTAINERS_POLICY_JSON", str(policy))
     proxy = ImageProxy(
-        auth_file=Path("/run/ostree/auth.json"),
+        auth=RegistryAuth(Path("/run/ostree/auth.json")),
         insecure_skip_tls_verification=True,
         cert_dir=Path("/etc/certs"),
     )
@@ -463,7 +467,9 @@ def test_options_become_skopeo_flags(tmp_path: Path, monkeypatch: pytest.MonkeyP
         "Starting the image proxy: The image proxy exited unexpectedly: skopeo: no such flag"
     )
     argv = argv_file.read_text().split("\n")
-    assert argv[:7] == [
+    assert argv[:9] == [
+        "--policy",
+        str(policy),
         "experimental-image-proxy",
         "--authfile",
         "/run/ostree/auth.json",
@@ -475,9 +481,14 @@ def test_options_become_skopeo_flags(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert proxy.pid is None
 
 
-def test_anonymous_and_auth_file_exclude_each_other() -> None:
-    with pytest.raises(BootcError, match="cannot be used together"):
-        ImageProxy(auth_file=Path("/a.json"), anonymous=True)
+def test_without_an_auth_file_the_proxy_uses_no_credentials(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    argv_file = fake_skopeo(tmp_path, monkeypatch)
+    with pytest.raises(BootcError), ImageProxy():
+        pass
+    argv = argv_file.read_text().split("\n")
+    assert argv[argv.index("experimental-image-proxy") + 1] == "--no-creds"
 
 
 def test_missing_skopeo_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -19,6 +19,7 @@ from pybootc.imgref import OstreeImageReference
 from pybootc.layers.flatten import flatten_diff_dirs
 from pybootc.ostree_gi import OSTree
 from pybootc.progress import NO_PROGRESS, Progress
+from pybootc.registry_auth import ANONYMOUS, RegistryAuth
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,7 @@ def import_image(
     *,
     source: ImageMetadata | None = None,
     decryption_key: Path | None = None,
+    auth: RegistryAuth = ANONYMOUS,
     disable_selinux: bool = False,
     progress: Progress = NO_PROGRESS,
 ) -> ImportedImage:
@@ -46,7 +48,7 @@ def import_image(
     storage = bootc_storage.bootc_storage(sysroot_path)
     with progress.step("pulling"):
         # skopeo applies the signature policy again to what it pulls.
-        name = bootc_storage.pull(storage, imgref.imgref, decryption_key=decryption_key)
+        name = bootc_storage.pull(storage, imgref.imgref, decryption_key=decryption_key, auth=auth)
     stored = metadata_at(storage.reference(name))
     # A decrypting pull stores a rewritten manifest, whose digest the registry never
     # serves: recorded, it would make every upgrade and switch see a new image. (The

@@ -35,6 +35,7 @@ from pybootc.ostree_commit import (
 )
 from pybootc.ostree_gi import GLib, OSTree
 from pybootc.progress import NO_PROGRESS, Progress
+from pybootc.registry_auth import ANONYMOUS, RegistryAuth
 
 BLOB_REF_PREFIX = "ostree/container/blob/"
 # OSTree cannot store device nodes, FIFOs or sockets. A layer commit keeps each as
@@ -130,7 +131,11 @@ def _import_layer(repo: OSTree.Repo, layer: BlobLayer, work: Path) -> str:
 
 
 def import_layers(
-    repo: OSTree.Repo, imgref: OstreeImageReference, metadata: ImageMetadata, work: Path
+    repo: OSTree.Repo,
+    imgref: OstreeImageReference,
+    metadata: ImageMetadata,
+    work: Path,
+    auth: RegistryAuth = ANONYMOUS,
 ) -> ImportedLayers:
     """Make sure every layer of the image is a commit in `repo`; fetch only the missing."""
     layers = metadata.manifest.layers
@@ -141,7 +146,7 @@ def import_layers(
         )
     commits: list[str] = []
     fetched = 0
-    with ImageProxy() as proxy:
+    with ImageProxy(auth=auth) as proxy:
         opened = proxy.open_image(imgref.imgref.to_skopeo())
         for descriptor, diff_id in zip(layers, metadata.config.diff_ids, strict=True):
             existing = resolve_ref(repo, blob_ref(descriptor.digest))
@@ -177,6 +182,7 @@ def import_image(
     imgref: OstreeImageReference,
     *,
     source: ImageMetadata,
+    auth: RegistryAuth = ANONYMOUS,
     disable_selinux: bool = False,
     progress: Progress = NO_PROGRESS,
 ) -> tuple[str, ImportedLayers]:
@@ -185,7 +191,7 @@ def import_image(
         raise BootcError(f"{imgref}: the image's config and manifest disagree on its layers")
     with import_workdir(sysroot_path, imgref) as work:
         with progress.step("pulling"):
-            layers = import_layers(repo, imgref, source, work)
+            layers = import_layers(repo, imgref, source, work, auth)
         root = work / "root"
         with error_context(f"Importing {imgref}"), progress.step("flattening"):
             flatten_layer_commits(repo, layers, work, root)

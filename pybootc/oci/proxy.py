@@ -50,6 +50,7 @@ from typing import TYPE_CHECKING, BinaryIO
 from pybootc import tools
 from pybootc.errors import BootcError, error_context
 from pybootc.oci.model import is_valid_digest
+from pybootc.registry_auth import ANONYMOUS, RegistryAuth
 from pybootc.sigpolicy import policy_options
 
 if TYPE_CHECKING:
@@ -107,18 +108,11 @@ class ImageProxy:
     def __init__(
         self,
         *,
-        auth_file: Path | None = None,
-        anonymous: bool = False,
+        auth: RegistryAuth = ANONYMOUS,
         insecure_skip_tls_verification: bool = False,
         cert_dir: Path | None = None,
     ) -> None:
-        if auth_file is not None and anonymous:
-            raise BootcError("An auth file and anonymous access cannot be used together")
-        options: list[str] = []
-        if auth_file is not None:
-            options += ["--authfile", os.fspath(auth_file)]
-        if anonymous:
-            options.append("--no-creds")
+        options = auth.options()
         if insecure_skip_tls_verification:
             options.append("--tls-verify=false")
         if cert_dir is not None:
