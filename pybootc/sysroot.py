@@ -7,6 +7,7 @@ directly (deploy plus bootloader entries) on a sysroot that is not the running s
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -184,7 +185,8 @@ class Sysroot:
     def lock(self) -> Iterator[None]:
         """Hold the sysroot lock (ostree/lock) and work on a freshly loaded state.
 
-        Another process holding it is an error, not a wait. Nesting is allowed.
+        If another process holds it, wait for it, saying so as upstream does. Nesting
+        is allowed.
         """
         if self._lock_depth:
             self._lock_depth += 1
@@ -195,8 +197,9 @@ class Sysroot:
             return
         with libostree_errors(f"Locking sysroot {self.path}"):
             _, acquired = self._sysroot.try_lock()
-        if not acquired:
-            raise BootcError(f"Sysroot {self.path} is locked by another process (ostree/lock)")
+            if not acquired:
+                print("Waiting for sysroot lock...", file=sys.stderr, flush=True)
+                self._sysroot.lock()
         self._lock_depth = 1
         try:
             self._reload()
