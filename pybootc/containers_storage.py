@@ -8,15 +8,18 @@ instead of the host's store.
 
 from __future__ import annotations
 
+import base64
+import gzip
 import hashlib
 import json
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from pybootc import tools
-from pybootc.errors import BootcError
+from pybootc.errors import BootcError, error_context
+from pybootc.layers.paths import split_member_name
 from pybootc.sigpolicy import policy_options
 
 
@@ -83,8 +86,8 @@ class ContainersStorage:
             ["skopeo", *policy_options(), "copy", "--quiet", *extra, source, self.reference(name)]
         )
 
-    def layer_diff_dirs(self, name: str) -> list[Path]:
-        """The image's overlay diff directories, lowest layer first.
+    def _layers(self, name: str) -> list[dict[str, object]]:
+        """The image's layer records (layers.json), lowest layer first.
 
         Read from the storage's own metadata (images.json, layers.json), which
         containers-storage replaces atomically: starting podman to ask costs more
@@ -98,15 +101,48 @@ class ContainersStorage:
         image = next((i for i in images if name in i.get("names", ()) or i["id"] == name), None)
         if image is None:
             raise BootcError(f"No image {name} in {self.root}")
-        parents = {layer["id"]: layer.get("parent") for layer in layers}
-        chain: list[Path] = []
+        by_id = {layer["id"]: layer for layer in layers}
+        chain: list[dict[str, object]] = []
         layer_id = image.get("layer")
         while layer_id:
-            chain.append(self.root / "overlay" / layer_id / "diff")
-            layer_id = parents.get(layer_id)
+            chain.append(by_id.get(layer_id, {"id": layer_id}))
+            layer_id = by_id.get(layer_id, {}).get("parent")
         if not chain:
             raise BootcError(f"Image {name} has no layers")
         return chain[::-1]
+
+    def layer_diff_dirs(self, name: str) -> list[Path]:
+        """The image's overlay diff directories, lowest layer first, once every member
+        name of its layers has passed the rules the blob path applies.
+
+        containers-storage cleans a name such as `../x` into `x` as it unpacks, so the
+        diff directory cannot show that the layer tried to escape; the tar-split data
+        it keeps of each layer has the names as the layer's tar stream gave them.
+        """
+        chain = self._layers(name)
+        for layer in chain:
+            # Named as the blob path names it: by the digest of the blob it came from.
+            digest = layer.get("compressed-diff-digest") or layer.get("diff-digest")
+            with error_context(f"Layer {digest}"):
+                for member in self._member_names(str(layer["id"])):
+                    split_member_name(member)
+        return [self.root / "overlay" / str(layer["id"]) / "diff" for layer in chain]
+
+    def _member_names(self, layer_id: str) -> Iterator[str]:
+        path = self.root / "overlay-layers" / f"{layer_id}.tar-split.gz"
+        try:
+            with gzip.open(path, "rt", encoding="utf-8") as lines:
+                for line in lines:
+                    entry = json.loads(line)
+                    if entry.get("type") != 1:
+                        continue
+                    raw = entry.get("name_raw")
+                    if raw:
+                        yield base64.b64decode(raw).decode(errors="surrogateescape")
+                    else:
+                        yield str(entry.get("name", ""))
+        except (OSError, ValueError, EOFError) as err:
+            raise BootcError(f"Reading the tar-split data of layer {layer_id}: {err}") from None
 
     def mount(self, name: str) -> Path:
         """Mount the image read-only with the kernel's overlayfs and return where."""

@@ -5,6 +5,7 @@ A `victim/` directory sits beside the output; it must stay exactly as it was.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,8 @@ from pybootc.ocibuild import (
     symlink,
     whiteout,
 )
+from pybootc.sample_image import sample_image
+from tests.backend_support import bootc, one_error_line
 
 SECRET = "victim secret"
 
@@ -90,3 +93,61 @@ def test_breakout_is_refused_or_contained(tmp_path: Path, name: str, source: Sou
         ["dest", "oci", "victim"],
         ["oci", "victim"],
     )
+
+
+def _outcome(tmp_path: Path, name: str, source: Source) -> object:
+    """What flattening the case gives: the tree below the output, or "refused"."""
+    work = tmp_path / source.value
+    victim = work / "victim"
+    victim.mkdir(parents=True)
+    (victim / "secret").write_text(SECRET)
+    layout = OciLayout(work / "oci")
+    # The victim's path is part of some cases: the same name for both sources.
+    spec = ImageSpec(tuple(cases(Path("/var/pybootc-victim"))[name]))
+    layout.add_image("evil", spec)
+    try:
+        flatten_image(layout.ref("evil"), work / "dest", source=source)
+    except BootcError:
+        return "refused"
+    return list_tree(work / "dest")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_both_sources_refuse_or_contain_each_case_alike(tmp_path: Path, name: str) -> None:
+    """The ostree backend reads the blobs; the container backend reads what
+    containers-storage unpacked, whose names it cleans (`../x` becomes `x`)."""
+    assert _outcome(tmp_path, name, Source.BLOBS) == _outcome(
+        tmp_path, name, Source.CONTAINERS_STORAGE
+    )
+
+
+def layout_layer_digests(layout: OciLayout, tag: str) -> list[str]:
+    index = json.loads((layout.path / "index.json").read_text())
+    (entry,) = [
+        m
+        for m in index["manifests"]
+        if m["annotations"]["org.opencontainers.image.ref.name"] == tag
+    ]
+    manifest = json.loads(layout.blob_path(entry["digest"]).read_text())
+    return [str(d["digest"]) for d in manifest["layers"]]
+
+
+@pytest.mark.parametrize("backend", ["ostree", "container"])
+def test_a_layer_that_climbs_out_is_refused_by_both_backends_alike(
+    tmp_path: Path, target: Path, backend: str
+) -> None:
+    layout = OciLayout(tmp_path / "oci")
+    evil = layer(file("../escape/x", "evil"))
+    layout.add_image("evil", sample_image("1.0", extra=(evil,)))
+    proc = bootc(
+        "install", "to-filesystem", "--backend", backend,
+        "--source-imgref", layout.ref("evil"), str(target),
+    )  # fmt: skip
+    digest = layout_layer_digests(layout, "evil")[-1]
+    line = one_error_line(proc)
+    assert line.startswith(f"error: Installing to {target}: ")
+    assert line.endswith(
+        f'Layer {digest}: Invalid path "../escape/x": ".." is not allowed in a layer'
+    )
+    assert list(target.iterdir()) == []
+    assert not (target.parent / "escape").exists()
