@@ -86,6 +86,16 @@ class ContainersStorage:
             ["skopeo", *policy_options(), "copy", "--quiet", *extra, source, self.reference(name)]
         )
 
+    def stored_blob_digests(self) -> set[str]:
+        """Digests of the layer blobs this storage has unpacked: a pull skips them."""
+        try:
+            layers = json.loads((self.root / "overlay-layers/layers.json").read_bytes())
+        except FileNotFoundError:
+            return set()
+        except (OSError, ValueError) as err:
+            raise BootcError(f"Reading the metadata of {self.root}: {err}") from None
+        return {str(d) for layer in layers if (d := layer.get("compressed-diff-digest"))}
+
     def _layers(self, name: str) -> list[dict[str, object]]:
         """The image's layer records (layers.json), lowest layer first.
 

@@ -40,7 +40,13 @@ from pybootc.kargs import (
     image_kargs,
     with_image_change,
 )
-from pybootc.ostree_commit import list_refs, read_directory, set_detached_metadata, set_ref
+from pybootc.ostree_commit import (
+    libostree_errors,
+    list_refs,
+    read_directory,
+    set_detached_metadata,
+    set_ref,
+)
 from pybootc.ostree_gi import GLib
 from pybootc.progress import NO_PROGRESS, Progress
 from pybootc.registry_auth import RegistryAuth
@@ -187,6 +193,26 @@ def _import(
     return imported.commit, imported.metadata
 
 
+def _check_disk_space(sysroot: Sysroot, target: OriginImage, source: ImageMetadata) -> None:
+    """Refuse an image whose missing layers do not fit, before fetching any, as
+    upstream does: their compressed size against the repo's free space less the
+    space libostree keeps free (min-free-space)."""
+    if target.backend is Backend.OSTREE:
+        missing = ostree_backend.missing_layers(sysroot.repo, source)
+    else:
+        missing = container_backend.missing_layers(sysroot.path, source)
+    required = sum(layer.size for layer in missing)
+    fs = os.statvfs(sysroot.path / "ostree/repo")
+    with libostree_errors("Reading the repo's min-free-space"):
+        _, reserved = sysroot.repo.get_min_free_space_bytes()
+    usable = max(0, fs.f_bavail * fs.f_frsize - reserved)
+    if required > usable:
+        raise BootcError(
+            f"Insufficient free space for {target.imgref.imgref.name}"
+            f" (available: {GLib.format_size(usable)} required: {GLib.format_size(required)})"
+        )
+
+
 def _tidy_up(sysroot: Sysroot, *, drop_ref: str | None = None) -> None:
     """Cleanup once the new deployment is written: GC, pruning, an old image's ref.
 
@@ -247,6 +273,7 @@ def _deploy(
     """Fetch and deploy `target`; the origin records `follow` (default: `target`),
     the image later upgrades fetch."""
     progress.for_image(str(target.imgref))
+    _check_disk_space(sysroot, target, source)
     with _undo_on_failure(sysroot):
         commit, recorded = _import(
             sysroot, target, source, auth=auth, disable_selinux=disable_selinux, progress=progress

@@ -27,10 +27,10 @@ _repos = itertools.count()
 
 
 @contextmanager
-def empty_sysroot_dir(mountpoint: Path) -> Iterator[Path]:
-    """An empty directory on a fresh tmpfs at `mountpoint`; bootc's storage in it is
-    reset and its runroot removed afterwards."""
-    with scratch_tmpfs(mountpoint) as mount:
+def empty_sysroot_dir(mountpoint: Path, size: str = "512m") -> Iterator[Path]:
+    """An empty directory on a fresh tmpfs of `size` at `mountpoint`; bootc's storage
+    in it is reset and its runroot removed afterwards."""
+    with scratch_tmpfs(mountpoint, size) as mount:
         path = mount / "sysroot"
         path.mkdir()
         try:

@@ -68,11 +68,12 @@ def remove_sysroot(sysroot: Path) -> None:
 
 
 @contextmanager
-def scratch_tmpfs(where: Path) -> Iterator[Path]:
-    """A fresh tmpfs mounted at `where` (created) for the duration."""
+def scratch_tmpfs(where: Path, size: str = "512m") -> Iterator[Path]:
+    """A fresh tmpfs of `size` mounted at `where` (created) for the duration."""
     where.mkdir(parents=True, exist_ok=True)
     subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "mode=0755,size=512m", "pybootc-test", where], check=True
+        ["mount", "-t", "tmpfs", "-o", f"mode=0755,size={size}", "pybootc-test", where],
+        check=True,
     )
     try:
         yield where

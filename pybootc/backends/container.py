@@ -17,9 +17,16 @@ from pybootc.errors import error_context
 from pybootc.image_metadata import ImageMetadata, metadata_at
 from pybootc.imgref import OstreeImageReference
 from pybootc.layers.flatten import flatten_diff_dirs
+from pybootc.oci.model import Descriptor
 from pybootc.ostree_gi import OSTree
 from pybootc.progress import NO_PROGRESS, Progress
 from pybootc.registry_auth import ANONYMOUS, RegistryAuth
+
+
+def missing_layers(sysroot_path: Path, metadata: ImageMetadata) -> list[Descriptor]:
+    """The image's layers bootc's storage has not unpacked: what a pull fetches."""
+    stored = bootc_storage.bootc_storage(sysroot_path).stored_blob_digests()
+    return [d for d in metadata.manifest.layers if d.digest not in stored]
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from pybootc.image_metadata import ImageMetadata
 from pybootc.imgref import OstreeImageReference
 from pybootc.layers.flatten import BlobLayer, flatten_diff_dirs, unpack_blob
 from pybootc.layers.paths import WHITEOUT_PREFIX
+from pybootc.oci.model import Descriptor
 from pybootc.oci.proxy import ImageProxy
 from pybootc.ostree_commit import (
     checkout,
@@ -47,6 +48,11 @@ _KIND_LETTERS = {stat.S_IFCHR: "c", stat.S_IFBLK: "b", stat.S_IFIFO: "p", stat.S
 
 def blob_ref(digest: str) -> str:
     return BLOB_REF_PREFIX + ref_escape(digest)
+
+
+def missing_layers(repo: OSTree.Repo, metadata: ImageMetadata) -> list[Descriptor]:
+    """The image's layers that are no commit in `repo` yet: what a pull fetches."""
+    return [d for d in metadata.manifest.layers if resolve_ref(repo, blob_ref(d.digest)) is None]
 
 
 @dataclass(frozen=True)
