@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
@@ -128,23 +129,58 @@ class Registry:
         return re.findall(r'"((?:GET|HEAD|PUT|POST|PATCH|DELETE) /v2/[^ ]*)', text)
 
 
+@dataclass(frozen=True)
+class ServerCertificate:
+    """A certificate for 127.0.0.1, signed by a throwaway CA."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+
+def make_server_certificate(workdir: Path) -> ServerCertificate:
+    """A CA, and a certificate for IP 127.0.0.1 that it signs (openssl)."""
+    ca_key, ca, key, csr, cert = (
+        workdir / name for name in ("ca.key", "ca.crt", "server.key", "server.csr", "server.crt")
+    )
+    ext = workdir / "server.ext"
+    ext.write_text("subjectAltName = IP:127.0.0.1\n")
+    argvs: list[list[str | Path]] = [
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+         "-subj", "/CN=pybootc test CA", "-keyout", ca_key, "-out", ca],
+        ["openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
+         "-keyout", key, "-out", csr],
+        ["openssl", "x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key,
+         "-CAcreateserial", "-days", "2", "-extfile", ext, "-out", cert],
+    ]  # fmt: skip
+    for argv in argvs:
+        subprocess.run(argv, capture_output=True, check=True)
+    return ServerCertificate(ca, cert, key)
+
+
 @contextmanager
-def running_registry(login: tuple[str, str] | None = None) -> Iterator[Registry]:
+def running_registry(
+    login: tuple[str, str] | None = None, tls: ServerCertificate | None = None
+) -> Iterator[Registry]:
     """Debian's docker-registry on a free loopback port, its access log kept; with
-    `login` (user, password), only that user gets in (htpasswd, bcrypt)."""
+    `login` (user, password), only that user gets in (htpasswd, bcrypt). Without `tls`
+    it speaks plain HTTP, allowed for it alone by a registries.conf drop-in."""
     workdir = Path(tempfile.mkdtemp(prefix="pybootc-registry-"))
     port = free_port()
     config = workdir / "config.yml"
-    auth = ""
+    extra = ""
     if login is not None:
         htpasswd = workdir / "htpasswd"
         subprocess.run(["htpasswd", "-Bbc", htpasswd, *login], capture_output=True, check=True)
-        auth = f"auth: {{htpasswd: {{realm: pybootc-test, path: {htpasswd}}}}}\n"
+        extra += f"auth: {{htpasswd: {{realm: pybootc-test, path: {htpasswd}}}}}\n"
+    listen = f"addr: '127.0.0.1:{port}'"
+    if tls is not None:
+        listen += f", tls: {{certificate: {tls.cert}, key: {tls.key}}}"
     config.write_text(
         "version: 0.1\n"
         "log: {level: info}\n"
         f"storage: {{filesystem: {{rootdirectory: {workdir / 'data'}}}}}\n"
-        f"http: {{addr: '127.0.0.1:{port}'}}\n" + auth
+        f"http: {{{listen}}}\n" + extra
     )
     log_path = workdir / "access.log"
     log_file = log_path.open("wb")
@@ -152,11 +188,15 @@ def running_registry(login: tuple[str, str] | None = None) -> Iterator[Registry]
         ["docker-registry", "serve", str(config)], stdout=log_file, stderr=log_file
     )
     address = f"127.0.0.1:{port}"
+    scheme = "https" if tls else "http"
+    context = ssl.create_default_context(cafile=str(tls.ca)) if tls else None
     try:
         deadline = time.monotonic() + 30
         while True:
             try:
-                with urllib.request.urlopen(f"http://{address}/v2/", timeout=1):
+                with urllib.request.urlopen(
+                    f"{scheme}://{address}/v2/", timeout=1, context=context
+                ):
                     break
             except urllib.error.HTTPError:
                 break  # 401 from a registry that wants a login: it is up
@@ -167,8 +207,9 @@ def running_registry(login: tuple[str, str] | None = None) -> Iterator[Registry]
         # Plain HTTP for this loopback registry only, the way an operator would
         # allow an insecure registry: skopeo 1.9.3 ignores CONTAINERS_REGISTRIES_CONF.
         dropin = REGISTRIES_DROPIN_DIR / f"pybootc-test-{port}.conf"
-        REGISTRIES_DROPIN_DIR.mkdir(parents=True, exist_ok=True)
-        dropin.write_text(f'[[registry]]\nlocation = "{address}"\ninsecure = true\n')
+        if tls is None:
+            REGISTRIES_DROPIN_DIR.mkdir(parents=True, exist_ok=True)
+            dropin.write_text(f'[[registry]]\nlocation = "{address}"\ninsecure = true\n')
         try:
             yield Registry(address, log_path)
         finally:
