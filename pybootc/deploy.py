@@ -438,10 +438,19 @@ def rollback(sysroot_path: Path) -> Report:
     return Report(("Next boot: rollback deployment",))
 
 
+# Marks an install that has not finished: a retry may start over where it lies.
+INSTALL_INCOMPLETE = ".pybootc-install-incomplete"
+
+
 def _check_empty_target(path: Path) -> None:
+    """Refuse a target with anything in it, but what an interrupted install left."""
     if not path.is_dir():
         raise BootcError(f"{path} is not a directory")
     leftovers = sorted(set(os.listdir(path)) - {"lost+found"})
+    if INSTALL_INCOMPLETE in leftovers:
+        log.warning("Removing what an interrupted install left in %s", path)
+        _empty_again(path)
+        return
     if leftovers:
         raise BootcError(f"{path} is not empty (it has {', '.join(leftovers[:3])})")
 
@@ -489,6 +498,7 @@ def install_to_filesystem(
     metadata = _prepare(origin, auth)
     try:
         with error_context(f"Installing to {path}"):
+            (path / INSTALL_INCOMPLETE).touch()
             initialize(path, stateroot)
             sysroot = Sysroot.open(path)
             with sysroot.lock():
@@ -505,6 +515,7 @@ def install_to_filesystem(
                     else None,
                     progress=progress,
                 )
+            (path / INSTALL_INCOMPLETE).unlink()
     except BaseException:
         _empty_again(path)
         raise

@@ -322,6 +322,20 @@ class Sysroot:
                 self._sysroot.deployment_set_soft_reboot(target, False, None)
             return True
 
+    def _delete_unreachable_commits(self) -> None:
+        """Delete the commit objects prune would, before prune runs. Prune deletes
+        objects in directory order, so a kill half-way could leave a commit whose
+        tree is gone, which `ostree fsck` reports; with the commits gone first, what
+        a kill leaves is only unreferenced trees and files, which the next prune takes.
+        """
+        _, refs = self.repo.list_refs(None, None)
+        reachable = set(refs.values())
+        _, commits = self.repo.list_commit_objects_starting_with("", None)
+        for name in commits:
+            checksum, _ = name.unpack()
+            if checksum not in reachable:
+                self.repo.delete_object(OSTree.ObjectType.COMMIT, checksum, None)
+
     def rollback(self) -> None:
         """Swap the first two deployments in boot order; twice puts them back.
 
@@ -352,5 +366,6 @@ class Sysroot:
             # cleanup_prune_repo(): from Python its options cannot carry the `reachable`
             # set, and with that NULL it deletes every object in the repo.
             self._sysroot.prepare_cleanup(None)
+            self._delete_unreachable_commits()
             _, _, pruned, freed = self.repo.prune(OSTree.RepoPruneFlags.REFS_ONLY, 0, None)
         return CleanupResult(objects_pruned=int(pruned), bytes_freed=int(freed))

@@ -38,11 +38,19 @@ def _timestamp(created: str | None) -> int:
     return int(parsed.timestamp())
 
 
+IMPORT_PREFIX = "pybootc-import-"
+
+
 @contextmanager
 def import_workdir(sysroot_path: Path, imgref: OstreeImageReference) -> Iterator[Path]:
     """A scratch directory in the repo's filesystem (so commits can take files by
     rename), removed afterwards; file system errors inside become one BootcError."""
-    work = Path(tempfile.mkdtemp(prefix="pybootc-import-", dir=sysroot_path / "ostree/repo/tmp"))
+    tmp = sysroot_path / "ostree/repo/tmp"
+    # What an import that was killed left: imports run under the sysroot lock, so
+    # none of these is in use now.
+    for stale in tmp.glob(f"{IMPORT_PREFIX}*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    work = Path(tempfile.mkdtemp(prefix=IMPORT_PREFIX, dir=tmp))
     try:
         yield work
     except OSError as err:
