@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -455,21 +456,39 @@ def _check_empty_target(path: Path) -> None:
         raise BootcError(f"{path} is not empty (it has {', '.join(leftovers[:3])})")
 
 
+def _mounts_below(path: Path) -> list[Path]:
+    """Mount points strictly below `path`, deepest first."""
+    below = []
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as table:
+        for line in table:
+            # Field 5 is the mount point, with space, tab, newline, backslash as \ooo.
+            point = Path(re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), line.split()[4]))
+            if point != path and point.is_relative_to(path):
+                below.append(point)
+    return sorted(below, key=lambda p: len(p.parts), reverse=True)
+
+
 def _empty_again(path: Path) -> None:
-    """Remove what a failed install created in `path` (its deployments are immutable)."""
+    """Remove what a failed or killed install created in `path`: its deployments are
+    immutable, and containers-storage may have left its overlay home mounted."""
     roots = [p for p in path.glob("ostree/deploy/*/deploy/*") if p.is_dir() and not p.is_symlink()]
     if roots:
         tools.run(["chattr", "-i", *roots], check=False)
     storage = bootc_storage.bootc_storage(path)
     if storage.root.exists():
         storage.reset(check=False)
-    for child in path.iterdir():
-        if child.name == "lost+found":
-            continue
-        if child.is_dir() and not child.is_symlink():
-            shutil.rmtree(child)
-        else:
-            child.unlink()
+    for mount in _mounts_below(path):
+        tools.run(["umount", "--lazy", mount], check=False)
+    try:
+        for child in path.iterdir():
+            if child.name == "lost+found":
+                continue
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+    except OSError as err:
+        raise BootcError(f"Emptying {path} again: {err}") from None
 
 
 def install_to_filesystem(

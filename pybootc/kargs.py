@@ -66,15 +66,15 @@ def checked(source: str, kargs: Iterable[str]) -> list[str]:
     for karg in kargs:
         bad = _bad_character(karg)
         if bad is not None:
-            raise_invalid(source, karg, f"it holds a control character or non-UTF-8 byte ({bad})")
+            raise _invalid(source, karg, f"it holds a control character or non-UTF-8 byte ({bad})")
         if karg.count('"') % 2:
-            raise_invalid(source, karg, "its double quotes are unbalanced")
+            raise _invalid(source, karg, "its double quotes are unbalanced")
         params += split(karg)
     return params
 
 
-def raise_invalid(source: str, karg: str, why: str) -> None:
-    raise BootcError(f"Invalid kernel argument {karg!r} from {source}: {why}")
+def _invalid(source: str, karg: str, why: str) -> BootcError:
+    return BootcError(f"Invalid kernel argument {karg!r} from {source}: {why}")
 
 
 def _key(param: str) -> str:
