@@ -91,8 +91,8 @@ def commit_directory(
             )
             # commit_transaction moves the new objects into place in no particular
             # order: killed half-way, it could leave the commit without its tree.
-            # Marked partial meanwhile, such a commit is one fsck and deploys skip,
-            # and the retry writes it again.
+            # Marked partial meanwhile, such a commit is one fsck does not hold against
+            # the repo, and the retry writes it again.
             repo.mark_commit_partial(checksum, True)
             repo.commit_transaction(None)
             repo.mark_commit_partial(checksum, False)
