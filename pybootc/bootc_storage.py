@@ -97,15 +97,17 @@ def pull(
     *,
     decryption_key: Path | None = None,
     auth: RegistryAuth = ANONYMOUS,
+    tmpdir: Path | None = None,
 ) -> str:
-    """Copy `imgref` into bootc's storage; returns the name it is stored under."""
+    """Copy `imgref` into bootc's storage, skopeo staging blobs in `tmpdir`; returns
+    the name it is stored under."""
     name = stored_name(imgref)
     extra = ["--decryption-key", str(decryption_key)] if decryption_key else []
     extra += auth.source_options()
     try:
         with error_context(f"Pulling {imgref}"):
             try:
-                storage.pull(imgref.to_skopeo(), name, extra=extra)
+                storage.pull(imgref.to_skopeo(), name, extra=extra, tmpdir=tmpdir)
             except BootcError as err:
                 if _IMAGE_ID_TAKEN not in err.message:
                     raise
@@ -114,6 +116,7 @@ def pull(
                     imgref.to_skopeo(),
                     f"{name}@{_own_image_id(imgref, auth)}",
                     extra=extra,
+                    tmpdir=tmpdir,
                 )
     except BootcError as err:
         if "unexpected EOF" in err.message or "decrypt" in err.message.lower():

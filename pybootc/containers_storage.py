@@ -79,12 +79,14 @@ class ContainersStorage:
         name: str,
         *,
         extra: Sequence[str] = (),
+        tmpdir: Path | None = None,
     ) -> None:
         """Copy `source` (any skopeo transport) into this storage as `name`, under the
-        signature policy every pull of pybootc's gets."""
-        tools.run(
-            ["skopeo", *policy_options(), "copy", "--quiet", *extra, source, self.reference(name)]
-        )
+        signature policy every pull of pybootc's gets. skopeo stages blobs in `tmpdir`
+        (default /var/tmp), where a killed pull leaves them."""
+        staging = ["--tmpdir", str(tmpdir)] if tmpdir is not None else []
+        argv = ["skopeo", *policy_options(), *staging, "copy", "--quiet", *extra]
+        tools.run([*argv, source, self.reference(name)])
 
     def stored_blob_digests(self) -> set[str]:
         """Digests of the layer blobs this storage has unpacked: a pull skips them."""

@@ -53,17 +53,23 @@ def import_image(
     that manifest, as the source serves it, unless the tag moved to another image since.
     """
     storage = bootc_storage.bootc_storage(sysroot_path)
-    with progress.step("pulling"):
-        # skopeo applies the signature policy again to what it pulls.
-        name = bootc_storage.pull(storage, imgref.imgref, decryption_key=decryption_key, auth=auth)
-    stored = metadata_at(storage.reference(name))
-    # A decrypting pull stores a rewritten manifest, whose digest the registry never
-    # serves: recorded, it would make every upgrade and switch see a new image. (The
-    # storage itself knows the image by the source's digest too: podman's Digest.)
-    metadata = stored
-    if source is not None and source.config_digest == stored.config_digest:
-        metadata = source
     with import_workdir(sysroot_path, imgref) as work:
+        with progress.step("pulling"):
+            # skopeo applies the signature policy again to what it pulls. It stages
+            # blobs in the work directory: what a killed pull left there goes with it,
+            # or with the next import's sweep, never into the host's /var/tmp.
+            staging = work / "skopeo"
+            staging.mkdir()
+            name = bootc_storage.pull(
+                storage, imgref.imgref, decryption_key=decryption_key, auth=auth, tmpdir=staging
+            )
+        stored = metadata_at(storage.reference(name))
+        # A decrypting pull stores a rewritten manifest, whose digest the registry never
+        # serves: recorded, it would make every upgrade and switch see a new image. (The
+        # storage itself knows the image by the source's digest too: podman's Digest.)
+        metadata = stored
+        if source is not None and source.config_digest == stored.config_digest:
+            metadata = source
         root = work / "root"
         with error_context(f"Importing {imgref}"), progress.step("flattening"):
             flatten_diff_dirs(storage.layer_diff_dirs(name), root)
