@@ -52,18 +52,25 @@ def bootc(*args: str, sysroot: Path | None = None) -> subprocess.CompletedProces
     )
 
 
-def install(target: Path, image: str, *extra: str) -> subprocess.CompletedProcess[str]:
-    """`bootc install to-filesystem` of `image` with the container backend."""
+def install(
+    target: Path, image: str, *extra: str, backend: str = "container"
+) -> subprocess.CompletedProcess[str]:
+    """`bootc install to-filesystem` of `image` with `backend`."""
     return bootc(
         "install",
         "to-filesystem",
         "--backend",
-        "container",
+        backend,
         "--source-imgref",
         image,
         *extra,
         str(target),
     )
+
+
+def switch_oci(target: Path, layout: OciLayout, tag: str) -> subprocess.CompletedProcess[str]:
+    """`bootc switch` of the sysroot at `target` to `tag` of an OCI layout."""
+    return bootc("switch", "--transport", "oci", f"{layout.path}:{tag}", sysroot=target)
 
 
 def ok(proc: subprocess.CompletedProcess[str]) -> str:

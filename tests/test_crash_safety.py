@@ -32,7 +32,7 @@ from pybootc.deploy import INSTALL_INCOMPLETE
 from pybootc.ocibuild import OciLayout, file, layer
 from pybootc.sample_image import sample_image
 from pybootc.sysroot import Sysroot
-from tests.backend_support import bootc, ok, one_error_line
+from tests.backend_support import bootc, install, ok, one_error_line
 from tests.sysroot_support import unlock_deployments
 
 KILLS = 30
@@ -148,18 +148,13 @@ def layout(tmp_path: Path) -> OciLayout:
     return found
 
 
-def install(target: Path, layout: OciLayout, backend: str, tag: str = "v1") -> None:
-    ok(
-        bootc(
-            "install", "to-filesystem", "--backend", backend,
-            "--source-imgref", layout.ref(tag), str(target),
-        )
-    )  # fmt: skip
+def install_tag(target: Path, layout: OciLayout, backend: str, tag: str = "v1") -> None:
+    ok(install(target, layout.ref(tag), backend=backend))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_switch_survives_kills(target: Path, layout: OciLayout, backend: str) -> None:
-    install(target, layout, backend)
+    install_tag(target, layout, backend)
     switch = Trial(
         lambda i: argv("--sysroot", str(target), "switch", "--transport", "oci",
                        f"{layout.path}:{'ab'[i % 2]}")
@@ -174,14 +169,14 @@ def test_upgrade_survives_kills(target: Path, layout: OciLayout, backend: str) -
         layout.add_image("stream", sample_image(f"2.{i + 1}", extra=(bulk,)))
 
     new_build(-2)
-    install(target, layout, backend, "stream")
+    install_tag(target, layout, backend, "stream")
     upgrade = Trial(lambda i: argv("--sysroot", str(target), "upgrade"), prepare=new_build)
     kill_through(target, upgrade)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_rollback_survives_kills(target: Path, layout: OciLayout, backend: str) -> None:
-    install(target, layout, backend)
+    install_tag(target, layout, backend)
     ok(bootc("switch", "--transport", "oci", f"{layout.path}:a", sysroot=target))
     rollback = Trial(lambda i: argv("--sysroot", str(target), "rollback"), swaps=True)
     kill_through(target, rollback)
@@ -189,7 +184,7 @@ def test_rollback_survives_kills(target: Path, layout: OciLayout, backend: str) 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_image_prune_survives_kills(target: Path, layout: OciLayout, backend: str) -> None:
-    install(target, layout, backend)
+    install_tag(target, layout, backend)
 
     def leave_garbage(i: int) -> None:
         # --retain keeps the old image's ref: the next switch leaves it unused.

@@ -4,7 +4,6 @@ that runs out of space mid-way is one error that leaves the sysroot as it was.""
 from __future__ import annotations
 
 import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from pybootc.ocibuild import (
     write_tar,
 )
 from pybootc.sample_image import sample_image
-from tests.backend_support import bootc, empty_sysroot_dir, ok, one_error_line, state
+from tests.backend_support import empty_sysroot_dir, install, ok, one_error_line, state, switch_oci
 
 BACKENDS = ["ostree", "container"]
 
@@ -52,17 +51,6 @@ def huge_claim(layout: OciLayout, tag: str) -> None:
     layout.add_manifest(tag, ImageSpec(base.layers, labels=base.labels), descriptors, diff_ids)
 
 
-def install(target: Path, imgref: str, backend: str) -> subprocess.CompletedProcess[str]:
-    return bootc(
-        "install", "to-filesystem", "--backend", backend,
-        "--source-imgref", imgref, str(target),
-    )  # fmt: skip
-
-
-def switch(target: Path, layout: OciLayout, tag: str) -> subprocess.CompletedProcess[str]:
-    return bootc("switch", "--transport", "oci", f"{layout.path}:{tag}", sysroot=target)
-
-
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_an_image_that_cannot_fit_is_refused_before_any_fetch(
     target: Path, tmp_path: Path, backend: str
@@ -70,9 +58,9 @@ def test_an_image_that_cannot_fit_is_refused_before_any_fetch(
     layout = OciLayout(tmp_path / "oci")
     layout.add_image("v1", sample_image("1.0"))
     huge_claim(layout, "huge")
-    ok(install(target, layout.ref("v1"), backend))
+    ok(install(target, layout.ref("v1"), backend=backend))
     before = state(target)
-    line = one_error_line(switch(target, layout, "huge"))
+    line = one_error_line(switch_oci(target, layout, "huge"))
     assert line.startswith(f"error: Insufficient free space for {layout.path}:huge (available: ")
     # GLib's format_size, as upstream's message has it, puts a no-break space before the unit.
     assert line.endswith(" required: 1.1\xa0PB)"), line
@@ -100,10 +88,10 @@ def test_running_out_of_space_mid_way_is_one_error_and_loses_nothing(
     # 160 MiB of one short pattern: little to fetch, more than the filesystem holds.
     big = layer(file("usr/share/big", b"0123456789abcdef" * (10 << 20)))
     layout.add_image("big", sample_image("2.0", extra=(big,)))
-    ok(install(small_target, layout.ref("v1"), backend))
+    ok(install(small_target, layout.ref("v1"), backend=backend))
     before = state(small_target)
     used_before = _used(small_target)
-    line = one_error_line(switch(small_target, layout, "big"))
+    line = one_error_line(switch_oci(small_target, layout, "big"))
     assert "no space left on device" in line.lower(), line
     assert state(small_target) == before
     assert leftovers(small_target) == []
@@ -111,7 +99,7 @@ def test_running_out_of_space_mid_way_is_one_error_and_loses_nothing(
     assert _used(small_target) - used_before < 8 << 20
     # And the sysroot still takes an update that fits.
     layout.add_image("v2", sample_image("2.0"))
-    ok(switch(small_target, layout, "v2"))
+    ok(switch_oci(small_target, layout, "v2"))
 
 
 def _used(path: Path) -> int:

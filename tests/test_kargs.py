@@ -5,7 +5,6 @@ image's own `usr/lib/bootc/kargs.d`, applied at install, switch and upgrade as u
 from __future__ import annotations
 
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -20,7 +19,7 @@ from pybootc.kargs import (
 )
 from pybootc.ocibuild import Layer, OciLayout, file, layer
 from pybootc.sample_image import sample_image
-from tests.backend_support import bootc, ok, one_error_line, state
+from tests.backend_support import bootc, install, ok, one_error_line, state, switch_oci
 
 
 def kargs_d(**files: str) -> Layer:
@@ -43,17 +42,8 @@ def image_options(target: Path) -> list[str]:
     return [p for p in params if not p.startswith("ostree=")]
 
 
-def install(target: Path, imgref: str, *extra: str, backend: str = "ostree") -> str:
-    return ok(
-        bootc(
-            "install", "to-filesystem", "--backend", backend,
-            "--source-imgref", imgref, *extra, str(target),
-        )
-    )  # fmt: skip
-
-
-def switch(target: Path, layout: OciLayout, tag: str) -> subprocess.CompletedProcess[str]:
-    return bootc("switch", "--transport", "oci", f"{layout.path}:{tag}", sysroot=target)
+def install_ok(target: Path, imgref: str, *extra: str, backend: str = "ostree") -> str:
+    return ok(install(target, imgref, *extra, backend=backend))
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +146,7 @@ BAD_KARGS = {
 def test_install_then_switch_apply_the_image_kargs_d_as_upstream(
     layout: OciLayout, target: Path, backend: str
 ) -> None:
-    install(target, layout.ref("v1"), "--karg", "by-hand=1", "--karg", "quiet", backend=backend)
+    install_ok(target, layout.ref("v1"), "--karg", "by-hand=1", "--karg", "quiet", backend=backend)
     # kargs.d in name order (the s390x file skipped), then --karg (quiet is there already).
     assert image_options(target) == [
         "console=ttyS0,115200",
@@ -165,7 +155,7 @@ def test_install_then_switch_apply_the_image_kargs_d_as_upstream(
         "by-hand=1",
     ]
     # v2's files drop quiet and mitigations=auto and add nosmt; by-hand=1 stays.
-    ok(switch(target, layout, "v2"))
+    ok(switch_oci(target, layout, "v2"))
     assert image_options(target) == ["console=ttyS0,115200", "by-hand=1", "nosmt"]
     # An image without kargs.d keeps what the deployment has.
     ok(
@@ -179,7 +169,7 @@ def test_install_then_switch_apply_the_image_kargs_d_as_upstream(
 def test_upgrade_applies_the_new_build_s_kargs_d(tmp_path: Path, target: Path) -> None:
     stream = OciLayout(tmp_path / "stream")
     stream.add_image("os", sample_image("1.0", extra=(kargs_d(**{"10.toml": 'kargs = ["a"]'}),)))
-    install(target, stream.ref("os"))
+    install_ok(target, stream.ref("os"))
     assert image_options(target) == ["a"]
     stream.add_image("os", sample_image("1.1", extra=(kargs_d(**{"10.toml": 'kargs = ["b"]'}),)))
     ok(bootc("upgrade", sysroot=target))
@@ -219,9 +209,9 @@ def test_a_bad_karg_is_refused_before_install_to_disk_touches_the_disk(
 def test_an_image_with_a_bad_kargs_file_is_refused_and_changes_nothing(
     layout: OciLayout, target: Path, name: str
 ) -> None:
-    install(target, layout.ref("v1"))
+    install_ok(target, layout.ref("v1"))
     before = state(target)
-    proc = switch(target, layout, f"bad-{name}")
+    proc = switch_oci(target, layout, f"bad-{name}")
     line = one_error_line(proc)
     assert "usr/lib/bootc/kargs.d/50-bad.toml" in line and BAD_FILES[name][1] in line
     assert state(target) == before

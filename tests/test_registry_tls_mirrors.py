@@ -4,7 +4,6 @@ does not answer. pybootc itself never turns TLS verification off."""
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import pytest
 
 from pybootc.ocibuild import OciLayout, push
 from pybootc.sample_image import sample_image
-from tests.backend_support import bootc, ok, one_error_line
+from tests.backend_support import install, ok, one_error_line
 from tests.support import (
     REGISTRIES_DROPIN_DIR,
     Registry,
@@ -36,13 +35,6 @@ def tls_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Reg
         yield registry, certificate.ca
 
 
-def install(target: Path, image: str, backend: str) -> subprocess.CompletedProcess[str]:
-    return bootc(
-        "install", "to-filesystem", "--backend", backend,
-        "--source-imgref", image, str(target),
-    )  # fmt: skip
-
-
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_a_registry_with_a_private_ca_is_trusted_through_certs_d(
     tls_registry: tuple[Registry, Path],
@@ -60,12 +52,12 @@ def test_a_registry_with_a_private_ca_is_trusted_through_certs_d(
         layout = OciLayout(tmp_path / "oci")
         layout.add_image("os", sample_image("1.0"))
         push(layout.ref("os"), image)
-        ok(install(target, image, backend))
+        ok(install(target, image, backend=backend))
     finally:
         (trust / "ca.crt").unlink()
         trust.rmdir()
     # Untrusted again: the certificate is refused, nothing is installed.
-    line = one_error_line(install(other_target, image, backend))
+    line = one_error_line(install(other_target, image, backend=backend))
     assert "certificate signed by unknown authority" in line, line
     assert list(other_target.iterdir()) == []
 
@@ -96,7 +88,7 @@ def test_a_mirror_serves_while_the_primary_does_not_answer(
     )
     try:
         image = f"docker://{primary}/{repo}:latest"
-        out = ok(install(target, image, backend))
+        out = ok(install(target, image, backend=backend))
         assert out.startswith(f"Queued for next boot: ostree-unverified-registry:{primary}/{repo}")
     finally:
         dropin.unlink()

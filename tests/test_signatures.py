@@ -22,7 +22,7 @@ import pytest
 
 from pybootc.ocibuild import OciLayout
 from pybootc.sample_image import sample_image
-from tests.backend_support import bootc, ok, one_error_line, state
+from tests.backend_support import bootc, install, ok, one_error_line, state
 from tests.support import Registry
 
 pytestmark = pytest.mark.registry
@@ -137,15 +137,6 @@ def signed_ref(signing: Signing, repo: str, tag: str) -> str:
     return f"ostree-image-signed:docker://{signing.registry.address}/{repo}:{tag}"
 
 
-def install(target: Path, imgref: str, backend: str) -> str:
-    return ok(
-        bootc(
-            "install", "to-filesystem", "--backend", backend,
-            "--source-imgref", imgref, str(target),
-        )
-    )  # fmt: skip
-
-
 def refused(target: Path, *args: str) -> str:
     """The one error line of a command that must change nothing."""
     before = state(target)
@@ -164,7 +155,7 @@ def test_signed_by_the_trusted_key_is_deployed_and_the_rest_refused(
     signing.push("4.0", repo, "by-other", sign_by="other@pybootc.test")
     moved = signing.push("3.0", repo, "moved", sign_by=None)
 
-    out = install(target, signed_ref(signing, repo, "v1"), backend)
+    out = ok(install(target, signed_ref(signing, repo, "v1"), backend=backend))
     assert out.startswith(f"Queued for next boot: {signed_ref(signing, repo, 'v1')}")
     host = json.loads(ok(bootc("status", "--format", "json", sysroot=target)))
     assert host["status"]["staged"]["image"]["image"]["signature"] == "containerPolicy"
@@ -197,7 +188,7 @@ def test_an_unsigned_build_under_a_signed_tag_is_not_upgraded_to(
 ) -> None:
     repo = f"pybootc/signed/{backend}-b"
     signing.push("1.0", repo, "stream", sign_by="trusted@pybootc.test")
-    install(target, signed_ref(signing, repo, "stream"), backend)
+    ok(install(target, signed_ref(signing, repo, "stream"), backend=backend))
     signing.push("2.0", repo, "stream", sign_by=None)
     source = f"docker://{signing.registry.address}/{repo}:stream"
     expected = f"error: Fetching manifest of {source}: {NO_SIGNATURE}"
@@ -215,7 +206,9 @@ def test_unverified_images_follow_the_policy_without_needing_a_signature(
     open_repo = f"pybootc/open/{backend}"
     signing.push("1.0", open_repo, "v1", sign_by=None)
     imgref = f"ostree-unverified-registry:{signing.registry.address}/{open_repo}:v1"
-    assert install(target, imgref, backend).startswith(f"Queued for next boot: {imgref}")
+    assert ok(install(target, imgref, backend=backend)).startswith(
+        f"Queued for next boot: {imgref}"
+    )
     # The policy still applies to what bootc does not ask to be signed.
     repo = f"pybootc/signed/{backend}-c"
     signing.push("2.0", repo, "unsigned", sign_by=None)
@@ -231,7 +224,7 @@ def test_a_signed_image_under_a_policy_that_accepts_anything_is_refused(
 ) -> None:
     repo = f"pybootc/signed/{backend}-d"
     signing.push("1.0", repo, "stream", sign_by="trusted@pybootc.test")
-    install(target, signed_ref(signing, repo, "stream"), backend)
+    ok(install(target, signed_ref(signing, repo, "stream"), backend=backend))
     lax = policy.with_name("lax.json")
     lax.write_text(json.dumps({"default": [{"type": "insecureAcceptAnything"}]}))
     monkeypatch.setenv("CONTAINERS_POLICY_JSON", str(lax))
