@@ -18,17 +18,21 @@ $(STAMP): pyproject.toml | packages
 demo: packages $(STAMP)
 	$(PY) -m pybootc.demo
 
-# Everything but the boot tests on both cores, then the boot scenario for both backends,
-# one at a time: a qemu guest under TCG keeps a core busy, and its timeouts assume it has
-# one. The smoke boot tests repeat parts of the scenario and run in `make test-boot`.
+# Everything but the boot tests on both cores, then the boot scenario for both backends
+# and the soft reboot (a Debian forky guest), one at a time: a qemu guest under TCG keeps
+# a core busy, and its timeouts assume it has one. The smoke boot tests repeat parts of
+# the scenario and run in `make test-boot`.
 test: packages $(STAMP)
 	$(PY) -m pytest -n 2 -q -p no:cacheprovider -m "not boot"
-	$(PY) -m pytest -q -p no:cacheprovider -m boot tests/boot/test_boot_scenario.py
+	$(PY) -m pytest -q -p no:cacheprovider -m boot tests/boot/test_boot_scenario.py \
+		tests/boot/test_soft_reboot.py
 
-# Every boot test on a Debian 12 guest, then on a Debian 13 guest.
+# Every boot test on a Debian 12 guest, then on a Debian 13 guest (the soft reboot, which
+# always boots forky, once).
 test-boot: packages $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider -s tests/boot
-	PYBOOTC_BOOT_RELEASE=trixie $(PY) -m pytest -q -p no:cacheprovider -s tests/boot
+	PYBOOTC_BOOT_RELEASE=trixie $(PY) -m pytest -q -p no:cacheprovider -s tests/boot \
+		--ignore tests/boot/test_soft_reboot.py
 
 bench: packages $(STAMP)
 	$(PY) bench/run.py

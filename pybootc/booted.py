@@ -12,15 +12,21 @@ import functools
 import re
 import signal
 import sys
+from pathlib import Path
 
 from pybootc import tools
 from pybootc.errors import BootcError
-from pybootc.ostree_gi import OSTree
+from pybootc.kargs import split as split_kargs
+from pybootc.ostree_gi import GLib, OSTree
 
 # The first systemd with `systemctl soft-reboot`.
 SOFT_REBOOT_SYSTEMD = 254
 # The release that added ostree_sysroot_deployment_set_soft_reboot.
 SOFT_REBOOT_OSTREE = "2025.3"
+# ostree-prepare-root's configuration, in a deployment; /etc's replaces /usr/lib's.
+PREPARE_ROOT_CONFIGS = ("usr/lib/ostree/prepare-root.conf", "etc/ostree/prepare-root.conf")
+COMPOSEFS_KARG = "ostree.prepare-root.composefs"
+_COMPOSEFS_ON = ("yes", "true", "1", "signed", "verity")
 
 
 class SoftReboot(enum.StrEnum):
@@ -61,6 +67,33 @@ def soft_reboot_unavailable() -> str | None:
             f" (it needs {SOFT_REBOOT_OSTREE} or newer)"
         )
     return None
+
+
+def composefs_enabled(deployment_root: Path, cmdline: str) -> bool:
+    """Whether ostree-prepare-root must mount this deployment with composefs: libostree
+    prepares a soft reboot only into such a deployment ("soft reboot not supported
+    without composefs"), whatever deployment_can_soft_reboot says.
+
+    As ostree-prepare-root reads it: `[composefs] enabled` of the deployment's
+    prepare-root.conf (yes, signed or verity; off when absent), which the running
+    kernel's `ostree.prepare-root.composefs=` overrides.
+    """
+    value = "no"
+    for name in PREPARE_ROOT_CONFIGS:
+        keyfile = GLib.KeyFile()
+        try:
+            keyfile.load_from_file(str(deployment_root / name), GLib.KeyFileFlags.NONE)
+        except GLib.Error:
+            continue  # absent (or unreadable, which prepare-root would refuse too)
+        try:
+            value = keyfile.get_value("composefs", "enabled")
+        except GLib.Error:
+            value = "no"
+    for karg in split_kargs(cmdline):
+        key, _, setting = karg.partition("=")
+        if key == COMPOSEFS_KARG:
+            value = setting
+    return value.strip().lower() in _COMPOSEFS_ON
 
 
 def check_soft_reboot(mode: SoftReboot | None) -> bool:

@@ -165,13 +165,17 @@ class Sysroot:
         )
 
     def _can_soft_reboot(self, deployment: Any) -> bool:
-        from pybootc.booted import soft_reboot_unavailable
+        from pybootc.booted import composefs_enabled, soft_reboot_unavailable
 
         return (
             self.booted
             and hasattr(self._sysroot, "deployment_can_soft_reboot")
             and soft_reboot_unavailable() is None
             and bool(self._sysroot.deployment_can_soft_reboot(deployment))
+            and composefs_enabled(
+                self.path / str(self._sysroot.get_deployment_dirpath(deployment)),
+                Path("/proc/cmdline").read_text(),
+            )
         )
 
     def _deployments(self) -> list[Any]:

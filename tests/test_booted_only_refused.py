@@ -46,3 +46,32 @@ def test_booted_host_verbs_are_refused_off_a_booted_host(
     line = one_error_line(bootc(*argv, sysroot=sysroot))
     assert line == f"error: {flag} only applies on booted hosts"
     assert state(sysroot) == before
+
+
+@pytest.mark.parametrize(
+    ("usr_lib", "etc", "cmdline", "enabled"),
+    [
+        (None, None, "ro", False),
+        ("[composefs]\nenabled = yes\n", None, "ro", True),
+        ("[composefs]\nenabled = signed\n", None, "ro", True),
+        ("[composefs]\nenabled = verity\n", None, "ro", True),
+        ("[composefs]\nenabled = maybe\n", None, "ro", False),
+        ("[composefs]\nenabled = yes\n", "[composefs]\nenabled = no\n", "ro", False),
+        ("[composefs]\nenabled = yes\n", "[sysroot]\nreadonly = true\n", "ro", False),
+        (None, "[composefs]\nenabled = true\n", "ro", True),
+        ("[composefs]\nenabled = yes\n", None, "ro ostree.prepare-root.composefs=0", False),
+        (None, None, "ostree.prepare-root.composefs=1 quiet", True),
+    ],
+)
+def test_soft_reboot_needs_a_deployment_that_composefs_mounts(
+    tmp_path: Path, usr_lib: str | None, etc: str | None, cmdline: str, enabled: bool
+) -> None:
+    """As ostree-prepare-root reads it; /etc's file replaces /usr/lib's whole."""
+    from pybootc.booted import composefs_enabled
+
+    for name, text in (("usr/lib", usr_lib), ("etc", etc)):
+        if text is not None:
+            path = tmp_path / name / "ostree/prepare-root.conf"
+            path.parent.mkdir(parents=True)
+            path.write_text(text)
+    assert composefs_enabled(tmp_path, cmdline) is enabled

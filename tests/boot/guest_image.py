@@ -40,7 +40,9 @@ from tests.boot.oci_layers import (
 ROOT = Path(__file__).resolve().parents[2]
 VENV_PYTHON = ROOT / ".venv" / "bin" / "python"
 DEFAULT_CACHE = Path("/var/tmp/pybootc-guest")
-TAGS = ("v1", "v2", "v2.1", "v3")
+TAGS = ("v1", "v2", "v2.1", "v2-composefs", "v3")
+# What libostree needs to soft-reboot into a deployment: its root mounted by composefs.
+COMPOSEFS_ON = b"[composefs]\nenabled = yes\n"
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,14 @@ def build_guest_images(release: str, layout: Path, cache: Path = DEFAULT_CACHE) 
     return _write_layout(release, base, layout)
 
 
+def base_layer(release: str, cache: Path = DEFAULT_CACHE) -> Path:
+    """The cached base tree of `release` as one gzip tar, built on first use: also a
+    Debian tree to run another release's tools in (tests/toolbox.py)."""
+    cache.mkdir(parents=True, exist_ok=True)
+    with _locked(cache / ".lock"):
+        return _cached_base(recipe_for(release), cache).layer.path
+
+
 # --- the cached base layer -------------------------------------------------------------
 
 
@@ -115,6 +125,9 @@ def _build_base(recipe: Recipe, out: Path) -> None:
             "--variant=apt",
             "--format=directory",
             '--aptopt=APT::Install-Recommends "false"',
+            # A testing suite's Release file is valid for a week only, and a mirror or
+            # snapshot that lags behind would refuse it; the guest is a test tree.
+            '--aptopt=Acquire::Check-Valid-Until "false"',
             "--include=" + ",".join(recipe.packages),
             f'--customize-hook=sh {hook} "$1"',
             recipe.release,
@@ -240,6 +253,8 @@ def _write_layout(release: str, base: BaseTree, layout: Path) -> GuestImages:
     # An update of v2: one more small layer on top, as a rebuild of v2 would add.
     update = put_layer(blobs, [member("usr/share/pybootc-test/version", b"2.1\n", 0o644)])
     manifests.append(put_image(blobs, "v2.1", [*layers, update]))
+    composefs = put_layer(blobs, [member("usr/lib/ostree/prepare-root.conf", COMPOSEFS_ON, 0o644)])
+    manifests.append(put_image(blobs, "v2-composefs", [*layers, composefs]))
     initramfs = f"usr/lib/modules/{base.kernel_version}/initramfs.img"
     broken = base.broken_initramfs.read_bytes()
     layers.append(put_layer(blobs, [member(initramfs, broken)]))

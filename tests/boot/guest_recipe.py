@@ -51,6 +51,8 @@ PACKAGES = (
 RELEASE_PACKAGES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "bookworm": ((), ()),
     "trixie": ((), ()),
+    # testing: the first Debian whose libostree (2025.3+) and systemd (254+) soft-reboot.
+    "forky": ((), ()),
 }
 
 # The virtio and ext4 drivers are listed explicitly: if the cloud kernel builds one of them
@@ -64,8 +66,11 @@ set -eu
 root="$1"
 kver=$(ls "$root/usr/lib/modules")
 modules="/usr/lib/modules/$kver"
-# libostree looks for the kernel and initramfs next to the modules, not in /boot.
-cp "$root/boot/vmlinuz-$kver" "$root$modules/vmlinuz"
+# libostree looks for the kernel and initramfs next to the modules, not in /boot. Newer
+# Debian kernels (forky) already put it there, with /boot's name for the same file.
+if ! [ "$root/boot/vmlinuz-$kver" -ef "$root$modules/vmlinuz" ]; then
+    cp "$root/boot/vmlinuz-$kver" "$root$modules/vmlinuz"
+fi
 chroot "$root" dracut --force --no-hostonly --add ostree --add-drivers "{DRIVERS}" \\
     "$modules/initramfs.img" "$kver"
 # v3's initramfs: no ostree module, so ostree-prepare-root never runs and the boot fails.
