@@ -419,6 +419,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         result: int = args.func(args)
     except BootcError as err:
+        # What was said before the failure (a staged deployment, say) comes first, also
+        # where stdout is a file that buffers it and stderr is the same file.
+        sys.stdout.flush()
         print(f"error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

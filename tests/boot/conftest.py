@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.boot.guest_image import GuestImages, build_guest_images
-from tests.boot.steps import TIMINGS, phase
+from tests.boot.guest_image import GuestImages
+from tests.boot.steps import TIMINGS, guest_images
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -25,15 +25,8 @@ def _print_timings() -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def images() -> Iterator[GuestImages]:
-    release = os.environ.get("PYBOOTC_BOOT_RELEASE", "bookworm")
-    # The layout is this session's own; the base layer in it is a hard link to the cache.
-    layout = Path(tempfile.mkdtemp(prefix=f"pybootc-guest-{release}-", dir="/var/tmp"))
-    try:
-        with phase(f"guest images for {release} (cached base + wheel layer)"):
-            images = build_guest_images(release, layout / "layout")
-        yield images
-    finally:
-        shutil.rmtree(layout, ignore_errors=True)
+    with guest_images(os.environ.get("PYBOOTC_BOOT_RELEASE", "bookworm")) as found:
+        yield found
 
 
 @pytest.fixture

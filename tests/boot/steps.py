@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.boot.agent_disk import StepOutput, make_agent_disk, make_images_disk, read_step_output
-from tests.boot.guest_image import GuestImages
+from tests.boot.guest_image import GuestImages, build_guest_images
 from tests.boot.host_command import run
 from tests.boot.loader import BootResult, boot
 
@@ -36,6 +37,19 @@ def phase(name: str) -> Iterator[None]:
     finally:
         TIMINGS[name] = time.monotonic() - started
         print(f"[boot phase] {name}: {TIMINGS[name]:.1f} s", file=sys.stderr)
+
+
+@contextmanager
+def guest_images(release: str) -> Iterator[GuestImages]:
+    """The guest images of `release` in a layout of this session's own (the base layer in
+    it a hard link to the cache), removed afterwards."""
+    layout = Path(tempfile.mkdtemp(prefix=f"pybootc-guest-{release}-", dir="/var/tmp"))
+    try:
+        with phase(f"guest images for {release} (cached base + wheel layer)"):
+            images = build_guest_images(release, layout / "layout")
+        yield images
+    finally:
+        shutil.rmtree(layout, ignore_errors=True)
 
 
 def install_v1(

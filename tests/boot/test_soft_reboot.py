@@ -17,17 +17,22 @@ on the agent disk.
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.boot.guest_image import GuestImages, build_guest_images
+from tests.boot.guest_image import GuestImages
 from tests.boot.loader import read_entries
-from tests.boot.steps import SWITCH_TIMEOUT, boot_step, image_of, images_disk, install_v1, phase
+from tests.boot.steps import (
+    SWITCH_TIMEOUT,
+    boot_step,
+    guest_images,
+    image_of,
+    images_disk,
+    install_v1,
+)
 
 pytestmark = pytest.mark.boot
 
@@ -63,13 +68,8 @@ fi
 
 @pytest.fixture(scope="module")
 def forky_images() -> Iterator[GuestImages]:
-    layout = Path(tempfile.mkdtemp(prefix=f"pybootc-guest-{RELEASE}-", dir="/var/tmp"))
-    try:
-        with phase(f"guest images for {RELEASE} (cached base + wheel layer)"):
-            images = build_guest_images(RELEASE, layout / "layout")
-        yield images
-    finally:
-        shutil.rmtree(layout, ignore_errors=True)
+    with guest_images(RELEASE) as found:
+        yield found
 
 
 def status(raw: str) -> dict[str, Any]:
