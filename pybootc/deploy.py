@@ -21,17 +21,13 @@ from pybootc.backends import Backend
 from pybootc.backends import container as container_backend
 from pybootc.backends import ostree as ostree_backend
 from pybootc.deployment_image import (
-    CACHED_CONFIG,
-    CACHED_DIGEST,
-    CACHED_MANIFEST,
     OriginImage,
     commit_image,
     commit_layer_digests,
-    image_ref,
     origin_image,
 )
 from pybootc.errors import BootcError, error_context
-from pybootc.image_metadata import ImageMetadata, canonical_json, fetch_image_metadata
+from pybootc.image_metadata import ImageMetadata, fetch_image_metadata
 from pybootc.imgref import OstreeImageReference, SignatureKind
 from pybootc.kargs import (
     KARGS_D,
@@ -48,15 +44,18 @@ from pybootc.ostree_commit import (
     set_detached_metadata,
     set_ref,
 )
+from pybootc.ostree_ext_format import (
+    CONTAINER_REF_PREFIX,
+    IMAGE_REF_PREFIX,
+    cached_update_metadata,
+    image_ref,
+)
 from pybootc.ostree_gi import GLib
 from pybootc.progress import NO_PROGRESS, Progress
 from pybootc.registry_auth import RegistryAuth
 from pybootc.sigpolicy import require_enforcing_policy
 from pybootc.sysroot import DeploymentInfo, Sysroot, initialize
 
-IMAGE_REF_PREFIX = "ostree/container/image"
-# Image refs and the ostree backend's layer refs alike.
-CONTAINER_REF_PREFIX = "ostree/container"
 DEFAULT_STATEROOT = "default"
 
 log = logging.getLogger(__name__)
@@ -397,11 +396,7 @@ def check_for_update(sysroot_path: Path) -> tuple[Report, dict[str, object]]:
         set_detached_metadata(
             sysroot.repo,
             current.checksum,
-            {
-                CACHED_DIGEST: GLib.Variant("s", metadata.manifest_digest),
-                CACHED_MANIFEST: GLib.Variant("s", canonical_json(metadata.manifest_raw)),
-                CACHED_CONFIG: GLib.Variant("s", canonical_json(metadata.config_raw)),
-            },
+            cached_update_metadata(metadata),
         )
     size = sum(layer.size for layer in metadata.manifest.layers)
     summary: dict[str, object] = {

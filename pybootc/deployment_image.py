@@ -8,7 +8,6 @@ holds what was deployed (manifest digest, config, version).
 from __future__ import annotations
 
 import datetime
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,12 +15,8 @@ from pybootc.backends import Backend
 from pybootc.errors import BootcError
 from pybootc.imgref import OstreeImageReference
 from pybootc.oci.model import Manifest
-from pybootc.ostree_commit import (
-    commit_timestamp,
-    image_ref_name,
-    read_commit_metadata,
-    read_detached_metadata,
-)
+from pybootc.ostree_commit import commit_timestamp, read_commit_metadata, read_detached_metadata
+from pybootc.ostree_ext_format import cached_update_of, image_of_commit, manifest_of_commit
 from pybootc.ostree_gi import OSTree
 from pybootc.sysroot import DeploymentInfo, Origin
 
@@ -30,17 +25,6 @@ IMAGE_KEY = "container-image-reference"
 PYBOOTC_GROUP = "pybootc"
 BACKEND_KEY = "backend"
 DECRYPTION_KEY_KEY = "decryption-key"
-
-# ostree-ext's keys for an update found by `upgrade --check`, as detached metadata.
-CACHED_DIGEST = "ostree-ext.cached.manifest-digest"
-CACHED_MANIFEST = "ostree-ext.cached.manifest"
-CACHED_CONFIG = "ostree-ext.cached.config"
-
-
-def image_ref(imgref: OstreeImageReference) -> str:
-    """The ref that holds an image's merge commit: ostree-ext names it after
-    `transport:name`, whatever the signature policy."""
-    return image_ref_name(f"{imgref.imgref.transport.value}:{imgref.imgref.name}")
 
 
 @dataclass(frozen=True)
@@ -92,12 +76,10 @@ class CommitImage:
 
 
 def commit_image(repo: OSTree.Repo, checksum: str) -> CommitImage | None:
-    meta = read_commit_metadata(repo, checksum)
-    digest = meta.get("ostree.manifest-digest")
-    config_text = meta.get("ostree.container.image-config")
-    if not isinstance(digest, str) or not isinstance(config_text, str):
+    recorded = image_of_commit(read_commit_metadata(repo, checksum))
+    if recorded is None:
         return None
-    image = CommitImage.from_config(digest, json.loads(config_text))
+    image = CommitImage.from_config(*recorded)
     if image.created is None:
         timestamp = commit_timestamp(repo, checksum)
         created = datetime.datetime.fromtimestamp(timestamp, datetime.UTC).isoformat()
@@ -107,19 +89,15 @@ def commit_image(repo: OSTree.Repo, checksum: str) -> CommitImage | None:
 
 def commit_layer_digests(repo: OSTree.Repo, checksum: str) -> set[str]:
     """The layer digests of the manifest a commit was made from."""
-    raw = read_commit_metadata(repo, checksum).get("ostree.manifest")
-    if not isinstance(raw, str):
+    raw = manifest_of_commit(read_commit_metadata(repo, checksum))
+    if raw is None:
         return set()
-    return {layer.digest for layer in Manifest.parse(raw.encode()).layers}
+    return {layer.digest for layer in Manifest.parse(raw).layers}
 
 
 def cached_update(repo: OSTree.Repo, checksum: str) -> CommitImage | None:
-    detached = read_detached_metadata(repo, checksum)
-    digest = detached.get(CACHED_DIGEST)
-    config_text = detached.get(CACHED_CONFIG)
-    if not isinstance(digest, str) or not isinstance(config_text, str):
-        return None
-    return CommitImage.from_config(digest, json.loads(config_text))
+    recorded = cached_update_of(read_detached_metadata(repo, checksum))
+    return None if recorded is None else CommitImage.from_config(*recorded)
 
 
 def origin_image(deployment: DeploymentInfo) -> OriginImage | None:

@@ -32,11 +32,6 @@ def host_architecture() -> str:
     return _GOARCH.get(machine, machine)
 
 
-def canonical_json(raw: bytes) -> str:
-    """The JSON text ostree-ext stores in commit metadata: compact, keys sorted."""
-    return json.dumps(json.loads(raw), sort_keys=True, separators=(",", ":"))
-
-
 @dataclass(frozen=True)
 class ImageMetadata:
     manifest_raw: bytes

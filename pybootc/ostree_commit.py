@@ -1,7 +1,7 @@
 """Commits, refs and commit metadata in an OSTree repo, through libostree.
 
 Owns committing a finished tree the way ostree-ext does (one transaction, SELinux labels
-from the image's own policy, the image's created time) and ostree-ext's ref names.
+from the image's own policy, the image's created time)
 """
 
 from __future__ import annotations
@@ -12,8 +12,6 @@ from pathlib import Path
 
 from pybootc.errors import BootcError
 from pybootc.ostree_gi import Gio, GLib, OSTree
-
-IMAGE_REF_PREFIX = "ostree/container/image"
 
 
 @contextmanager
@@ -213,63 +211,6 @@ def root_tree_checksum(repo: OSTree.Repo, commit: str) -> str:
     if checksum is None:
         raise BootcError(f"Commit {commit} has no root tree")
     return str(checksum)
-
-
-def ref_escape(s: str) -> str:
-    """Escape `s` for use in a ref, exactly as ostree-ext's refescape does.
-
-    ASCII alphanumerics and `-` stay; `/` stays when it follows an alphanumeric and is
-    not the last character (so no empty or trailing path components); `_` becomes `__`;
-    anything else becomes `_XX_`, its code point in upper-case hex (at least 2 digits).
-    """
-    if not s:
-        raise BootcError("Invalid empty string for ref")
-    if "\0" in s:
-        raise BootcError("Invalid embedded NUL in string for ostree ref")
-    out: list[str] = []
-    previous_alphanumeric = False
-    for i, c in enumerate(s):
-        alphanumeric = c.isascii() and c.isalnum()
-        slash_kept = c == "/" and previous_alphanumeric and i + 1 < len(s)
-        if alphanumeric or c == "-" or slash_kept:
-            out.append(c)
-        elif c == "_":
-            out.append("__")
-        else:
-            out.append(f"_{ord(c):02X}_")
-        previous_alphanumeric = alphanumeric
-    return "".join(out)
-
-
-def ref_unescape(escaped: str) -> str:
-    """Undo `ref_escape`."""
-    out: list[str] = []
-    i = 0
-    while i < len(escaped):
-        c = escaped[i]
-        if c != "_":
-            if not (c.isascii() and (c.isalnum() or c in "-/")):
-                raise BootcError(f"Invalid character {c!r} in escaped ref {escaped}")
-            out.append(c)
-            i += 1
-        elif escaped.startswith("__", i):
-            out.append("_")
-            i += 2
-        else:
-            end = escaped.find("_", i + 1)
-            try:
-                if end < 0:
-                    raise ValueError(escaped)
-                out.append(chr(int(escaped[i + 1 : end], 16)))
-            except (ValueError, OverflowError):
-                raise BootcError(f"Invalid escape in ref {escaped}") from None
-            i = end + 1
-    return "".join(out)
-
-
-def image_ref_name(imgref: str) -> str:
-    """The ref ostree-ext keeps an image's merge commit under."""
-    return f"{IMAGE_REF_PREFIX}/{ref_escape(imgref)}"
 
 
 def checkout(repo: OSTree.Repo, commit: str, dest: Path) -> None:

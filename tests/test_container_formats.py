@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from pybootc.deployment_image import image_ref
 from pybootc.imgref import OstreeImageReference
 from pybootc.ocibuild import Compression, OciLayout, push
 from pybootc.ostree_commit import read_commit_metadata, resolve_ref, root_tree_checksum
+from pybootc.ostree_ext_format import image_ref
 from pybootc.sample_image import sample_image
 from pybootc.spec import Host
 from pybootc.sysroot import Sysroot

@@ -14,17 +14,15 @@ from pybootc.errors import BootcError
 from pybootc.ostree_commit import (
     commit_directory,
     commit_timestamp,
-    image_ref_name,
     list_refs,
     read_commit_metadata,
     read_detached_metadata,
-    ref_escape,
-    ref_unescape,
     resolve_ref,
     root_tree_checksum,
     set_detached_metadata,
     set_ref,
 )
+from pybootc.ostree_ext_format import image_ref_name, ref_escape, ref_unescape
 from pybootc.ostree_gi import Gio, GLib, OSTree
 from tests.sysroot_support import write_bootable_tree
 

@@ -14,12 +14,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from pybootc.deployment_image import image_ref
 from pybootc.errors import BootcError, error_context
-from pybootc.image_metadata import ImageMetadata, canonical_json
+from pybootc.image_metadata import ImageMetadata
 from pybootc.imgref import OstreeImageReference
 from pybootc.layers.postprocess import postprocess_tree
 from pybootc.ostree_commit import commit_directory, set_ref
+from pybootc.ostree_ext_format import image_commit_metadata, image_ref
 from pybootc.ostree_gi import GLib, OSTree
 from pybootc.progress import Progress
 
@@ -76,11 +76,7 @@ def finish_import(
     for warning in result.warnings:
         log.warning("%s", warning)
     with error_context(f"Importing {imgref}"), progress.step("committing"):
-        variants = {
-            "ostree.manifest-digest": GLib.Variant("s", metadata.manifest_digest),
-            "ostree.manifest": GLib.Variant("s", canonical_json(metadata.manifest_raw)),
-            "ostree.container.image-config": GLib.Variant("s", canonical_json(metadata.config_raw)),
-        }
+        variants = image_commit_metadata(metadata)
         if metadata.config.version:
             variants["version"] = GLib.Variant("s", metadata.config.version)
         has_policy = (root / "usr/etc/selinux/config").is_file()

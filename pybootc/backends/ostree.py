@@ -30,24 +30,24 @@ from pybootc.ostree_commit import (
     commit_directory,
     list_refs,
     read_commit_metadata,
-    ref_escape,
     resolve_ref,
     set_ref,
+)
+from pybootc.ostree_ext_format import (
+    BLOB_DIGEST_KEY,
+    BLOB_REF_PREFIX,
+    blob_digest_of_commit,
+    blob_ref,
 )
 from pybootc.ostree_gi import GLib, OSTree
 from pybootc.progress import NO_PROGRESS, Progress
 from pybootc.registry_auth import ANONYMOUS, RegistryAuth
 
-BLOB_REF_PREFIX = "ostree/container/blob/"
 # OSTree cannot store device nodes, FIFOs or sockets. A layer commit keeps each as
 # an empty file carrying this xattr ("c 1 3", "b 7 0", "p", "s"), and the merged
 # tree gets the real thing back, so post-processing sees what the image has.
 SPECIAL_XATTR = "user.pybootc.special"
 _KIND_LETTERS = {stat.S_IFCHR: "c", stat.S_IFBLK: "b", stat.S_IFIFO: "p", stat.S_IFSOCK: "s"}
-
-
-def blob_ref(digest: str) -> str:
-    return BLOB_REF_PREFIX + ref_escape(digest)
 
 
 def missing_layers(repo: OSTree.Repo, metadata: ImageMetadata) -> list[Descriptor]:
@@ -125,7 +125,7 @@ def _import_layer(repo: OSTree.Repo, layer: BlobLayer, work: Path) -> str:
         staging,
         subject=f"layer {layer.descriptor.digest}",
         metadata={
-            "ostree.container.blob-digest": GLib.Variant("s", layer.descriptor.digest),
+            BLOB_DIGEST_KEY: GLib.Variant("s", layer.descriptor.digest),
             "pybootc.special-files": GLib.Variant("b", special),
         },
         timestamp=0,
@@ -210,8 +210,8 @@ def import_image(
 def prune_layer_refs(repo: OSTree.Repo, in_use: set[str]) -> list[str]:
     """Drop the refs of layer commits whose digest is not in `in_use`; return them."""
     dropped = []
-    for ref, commit in list_refs(repo, BLOB_REF_PREFIX.rstrip("/")).items():
-        digest = read_commit_metadata(repo, commit).get("ostree.container.blob-digest")
+    for ref, commit in list_refs(repo, BLOB_REF_PREFIX).items():
+        digest = blob_digest_of_commit(read_commit_metadata(repo, commit))
         if digest not in in_use:
             set_ref(repo, ref, None)
             dropped.append(ref)
