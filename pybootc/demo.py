@@ -20,6 +20,7 @@ from pybootc import tools
 from pybootc.layers.listing import diff_listings, list_tree
 from pybootc.ocibuild import OciLayout
 from pybootc.sample_image import sample_image
+from pybootc.sysroot import unlock_deployment_roots
 
 DEMO = Path("demo").absolute()
 WORK = DEMO / "work"
@@ -48,10 +49,7 @@ def bootc(*args: str) -> str:
 def fresh_sysroot() -> None:
     """An empty ext4 filesystem mounted at demo/sysroot, as an installer would get."""
     if tools.run(["mountpoint", "-q", SYSROOT], check=False).returncode == 0:
-        deployments = SYSROOT.glob("ostree/deploy/*/deploy/*")
-        roots = [str(p) for p in deployments if p.is_dir() and not p.is_symlink()]
-        if roots:
-            sh("chattr", "-i", *roots)
+        unlock_deployment_roots(SYSROOT)
         sh("umount", str(SYSROOT))
     shutil.rmtree(WORK, ignore_errors=True)
     WORK.mkdir(parents=True)

@@ -54,7 +54,7 @@ from pybootc.ostree_gi import GLib
 from pybootc.progress import NO_PROGRESS, Progress
 from pybootc.registry_auth import RegistryAuth
 from pybootc.sigpolicy import require_enforcing_policy
-from pybootc.sysroot import DeploymentInfo, Sysroot, initialize
+from pybootc.sysroot import DeploymentInfo, Sysroot, initialize, unlock_deployment_roots
 
 DEFAULT_STATEROOT = "default"
 
@@ -129,7 +129,15 @@ def _fetch_metadata(imgref: OstreeImageReference, auth: RegistryAuth) -> ImageMe
 
 def _prepare(target: OriginImage, auth: RegistryAuth) -> ImageMetadata:
     """Manifest and config, checked: signatures, architecture, and a way to decrypt
-    encrypted layers."""
+    encrypted layers. A key the store cannot use is refused before any of it."""
+    key = target.decryption_key
+    if key is not None and target.backend is Backend.OSTREE:
+        raise BootcError(
+            f"Decryption key {key}: the ostree backend cannot decrypt images;"
+            " use --backend container"
+        )
+    if key is not None and not key.is_file():
+        raise BootcError(f"Decryption key {key}: no such file")
     metadata = _fetch_metadata(target.imgref, auth)
     encrypted = any(layer.layer_format.encrypted for layer in metadata.manifest.layers)
     if encrypted and target.backend is Backend.OSTREE:
@@ -311,10 +319,8 @@ def switch(
         origin = OriginImage(target, chosen, decryption_key.absolute() if decryption_key else None)
         auth = registry_auth(sysroot, current)
         metadata = _prepare(origin, auth)
-        if current is not None and current_image == origin:
-            deployed = commit_image(sysroot.repo, current.checksum)
-            if deployed is not None and deployed.manifest_digest == metadata.manifest_digest:
-                return Report(("Image specification is unchanged.",), changed=False)
+        if current is not None and current_image == origin and _runs(sysroot, current, metadata):
+            return Report(("Image specification is unchanged.",), changed=False)
         stateroot = current.stateroot if current else DEFAULT_STATEROOT
         drop = not retain and current_image is not None and current_image.imgref != target
         pulled = _deploy(
@@ -327,6 +333,13 @@ def switch(
             progress=progress,
         )
     return _queued(target, pulled)
+
+
+def _runs(sysroot: Sysroot, deployment: DeploymentInfo, metadata: ImageMetadata) -> bool:
+    """Whether `deployment` was made from exactly this image (its manifest digest): the
+    one test of "already deployed"."""
+    deployed = commit_image(sysroot.repo, deployment.checksum)
+    return deployed is not None and deployed.manifest_digest == metadata.manifest_digest
 
 
 def _follow(sysroot: Sysroot) -> tuple[DeploymentInfo, OriginImage]:
@@ -352,8 +365,7 @@ def upgrade(
         auth = registry_auth(sysroot, current)
         metadata = _prepare(image, auth)
         staged = next((d for d in sysroot.deployments() if d.is_staged), None)
-        staged_image = commit_image(sysroot.repo, staged.checksum) if staged else None
-        if staged_image is not None and staged_image.manifest_digest == metadata.manifest_digest:
+        if staged is not None and _runs(sysroot, staged, metadata):
             if sysroot.set_finalization(locked=download_only):
                 line = (
                     "Image downloaded, but will not be applied on reboot"
@@ -362,8 +374,7 @@ def upgrade(
                 )
                 return Report((line,))
             return Report(("Staged update present, not changed",))
-        deployed = commit_image(sysroot.repo, current.checksum)
-        if deployed is not None and deployed.manifest_digest == metadata.manifest_digest:
+        if _runs(sysroot, current, metadata):
             return Report(("No update available.",), changed=False)
         pulled = _deploy(
             sysroot,
@@ -391,8 +402,7 @@ def check_for_update(sysroot_path: Path) -> tuple[Report, dict[str, object]]:
     with sysroot.lock():
         current, image = _follow(sysroot)
         metadata = _fetch_metadata(image.imgref, registry_auth(sysroot, current))
-        deployed = commit_image(sysroot.repo, current.checksum)
-        unchanged = deployed is not None and deployed.manifest_digest == metadata.manifest_digest
+        unchanged = _runs(sysroot, current, metadata)
         set_detached_metadata(
             sysroot.repo,
             current.checksum,
@@ -466,9 +476,7 @@ def _mounts_below(path: Path) -> list[Path]:
 def _empty_again(path: Path) -> None:
     """Remove what a failed or killed install created in `path`: its deployments are
     immutable, and containers-storage may have left its overlay home mounted."""
-    roots = [p for p in path.glob("ostree/deploy/*/deploy/*") if p.is_dir() and not p.is_symlink()]
-    if roots:
-        tools.run(["chattr", "-i", *roots], check=False)
+    unlock_deployment_roots(path, check=False)
     storage = bootc_storage.bootc_storage(path)
     if storage.root.exists():
         storage.reset(check=False)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pybootc import tools
 from pybootc.errors import BootcError
 from pybootc.kargs import split as split_kargs
 from pybootc.ostree_commit import libostree_errors
@@ -101,6 +102,16 @@ def _origin_dict(keyfile: GLib.KeyFile | None) -> dict[str, dict[str, str]]:
         keys, _ = keyfile.get_keys(group)
         origin[str(group)] = {str(key): str(keyfile.get_string(group, key)) for key in keys}
     return origin
+
+
+def unlock_deployment_roots(path: Path, *, check: bool = True) -> None:
+    """Clear the immutable attribute libostree puts on each deployment root of the
+    sysroot at `path`, so that the tree can be removed (installs undone, tests, demo)."""
+
+    roots = sorted(path.glob("ostree/deploy/*/deploy/*"))
+    dirs = [root for root in roots if root.is_dir() and not root.is_symlink()]
+    if dirs:
+        tools.run(["chattr", "-i", *dirs], check=check)
 
 
 def is_booted_root(path: Path) -> bool:

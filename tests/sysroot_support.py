@@ -17,6 +17,7 @@ from pathlib import Path
 
 from pybootc.ostree_commit import commit_directory
 from pybootc.ostree_gi import OSTree
+from pybootc.sysroot import unlock_deployment_roots
 
 KERNEL_VERSION = "6.1.0-test"
 
@@ -54,17 +55,9 @@ def commit_bootable_tree(
     )
 
 
-def unlock_deployments(sysroot: Path) -> None:
-    """Clear the immutable attribute libostree puts on each deployment's root."""
-    roots = sorted(sysroot.glob("ostree/deploy/*/deploy/*"))
-    dirs = [r for r in roots if r.is_dir() and not r.is_symlink()]
-    if dirs:
-        subprocess.run(["chattr", "-i", *dirs], check=True)
-
-
 def remove_sysroot(sysroot: Path) -> None:
     if sysroot.exists():
-        unlock_deployments(sysroot)
+        unlock_deployment_roots(sysroot)
         shutil.rmtree(sysroot)
 
 

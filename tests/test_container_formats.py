@@ -273,3 +273,46 @@ def test_switch_to_an_encrypted_image_needs_the_key_and_upgrade_remembers_it(
     assert staged_version(target) == "3.0"
     assert origin_keys(target, private) == [str(private), str(private)]
     assert ok(bootc("upgrade", sysroot=target)) == "No update available.\n"
+
+
+@pytest.mark.parametrize(
+    ("backend", "key", "message"),
+    [
+        (
+            "ostree",
+            "private",
+            "error: Decryption key {key}: the ostree backend cannot decrypt images;"
+            " use --backend container",
+        ),
+        ("container", "missing", "error: Decryption key {key}: no such file"),
+    ],
+)
+def test_a_decryption_key_the_backend_cannot_use_is_refused_before_anything_is_fetched(
+    registry: Registry,
+    target: Path,
+    tmp_path: Path,
+    keys: tuple[Path, Path],
+    *,
+    backend: str,
+    key: str,
+    message: str,
+) -> None:
+    private, _ = keys
+    layout = OciLayout(tmp_path / "plain")
+    layout.add_image("1.0", sample_image("1.0"))
+    plain = f"docker://{registry.address}/pybootc/enc-refused-{backend}:latest"
+    push(layout.ref("1.0"), plain)
+    path = private if key == "private" else tmp_path / "nonexistent.pem"
+    expected = message.format(key=path)
+
+    # An image that does not exist: refused for the key, so before asking the registry.
+    missing = plain.replace(":latest", ":does-not-exist")
+    refused_install = install(target, missing, "--decryption-key", str(path), backend=backend)
+    assert one_error_line(refused_install) == expected
+    assert list(target.iterdir()) == []
+    ok(install(target, plain, backend=backend))
+    before = state(target)
+    for image in (plain, missing):
+        switch = ("switch", "--backend", backend, "--decryption-key", str(path), image)
+        assert one_error_line(bootc(*switch, sysroot=target)) == expected
+        assert state(target) == before

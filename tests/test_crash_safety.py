@@ -31,9 +31,8 @@ from pybootc.bootc_storage import bootc_storage
 from pybootc.deploy import INSTALL_INCOMPLETE
 from pybootc.ocibuild import OciLayout, file, layer
 from pybootc.sample_image import sample_image
-from pybootc.sysroot import Sysroot
+from pybootc.sysroot import Sysroot, unlock_deployment_roots
 from tests.backend_support import bootc, install, ok, one_error_line
-from tests.sysroot_support import unlock_deployments
 
 KILLS = 30
 BACKENDS = ["ostree", "container"]
@@ -203,7 +202,7 @@ def test_install_survives_kills(target: Path, layout: OciLayout, backend: str) -
     )  # fmt: skip
 
     def empty_target(_: int) -> None:
-        unlock_deployments(target)
+        unlock_deployment_roots(target)
         for child in target.iterdir():
             shutil.rmtree(child) if child.is_dir() else child.unlink()
         storage = bootc_storage(target)
