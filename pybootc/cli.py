@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pybootc.backends import Backend
 from pybootc.errors import BootcError
+from pybootc.stores import Backend
 
 if TYPE_CHECKING:
     from pybootc.deploy import Report

@@ -16,19 +16,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from pybootc import bootc_storage, tools
-from pybootc.backends import Backend
-from pybootc.backends import container as container_backend
-from pybootc.backends import ostree as ostree_backend
-from pybootc.deployment_image import (
-    OriginImage,
-    commit_image,
-    commit_layer_digests,
-    origin_image,
-)
+from pybootc import tools
+from pybootc.deployment_image import OriginImage, commit_layers, origin_image
 from pybootc.errors import BootcError, error_context
-from pybootc.image_metadata import ImageMetadata, fetch_image_metadata
-from pybootc.imgref import OstreeImageReference, SignatureKind
+from pybootc.image_metadata import ImageMetadata
+from pybootc.imgref import OstreeImageReference
 from pybootc.kargs import (
     KARGS_D,
     checked,
@@ -37,6 +29,7 @@ from pybootc.kargs import (
     image_kargs,
     with_image_change,
 )
+from pybootc.oci.model import Descriptor
 from pybootc.ostree_commit import (
     libostree_errors,
     list_refs,
@@ -44,16 +37,14 @@ from pybootc.ostree_commit import (
     set_detached_metadata,
     set_ref,
 )
-from pybootc.ostree_ext_format import (
-    CONTAINER_REF_PREFIX,
-    IMAGE_REF_PREFIX,
-    cached_update_metadata,
-    image_ref,
-)
+from pybootc.ostree_ext_format import CONTAINER_REF_PREFIX, cached_update_metadata, image_ref
 from pybootc.ostree_gi import GLib
 from pybootc.progress import NO_PROGRESS, Progress
 from pybootc.registry_auth import RegistryAuth
-from pybootc.sigpolicy import require_enforcing_policy
+from pybootc.stores import Backend
+from pybootc.stores.pipeline import Prepared, collect_garbage, import_image, prepare, runs
+from pybootc.stores.protocol import ImageStore, layer_summary
+from pybootc.stores.registry import all_stores, store_for
 from pybootc.sysroot import DeploymentInfo, Sysroot, initialize, unlock_deployment_roots
 
 DEFAULT_STATEROOT = "default"
@@ -87,29 +78,6 @@ def current_deployment(sysroot: Sysroot) -> DeploymentInfo | None:
     return deployments[0] if deployments else None
 
 
-def deployed_digests(sysroot: Sysroot) -> set[str]:
-    """Manifest digests of the images the deployments came from: GC's roots."""
-    digests = set()
-    for deployment in sysroot.deployments():
-        image = commit_image(sysroot.repo, deployment.checksum)
-        if image is not None:
-            digests.add(image.manifest_digest)
-    return digests
-
-
-def collect_garbage(sysroot: Sysroot) -> list[str]:
-    """Remove the images in bootc's storage that no deployment uses, and the layer
-    commits of the ostree backend that no deployment or image ref needs."""
-    repo = sysroot.repo
-    commits = {d.checksum for d in sysroot.deployments()}
-    commits |= set(list_refs(repo, IMAGE_REF_PREFIX).values())
-    layers = set().union(*(commit_layer_digests(repo, commit) for commit in commits))
-    ostree_backend.prune_layer_refs(repo, layers)
-    return bootc_storage.remove_unused(
-        bootc_storage.bootc_storage(sysroot.path), deployed_digests(sysroot)
-    )
-
-
 def registry_auth(sysroot: Sysroot | None, current: DeploymentInfo | None) -> RegistryAuth:
     """The host's registry credentials: those under a booted host's `/` (or an
     installer's), else under the root of the deployment whose system is updated."""
@@ -118,36 +86,26 @@ def registry_auth(sysroot: Sysroot | None, current: DeploymentInfo | None) -> Re
     return RegistryAuth.find(current.deployment_path)
 
 
-def _fetch_metadata(imgref: OstreeImageReference, auth: RegistryAuth) -> ImageMetadata:
-    """Manifest and config, judged by the signature policy. An `ostree-image-signed:`
-    image also needs a policy that does not accept anything by default: ostree-ext
-    refuses it otherwise, upgrades and checks included."""
-    if imgref.sigverify.kind is SignatureKind.CONTAINER_POLICY:
-        require_enforcing_policy()
-    return fetch_image_metadata(imgref.imgref, auth=auth)
+def _store(sysroot: Sysroot | None, path: Path, target: OriginImage) -> ImageStore:
+    return store_for(target.backend, path, sysroot.repo if sysroot is not None else None)
 
 
-def _prepare(target: OriginImage, auth: RegistryAuth) -> ImageMetadata:
-    """Manifest and config, checked: signatures, architecture, and a way to decrypt
-    encrypted layers. A key the store cannot use is refused before any of it."""
-    key = target.decryption_key
-    if key is not None and target.backend is Backend.OSTREE:
-        raise BootcError(
-            f"Decryption key {key}: the ostree backend cannot decrypt images;"
-            " use --backend container"
-        )
-    if key is not None and not key.is_file():
-        raise BootcError(f"Decryption key {key}: no such file")
-    metadata = _fetch_metadata(target.imgref, auth)
-    encrypted = any(layer.layer_format.encrypted for layer in metadata.manifest.layers)
-    if encrypted and target.backend is Backend.OSTREE:
-        raise BootcError(
-            f"{target.imgref}: the image is encrypted, which the ostree backend cannot"
-            " decrypt; use --backend container"
-        )
-    if encrypted and target.decryption_key is None:
-        raise BootcError(f"{target.imgref}: the image is encrypted; use --decryption-key")
-    return metadata
+def _prepare(
+    sysroot: Sysroot | None,
+    path: Path,
+    target: OriginImage,
+    auth: RegistryAuth,
+    current: DeploymentInfo | None,
+) -> Prepared:
+    """Manifest and config, checked (signatures, architecture, what the store can do),
+    and the layers the store has, against `current`."""
+    return prepare(
+        _store(sysroot, path, target),
+        target,
+        auth,
+        repo=sysroot.repo if sysroot is not None else None,
+        current=current,
+    )
 
 
 @contextmanager
@@ -165,51 +123,12 @@ def _undo_on_failure(sysroot: Sysroot) -> Iterator[None]:
         raise
 
 
-def _import(
-    sysroot: Sysroot,
-    target: OriginImage,
-    source: ImageMetadata,
-    *,
-    auth: RegistryAuth,
-    disable_selinux: bool = False,
-    progress: Progress,
-) -> tuple[str, ImageMetadata]:
-    """Commit the image with the target's backend: the commit and the metadata it records."""
-    if target.backend is Backend.OSTREE:
-        commit, _ = ostree_backend.import_image(
-            sysroot.path,
-            sysroot.repo,
-            target.imgref,
-            source=source,
-            auth=auth,
-            disable_selinux=disable_selinux,
-            progress=progress,
-        )
-        return commit, source
-    if target.decryption_key is not None and not target.decryption_key.is_file():
-        raise BootcError(f"Decryption key {target.decryption_key} does not exist")
-    imported = container_backend.import_image(
-        sysroot.path,
-        sysroot.repo,
-        target.imgref,
-        source=source,
-        decryption_key=target.decryption_key,
-        auth=auth,
-        disable_selinux=disable_selinux,
-        progress=progress,
-    )
-    return imported.commit, imported.metadata
-
-
-def _check_disk_space(sysroot: Sysroot, target: OriginImage, source: ImageMetadata) -> None:
+def _check_disk_space(sysroot: Sysroot, prepared: Prepared) -> None:
     """Refuse an image whose missing layers do not fit, before fetching any, as
     upstream does: their compressed size against the repo's free space less the
     space libostree keeps free (min-free-space)."""
-    if target.backend is Backend.OSTREE:
-        missing = ostree_backend.missing_layers(sysroot.repo, source)
-    else:
-        missing = container_backend.missing_layers(sysroot.path, source)
-    required = sum(layer.size for layer in missing)
+    target = prepared.target
+    required = prepared.bytes_to_fetch
     fs = os.statvfs(sysroot.path / "ostree/repo")
     with libostree_errors("Reading the repo's min-free-space"):
         _, reserved = sysroot.repo.get_min_free_space_bytes()
@@ -222,7 +141,10 @@ def _check_disk_space(sysroot: Sysroot, target: OriginImage, source: ImageMetada
 
 
 def _tidy_up(sysroot: Sysroot, *, drop_ref: str | None = None) -> None:
-    """Cleanup once the new deployment is written: GC, pruning, an old image's ref.
+    """Cleanup once the new deployment is written, or when there was nothing to
+    deploy: GC, pruning, an old image's ref. So what a command killed half-way through
+    its cleanup left (a half-deleted image in bootc's storage, whose layer podman
+    marks incomplete) goes with the retry, even when the retry finds nothing new.
 
     The verb has succeeded by then, and the deployment boots whatever happens here,
     so a failure is a warning, never an error that would say otherwise.
@@ -266,8 +188,7 @@ def _kargs_for(
 
 def _deploy(
     sysroot: Sysroot,
-    target: OriginImage,
-    source: ImageMetadata,
+    prepared: Prepared,
     *,
     stateroot: str,
     auth: RegistryAuth,
@@ -278,13 +199,19 @@ def _deploy(
     follow: OriginImage | None = None,
     progress: Progress = NO_PROGRESS,
 ) -> ImageMetadata:
-    """Fetch and deploy `target`; the origin records `follow` (default: `target`),
-    the image later upgrades fetch."""
+    """Fetch and deploy the prepared image; the origin records `follow` (default: the
+    image itself), the image later upgrades fetch."""
+    target = prepared.target
     progress.for_image(str(target.imgref))
-    _check_disk_space(sysroot, target, source)
+    _check_disk_space(sysroot, prepared)
     with _undo_on_failure(sysroot):
-        commit, recorded = _import(
-            sysroot, target, source, auth=auth, disable_selinux=disable_selinux, progress=progress
+        commit, recorded = import_image(
+            _store(sysroot, sysroot.path, target),
+            sysroot,
+            prepared,
+            auth=auth,
+            disable_selinux=disable_selinux,
+            progress=progress,
         )
         new_kargs = _kargs_for(sysroot, commit, stateroot, install)
         with progress.step("deploying"):
@@ -318,28 +245,21 @@ def switch(
         chosen = backend or (current_image.backend if current_image else Backend.OSTREE)
         origin = OriginImage(target, chosen, decryption_key.absolute() if decryption_key else None)
         auth = registry_auth(sysroot, current)
-        metadata = _prepare(origin, auth)
-        if current is not None and current_image == origin and _runs(sysroot, current, metadata):
+        prepared = _prepare(sysroot, sysroot.path, origin, auth, current)
+        if current_image == origin and prepared.deployed:
+            _tidy_up(sysroot)
             return Report(("Image specification is unchanged.",), changed=False)
         stateroot = current.stateroot if current else DEFAULT_STATEROOT
         drop = not retain and current_image is not None and current_image.imgref != target
         pulled = _deploy(
             sysroot,
-            origin,
-            metadata,
+            prepared,
             stateroot=stateroot,
             auth=auth,
             drop_ref=image_ref(current_image.imgref) if drop and current_image else None,
             progress=progress,
         )
     return _queued(target, pulled)
-
-
-def _runs(sysroot: Sysroot, deployment: DeploymentInfo, metadata: ImageMetadata) -> bool:
-    """Whether `deployment` was made from exactly this image (its manifest digest): the
-    one test of "already deployed"."""
-    deployed = commit_image(sysroot.repo, deployment.checksum)
-    return deployed is not None and deployed.manifest_digest == metadata.manifest_digest
 
 
 def _follow(sysroot: Sysroot) -> tuple[DeploymentInfo, OriginImage]:
@@ -363,9 +283,9 @@ def upgrade(
     with sysroot.lock():
         current, image = _follow(sysroot)
         auth = registry_auth(sysroot, current)
-        metadata = _prepare(image, auth)
+        prepared = _prepare(sysroot, sysroot.path, image, auth, current)
         staged = next((d for d in sysroot.deployments() if d.is_staged), None)
-        if staged is not None and _runs(sysroot, staged, metadata):
+        if staged is not None and runs(sysroot.repo, staged, prepared.metadata):
             if sysroot.set_finalization(locked=download_only):
                 line = (
                     "Image downloaded, but will not be applied on reboot"
@@ -374,12 +294,12 @@ def upgrade(
                 )
                 return Report((line,))
             return Report(("Staged update present, not changed",))
-        if _runs(sysroot, current, metadata):
+        if prepared.deployed:
+            _tidy_up(sysroot)
             return Report(("No update available.",), changed=False)
         pulled = _deploy(
             sysroot,
-            image,
-            metadata,
+            prepared,
             stateroot=current.stateroot,
             auth=auth,
             lock_finalization=download_only,
@@ -397,45 +317,78 @@ def apply_downloaded(sysroot_path: Path) -> Report:
 
 
 def check_for_update(sysroot_path: Path) -> tuple[Report, dict[str, object]]:
-    """`upgrade --check`: manifest and config only, kept as the cached update."""
+    """`upgrade --check`: manifest and config only, kept as the cached update, and what
+    an upgrade would fetch: upstream's layer diff against the deployed manifest, then
+    the layers the store has already and those it needs."""
     sysroot = Sysroot.open(sysroot_path)
     with sysroot.lock():
         current, image = _follow(sysroot)
-        metadata = _fetch_metadata(image.imgref, registry_auth(sysroot, current))
-        unchanged = _runs(sysroot, current, metadata)
-        set_detached_metadata(
-            sysroot.repo,
-            current.checksum,
-            cached_update_metadata(metadata),
-        )
-    size = sum(layer.size for layer in metadata.manifest.layers)
+        prepared = _prepare(sysroot, sysroot.path, image, registry_auth(sysroot, current), current)
+        metadata = prepared.metadata
+        set_detached_metadata(sysroot.repo, current.checksum, cached_update_metadata(metadata))
+        deployed = commit_layers(sysroot.repo, current.checksum)
+    diff = ManifestDiff.between(deployed, metadata.manifest.layers)
+    present, needed, needed_size = layer_summary(prepared.layers)
     summary: dict[str, object] = {
         "image": str(image.imgref),
-        "updateAvailable": not unchanged,
+        "updateAvailable": not prepared.deployed,
         "digest": metadata.manifest_digest,
         "version": metadata.config.version,
-        "layers": len(metadata.manifest.layers),
-        "size": size,
+        "layers": diff.total,
+        "size": diff.total_size,
+        "removedLayers": diff.removed,
+        "removedSize": diff.removed_size,
+        "addedLayers": diff.added,
+        "addedSize": diff.added_size,
+        "layersPresent": present,
+        "layersNeeded": needed,
+        "bytesNeeded": needed_size,
     }
-    if unchanged:
+    if prepared.deployed:
         return Report((f"No changes in: {image.imgref}",)), summary
     lines = [f"Update available for: {image.imgref}"]
     if metadata.config.version:
         lines.append(f"  Version: {metadata.config.version}")
     lines.append(f"  Digest: {metadata.manifest_digest}")
-    lines.append(f"Total new layers: {len(metadata.manifest.layers)}  Size: {_human_size(size)}")
+    lines += diff.lines()
+    lines.append(prepared.layers_line())
     return Report(tuple(lines)), summary
 
 
-def _human_size(size: int) -> str:
-    if size < 1000:
-        return f"{size} B"
-    value = size / 1000
-    for unit in ("kB", "MB"):
-        if value < 1000:
-            return f"{value:.1f} {unit}"
-        value /= 1000
-    return f"{value:.1f} GB"
+@dataclass(frozen=True)
+class ManifestDiff:
+    """Upstream's ManifestDiff: the new image's layers, and those removed and added
+    against the deployed one's."""
+
+    total: int
+    total_size: int
+    removed: int
+    removed_size: int
+    added: int
+    added_size: int
+
+    @classmethod
+    def between(cls, old: Sequence[Descriptor], new: Sequence[Descriptor]) -> ManifestDiff:
+        old_digests = {d.digest for d in old}
+        new_digests = {d.digest for d in new}
+        removed = [d for d in old if d.digest not in new_digests]
+        added = [d for d in new if d.digest not in old_digests]
+        return cls(
+            len(new),
+            sum(d.size for d in new),
+            len(removed),
+            sum(d.size for d in removed),
+            len(added),
+            sum(d.size for d in added),
+        )
+
+    def lines(self) -> list[str]:
+        size = GLib.format_size
+        return [
+            f"Total new layers: {self.total:<4}  Size: {size(self.total_size)}",
+            f"Removed layers:   {self.removed:<4}  Size: {size(self.removed_size)}",
+            f"Added layers:     {self.added:<4}  Size: {size(self.added_size)}",
+        ]
 
 
 def rollback(sysroot_path: Path) -> Report:
@@ -477,9 +430,8 @@ def _empty_again(path: Path) -> None:
     """Remove what a failed or killed install created in `path`: its deployments are
     immutable, and containers-storage may have left its overlay home mounted."""
     unlock_deployment_roots(path, check=False)
-    storage = bootc_storage.bootc_storage(path)
-    if storage.root.exists():
-        storage.reset(check=False)
+    for store in all_stores(path, None):
+        store.reset()
     for mount in _mounts_below(path):
         tools.run(["umount", "--lazy", mount], check=False)
     try:
@@ -517,7 +469,7 @@ def install_to_filesystem(
     # The installer's own credentials, as upstream's install uses.
     auth = registry_auth(None, None)
     # Refuse a missing image or another architecture before anything is written.
-    metadata = _prepare(origin, auth)
+    prepared = _prepare(None, path, origin, auth, None)
     try:
         with error_context(f"Installing to {path}"):
             (path / INSTALL_INCOMPLETE).touch()
@@ -526,8 +478,7 @@ def install_to_filesystem(
             with sysroot.lock():
                 pulled = _deploy(
                     sysroot,
-                    origin,
-                    metadata,
+                    prepared,
                     stateroot=stateroot,
                     auth=auth,
                     install=install,

@@ -11,13 +11,13 @@ import datetime
 from dataclasses import dataclass
 from pathlib import Path
 
-from pybootc.backends import Backend
 from pybootc.errors import BootcError
 from pybootc.imgref import OstreeImageReference
-from pybootc.oci.model import Manifest
+from pybootc.oci.model import Descriptor, Manifest
 from pybootc.ostree_commit import commit_timestamp, read_commit_metadata, read_detached_metadata
 from pybootc.ostree_ext_format import cached_update_of, image_of_commit, manifest_of_commit
 from pybootc.ostree_gi import OSTree
+from pybootc.stores import Backend
 from pybootc.sysroot import DeploymentInfo, Origin
 
 ORIGIN_GROUP = "origin"
@@ -87,12 +87,15 @@ def commit_image(repo: OSTree.Repo, checksum: str) -> CommitImage | None:
     return image
 
 
+def commit_layers(repo: OSTree.Repo, checksum: str) -> tuple[Descriptor, ...]:
+    """The layers of the manifest a commit was made from (none if it records none)."""
+    raw = manifest_of_commit(read_commit_metadata(repo, checksum))
+    return () if raw is None else tuple(Manifest.parse(raw).layers)
+
+
 def commit_layer_digests(repo: OSTree.Repo, checksum: str) -> set[str]:
     """The layer digests of the manifest a commit was made from."""
-    raw = manifest_of_commit(read_commit_metadata(repo, checksum))
-    if raw is None:
-        return set()
-    return {layer.digest for layer in Manifest.parse(raw).layers}
+    return {layer.digest for layer in commit_layers(repo, checksum)}
 
 
 def cached_update(repo: OSTree.Repo, checksum: str) -> CommitImage | None:

@@ -12,10 +12,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pybootc import bootc_storage, tools
-from pybootc.deploy import Report, collect_garbage, current_deployment, deployed_digests
+from pybootc.deploy import Report, current_deployment
 from pybootc.deployment_image import origin_image
 from pybootc.errors import BootcError
 from pybootc.imgref import ImageReference, Transport
+from pybootc.stores.pipeline import collect_garbage
+from pybootc.stores.protocol import DeployedImages
 from pybootc.sysroot import Sysroot
 
 DEFAULT_COPY_TARGET = "localhost/bootc"
@@ -33,7 +35,7 @@ def podman(sysroot_path: Path, args: Sequence[str]) -> int:
 
 def list_images(sysroot_path: Path, *, as_json: bool) -> str:
     sysroot = Sysroot.open(sysroot_path)
-    used = deployed_digests(sysroot)
+    used = DeployedImages.of(sysroot).manifest_digests
     images = bootc_storage.list_images(bootc_storage.bootc_storage(sysroot_path))
     rows = [
         {

@@ -17,12 +17,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from pybootc import tools
-from pybootc.backends import Backend
 from pybootc.deploy import DEFAULT_STATEROOT, Report, install_to_filesystem
 from pybootc.errors import BootcError, error_context
 from pybootc.imgref import OstreeImageReference
 from pybootc.kargs import checked
 from pybootc.progress import NO_PROGRESS, Progress
+from pybootc.stores import Backend
 
 # The Discoverable Partitions Specification's root partition type for x86-64.
 ROOT_PARTITION_TYPE = "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709"

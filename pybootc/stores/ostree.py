@@ -16,14 +16,13 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
 
-from pybootc.backends.image_commit import finish_import, import_workdir
 from pybootc.errors import BootcError, error_context
 from pybootc.image_metadata import ImageMetadata
 from pybootc.imgref import OstreeImageReference
 from pybootc.layers.flatten import BlobLayer, flatten_diff_dirs, unpack_blob
 from pybootc.layers.paths import WHITEOUT_PREFIX
-from pybootc.oci.model import Descriptor
 from pybootc.oci.proxy import ImageProxy
 from pybootc.ostree_commit import (
     checkout,
@@ -40,19 +39,18 @@ from pybootc.ostree_ext_format import (
     blob_ref,
 )
 from pybootc.ostree_gi import GLib, OSTree
-from pybootc.progress import NO_PROGRESS, Progress
 from pybootc.registry_auth import ANONYMOUS, RegistryAuth
+from pybootc.stores import Backend
+from pybootc.stores.protocol import DeployedImages, LayerState
+
+if TYPE_CHECKING:
+    from pybootc.deployment_image import OriginImage
 
 # OSTree cannot store device nodes, FIFOs or sockets. A layer commit keeps each as
 # an empty file carrying this xattr ("c 1 3", "b 7 0", "p", "s"), and the merged
 # tree gets the real thing back, so post-processing sees what the image has.
 SPECIAL_XATTR = "user.pybootc.special"
 _KIND_LETTERS = {stat.S_IFCHR: "c", stat.S_IFBLK: "b", stat.S_IFIFO: "p", stat.S_IFSOCK: "s"}
-
-
-def missing_layers(repo: OSTree.Repo, metadata: ImageMetadata) -> list[Descriptor]:
-    """The image's layers that are no commit in `repo` yet: what a pull fetches."""
-    return [d for d in metadata.manifest.layers if resolve_ref(repo, blob_ref(d.digest)) is None]
 
 
 @dataclass(frozen=True)
@@ -145,11 +143,6 @@ def import_layers(
 ) -> ImportedLayers:
     """Make sure every layer of the image is a commit in `repo`; fetch only the missing."""
     layers = metadata.manifest.layers
-    if any(layer.layer_format.encrypted for layer in layers):
-        raise BootcError(
-            "The ostree backend cannot decrypt layers (skopeo's image proxy hands them out"
-            " as stored); use --backend container"
-        )
     commits: list[str] = []
     fetched = 0
     with ImageProxy(auth=auth) as proxy:
@@ -182,29 +175,71 @@ def flatten_layer_commits(
         restore_special_files(output)
 
 
-def import_image(
-    sysroot_path: Path,
-    repo: OSTree.Repo,
-    imgref: OstreeImageReference,
-    *,
-    source: ImageMetadata,
-    auth: RegistryAuth = ANONYMOUS,
-    disable_selinux: bool = False,
-    progress: Progress = NO_PROGRESS,
-) -> tuple[str, ImportedLayers]:
-    """Fetch the layers `imgref` needs as commits and commit its merged, post-processed tree."""
-    if len(source.config.diff_ids) != len(source.manifest.layers):
-        raise BootcError(f"{imgref}: the image's config and manifest disagree on its layers")
-    with import_workdir(sysroot_path, imgref) as work:
-        with progress.step("pulling"):
-            layers = import_layers(repo, imgref, source, work, auth)
-        root = work / "root"
-        with error_context(f"Importing {imgref}"), progress.step("flattening"):
-            flatten_layer_commits(repo, layers, work, root)
-        commit = finish_import(
-            repo, root, imgref, source, disable_selinux=disable_selinux, progress=progress
+@dataclass(frozen=True)
+class _FetchedLayers:
+    """An image whose every layer is a commit in the repo."""
+
+    repo: OSTree.Repo
+    layers: ImportedLayers
+    metadata: ImageMetadata
+
+    def flatten(self, work: Path, root: Path) -> None:
+        flatten_layer_commits(self.repo, self.layers, work, root)
+
+
+class OstreeStore:
+    """ostree-ext's way: each layer a commit of its own in the sysroot's repo."""
+
+    backend: ClassVar[Backend] = Backend.OSTREE
+
+    def __init__(self, sysroot_path: Path, repo: OSTree.Repo | None) -> None:
+        self._repo = repo
+
+    def check_target(self, target: OriginImage) -> None:
+        if target.decryption_key is not None:
+            raise BootcError(
+                f"Decryption key {target.decryption_key}: the ostree backend cannot decrypt"
+                " images; use --backend container"
+            )
+
+    def check_image(self, target: OriginImage, metadata: ImageMetadata) -> None:
+        if any(layer.layer_format.encrypted for layer in metadata.manifest.layers):
+            raise BootcError(
+                f"{target.imgref}: the image is encrypted, which the ostree backend cannot"
+                " decrypt; use --backend container"
+            )
+        if len(metadata.config.diff_ids) != len(metadata.manifest.layers):
+            raise BootcError(
+                f"{target.imgref}: the image's config and manifest disagree on its layers"
+            )
+
+    def layer_states(self, metadata: ImageMetadata) -> tuple[LayerState, ...]:
+        repo = self._repo
+        return tuple(
+            LayerState(d, repo is not None and resolve_ref(repo, blob_ref(d.digest)) is not None)
+            for d in metadata.manifest.layers
         )
-    return commit, layers
+
+    def fetch(
+        self, target: OriginImage, metadata: ImageMetadata, work: Path, auth: RegistryAuth
+    ) -> _FetchedLayers:
+        repo = self._opened()
+        layers = import_layers(repo, target.imgref, metadata, work, auth)
+        return _FetchedLayers(repo, layers, metadata)
+
+    def collect_garbage(self, deployed: DeployedImages) -> list[str]:
+        # Layer commits are no images of their own: nothing to report.
+        if self._repo is not None:
+            prune_layer_refs(self._repo, set(deployed.layer_digests))
+        return []
+
+    def reset(self) -> None:
+        """The layer commits live in the repo, which goes with the failed install."""
+
+    def _opened(self) -> OSTree.Repo:
+        if self._repo is None:
+            raise BootcError("The ostree store has no repo yet")
+        return self._repo
 
 
 def prune_layer_refs(repo: OSTree.Repo, in_use: set[str]) -> list[str]:

@@ -1,0 +1,74 @@
+"""The image stores behind one interface: the registry maps every backend to a store that
+implements it (mypy checks the same, statically, in test_lint.py), and `upgrade --check`
+reports what each store would really fetch."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pybootc.ostree_gi import GLib
+from pybootc.sample_image import sample_image
+from pybootc.stores import Backend
+from pybootc.stores.protocol import ImageStore
+from pybootc.stores.registry import STORES, store_for
+from tests.backend_support import Published, bootc, install, ok, publish
+from tests.support import Registry
+
+BACKENDS = ["ostree", "container"]
+
+
+def test_every_backend_has_a_store_that_implements_the_protocol(tmp_path: Path) -> None:
+    assert set(STORES) == set(Backend)
+    for backend in Backend:
+        store = store_for(backend, tmp_path, None)
+        assert isinstance(store, ImageStore)
+        assert type(store).backend is backend
+
+
+def newest_manifest(image: Published) -> dict[str, object]:
+    """The manifest last added to the layout `image` was pushed from."""
+    index = json.loads((image.layout.path / "index.json").read_text())
+    found: dict[str, object] = json.loads(
+        image.layout.blob_path(index["manifests"][-1]["digest"]).read_bytes()
+    )
+    return found
+
+
+def layer_sizes(published_manifest: dict[str, object]) -> list[tuple[str, int]]:
+    layers = published_manifest["layers"]
+    assert isinstance(layers, list)
+    return [(str(d["digest"]), int(d["size"])) for d in layers]
+
+
+@pytest.mark.registry
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_upgrade_check_says_which_layers_are_present_and_what_is_to_fetch(
+    registry: Registry, target: Path, tmp_path: Path, backend: str
+) -> None:
+    repo = f"pybootc/check-figures-{backend}"
+    v1 = publish(registry, tmp_path, sample_image("1.0"), repo=repo)
+    old = layer_sizes(newest_manifest(v1))
+    ok(install(target, v1.docker, backend=backend))
+    v2 = publish(registry, tmp_path, sample_image("2.0"), repo=repo)
+    new = layer_sizes(newest_manifest(v2))
+    # Only the top layer differs: it carries the version.
+    assert old[:-1] == new[:-1] and old[-1] != new[-1]
+    top = new[-1][1]
+    size = GLib.format_size
+
+    out = ok(bootc("upgrade", "--check", sysroot=target))
+    assert out.splitlines()[3:] == [
+        f"Total new layers: 3     Size: {size(sum(s for _, s in new))}",
+        f"Removed layers:   1     Size: {size(old[-1][1])}",
+        f"Added layers:     1     Size: {size(top)}",
+        f"layers already present: 2; layers needed: 1 ({size(top)})",
+    ]
+    summary = json.loads(ok(bootc("upgrade", "--check", "--format", "json", sysroot=target)))
+    assert summary["layers"] == 3 and summary["size"] == sum(s for _, s in new)
+    assert (summary["removedLayers"], summary["removedSize"]) == (1, old[-1][1])
+    assert (summary["addedLayers"], summary["addedSize"]) == (1, top)
+    assert (summary["layersPresent"], summary["layersNeeded"]) == (2, 1)
+    assert summary["bytesNeeded"] == top
