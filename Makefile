@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml | packages
 	touch $(STAMP)
 
 demo: packages $(STAMP)
-	$(PY) -m pybootc.demo
+	$(PY) -m pybootc.sample.demo
 
 # Everything but the boot tests on both cores, then the boot scenario for both backends
 # and the soft reboot (a Debian forky guest), one at a time: a qemu guest under TCG keeps

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
-from pybootc.ocibuild import Compression, ImageSpec, OciLayout
+from pybootc.sample.ocibuild import Compression, ImageSpec, OciLayout
 
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer

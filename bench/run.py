@@ -24,8 +24,8 @@ from scratchfs import discard
 from workloads import WORKLOADS, Workload
 
 from pybootc import tools
-from pybootc.containers_storage import ContainersStorage
 from pybootc.errors import BootcError
+from pybootc.stores.containers_storage import ContainersStorage
 
 CACHE = BENCH_DIR / "cache"
 WORK = BENCH_DIR / "work"

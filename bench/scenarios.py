@@ -23,8 +23,8 @@ from measure import Sample, Series, Trial, count_entries, measure_pair, repeat, 
 from scratchfs import scratch_filesystem
 from workloads import Workload
 
-from pybootc.containers_storage import ContainersStorage
 from pybootc.errors import BootcError
+from pybootc.stores.containers_storage import ContainersStorage
 
 BENCH_DIR = Path(__file__).resolve().parent
 # The name `internals flatten` pulls an image as; pre-pulling under the same

@@ -18,8 +18,8 @@ from pybootc.errors import BootcError
 from pybootc.stores import Backend
 
 if TYPE_CHECKING:
-    from pybootc.deploy import Report
-    from pybootc.imgref import OstreeImageReference
+    from pybootc.commands.report import Report
+    from pybootc.oci.imgref import OstreeImageReference
     from pybootc.progress import Progress
 
 
@@ -29,7 +29,7 @@ def _print(lines: Sequence[str]) -> None:
 
 
 def _image_argument(text: str, transport: str | None, enforce: bool) -> OstreeImageReference:
-    from pybootc.imgref import ImageReference, OstreeImageReference, SignatureSource
+    from pybootc.oci.imgref import ImageReference, OstreeImageReference, SignatureSource
 
     if transport is not None:
         imgref = ImageReference.from_name_and_transport(text, transport)
@@ -42,10 +42,10 @@ def _image_argument(text: str, transport: str | None, enforce: bool) -> OstreeIm
 
 
 def _status(args: argparse.Namespace) -> int:
-    from pybootc.spec import Slot
-    from pybootc.status import build_host
-    from pybootc.status_render import render_human
-    from pybootc.sysroot import Sysroot
+    from pybootc.host.build import build_host
+    from pybootc.host.model import Slot
+    from pybootc.host.render import render_human
+    from pybootc.ostree.sysroot import Sysroot
 
     sysroot = Sysroot.open(args.sysroot)
     host = build_host(sysroot)
@@ -66,8 +66,8 @@ def _status(args: argparse.Namespace) -> int:
 def _booted_checks(args: argparse.Namespace, *flags: str) -> bool:
     """Refuse booted-host-only flags off a booted host, before anything is written;
     whether to soft-reboot afterwards."""
-    from pybootc.booted import SoftReboot, check_soft_reboot, require_booted
-    from pybootc.sysroot import is_booted_root
+    from pybootc.commands.booted import SoftReboot, check_soft_reboot, require_booted
+    from pybootc.ostree.sysroot import is_booted_root
 
     booted = is_booted_root(args.sysroot)
     for flag in flags:
@@ -78,8 +78,8 @@ def _booted_checks(args: argparse.Namespace, *flags: str) -> bool:
 
 def _finish(args: argparse.Namespace, report: Report, *, soft: bool, staged: bool) -> int:
     """Print what the verb said; with --apply, (soft-)reboot into what it changed."""
-    from pybootc import booted
-    from pybootc.sysroot import Sysroot
+    from pybootc.commands import booted
+    from pybootc.ostree.sysroot import Sysroot
 
     _print(report.lines)
     if not report.changed:
@@ -101,7 +101,7 @@ _BOOTED_FLAGS = ("--apply", "--soft-reboot")
 
 
 def _switch(args: argparse.Namespace) -> int:
-    from pybootc.deploy import switch
+    from pybootc.commands.update import switch
 
     soft = _booted_checks(args, *_BOOTED_FLAGS)
     # --enforce-container-sigpolicy makes the target ostree-image-signed:, which the
@@ -119,7 +119,8 @@ def _switch(args: argparse.Namespace) -> int:
 
 
 def _upgrade(args: argparse.Namespace) -> int:
-    from pybootc.deploy import apply_downloaded, check_for_update, upgrade
+    from pybootc.commands.check import check_for_update
+    from pybootc.commands.update import apply_downloaded, upgrade
 
     soft = _booted_checks(args, *_BOOTED_FLAGS, "--download-only", "--from-downloaded")
     if args.from_downloaded:
@@ -136,22 +137,22 @@ def _upgrade(args: argparse.Namespace) -> int:
 
 
 def _rollback(args: argparse.Namespace) -> int:
-    from pybootc.deploy import rollback
+    from pybootc.commands.update import rollback
 
     soft = _booted_checks(args, *_BOOTED_FLAGS)
     return _finish(args, rollback(args.sysroot), soft=soft, staged=False)
 
 
 def _usr_overlay(args: argparse.Namespace) -> int:
-    from pybootc.booted import require_booted, usr_overlay
-    from pybootc.sysroot import is_booted_root
+    from pybootc.commands.booted import require_booted, usr_overlay
+    from pybootc.ostree.sysroot import is_booted_root
 
     require_booted(is_booted_root(args.sysroot), "usroverlay")
     return usr_overlay(read_only=args.read_only)
 
 
 def _edit(args: argparse.Namespace) -> int:
-    from pybootc.edit import edit
+    from pybootc.commands.edit import edit
 
     _print(edit(args.sysroot, args.filename).lines)
     return 0
@@ -159,7 +160,7 @@ def _edit(args: argparse.Namespace) -> int:
 
 def _install_options(args: argparse.Namespace) -> dict[str, Any]:
     """What both install verbs take, from their shared options."""
-    from pybootc.imgref import OstreeImageReference
+    from pybootc.oci.imgref import OstreeImageReference
 
     target = args.target_imgref
     return {
@@ -175,14 +176,14 @@ def _install_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _install(args: argparse.Namespace) -> int:
-    from pybootc.deploy import install_to_filesystem
+    from pybootc.commands.install import install_to_filesystem
 
     _print(install_to_filesystem(args.path, **_install_options(args)).lines)
     return 0
 
 
 def _install_to_disk(args: argparse.Namespace) -> int:
-    from pybootc.install_disk import install_to_disk
+    from pybootc.commands.install_disk import install_to_disk
 
     report = install_to_disk(
         args.device,
@@ -196,13 +197,13 @@ def _install_to_disk(args: argparse.Namespace) -> int:
 
 
 def _podman(args: argparse.Namespace) -> int:
-    from pybootc.image_commands import podman
+    from pybootc.commands.image import podman
 
     return podman(args.sysroot, args.args)
 
 
 def _image(args: argparse.Namespace) -> int:
-    from pybootc import image_commands
+    from pybootc.commands import image as image_commands
 
     if args.image_verb == "list":
         print(image_commands.list_images(args.sysroot, as_json=args.format == "json"))
@@ -218,7 +219,7 @@ def _image(args: argparse.Namespace) -> int:
 
 
 def _flatten(args: argparse.Namespace) -> int:
-    from pybootc.image_flatten import Source, flatten_image
+    from pybootc.commands.flatten import Source, flatten_image
 
     summary = flatten_image(
         args.image, args.output, source=Source(args.source), storage_root=args.storage
@@ -228,7 +229,7 @@ def _flatten(args: argparse.Namespace) -> int:
 
 
 def _completion(args: argparse.Namespace) -> int:
-    from pybootc.completion import completion_script
+    from pybootc.commands.completion import completion_script
 
     sys.stdout.write(completion_script(build_parser(), args.shell))
     return 0

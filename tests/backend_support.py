@@ -16,10 +16,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from pybootc.bootc_storage import bootc_storage
-from pybootc.ocibuild import ImageSpec, OciLayout, push
-from pybootc.ostree_commit import list_refs
-from pybootc.sysroot import Sysroot
+from pybootc.ostree.repo import list_refs
+from pybootc.ostree.sysroot import Sysroot
+from pybootc.sample.ocibuild import ImageSpec, OciLayout, push
+from pybootc.stores.bootc_storage import bootc_storage
 from tests.support import Registry
 from tests.sysroot_support import scratch_tmpfs
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pybootc.containers_storage import ContainersStorage
+from pybootc.stores.containers_storage import ContainersStorage
 from tests.support import LOGIN, Oracle, Registry, running_registry
 
 

@@ -23,17 +23,19 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from pybootc.containers_storage import ContainersStorage
+from pybootc.commands.flatten import Source, flatten_image
 from pybootc.errors import BootcError
-from pybootc.image_flatten import Source, flatten_image
+from pybootc.host.model import Host
 from pybootc.layers.flatten import flatten_diff_dirs
 from pybootc.layers.listing import ListedEntry, diff_listings, list_tree
-from pybootc.ocibuild import ImageSpec, Layer, OciLayout
+from pybootc.sample.ocibuild import ImageSpec, Layer, OciLayout
+from pybootc.stores.containers_storage import ContainersStorage
 
 Tree = list[ListedEntry]
 # shared/ lies beside the checkout, for developers and for CI alike.
 SHARED_REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
 REGISTRIES_DROPIN_DIR = Path("/etc/containers/registries.conf.d")
+UPSTREAM_FIXTURE_DIR = SHARED_REFERENCE / "upstream-bootc"
 # The one user of the private test registry.
 LOGIN = ("pybootc", "s3cret-for-tests")
 
@@ -242,3 +244,10 @@ def host_schema(*, with_container_store: bool) -> dict[str, object]:
         store = schema["$defs"]["Store"]  # type: ignore[index]
         store["oneOf"].append({"type": "string", "const": "containerStorage"})
     return schema
+
+
+def fixture_host(name: str) -> Host:
+    """The upstream status fixture `name` (shared/reference/upstream-bootc), read as
+    bootc reads it."""
+    text = (UPSTREAM_FIXTURE_DIR / name).read_text()
+    return Host.from_json(text) if name.endswith(".json") else Host.from_yaml(text)

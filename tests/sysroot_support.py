@@ -15,9 +15,9 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
-from pybootc.ostree_commit import commit_directory
-from pybootc.ostree_gi import OSTree
-from pybootc.sysroot import unlock_deployment_roots
+from pybootc.ostree.gi import OSTree
+from pybootc.ostree.repo import commit_directory
+from pybootc.ostree.sysroot import unlock_deployment_roots
 
 KERNEL_VERSION = "6.1.0-test"
 

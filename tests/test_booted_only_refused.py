@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from pybootc.ocibuild import OciLayout
-from pybootc.sample_image import sample_image
+from pybootc.sample.image import sample_image
+from pybootc.sample.ocibuild import OciLayout
 from tests.backend_support import bootc, ok, one_error_line, state
 
 
@@ -67,7 +67,7 @@ def test_soft_reboot_needs_a_deployment_that_composefs_mounts(
     tmp_path: Path, usr_lib: str | None, etc: str | None, cmdline: str, enabled: bool
 ) -> None:
     """As ostree-prepare-root reads it; /etc's file replaces /usr/lib's whole."""
-    from pybootc.booted import composefs_enabled
+    from pybootc.commands.booted import composefs_enabled
 
     for name, text in (("usr/lib", usr_lib), ("etc", etc)):
         if text is not None:

@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from pybootc.commands.flatten import Source, flatten_image
 from pybootc.errors import BootcError
-from pybootc.image_flatten import Source, flatten_image
 from pybootc.layers.listing import list_tree
-from pybootc.ocibuild import (
+from pybootc.sample.image import sample_image
+from pybootc.sample.ocibuild import (
     ImageSpec,
     Layer,
     OciLayout,
@@ -25,7 +26,6 @@ from pybootc.ocibuild import (
     symlink,
     whiteout,
 )
-from pybootc.sample_image import sample_image
 from tests.backend_support import bootc, one_error_line
 
 SECRET = "victim secret"

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pybootc.containers_storage import ContainersStorage
-from pybootc.sample_image import sample_image
-from pybootc.spec import Host
+from pybootc.host.model import Host
+from pybootc.sample.image import sample_image
+from pybootc.stores.containers_storage import ContainersStorage
 from tests.backend_support import Published, bootc, install, ok, publish, state
 from tests.support import Registry
 
@@ -192,8 +192,8 @@ def test_images_move_between_bootc_and_host_storage(
 ) -> None:
     import subprocess
 
-    from pybootc.bootc_storage import bootc_storage
     from pybootc.layers.listing import list_tree
+    from pybootc.stores.bootc_storage import bootc_storage
 
     os_image = publish(registry, tmp_path, sample_image("1.0"), repo="pybootc/move")
     install_ok(target, os_image)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pybootc.sample_image import sample_image
+from pybootc.sample.image import sample_image
 from tests.backend_support import Published, bootc, install, ok, one_error_line, publish, state
 from tests.support import Registry, free_port
 

@@ -10,9 +10,9 @@ import jsonschema
 import pytest
 import yaml
 
-from pybootc.ostree_commit import commit_timestamp, list_refs, read_commit_metadata
-from pybootc.sample_image import sample_image
-from pybootc.sysroot import Sysroot
+from pybootc.ostree.repo import commit_timestamp, list_refs, read_commit_metadata
+from pybootc.ostree.sysroot import Sysroot
+from pybootc.sample.image import sample_image
 from tests.backend_support import bootc, install, ok, publish
 from tests.support import Registry, host_schema
 
@@ -82,7 +82,7 @@ def test_status_documents_validate_against_bootcs_schema(
 
 
 def test_status_of_an_empty_sysroot(target: Path) -> None:
-    from pybootc.sysroot import initialize
+    from pybootc.ostree.sysroot import initialize
 
     initialize(target, "default")
     assert json.loads(ok(bootc("status", "--json", sysroot=target))) == json.loads(

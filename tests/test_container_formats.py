@@ -15,13 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from pybootc.imgref import OstreeImageReference
-from pybootc.ocibuild import Compression, OciLayout, push
-from pybootc.ostree_commit import read_commit_metadata, resolve_ref, root_tree_checksum
-from pybootc.ostree_ext_format import image_ref
-from pybootc.sample_image import sample_image
-from pybootc.spec import Host
-from pybootc.sysroot import Sysroot
+from pybootc.host.model import Host
+from pybootc.oci.imgref import OstreeImageReference
+from pybootc.ostree.ext_format import image_ref
+from pybootc.ostree.repo import read_commit_metadata, resolve_ref, root_tree_checksum
+from pybootc.ostree.sysroot import Sysroot
+from pybootc.sample.image import sample_image
+from pybootc.sample.ocibuild import Compression, OciLayout, push
 from tests.backend_support import bootc, install, ok, one_error_line, state
 from tests.support import Registry
 

@@ -27,11 +27,11 @@ from pathlib import Path
 
 import pytest
 
-from pybootc.bootc_storage import bootc_storage
-from pybootc.deploy import INSTALL_INCOMPLETE
-from pybootc.ocibuild import OciLayout, file, layer
-from pybootc.sample_image import sample_image
-from pybootc.sysroot import Sysroot, unlock_deployment_roots
+from pybootc.commands.install import INSTALL_INCOMPLETE
+from pybootc.ostree.sysroot import Sysroot, unlock_deployment_roots
+from pybootc.sample.image import sample_image
+from pybootc.sample.ocibuild import OciLayout, file, layer
+from pybootc.stores.bootc_storage import bootc_storage
 from tests.backend_support import bootc, install, ok, one_error_line
 
 KILLS = 30

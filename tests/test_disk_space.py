@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from pybootc.ocibuild import (
+from pybootc.sample.image import sample_image
+from pybootc.sample.ocibuild import (
     ImageSpec,
     OciLayout,
     compress,
@@ -18,7 +19,6 @@ from pybootc.ocibuild import (
     sha256_digest,
     write_tar,
 )
-from pybootc.sample_image import sample_image
 from tests.backend_support import empty_sysroot_dir, install, ok, one_error_line, state, switch_oci
 
 BACKENDS = ["ostree", "container"]

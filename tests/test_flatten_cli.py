@@ -13,7 +13,7 @@ import pytest
 import zstandard
 
 from pybootc.layers.listing import diff_listings, list_tree
-from pybootc.ocibuild import (
+from pybootc.sample.ocibuild import (
     ImageSpec,
     OciLayout,
     directory,

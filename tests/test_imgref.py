@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pybootc.errors import BootcError
-from pybootc.imgref import (
+from pybootc.oci.imgref import (
     ImageReference,
     OstreeImageReference,
     SignatureKind,

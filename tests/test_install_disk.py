@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from pybootc.install_disk import ROOT_PARTITION_TYPE
-from pybootc.ocibuild import OciLayout
-from pybootc.sample_image import sample_image
+from pybootc.commands.install_disk import ROOT_PARTITION_TYPE
+from pybootc.sample.image import sample_image
+from pybootc.sample.ocibuild import OciLayout
 from tests.backend_support import bootc, ok, one_error_line
 
 

@@ -10,15 +10,9 @@ from pathlib import Path
 import pytest
 
 from pybootc.errors import BootcError
-from pybootc.kargs import (
-    extended,
-    image_kargs,
-    parse_kargs_file,
-    split,
-    with_image_change,
-)
-from pybootc.ocibuild import Layer, OciLayout, file, layer
-from pybootc.sample_image import sample_image
+from pybootc.ostree.kargs import extended, image_kargs, parse_kargs_file, split, with_image_change
+from pybootc.sample.image import sample_image
+from pybootc.sample.ocibuild import Layer, OciLayout, file, layer
 from tests.backend_support import bootc, install, ok, one_error_line, state, switch_oci
 
 

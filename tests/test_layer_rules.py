@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from pybootc.ocibuild import (
+from pybootc.commands.flatten import Source
+from pybootc.sample.ocibuild import (
     Compression,
     Entry,
     Kind,
@@ -367,7 +368,7 @@ def test_sparse_file_content(oracle: Oracle) -> None:
     data = bytearray(1 << 20)
     data[4096:4101] = b"hello"
     data[700000:700005] = b"world"
-    tree = oracle.flatten(tag, __import__("pybootc.image_flatten").image_flatten.Source.BLOBS)
+    tree = oracle.flatten(tag, Source.BLOBS)
     assert not isinstance(tree, str)
     assert by_path(tree)["sp"].sha256 == hashlib.sha256(data).hexdigest()  # type: ignore[attr-defined]
 
@@ -375,7 +376,7 @@ def test_sparse_file_content(oracle: Oracle) -> None:
 def test_root_entry_sets_the_roots_metadata(oracle: Oracle, tmp_path: object) -> None:
     from pathlib import Path
 
-    from pybootc.image_flatten import Source, flatten_image
+    from pybootc.commands.flatten import Source, flatten_image
 
     tag = oracle.add([L(directory(".", mode=0o700, uid=3, xattrs={"user.r": b"1"}), file("x"))])
     out = Path(str(tmp_path)) / "out"

@@ -9,9 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pybootc.ocibuild import OciLayout
-from pybootc.sample_image import sample_image
-from pybootc.sysroot import Sysroot
+from pybootc.ostree.sysroot import Sysroot
+from pybootc.sample.image import sample_image
+from pybootc.sample.ocibuild import OciLayout
 from tests.backend_support import bootc, ok
 
 

@@ -19,9 +19,9 @@ from typing import TypeVar
 import pytest
 
 from pybootc.errors import BootcError
+from pybootc.oci.auth import RegistryAuth
 from pybootc.oci.model import ImageConfig, LayerCompression, Manifest, manifest_digest
 from pybootc.oci.proxy import ImageProxy, OpenedImage, _clean_error
-from pybootc.registry_auth import RegistryAuth
 
 T = TypeVar("T")
 # Larger than a pipe's default 64 KiB buffer, so that skopeo's writer must wait for us.

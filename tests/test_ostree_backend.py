@@ -9,10 +9,10 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from pybootc.ocibuild import Entry, Kind, file, layer
-from pybootc.ostree_commit import list_refs, read_commit_metadata, root_tree_checksum
-from pybootc.sample_image import sample_image
-from pybootc.sysroot import Sysroot
+from pybootc.ostree.repo import list_refs, read_commit_metadata, root_tree_checksum
+from pybootc.ostree.sysroot import Sysroot
+from pybootc.sample.image import sample_image
+from pybootc.sample.ocibuild import Entry, Kind, file, layer
 from tests.backend_support import bootc, install, ok, one_error_line, publish, state
 from tests.support import Registry, host_schema
 

@@ -11,7 +11,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pybootc.errors import BootcError
-from pybootc.ostree_commit import (
+from pybootc.ostree.ext_format import image_ref_name, ref_escape, ref_unescape
+from pybootc.ostree.gi import Gio, GLib, OSTree
+from pybootc.ostree.repo import (
     commit_directory,
     commit_timestamp,
     list_refs,
@@ -22,8 +24,6 @@ from pybootc.ostree_commit import (
     set_detached_metadata,
     set_ref,
 )
-from pybootc.ostree_ext_format import image_ref_name, ref_escape, ref_unescape
-from pybootc.ostree_gi import Gio, GLib, OSTree
 from tests.sysroot_support import write_bootable_tree
 
 SELINUX_POLICY = Path("/etc/selinux/default")

@@ -19,14 +19,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pybootc.image_metadata import fetch_image_metadata
-from pybootc.imgref import ImageReference, OstreeImageReference, SignatureSource
 from pybootc.layers.listing import diff_listings, list_tree
-from pybootc.ocibuild import Layer
-from pybootc.ostree_gi import Gio, OSTree
+from pybootc.oci.imgref import ImageReference, OstreeImageReference, SignatureSource
+from pybootc.oci.metadata import fetch_image_metadata
+from pybootc.ostree.gi import Gio, OSTree
+from pybootc.sample.ocibuild import Layer
 from pybootc.stores.ostree import flatten_layer_commits, import_layers
+from tests.strategies import layers
 from tests.support import Oracle
-from tests.test_flatten_hypothesis import layers
 
 pytestmark = pytest.mark.oracle
 

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from pybootc.bootc_storage import bootc_storage
 from pybootc.errors import BootcError
 from pybootc.layers.listing import diff_listings, list_tree
 from pybootc.layers.postprocess import VAR_TMPFILES, postprocess_tree
-from pybootc.ocibuild import Entry, Kind, file, layer
-from pybootc.sample_image import KERNEL_VERSION, sample_image
-from pybootc.sysroot import Sysroot
+from pybootc.ostree.sysroot import Sysroot
+from pybootc.sample.image import KERNEL_VERSION, sample_image
+from pybootc.sample.ocibuild import Entry, Kind, file, layer
+from pybootc.stores.bootc_storage import bootc_storage
 from tests.backend_support import install, ok, publish
 from tests.support import Registry
 

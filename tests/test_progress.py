@@ -11,7 +11,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from pybootc.sample_image import sample_image
+from pybootc.sample.image import sample_image
 from tests.backend_support import install, ok, one_error_line, publish, state
 from tests.support import SHARED_REFERENCE, Registry
 

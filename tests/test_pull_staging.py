@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from pybootc.ocibuild import OciLayout
-from pybootc.sample_image import sample_image
+from pybootc.sample.image import sample_image
+from pybootc.sample.ocibuild import OciLayout
 from tests.backend_support import bootc, ok
 
 

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from pybootc.ocibuild import OciLayout, push
-from pybootc.sample_image import sample_image
-from pybootc.sysroot import Sysroot
+from pybootc.ostree.sysroot import Sysroot
+from pybootc.sample.image import sample_image
+from pybootc.sample.ocibuild import OciLayout, push
 from tests.backend_support import bootc, ok, one_error_line, state
 from tests.support import LOGIN, Registry
 

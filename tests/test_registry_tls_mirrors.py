@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from pybootc.ocibuild import OciLayout, push
-from pybootc.sample_image import sample_image
+from pybootc.sample.image import sample_image
+from pybootc.sample.ocibuild import OciLayout, push
 from tests.backend_support import install, ok, one_error_line
 from tests.support import (
     REGISTRIES_DROPIN_DIR,

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from pybootc.ocibuild import Entry, Layer, directory, file, layer
-from pybootc.ostree_gi import Gio
-from pybootc.sample_image import sample_image
-from pybootc.sysroot import Sysroot
+from pybootc.ostree.gi import Gio
+from pybootc.ostree.sysroot import Sysroot
+from pybootc.sample.image import sample_image
+from pybootc.sample.ocibuild import Entry, Layer, directory, file, layer
 from tests.backend_support import install, ok, publish
 from tests.support import Registry
 

@@ -27,8 +27,8 @@ from typing import Any
 
 import pytest
 
-from pybootc.ocibuild import OciLayout
-from pybootc.sample_image import sample_image
+from pybootc.sample.image import sample_image
+from pybootc.sample.ocibuild import OciLayout
 from tests.backend_support import one_error_line
 from tests.support import REGISTRIES_DROPIN_DIR, Registry
 from tests.toolbox import Toolbox, sigstore_toolbox

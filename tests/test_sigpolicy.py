@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from pybootc.errors import BootcError
-from pybootc.sample_image import sample_image
-from pybootc.sigpolicy import require_enforcing_policy
+from pybootc.oci.sigpolicy import require_enforcing_policy
+from pybootc.sample.image import sample_image
 from tests.backend_support import bootc, install, ok, one_error_line, publish, state
 from tests.support import Registry
 

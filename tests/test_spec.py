@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import re
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pybootc.errors import BootcError
-from pybootc.spec import (
+from pybootc.host.fields import normalize_timestamp
+from pybootc.host.model import (
     STORE_OSTREE_CONTAINER,
     BootEntry,
     BootEntryComposefs,
@@ -33,22 +34,19 @@ from pybootc.spec import (
     FilesystemOverlayAccessMode,
     FilesystemOverlayPersistence,
     Host,
-    HostSpec,
     HostStatus,
     HostType,
     ImageReference,
     ImageSignature,
     ImageStatus,
-    ObjectMeta,
     Slot,
 )
-from pybootc.spec_fields import normalize_timestamp
-from tests.support import SHARED_REFERENCE
+from tests.strategies import any_store, hosts
+from tests.support import SHARED_REFERENCE, UPSTREAM_FIXTURE_DIR, fixture_host
 
-FIXTURE_DIR = SHARED_REFERENCE / "upstream-bootc"
-FIXTURE_NAMES = sorted(p.name for p in FIXTURE_DIR.glob("spec-*"))
+FIXTURE_NAMES = sorted(p.name for p in UPSTREAM_FIXTURE_DIR.glob("spec-*"))
 UPSTREAM_FIXTURES: dict[str, str] = {
-    name: (FIXTURE_DIR / name).read_text() for name in FIXTURE_NAMES
+    name: (UPSTREAM_FIXTURE_DIR / name).read_text() for name in FIXTURE_NAMES
 }
 
 # host-v1.schema.json: a copy inside the repository wins over the shared reference.
@@ -58,12 +56,6 @@ _SCHEMA_PLACES = [
 ]
 
 DIGEST_A = "sha256:" + "a" * 64
-
-
-def fixture_host(name: str) -> Host:
-    """The upstream fixture `name`, read as bootc reads it."""
-    text = UPSTREAM_FIXTURES[name]
-    return Host.from_json(text) if name.endswith(".json") else Host.from_yaml(text)
 
 
 @functools.cache
@@ -486,105 +478,15 @@ def test_a_signature_kind_and_remote_must_agree() -> None:
 
 # --- generated hosts ----------------------------------------------------------------------
 
-_text = st.text(min_size=1, max_size=20)
-_timestamps = st.datetimes(
-    min_value=datetime(1970, 1, 1), max_value=datetime(2200, 1, 1), timezones=st.just(UTC)
-).map(normalize_timestamp)
-_signatures = (
-    st.none()
-    | st.sampled_from([ImageSignature.insecure(), ImageSignature.container_policy()])
-    | _text.map(ImageSignature.ostree_remote)
-)
-_image_refs = st.builds(ImageReference, image=_text, transport=_text, signature=_signatures)
-_image_statuses = st.builds(
-    ImageStatus,
-    image=_image_refs,
-    image_digest=_text,
-    architecture=_text,
-    version=st.none() | _text,
-    timestamp=st.none() | _timestamps,
-)
-_composefs = st.builds(
-    BootEntryComposefs,
-    verity=_text,
-    boot_type=st.sampled_from(BootType),
-    bootloader=st.sampled_from(Bootloader),
-    missing_verity_allowed=st.booleans(),
-    boot_digest=st.none() | _text,
-)
 
-
-def _entries(stores: st.SearchStrategy[str | None]) -> st.SearchStrategy[BootEntry]:
-    return st.builds(
-        BootEntry,
-        image=st.none() | _image_statuses,
-        cached_update=st.none() | _image_statuses,
-        incompatible=st.booleans(),
-        pinned=st.booleans(),
-        soft_reboot_capable=st.booleans(),
-        download_only=st.booleans(),
-        store=stores,
-        ostree=st.none()
-        | st.builds(
-            BootEntryOstree,
-            stateroot=_text,
-            checksum=_text,
-            deploy_serial=st.integers(0, 2**32 - 1),
-        ),
-        composefs=st.none() | _composefs,
-    )
-
-
-def _hosts(stores: st.SearchStrategy[str | None]) -> st.SearchStrategy[Host]:
-    entries = _entries(stores)
-    status = st.builds(
-        HostStatus,
-        staged=st.none() | entries,
-        booted=st.none() | entries,
-        rollback=st.none() | entries,
-        other_deployments=st.lists(entries, max_size=2).map(tuple),
-        rollback_queued=st.booleans(),
-        type=st.none() | st.just(HostType.BOOTC_HOST),
-        usr_overlay=st.none()
-        | st.builds(
-            FilesystemOverlay,
-            st.sampled_from(FilesystemOverlayAccessMode),
-            st.sampled_from(FilesystemOverlayPersistence),
-        ),
-        read_only=st.booleans(),
-    )
-    pairs = st.none() | st.dictionaries(_text, _text, max_size=2).map(
-        lambda d: tuple(sorted(d.items()))
-    )
-    return st.builds(
-        Host,
-        spec=st.builds(
-            HostSpec, image=st.none() | _image_refs, boot_order=st.sampled_from(BootOrder)
-        ),
-        status=status,
-        api_version=_text,
-        kind=_text,
-        metadata=st.builds(
-            ObjectMeta,
-            name=st.none() | _text,
-            namespace=st.none() | _text,
-            labels=pairs,
-            annotations=pairs,
-        ),
-    )
-
-
-_any_store = st.none() | st.sampled_from([STORE_OSTREE_CONTAINER, "container", "ostree"]) | _text
-
-
-@given(_hosts(_any_store))
+@given(hosts(any_store))
 def test_generated_hosts_round_trip_through_dict_json_and_yaml(host: Host) -> None:
     assert Host.from_json_dict(host.to_json_dict()) == host
     assert Host.from_json(host.to_json()) == host
     assert Host.from_yaml(host.to_yaml()) == host
 
 
-@given(_hosts(st.none() | st.just(STORE_OSTREE_CONTAINER)))
+@given(hosts(st.none() | st.just(STORE_OSTREE_CONTAINER)))
 def test_generated_hosts_with_upstream_stores_validate_against_the_schema(host: Host) -> None:
     schema_validator().validate(host.to_json_dict())
 

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pybootc.spec import (
+from pybootc.host.model import (
     STORE_OSTREE_CONTAINER,
     BootEntry,
     BootEntryComposefs,
@@ -29,8 +29,9 @@ from pybootc.spec import (
     ImageSignature,
     ImageStatus,
 )
-from pybootc.status_render import render_human
-from tests.test_spec import _any_store, _hosts, fixture_host
+from pybootc.host.render import render_human
+from tests.strategies import any_store, hosts
+from tests.support import fixture_host
 
 UPSTREAM_EXPECTED = {
     # test_human_readable_base_spec
@@ -377,14 +378,14 @@ def _without_stores(host: Host) -> Host:
     )
 
 
-@given(_hosts(_any_store), st.booleans(), st.booleans())
+@given(hosts(any_store), st.booleans(), st.booleans())
 def test_any_host_renders_to_text_ending_in_a_newline(
     host: Host, verbose: bool, require_booted: bool
 ) -> None:
     assert render_human(host, verbose=verbose, require_booted=require_booted).endswith("\n")
 
 
-@given(_hosts(st.none() | st.just(STORE_OSTREE_CONTAINER)), st.booleans())
+@given(hosts(st.none() | st.just(STORE_OSTREE_CONTAINER)), st.booleans())
 def test_upstream_store_never_changes_the_output(host: Host, verbose: bool) -> None:
     assert render_human(host, verbose=verbose) == render_human(
         _without_stores(host), verbose=verbose

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from pybootc.bootc_storage import STORAGE_SUBDIR, bootc_storage
-from pybootc.sample_image import sample_image
-from pybootc.spec import Host
+from pybootc.host.model import Host
+from pybootc.sample.image import sample_image
+from pybootc.stores.bootc_storage import STORAGE_SUBDIR, bootc_storage
 from tests.backend_support import bootc, install, ok, publish
 from tests.support import Registry
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from pybootc.ostree_gi import GLib
-from pybootc.sample_image import sample_image
+from pybootc.ostree.gi import GLib
+from pybootc.sample.image import sample_image
 from pybootc.stores import Backend
 from pybootc.stores.protocol import ImageStore
 from pybootc.stores.registry import STORES, store_for

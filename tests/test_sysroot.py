@@ -13,15 +13,10 @@ from pathlib import Path
 import pytest
 
 from pybootc.errors import BootcError
-from pybootc.ostree_commit import commit_directory, list_refs, set_ref
-from pybootc.ostree_gi import OSTree
-from pybootc.sysroot import Sysroot, initialize
-from tests.sysroot_support import (
-    commit_bootable_tree,
-    scratch_tmpfs,
-    snapshot,
-    write_bootable_tree,
-)
+from pybootc.ostree.gi import OSTree
+from pybootc.ostree.repo import commit_directory, list_refs, set_ref
+from pybootc.ostree.sysroot import Sysroot, initialize
+from tests.sysroot_support import commit_bootable_tree, scratch_tmpfs, snapshot, write_bootable_tree
 
 STATEROOT = "test"
 ORIGIN = {
@@ -366,5 +361,5 @@ def test_a_sysroot_other_than_root_is_never_booted(
 ) -> None:
     flag = tmp_path / "ostree-booted"
     flag.touch()
-    monkeypatch.setattr("pybootc.sysroot.OSTREE_BOOTED", flag)
+    monkeypatch.setattr("pybootc.ostree.sysroot.OSTREE_BOOTED", flag)
     assert not sysroot.booted

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from pybootc.ocibuild import directory, file, hardlink, layer, opaque, whiteout
+from pybootc.sample.ocibuild import directory, file, hardlink, layer, opaque, whiteout
 from tests.support import Oracle, Tree
 
 pytestmark = pytest.mark.oracle
@@ -106,8 +106,8 @@ def test_ostree_ext_hardlink_fixture_matches_the_kernel(oracle: Oracle) -> None:
     import gzip
     import hashlib
 
-    from pybootc.image_flatten import Source
-    from pybootc.ocibuild import ImageSpec
+    from pybootc.commands.flatten import Source
+    from pybootc.sample.ocibuild import ImageSpec
     from tests.support import SHARED_REFERENCE
 
     blob = (SHARED_REFERENCE / "upstream-bootc" / "hlinks.tar.gz").read_bytes()

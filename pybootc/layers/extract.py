@@ -20,14 +20,7 @@ from typing import IO, cast
 
 from pybootc.errors import BootcError
 from pybootc.layers.dirfd import DirectoryHandles, NotADirectory
-from pybootc.layers.paths import (
-    Marker,
-    Parts,
-    classify,
-    is_overlay_xattr,
-    join,
-    split_member_name,
-)
+from pybootc.layers.paths import Marker, Parts, classify, is_overlay_xattr, join, split_member_name
 
 _NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _COPY_CHUNK = 1 << 20

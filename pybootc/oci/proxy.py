@@ -49,9 +49,9 @@ from typing import TYPE_CHECKING, BinaryIO
 
 from pybootc import tools
 from pybootc.errors import BootcError, error_context
+from pybootc.oci.auth import ANONYMOUS, RegistryAuth
 from pybootc.oci.model import is_valid_digest
-from pybootc.registry_auth import ANONYMOUS, RegistryAuth
-from pybootc.sigpolicy import policy_options
+from pybootc.oci.sigpolicy import policy_options
 
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer

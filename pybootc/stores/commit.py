@@ -15,12 +15,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from pybootc.errors import BootcError, error_context
-from pybootc.image_metadata import ImageMetadata
-from pybootc.imgref import OstreeImageReference
 from pybootc.layers.postprocess import postprocess_tree
-from pybootc.ostree_commit import commit_directory, set_ref
-from pybootc.ostree_ext_format import image_commit_metadata, image_ref
-from pybootc.ostree_gi import GLib, OSTree
+from pybootc.oci.imgref import OstreeImageReference
+from pybootc.oci.metadata import ImageMetadata
+from pybootc.ostree.ext_format import image_commit_metadata, image_ref
+from pybootc.ostree.gi import GLib, OSTree
+from pybootc.ostree.repo import commit_directory, set_ref
 from pybootc.progress import Progress
 
 log = logging.getLogger(__name__)

@@ -11,18 +11,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
-from pybootc import bootc_storage
-from pybootc.containers_storage import ContainersStorage
 from pybootc.errors import BootcError
-from pybootc.image_metadata import ImageMetadata, metadata_at
 from pybootc.layers.flatten import flatten_diff_dirs
-from pybootc.ostree_gi import OSTree
-from pybootc.registry_auth import RegistryAuth
-from pybootc.stores import Backend
+from pybootc.oci.auth import RegistryAuth
+from pybootc.oci.metadata import ImageMetadata, metadata_at
+from pybootc.ostree.gi import OSTree
+from pybootc.stores import Backend, bootc_storage
+from pybootc.stores.containers_storage import ContainersStorage
 from pybootc.stores.protocol import DeployedImages, LayerState
 
 if TYPE_CHECKING:
-    from pybootc.deployment_image import OriginImage
+    from pybootc.ostree.origin import OriginImage
 
 
 @dataclass(frozen=True)

@@ -19,12 +19,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
 from pybootc.errors import BootcError, error_context
-from pybootc.image_metadata import ImageMetadata
-from pybootc.imgref import OstreeImageReference
 from pybootc.layers.flatten import BlobLayer, flatten_diff_dirs, unpack_blob
 from pybootc.layers.paths import WHITEOUT_PREFIX
+from pybootc.oci.auth import ANONYMOUS, RegistryAuth
+from pybootc.oci.imgref import OstreeImageReference
+from pybootc.oci.metadata import ImageMetadata
 from pybootc.oci.proxy import ImageProxy
-from pybootc.ostree_commit import (
+from pybootc.ostree.ext_format import (
+    BLOB_DIGEST_KEY,
+    BLOB_REF_PREFIX,
+    blob_digest_of_commit,
+    blob_ref,
+)
+from pybootc.ostree.gi import GLib, OSTree
+from pybootc.ostree.repo import (
     checkout,
     commit_directory,
     list_refs,
@@ -32,19 +40,11 @@ from pybootc.ostree_commit import (
     resolve_ref,
     set_ref,
 )
-from pybootc.ostree_ext_format import (
-    BLOB_DIGEST_KEY,
-    BLOB_REF_PREFIX,
-    blob_digest_of_commit,
-    blob_ref,
-)
-from pybootc.ostree_gi import GLib, OSTree
-from pybootc.registry_auth import ANONYMOUS, RegistryAuth
 from pybootc.stores import Backend
 from pybootc.stores.protocol import DeployedImages, LayerState
 
 if TYPE_CHECKING:
-    from pybootc.deployment_image import OriginImage
+    from pybootc.ostree.origin import OriginImage
 
 # OSTree cannot store device nodes, FIFOs or sockets. A layer commit keeps each as
 # an empty file carrying this xattr ("c 1 3", "b 7 0", "p", "s"), and the merged

@@ -11,18 +11,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pybootc.deployment_image import OriginImage, commit_image
 from pybootc.errors import error_context
-from pybootc.image_metadata import ImageMetadata, fetch_image_metadata
-from pybootc.imgref import OstreeImageReference, SignatureKind
-from pybootc.ostree_gi import GLib, OSTree
+from pybootc.oci.auth import RegistryAuth
+from pybootc.oci.imgref import OstreeImageReference, SignatureKind
+from pybootc.oci.metadata import ImageMetadata, fetch_image_metadata
+from pybootc.oci.sigpolicy import require_enforcing_policy
+from pybootc.ostree.gi import GLib, OSTree
+from pybootc.ostree.origin import OriginImage, commit_image
+from pybootc.ostree.sysroot import DeploymentInfo, Sysroot
 from pybootc.progress import Progress
-from pybootc.registry_auth import RegistryAuth
-from pybootc.sigpolicy import require_enforcing_policy
 from pybootc.stores.commit import finish_import, import_workdir
 from pybootc.stores.protocol import DeployedImages, ImageStore, LayerState, layer_summary
 from pybootc.stores.registry import all_stores
-from pybootc.sysroot import DeploymentInfo, Sysroot
 
 
 @dataclass(frozen=True)

@@ -14,18 +14,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Protocol, runtime_checkable
 
-from pybootc.deployment_image import commit_image, commit_layer_digests
 from pybootc.oci.model import Descriptor
-from pybootc.ostree_commit import list_refs
-from pybootc.ostree_ext_format import IMAGE_REF_PREFIX
+from pybootc.ostree.ext_format import IMAGE_REF_PREFIX
+from pybootc.ostree.origin import commit_image, commit_layer_digests
+from pybootc.ostree.repo import list_refs
 
 if TYPE_CHECKING:
-    from pybootc.deployment_image import OriginImage
-    from pybootc.image_metadata import ImageMetadata
-    from pybootc.ostree_gi import OSTree
-    from pybootc.registry_auth import RegistryAuth
+    from pybootc.oci.auth import RegistryAuth
+    from pybootc.oci.metadata import ImageMetadata
+    from pybootc.ostree.gi import OSTree
+    from pybootc.ostree.origin import OriginImage
+    from pybootc.ostree.sysroot import Sysroot
     from pybootc.stores import Backend
-    from pybootc.sysroot import Sysroot
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pybootc.ostree_gi import OSTree
+from pybootc.ostree.gi import OSTree
 from pybootc.stores import Backend
 from pybootc.stores.container import ContainerStore
 from pybootc.stores.ostree import OstreeStore

@@ -7,7 +7,7 @@ backend other than upstream's ostree-container one made.
 
 from __future__ import annotations
 
-from pybootc.spec import (
+from pybootc.host.model import (
     STORE_OSTREE_CONTAINER,
     BootEntry,
     Host,

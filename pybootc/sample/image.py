@@ -7,7 +7,7 @@ binary with a file capability, a whiteout, an opaque directory, a zstd layer.
 
 from __future__ import annotations
 
-from pybootc.ocibuild import (
+from pybootc.sample.ocibuild import (
     Compression,
     Entry,
     ImageSpec,

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from pybootc import tools
 from pybootc.errors import BootcError
-from pybootc.registry_auth import RegistryAuth
+from pybootc.oci.auth import RegistryAuth
 
 POLICY_ENV = "CONTAINERS_POLICY_JSON"
 _SYSTEM_POLICIES = (Path("/etc/containers/policy.json"), Path("/usr/share/containers/policy.json"))

@@ -14,10 +14,10 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from pybootc.containers_storage import ContainersStorage
 from pybootc.errors import BootcError, error_context
 from pybootc.layers.flatten import BlobLayer, FlattenSummary, flatten_blobs, flatten_diff_dirs
 from pybootc.oci.model import ImageConfig, Manifest
+from pybootc.stores.containers_storage import ContainersStorage
 
 # The name an image gets in a scratch storage; nothing else lives there.
 _SCRATCH_NAME = "localhost/pybootc-flatten:latest"
@@ -37,8 +37,8 @@ def _check_output(output: Path) -> None:
 
 def flatten_from_blobs(image: str, output: Path) -> FlattenSummary:
     # Imported here: the containers-storage source has no use for it.
+    from pybootc.oci.auth import RegistryAuth
     from pybootc.oci.proxy import ImageProxy
-    from pybootc.registry_auth import RegistryAuth
 
     with ImageProxy(auth=RegistryAuth.find(Path("/"))) as proxy:
         opened = proxy.open_image(image)

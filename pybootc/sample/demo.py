@@ -18,9 +18,9 @@ from rich.console import Console
 
 from pybootc import tools
 from pybootc.layers.listing import diff_listings, list_tree
-from pybootc.ocibuild import OciLayout
-from pybootc.sample_image import sample_image
-from pybootc.sysroot import unlock_deployment_roots
+from pybootc.ostree.sysroot import unlock_deployment_roots
+from pybootc.sample.image import sample_image
+from pybootc.sample.ocibuild import OciLayout
 
 DEMO = Path("demo").absolute()
 WORK = DEMO / "work"

@@ -12,13 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pybootc.errors import BootcError
-from pybootc.imgref import OstreeImageReference
+from pybootc.oci.imgref import OstreeImageReference
 from pybootc.oci.model import Descriptor, Manifest
-from pybootc.ostree_commit import commit_timestamp, read_commit_metadata, read_detached_metadata
-from pybootc.ostree_ext_format import cached_update_of, image_of_commit, manifest_of_commit
-from pybootc.ostree_gi import OSTree
+from pybootc.ostree.ext_format import cached_update_of, image_of_commit, manifest_of_commit
+from pybootc.ostree.gi import OSTree
+from pybootc.ostree.repo import commit_timestamp, read_commit_metadata, read_detached_metadata
+from pybootc.ostree.sysroot import DeploymentInfo, Origin
 from pybootc.stores import Backend
-from pybootc.sysroot import DeploymentInfo, Origin
 
 ORIGIN_GROUP = "origin"
 IMAGE_KEY = "container-image-reference"

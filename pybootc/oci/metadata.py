@@ -12,10 +12,10 @@ from dataclasses import dataclass
 
 from pybootc import tools
 from pybootc.errors import BootcError, error_context
-from pybootc.imgref import ImageReference, Transport
+from pybootc.oci.auth import ANONYMOUS, RegistryAuth
+from pybootc.oci.imgref import ImageReference, Transport
 from pybootc.oci.model import INDEX_MEDIA_TYPES, ImageConfig, Manifest, manifest_digest
-from pybootc.registry_auth import ANONYMOUS, RegistryAuth
-from pybootc.sigpolicy import check_policy
+from pybootc.oci.sigpolicy import check_policy
 
 # uname -m to the architecture names of OCI configs (Go's GOARCH).
 _GOARCH = {

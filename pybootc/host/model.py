@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 from pybootc.errors import BootcError
-from pybootc.spec_fields import (
+from pybootc.host.fields import (
     Fields,
     JsonDict,
     dump_optional,
@@ -26,7 +26,7 @@ from pybootc.spec_fields import (
     read_uint32,
     read_variant,
 )
-from pybootc.spec_yaml import dump_yaml, load_yaml
+from pybootc.host.yaml_text import dump_yaml, load_yaml
 
 API_VERSION = "org.containers.bootc/v1"
 KIND = "BootcHost"

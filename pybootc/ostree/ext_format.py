@@ -15,11 +15,11 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from pybootc.errors import BootcError
-from pybootc.ostree_gi import GLib
+from pybootc.ostree.gi import GLib
 
 if TYPE_CHECKING:
-    from pybootc.image_metadata import ImageMetadata
-    from pybootc.imgref import OstreeImageReference
+    from pybootc.oci.imgref import OstreeImageReference
+    from pybootc.oci.metadata import ImageMetadata
 
 # Image refs and the ostree backend's layer refs alike.
 CONTAINER_REF_PREFIX = "ostree/container"

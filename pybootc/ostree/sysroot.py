@@ -16,9 +16,9 @@ from typing import Any
 
 from pybootc import tools
 from pybootc.errors import BootcError
-from pybootc.kargs import split as split_kargs
-from pybootc.ostree_commit import libostree_errors
-from pybootc.ostree_gi import Gio, GLib, OSTree
+from pybootc.ostree.gi import Gio, GLib, OSTree
+from pybootc.ostree.kargs import split as split_kargs
+from pybootc.ostree.repo import libostree_errors
 
 OSTREE_BOOTED = Path("/run/ostree-booted")
 # ostree-finalize-staged.service leaves the staged deployment alone while this exists.
@@ -176,7 +176,7 @@ class Sysroot:
         )
 
     def _can_soft_reboot(self, deployment: Any) -> bool:
-        from pybootc.booted import composefs_enabled, soft_reboot_unavailable
+        from pybootc.commands.booted import composefs_enabled, soft_reboot_unavailable
 
         return (
             self.booted
@@ -384,3 +384,12 @@ class Sysroot:
             self._delete_unreachable_commits()
             _, _, pruned, freed = self.repo.prune(OSTree.RepoPruneFlags.REFS_ONLY, 0, None)
         return CleanupResult(objects_pruned=int(pruned), bytes_freed=int(freed))
+
+
+def current_deployment(sysroot: Sysroot) -> DeploymentInfo | None:
+    """The deployment an upgrade follows: the booted one, else the first in boot order."""
+    deployments = sysroot.deployments()
+    for deployment in deployments:
+        if deployment.is_booted:
+            return deployment
+    return deployments[0] if deployments else None

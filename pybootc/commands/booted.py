@@ -16,8 +16,8 @@ from pathlib import Path
 
 from pybootc import tools
 from pybootc.errors import BootcError
-from pybootc.kargs import split as split_kargs
-from pybootc.ostree_gi import GLib, OSTree
+from pybootc.ostree.gi import GLib, OSTree
+from pybootc.ostree.kargs import split as split_kargs
 
 # The first systemd with `systemctl soft-reboot`.
 SOFT_REBOOT_SYSTEMD = 254
@@ -39,14 +39,18 @@ def require_booted(booted: bool, what: str) -> None:
         raise BootcError(f"{what} only applies on booted hosts")
 
 
-def reboot() -> None:
-    """Reboot the host as upstream does (systemd-run, so our exit races nothing)."""
+def _systemctl_and_wait(verb: str) -> None:
+    """`systemctl VERB` as upstream starts it (systemd-run, so our exit races nothing),
+    then wait: systemd stops us on the way down; exiting first would look like a failure."""
     sys.stdout.flush()
     sys.stderr.flush()
-    tools.run(["systemd-run", "--quiet", "--", "systemctl", "reboot"])
-    # systemd stops us on the way down; exiting first would look like a failure.
+    tools.run(["systemd-run", "--quiet", "--", "systemctl", verb])
     while True:
         signal.pause()
+
+
+def reboot() -> None:
+    _systemctl_and_wait("reboot")
 
 
 @functools.cache
@@ -109,11 +113,7 @@ def check_soft_reboot(mode: SoftReboot | None) -> bool:
 
 
 def soft_reboot() -> None:
-    sys.stdout.flush()
-    sys.stderr.flush()
-    tools.run(["systemd-run", "--quiet", "--", "systemctl", "soft-reboot"])
-    while True:
-        signal.pause()
+    _systemctl_and_wait("soft-reboot")
 
 
 def usr_overlay(*, read_only: bool) -> int:

@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 
 from pybootc.errors import BootcError
-from pybootc.spec_fields import JsonDict
+from pybootc.host.fields import JsonDict
 
 _STR_TAG = "tag:yaml.org,2002:str"
 _PRINTABLE_ASCII = re.compile(r"[!-~]+(?: [!-~]+)*")

@@ -17,10 +17,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from pybootc import tools
-from pybootc.deploy import DEFAULT_STATEROOT, Report, install_to_filesystem
+from pybootc.commands.deploy import DEFAULT_STATEROOT
+from pybootc.commands.install import install_to_filesystem
+from pybootc.commands.report import Report
 from pybootc.errors import BootcError, error_context
-from pybootc.imgref import OstreeImageReference
-from pybootc.kargs import checked
+from pybootc.oci.imgref import OstreeImageReference
+from pybootc.ostree.kargs import checked
 from pybootc.progress import NO_PROGRESS, Progress
 from pybootc.stores import Backend
 

@@ -14,11 +14,12 @@ import tempfile
 from pathlib import Path
 
 from pybootc import tools
-from pybootc.deploy import Report, rollback, switch
+from pybootc.commands.report import Report
+from pybootc.commands.update import rollback, switch
 from pybootc.errors import BootcError
-from pybootc.spec import Host
-from pybootc.status import build_host, ostree_reference
-from pybootc.sysroot import Sysroot
+from pybootc.host.build import build_host, ostree_reference
+from pybootc.host.model import Host
+from pybootc.ostree.sysroot import Sysroot
 
 
 def _edited_in_editor(host: Host) -> str:

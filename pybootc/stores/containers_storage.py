@@ -20,7 +20,7 @@ from pathlib import Path
 from pybootc import tools
 from pybootc.errors import BootcError, error_context
 from pybootc.layers.paths import split_member_name
-from pybootc.sigpolicy import policy_options
+from pybootc.oci.sigpolicy import policy_options
 
 
 @dataclass(frozen=True)

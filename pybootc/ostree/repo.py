@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from pybootc.errors import BootcError
-from pybootc.ostree_gi import Gio, GLib, OSTree
+from pybootc.ostree.gi import Gio, GLib, OSTree
 
 
 @contextmanager

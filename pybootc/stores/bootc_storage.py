@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pybootc import tools
-from pybootc.containers_storage import ContainersStorage
 from pybootc.errors import BootcError, error_context
-from pybootc.imgref import ImageReference, Transport
-from pybootc.registry_auth import ANONYMOUS, RegistryAuth
+from pybootc.oci.auth import ANONYMOUS, RegistryAuth
+from pybootc.oci.imgref import ImageReference, Transport
+from pybootc.stores.containers_storage import ContainersStorage
 
 # Upstream's path (the seed PR had ostree/container-storage).
 STORAGE_SUBDIR = Path("ostree/bootc/storage")

@@ -6,11 +6,8 @@ that boots next is `staged`, the next one `rollback`, the rest `otherDeployments
 
 from __future__ import annotations
 
-from pybootc.deployment_image import CommitImage, cached_update, commit_image, origin_image
-from pybootc.imgref import ImageReference as ImgRef
-from pybootc.imgref import OstreeImageReference, SignatureKind, SignatureSource
-from pybootc.ostree_gi import OSTree
-from pybootc.spec import (
+from pybootc.host.fields import normalize_timestamp
+from pybootc.host.model import (
     BootEntry,
     BootEntryOstree,
     BootOrder,
@@ -23,11 +20,14 @@ from pybootc.spec import (
     ImageSignature,
     ImageStatus,
 )
-from pybootc.spec import FilesystemOverlayAccessMode as Access
-from pybootc.spec import FilesystemOverlayPersistence as Persistence
-from pybootc.spec import SignatureKind as SpecSignatureKind
-from pybootc.spec_fields import normalize_timestamp
-from pybootc.sysroot import DeploymentInfo, Sysroot
+from pybootc.host.model import FilesystemOverlayAccessMode as Access
+from pybootc.host.model import FilesystemOverlayPersistence as Persistence
+from pybootc.host.model import SignatureKind as SpecSignatureKind
+from pybootc.oci.imgref import ImageReference as ImgRef
+from pybootc.oci.imgref import OstreeImageReference, SignatureKind, SignatureSource
+from pybootc.ostree.gi import OSTree
+from pybootc.ostree.origin import CommitImage, cached_update, commit_image, origin_image
+from pybootc.ostree.sysroot import DeploymentInfo, Sysroot
 
 
 def spec_reference(imgref: OstreeImageReference) -> ImageReference:

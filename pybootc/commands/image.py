@@ -11,14 +11,15 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from pybootc import bootc_storage, tools
-from pybootc.deploy import Report, current_deployment
-from pybootc.deployment_image import origin_image
+from pybootc import tools
+from pybootc.commands.report import Report
 from pybootc.errors import BootcError
-from pybootc.imgref import ImageReference, Transport
+from pybootc.oci.imgref import ImageReference, Transport
+from pybootc.ostree.origin import origin_image
+from pybootc.ostree.sysroot import Sysroot, current_deployment
+from pybootc.stores import bootc_storage
 from pybootc.stores.pipeline import collect_garbage
 from pybootc.stores.protocol import DeployedImages
-from pybootc.sysroot import Sysroot
 
 DEFAULT_COPY_TARGET = "localhost/bootc"
 

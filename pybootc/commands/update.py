@@ -1,0 +1,107 @@
+"""switch, upgrade (and --from-downloaded) and rollback of an existing sysroot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pybootc.commands.deploy import (
+    DEFAULT_STATEROOT,
+    deploy_prepared,
+    followed,
+    prepare_target,
+    registry_auth,
+    tidy_up,
+)
+from pybootc.commands.report import Report, queued
+from pybootc.oci.imgref import OstreeImageReference
+from pybootc.ostree.ext_format import image_ref
+from pybootc.ostree.origin import OriginImage, origin_image
+from pybootc.ostree.sysroot import Sysroot, current_deployment
+from pybootc.progress import NO_PROGRESS, Progress
+from pybootc.stores import Backend
+from pybootc.stores.pipeline import runs
+
+
+def switch(
+    sysroot_path: Path,
+    target: OstreeImageReference,
+    *,
+    backend: Backend | None = None,
+    retain: bool = False,
+    decryption_key: Path | None = None,
+    progress: Progress = NO_PROGRESS,
+) -> Report:
+    sysroot = Sysroot.open(sysroot_path)
+    with sysroot.lock():
+        current = current_deployment(sysroot)
+        current_image = origin_image(current) if current else None
+        chosen = backend or (current_image.backend if current_image else Backend.OSTREE)
+        origin = OriginImage(target, chosen, decryption_key.absolute() if decryption_key else None)
+        auth = registry_auth(sysroot, current)
+        prepared = prepare_target(sysroot, sysroot.path, origin, auth, current)
+        if current_image == origin and prepared.deployed:
+            tidy_up(sysroot)
+            return Report(("Image specification is unchanged.",), changed=False)
+        stateroot = current.stateroot if current else DEFAULT_STATEROOT
+        drop = not retain and current_image is not None and current_image.imgref != target
+        pulled = deploy_prepared(
+            sysroot,
+            prepared,
+            stateroot=stateroot,
+            auth=auth,
+            drop_ref=image_ref(current_image.imgref) if drop and current_image else None,
+            progress=progress,
+        )
+    return queued(target, pulled)
+
+
+def upgrade(
+    sysroot_path: Path, *, download_only: bool = False, progress: Progress = NO_PROGRESS
+) -> Report:
+    """Deploy the newest version of the image the host follows.
+
+    `download_only` stages it held back from finalization, so a reboot does not apply
+    it until `upgrade --from-downloaded`; an update already staged is only re-locked
+    or released, as upstream does.
+    """
+    sysroot = Sysroot.open(sysroot_path)
+    with sysroot.lock():
+        current, image = followed(sysroot)
+        auth = registry_auth(sysroot, current)
+        prepared = prepare_target(sysroot, sysroot.path, image, auth, current)
+        staged = next((d for d in sysroot.deployments() if d.is_staged), None)
+        if staged is not None and runs(sysroot.repo, staged, prepared.metadata):
+            if sysroot.set_finalization(locked=download_only):
+                line = (
+                    "Image downloaded, but will not be applied on reboot"
+                    if download_only
+                    else "Staged deployment will now be applied on reboot"
+                )
+                return Report((line,))
+            return Report(("Staged update present, not changed",))
+        if prepared.deployed:
+            tidy_up(sysroot)
+            return Report(("No update available.",), changed=False)
+        pulled = deploy_prepared(
+            sysroot,
+            prepared,
+            stateroot=current.stateroot,
+            auth=auth,
+            lock_finalization=download_only,
+            progress=progress,
+        )
+    return queued(image.imgref, pulled)
+
+
+def apply_downloaded(sysroot_path: Path) -> Report:
+    """`upgrade --from-downloaded`: let a download-only deployment be finalized."""
+    sysroot = Sysroot.open(sysroot_path)
+    if sysroot.set_finalization(locked=False):
+        return Report(("Staged deployment will now be applied on reboot",))
+    return Report(("Staged deployment is already set to apply on reboot",))
+
+
+def rollback(sysroot_path: Path) -> Report:
+    sysroot = Sysroot.open(sysroot_path)
+    sysroot.rollback()
+    return Report(("Next boot: rollback deployment",))
