@@ -7,8 +7,11 @@ Each verb maps to one library call; a BootcError from it becomes a single
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import logging
+import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -43,12 +46,18 @@ def _image_argument(text: str, transport: str | None, enforce: bool) -> OstreeIm
 
 def _status(args: argparse.Namespace) -> int:
     from pybootc.host.build import build_host
-    from pybootc.host.model import Slot
+    from pybootc.host.model import Host, Slot
     from pybootc.host.render import render_human
-    from pybootc.ostree.sysroot import Sysroot
+    from pybootc.ostree.sysroot import Sysroot, is_ostree_sysroot
 
-    sysroot = Sysroot.open(args.sysroot)
-    host = build_host(sysroot)
+    if is_ostree_sysroot(args.sysroot):
+        sysroot = Sysroot.open(args.sysroot)
+        host, booted = build_host(sysroot), sysroot.booted
+    elif args.sysroot.is_dir():
+        # A host bootc does not manage: upstream says so, with a null status, and exits 0.
+        host, booted = Host.empty(), True
+    else:
+        raise BootcError(f"{args.sysroot} does not exist")
     if args.booted:
         host = host.filter_to_slot(Slot.BOOTED)
     fmt = "json" if args.json else args.format
@@ -59,7 +68,7 @@ def _status(args: argparse.Namespace) -> int:
     elif fmt == "yaml":
         sys.stdout.write(host.to_yaml())
     else:
-        sys.stdout.write(render_human(host, verbose=args.verbose, require_booted=sysroot.booted))
+        sys.stdout.write(render_human(host, verbose=args.verbose, require_booted=booted))
     return 0
 
 
@@ -335,12 +344,25 @@ def _add_image(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     image.set_defaults(func=_image)
 
 
+def _version() -> str:
+    """pybootc's version, as installed (or as the checkout says it is)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("pybootc")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bootc", description="Image-based OS updates (pybootc)")
     parser.add_argument(
         "--sysroot", type=Path, default=Path("/"), help="the system root (default /)"
     )
     parser.add_argument("--debug", action="store_true", help="log the commands run")
+    parser.add_argument(
+        "--version", action="version", version=f"bootc {_version()}", help="print the version"
+    )
     verbs = parser.add_subparsers(dest="verb", required=True)
 
     status = verbs.add_parser("status", help="show the host's deployments")
@@ -365,7 +387,9 @@ def build_parser() -> argparse.ArgumentParser:
     switch.add_argument("image")
     switch.set_defaults(func=_switch)
 
-    upgrade = verbs.add_parser("upgrade", help="deploy the newest version of the image")
+    upgrade = verbs.add_parser(
+        "upgrade", aliases=["update"], help="deploy the newest version of the image"
+    )
     upgrade.add_argument("--check", action="store_true", help="only fetch manifest and config")
     upgrade.add_argument("--format", choices=["humanreadable", "json"], default="humanreadable")
     _add_apply(upgrade, "the update")
@@ -408,7 +432,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _byte_transparent_streams() -> None:
+    """Arguments, paths and image names are bytes to a Unix tool: what Python decoded
+    with surrogateescape goes back out as the same bytes on stdout, and visibly
+    escaped on stderr, never as a UnicodeEncodeError."""
+    for stream, errors in ((sys.stdout, "surrogateescape"), (sys.stderr, "backslashreplace")):
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors=errors)
+
+
+def _reader_gone() -> int:
+    """stdout's reader went away (`bootc status | head -1`): stop quietly, as a Unix
+    tool that SIGPIPE ends does, and keep Python from complaining at exit."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 128 + signal.SIGPIPE
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    if sys.stdout is None:
+        # Started with stdout closed (`bootc status >&-`): what it would say goes nowhere.
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (for the whole process)
+    _byte_transparent_streams()
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.debug else logging.WARNING,
@@ -419,10 +465,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.addLevelName(logging.WARNING, "warning")
     try:
         result: int = args.func(args)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        return _reader_gone()
     except BootcError as err:
         # What was said before the failure (a staged deployment, say) comes first, also
         # where stdout is a file that buffers it and stderr is the same file.
-        sys.stdout.flush()
+        try:
+            sys.stdout.flush()
+        except BrokenPipeError:
+            _reader_gone()
         print(f"error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -24,12 +25,27 @@ from pybootc.ostree.sysroot import Sysroot
 
 def _edited_in_editor(host: Host) -> str:
     editor = os.environ.get("VISUAL") or os.environ.get("EDITOR") or "vi"
+    try:
+        words = shlex.split(editor)
+    except ValueError as err:
+        raise BootcError(f"The editor {editor!r}: {err}") from None
+    if not words or shutil.which(words[0]) is None:
+        raise BootcError(f"The editor {editor!r} ($VISUAL, $EDITOR or vi) was not found")
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix="bootc-edit-") as draft:
         draft.write(host.to_yaml())
         draft.flush()
-        if tools.run_passthrough([*shlex.split(editor), draft.name]) != 0:
+        if tools.run_passthrough([*words, draft.name]) != 0:
             raise BootcError(f"The editor ({editor}) failed")
         return Path(draft.name).read_text()
+
+
+def _utf8(raw: bytes, where: str) -> str:
+    try:
+        return raw.decode()
+    except UnicodeDecodeError as err:
+        raise BootcError(
+            f"Reading {where}: not UTF-8 text (byte 0x{raw[err.start]:02x} at offset {err.start})"
+        ) from None
 
 
 def edit(sysroot_path: Path, filename: Path | None) -> Report:
@@ -37,12 +53,13 @@ def edit(sysroot_path: Path, filename: Path | None) -> Report:
     if filename is None:
         text = _edited_in_editor(host)
     elif str(filename) == "-":
-        text = sys.stdin.read()
+        text = _utf8(sys.stdin.buffer.read(), "stdin")
     else:
         try:
-            text = filename.read_text()
+            raw = filename.read_bytes()
         except OSError as err:
             raise BootcError(f"Reading {filename}: {err.strerror}") from None
+        text = _utf8(raw, str(filename))
     wanted = Host.from_yaml(text).spec
     if wanted == host.spec:
         return Report(("Edit cancelled, no changes made.",))

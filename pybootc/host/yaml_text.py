@@ -111,4 +111,10 @@ def load_yaml(text: str) -> object:
     try:
         return yaml.load(text, Loader=_HostYamlLoader)
     except yaml.YAMLError as err:
-        raise BootcError(f"Invalid host document: {err}") from None
+        # PyYAML says where over several lines; an error here is one line.
+        mark = getattr(err, "problem_mark", None)
+        problem = getattr(err, "problem", None)
+        if mark is not None and problem:
+            where = f"line {mark.line + 1}, column {mark.column + 1}"
+            raise BootcError(f"Invalid host document: {problem} at {where}") from None
+        raise BootcError(f"Invalid host document: {' '.join(str(err).split())}") from None

@@ -104,6 +104,14 @@ def _origin_dict(keyfile: GLib.KeyFile | None) -> dict[str, dict[str, str]]:
     return origin
 
 
+# What makes a directory an OSTree sysroot.
+_SYSROOT_DIRS = ("ostree/repo", "ostree/deploy")
+
+
+def is_ostree_sysroot(path: Path) -> bool:
+    return all((path / needed).is_dir() for needed in _SYSROOT_DIRS)
+
+
 def unlock_deployment_roots(path: Path, *, check: bool = True) -> None:
     """Clear the immutable attribute libostree puts on each deployment root of the
     sysroot at `path`, so that the tree can be removed (installs undone, tests, demo)."""
@@ -137,7 +145,7 @@ class Sysroot:
     def open(cls, path: Path) -> Sysroot:
         """Load the sysroot at `path`; nothing is created there."""
         # libostree's load() would only say "opendir(ostree/repo): No such file...".
-        for needed in ("ostree/repo", "ostree/deploy"):
+        for needed in _SYSROOT_DIRS:
             if not (path / needed).is_dir():
                 raise BootcError(f"{path} is not an OSTree sysroot (it has no {needed})")
         sysroot = OSTree.Sysroot.new(Gio.File.new_for_path(str(path)))
