@@ -254,8 +254,7 @@ def _add_apply(parser: argparse.ArgumentParser, what: str) -> None:
 
 
 def _add_progress(parser: argparse.ArgumentParser) -> None:
-    # Nothing draws progress on the terminal, so --quiet is already satisfied.
-    parser.add_argument("--quiet", action="store_true", help="no progress output")
+    parser.add_argument("--quiet", action="store_true", help="draw no progress on the terminal")
     parser.add_argument(
         "--progress-fd", type=int, metavar="N", help="write progress as JSON lines to fd N"
     )
@@ -264,7 +263,10 @@ def _add_progress(parser: argparse.ArgumentParser) -> None:
 def _progress(args: argparse.Namespace) -> Progress:
     from pybootc.progress import NO_PROGRESS, Progress
 
-    return NO_PROGRESS if args.progress_fd is None else Progress(args.progress_fd)
+    terminal = not args.quiet and sys.stderr.isatty()
+    if args.progress_fd is None and not terminal:
+        return NO_PROGRESS
+    return Progress(args.progress_fd, terminal=terminal)
 
 
 def _add_install_options(parser: argparse.ArgumentParser) -> None:

@@ -1,34 +1,95 @@
-"""`--progress-fd N`: JSON lines about a deployment's steps, as bootc's progress-v0.
+"""Progress of a deployment: on a terminal (rich), and as bootc's progress-v0 JSON lines
+(`--progress-fd N`).
 
-A Start event, then a ProgressSteps event as each step begins and ends: pulling,
-flattening, committing, deploying. Without a descriptor nothing is written.
+Before layers are fetched: upstream's `layers already present: N; layers needed: M
+(size)`. While they are fetched: bytes per layer and in total (ProgressBytes events with
+a subtask per layer). Then each step (flattening, committing, deploying) as it begins and
+ends (ProgressSteps). On a terminal the same shows as bars and a spinner on stderr, so
+stdout keeps only what the verb says; off a terminal, or with `--quiet`, nothing is drawn.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import TextIO
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, TextIO
 
 from pybootc.errors import BootcError
 
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.progress import Progress as RichProgress
+    from rich.progress import TaskID
+
 PROTOCOL_VERSION = "0.1.0"
 TASK = "deploying"
+FETCH_TASK = "pulling"
 STEPS = {
-    "pulling": "Pulling the image into bootc's storage",
+    "pulling": "Pulling the image",
     "flattening": "Flattening and post-processing the layers",
     "committing": "Committing to OSTree",
     "deploying": "Deploying",
 }
+# ProgressBytes events at most this often (s), and always when a layer completes.
+_EVENT_INTERVAL = 0.1
+
+
+@dataclass
+class _Layer:
+    digest: str
+    total: int
+    done: int = 0
+
+
+@dataclass
+class _Fetch:
+    """The layers being fetched, and what has arrived of each."""
+
+    layers: dict[str, _Layer]
+    cached_layers: int
+    cached_bytes: int
+    last_event: float = 0.0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def done(self) -> int:
+        return sum(layer.done for layer in self.layers.values())
+
+    @property
+    def total(self) -> int:
+        return sum(layer.total for layer in self.layers.values())
+
+    @property
+    def finished(self) -> int:
+        return sum(1 for layer in self.layers.values() if layer.done >= layer.total)
+
+
+def _size(size: int) -> str:
+    from pybootc.ostree.gi import GLib
+
+    return str(GLib.format_size(size))
 
 
 class Progress:
-    def __init__(self, fd: int | None, image: str = "") -> None:
+    """Where a deployment's progress goes: an fd for JSON lines, a terminal, both or none."""
+
+    def __init__(self, fd: int | None, image: str = "", *, terminal: bool = False) -> None:
         self._out: TextIO | None = None
         self._image = image
         self._done = 0
+        self._fetch: _Fetch | None = None
+        self._console: Console | None = None
+        self._bars: RichProgress | None = None
+        self._bar_tasks: dict[str, TaskID] = {}
+        if terminal:
+            from rich.console import Console
+
+            self._console = Console(stderr=True)
         if fd is None:
             return
         try:
@@ -44,6 +105,122 @@ class Progress:
     def _emit(self, event: dict[str, object]) -> None:
         if self._out is not None:
             self._out.write(json.dumps(event, separators=(",", ":")) + "\n")
+
+    # --- fetching ---------------------------------------------------------------------
+
+    def layers(self, states: Sequence[tuple[str, int, bool]], line: str) -> None:
+        """The image's layers (digest, size, present) and upstream's line about them:
+        printed on a terminal before anything is fetched."""
+        needed = {d: _Layer(d, size) for d, size, present in states if not present}
+        cached = [size for _, size, present in states if present]
+        self._fetch = _Fetch(needed, len(cached), sum(cached))
+        if self._console is not None:
+            self._console.print(line, highlight=False)
+
+    @contextmanager
+    def fetching(self) -> Iterator[None]:
+        """Fetching the layers announced by `layers`: bars on a terminal, ProgressBytes
+        events on the fd, a final event when all have arrived."""
+        with ExitStack() as stack:
+            if self._console is not None and self._fetch is not None and self._fetch.layers:
+                stack.enter_context(self._terminal_bars())
+            self._bytes_event(force=True)
+            yield
+            if self._fetch is not None:
+                for layer in self._fetch.layers.values():
+                    self.fetched(layer.digest, layer.total)
+                self._bytes_event(force=True)
+
+    def fetched(self, digest: str, done: int) -> None:
+        """`done` bytes of the layer `digest` have arrived (it only grows)."""
+        fetch = self._fetch
+        if fetch is None or digest not in fetch.layers:
+            return
+        with fetch.lock:
+            layer = fetch.layers[digest]
+            grown = min(max(done, layer.done), layer.total)
+            complete = grown >= layer.total > layer.done
+            layer.done = grown
+            if self._bars is not None:
+                self._bars.update(self._bar_tasks[digest], completed=grown)
+                self._bars.update(self._bar_tasks[""], completed=fetch.done)
+        self._bytes_event(force=complete)
+
+    def _bytes_event(self, *, force: bool) -> None:
+        fetch = self._fetch
+        if self._out is None or fetch is None:
+            return
+        with fetch.lock:
+            now = time.monotonic()
+            if not force and now - fetch.last_event < _EVENT_INTERVAL:
+                return
+            fetch.last_event = now
+            subtasks = [
+                {
+                    "subtask": "layer",
+                    "description": "Layer:",
+                    "id": layer.digest,
+                    "bytesCached": 0,
+                    "bytes": layer.done,
+                    "bytesTotal": layer.total,
+                }
+                for layer in fetch.layers.values()
+            ]
+            event = {
+                "type": "ProgressBytes",
+                "task": FETCH_TASK,
+                "description": f"Fetching {self._image}",
+                "id": self._image,
+                "bytesCached": fetch.cached_bytes,
+                "bytes": fetch.done,
+                "bytesTotal": fetch.total,
+                "stepsCached": fetch.cached_layers,
+                "steps": fetch.finished,
+                "stepsTotal": len(fetch.layers),
+                "subtasks": subtasks,
+            }
+        self._emit(event)
+
+    @contextmanager
+    def _terminal_bars(self) -> Iterator[None]:
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            TextColumn,
+            TransferSpeedColumn,
+        )
+        from rich.progress import Progress as RichProgress
+
+        assert self._fetch is not None
+        bars = RichProgress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            console=self._console,
+            transient=True,
+        )
+        started = time.monotonic()
+        with bars:
+            for digest, layer in self._fetch.layers.items():
+                short = digest.removeprefix("sha256:")[:12]
+                self._bar_tasks[digest] = bars.add_task(f"Layer {short}", total=layer.total)
+            self._bar_tasks[""] = bars.add_task("Fetching", total=self._fetch.total)
+            self._bars = bars
+            try:
+                yield
+            finally:
+                self._bars = None
+        # Upstream's summary line once the layers are in.
+        done, seconds = self._fetch.done, max(time.monotonic() - started, 0.001)
+        if self._console is not None:
+            self._console.print(
+                f"Fetched layers: {_size(done)} in {seconds:.0f} seconds"
+                f" ({_size(int(done / seconds))}/s)",
+                highlight=False,
+            )
+
+    # --- steps ------------------------------------------------------------------------
 
     def _steps(self, name: str, *, completed: bool) -> None:
         self._emit(
@@ -69,9 +246,18 @@ class Progress:
     @contextmanager
     def step(self, name: str) -> Iterator[None]:
         self._steps(name, completed=False)
-        yield
+        with ExitStack() as stack:
+            if self._console is not None and name != "pulling":
+                stack.enter_context(self._console.status(f"{STEPS[name]}..."))
+            yield
         self._done += 1
         self._steps(name, completed=True)
+
+    def pruned(self, removed: Sequence[str]) -> None:
+        """After GC: what went, on a terminal."""
+        if self._console is not None and removed:
+            names = ", ".join(r.removeprefix("sha256:")[:12] for r in removed)
+            self._console.print(f"Pruned images: {len(removed)} ({names})", highlight=False)
 
 
 NO_PROGRESS = Progress(None)

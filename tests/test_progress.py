@@ -1,30 +1,59 @@
-"""`--progress-fd`: JSON lines that follow bootc's progress-v0 schema."""
+"""Progress: `--progress-fd` JSON lines that follow bootc's progress-v0 schema, bytes per
+layer included, and bars on a terminal (a pty), for both backends."""
 
 from __future__ import annotations
 
 import json
 import os
+import random
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import jsonschema
 import pytest
 
 from pybootc.sample.image import sample_image
-from tests.backend_support import install, ok, one_error_line, publish, state
+from pybootc.sample.ocibuild import ImageSpec, file, layer
+from tests.backend_support import Published, install, ok, one_error_line, publish, state
 from tests.support import SHARED_REFERENCE, Registry
 
 pytestmark = pytest.mark.registry
 BOOTC = (sys.executable, "-m", "pybootc")
+BACKENDS = ["ostree", "container"]
 
 
-def test_switch_reports_each_step(registry: Registry, target: Path, tmp_path: Path) -> None:
-    ok(install(target, publish(registry, tmp_path, sample_image("1.0"), repo="pybootc/pg").docker))
-    image = publish(registry, tmp_path, sample_image("2.0"), repo="pybootc/pg2")
+def bulky(version: str) -> ImageSpec:
+    """The sample image with one more layer of 4 MiB that does not compress."""
+    noise = random.Random(version).randbytes(4 << 20)
+    return sample_image(version, extra=(layer(file("usr/share/noise", noise)),))
+
+
+def manifest_layers(image: Published) -> list[dict[str, Any]]:
+    index = json.loads((image.layout.path / "index.json").read_text())
+    manifest = json.loads(image.layout.blob_path(index["manifests"][-1]["digest"]).read_bytes())
+    layers: list[dict[str, Any]] = manifest["layers"]
+    return layers
+
+
+def installed_with_update(
+    registry: Registry, target: Path, tmp_path: Path, backend: str, name: str
+) -> tuple[Published, Published]:
+    v1 = publish(registry, tmp_path, sample_image("1.0"), repo=f"pybootc/{name}-{backend}")
+    ok(install(target, v1.docker, backend=backend))
+    v2 = publish(registry, tmp_path, bulky("2.0"), repo=f"pybootc/{name}-{backend}-2")
+    return v1, v2
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_switch_reports_bytes_per_layer_then_each_step(
+    registry: Registry, target: Path, tmp_path: Path, backend: str
+) -> None:
+    v1, v2 = installed_with_update(registry, target, tmp_path, backend, "pg")
     read, write = os.pipe()
     proc = subprocess.run(
-        [*BOOTC, "--sysroot", str(target), "switch", "--progress-fd", str(write), image.docker],
+        [*BOOTC, "--sysroot", str(target), "switch", "--progress-fd", str(write), v2.docker],
         pass_fds=(write,),
         capture_output=True,
         text=True,
@@ -38,9 +67,97 @@ def test_switch_reports_each_step(registry: Registry, target: Path, tmp_path: Pa
     for event in events:
         jsonschema.validate(event, schema)
     assert events[0] == {"type": "Start", "version": "0.1.0"}
-    finished = [e["subtasks"][0]["subtask"] for e in events[1:] if e["subtasks"][0]["completed"]]
+
+    # The two layers v2 shares with v1 are there; its version layer and the bulk are not.
+    old = {d["digest"] for d in manifest_layers(v1)}
+    needed = [d for d in manifest_layers(v2) if d["digest"] not in old]
+    present = [d for d in manifest_layers(v2) if d["digest"] in old]
+    assert len(needed) == 2 and len(present) == 2
+    fetching = [e for e in events if e["type"] == "ProgressBytes"]
+    assert len(fetching) >= 2
+    for event in fetching:
+        assert [s["id"] for s in event["subtasks"]] == [d["digest"] for d in needed]
+        assert event["bytesTotal"] == sum(d["size"] for d in needed)
+        assert event["bytes"] == sum(s["bytes"] for s in event["subtasks"])
+        assert event["stepsTotal"] == 2 and event["stepsCached"] == 2
+        assert event["bytesCached"] == sum(d["size"] for d in present)
+    assert fetching[0]["bytes"] == 0 and fetching[0]["steps"] == 0
+    assert fetching[-1]["bytes"] == fetching[-1]["bytesTotal"] and fetching[-1]["steps"] == 2
+    assert [e["bytes"] for e in fetching] == sorted(e["bytes"] for e in fetching)
+    # Then the steps, in order; fetching came first, within "pulling".
+    steps = [e for e in events if e["type"] == "ProgressSteps"]
+    finished = [e["subtasks"][0]["subtask"] for e in steps if e["subtasks"][0]["completed"]]
     assert finished == ["pulling", "flattening", "committing", "deploying"]
-    assert events[-1]["steps"] == events[-1]["stepsTotal"] == 4
+    assert steps[-1]["steps"] == steps[-1]["stepsTotal"] == 4
+    first_bytes = events.index(fetching[0])
+    assert events[first_bytes - 1]["subtasks"][0] == {
+        "subtask": "pulling",
+        "description": "Pulling the image",
+        "id": f"ostree-unverified-registry:{v2.ref}",
+        "completed": False,
+    }
+
+
+def on_a_terminal(argv: list[str]) -> tuple[int, str, str]:
+    """Run `argv` with stderr on a pty (stdout a pipe); exit status, what the terminal
+    got, stdout."""
+    master, slave = os.openpty()
+    env = {**os.environ, "TERM": "xterm-256color", "COLUMNS": "120", "LINES": "40"}
+    proc = subprocess.Popen(argv, stdin=slave, stdout=subprocess.PIPE, stderr=slave, env=env)
+    os.close(slave)
+    screen = bytearray()
+    while True:
+        try:
+            data = os.read(master, 1 << 16)
+        except OSError:  # EIO: the pty's other side is closed
+            break
+        if not data:
+            break
+        screen += data
+    os.close(master)
+    assert proc.stdout is not None
+    out = proc.stdout.read().decode()
+    return proc.wait(), screen.decode(errors="replace"), out
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_switch_on_a_terminal_draws_bars_and_says_what_it_fetches(
+    registry: Registry, target: Path, tmp_path: Path, backend: str
+) -> None:
+    _, v2 = installed_with_update(registry, target, tmp_path, backend, "pty")
+    needed = manifest_layers(v2)[2:]
+    size = sum(d["size"] for d in needed)
+    from pybootc.ostree.gi import GLib
+
+    rc, screen, out = on_a_terminal([*BOOTC, "--sysroot", str(target), "switch", v2.docker])
+    assert rc == 0, screen
+    assert f"layers already present: 2; layers needed: 2 ({GLib.format_size(size)})" in screen
+    # rich's bars: one per layer and the total, with its bar glyphs and byte counts.
+    for descriptor in needed:
+        assert f"Layer {descriptor['digest'].removeprefix('sha256:')[:12]}" in screen
+    assert "Fetching" in screen and "━" in screen and "MB" in screen
+    assert "Fetched layers: " in screen
+    # What the verb says stays on stdout, and nothing of the progress goes there.
+    assert out.startswith("Queued for next boot: ") and "layers already present" not in out
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_no_progress_off_a_terminal_or_with_quiet(
+    registry: Registry, target: Path, tmp_path: Path, backend: str
+) -> None:
+    _, v2 = installed_with_update(registry, target, tmp_path, backend, "quiet")
+    rc, screen, out = on_a_terminal(
+        [*BOOTC, "--sysroot", str(target), "switch", "--quiet", v2.docker]
+    )
+    assert rc == 0 and screen == "" and out.startswith("Queued for next boot: ")
+    v3 = publish(registry, tmp_path, bulky("3.0"), repo=f"pybootc/quiet-{backend}-3")
+    proc = subprocess.run(
+        [*BOOTC, "--sysroot", str(target), "switch", v3.docker],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
 
 
 def test_a_bad_progress_fd_changes_nothing(

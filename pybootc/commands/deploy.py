@@ -101,7 +101,9 @@ def _check_disk_space(sysroot: Sysroot, prepared: Prepared) -> None:
         )
 
 
-def tidy_up(sysroot: Sysroot, *, drop_ref: str | None = None) -> None:
+def tidy_up(
+    sysroot: Sysroot, *, drop_ref: str | None = None, progress: Progress = NO_PROGRESS
+) -> None:
     """Cleanup once the new deployment is written, or when there was nothing to
     deploy: GC, pruning, an old image's ref. So what a command killed half-way through
     its cleanup left (a half-deleted image in bootc's storage, whose layer podman
@@ -114,7 +116,7 @@ def tidy_up(sysroot: Sysroot, *, drop_ref: str | None = None) -> None:
         with error_context("Cleaning up after the deployment"):
             if drop_ref is not None:
                 set_ref(sysroot.repo, drop_ref, None)
-            collect_garbage(sysroot)
+            progress.pruned(collect_garbage(sysroot))
             sysroot.cleanup()
     except BootcError as err:
         log.warning("%s", err)
@@ -186,7 +188,7 @@ def deploy_prepared(
                 retain_others=False,
                 lock_finalization=lock_finalization,
             )
-    tidy_up(sysroot, drop_ref=drop_ref)
+    tidy_up(sysroot, drop_ref=drop_ref, progress=progress)
     return recorded
 
 

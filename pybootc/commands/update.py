@@ -40,7 +40,7 @@ def switch(
         auth = registry_auth(sysroot, current)
         prepared = prepare_target(sysroot, sysroot.path, origin, auth, current)
         if current_image == origin and prepared.deployed:
-            tidy_up(sysroot)
+            tidy_up(sysroot, progress=progress)
             return Report(("Image specification is unchanged.",), changed=False)
         stateroot = current.stateroot if current else DEFAULT_STATEROOT
         drop = not retain and current_image is not None and current_image.imgref != target
@@ -80,7 +80,7 @@ def upgrade(
                 return Report((line,))
             return Report(("Staged update present, not changed",))
         if prepared.deployed:
-            tidy_up(sysroot)
+            tidy_up(sysroot, progress=progress)
             return Report(("No update available.",), changed=False)
         pulled = deploy_prepared(
             sysroot,

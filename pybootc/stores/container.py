@@ -7,6 +7,11 @@ holds; its overlay diff directories are what is flattened.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
@@ -22,6 +27,7 @@ from pybootc.stores.protocol import DeployedImages, LayerState
 
 if TYPE_CHECKING:
     from pybootc.ostree.origin import OriginImage
+    from pybootc.progress import Progress
 
 
 @dataclass(frozen=True)
@@ -34,6 +40,51 @@ class _StoredImage:
 
     def flatten(self, work: Path, root: Path) -> None:
         flatten_diff_dirs(self.storage.layer_diff_dirs(self.name), root)
+
+
+# How often a pull's progress is looked at (s).
+_WATCH_INTERVAL = 0.25
+
+
+def _staged_bytes(staging: Path) -> int:
+    total = 0
+    for dirpath, _, names in os.walk(staging):
+        for name in names:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(dirpath, name)).st_size
+    return total
+
+
+@contextmanager
+def _watched_pull(
+    storage: ContainersStorage, metadata: ImageMetadata, staging: Path, progress: Progress
+) -> Iterator[None]:
+    """Tell `progress` how a `skopeo copy` into `storage` gets on, from outside it: a
+    layer is complete once the storage lists it; the blobs skopeo is still downloading
+    are in `staging`. skopeo fetches several at once and names its files by no digest,
+    so those bytes go to the unfinished layers in manifest order: the total is right,
+    the split between layers in flight is an estimate."""
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.wait(_WATCH_INTERVAL):
+            stored = storage.stored_blob_digests()
+            in_flight = _staged_bytes(staging)
+            for layer in metadata.manifest.layers:
+                if layer.digest in stored:
+                    progress.fetched(layer.digest, layer.size)
+                elif in_flight > 0:
+                    share = min(in_flight, layer.size)
+                    progress.fetched(layer.digest, share)
+                    in_flight -= share
+
+    watcher = threading.Thread(target=watch, name="pull-progress", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        watcher.join()
 
 
 class ContainerStore:
@@ -59,20 +110,26 @@ class ContainerStore:
         return tuple(LayerState(d, d.digest in stored) for d in metadata.manifest.layers)
 
     def fetch(
-        self, target: OriginImage, metadata: ImageMetadata, work: Path, auth: RegistryAuth
+        self,
+        target: OriginImage,
+        metadata: ImageMetadata,
+        work: Path,
+        auth: RegistryAuth,
+        progress: Progress,
     ) -> _StoredImage:
         # skopeo applies the signature policy again to what it pulls. It stages blobs in
         # the work directory: what a killed pull left there goes with it, or with the
         # next import's sweep, never into the host's /var/tmp.
         staging = work / "skopeo"
         staging.mkdir()
-        name = bootc_storage.pull(
-            self._storage,
-            target.imgref.imgref,
-            decryption_key=target.decryption_key,
-            auth=auth,
-            tmpdir=staging,
-        )
+        with _watched_pull(self._storage, metadata, staging, progress):
+            name = bootc_storage.pull(
+                self._storage,
+                target.imgref.imgref,
+                decryption_key=target.decryption_key,
+                auth=auth,
+                tmpdir=staging,
+            )
         stored = metadata_at(self._storage.reference(name))
         # A decrypting pull stores a rewritten manifest, whose digest the registry never
         # serves: recorded, it would make every upgrade and switch see a new image. (The

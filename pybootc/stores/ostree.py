@@ -10,13 +10,15 @@ post-processed and committed exactly as the container backend does.
 from __future__ import annotations
 
 import functools
+import io
 import os
 import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
+from typing import IO, TYPE_CHECKING, Any, BinaryIO, ClassVar
 
 from pybootc.errors import BootcError, error_context
 from pybootc.layers.flatten import BlobLayer, flatten_diff_dirs, unpack_blob
@@ -45,6 +47,7 @@ from pybootc.stores.protocol import DeployedImages, LayerState
 
 if TYPE_CHECKING:
     from pybootc.ostree.origin import OriginImage
+    from pybootc.progress import Progress
 
 # OSTree cannot store device nodes, FIFOs or sockets. A layer commit keeps each as
 # an empty file carrying this xattr ("c 1 3", "b 7 0", "p", "s"), and the merged
@@ -134,12 +137,41 @@ def _import_layer(repo: OSTree.Repo, layer: BlobLayer, work: Path) -> str:
     return commit
 
 
+class _CountingReader(io.RawIOBase):
+    """A blob stream that says how much of it has been read."""
+
+    def __init__(self, stream: BinaryIO, on_bytes: Callable[[int], None]) -> None:
+        self._stream = stream
+        self._on_bytes = on_bytes
+        self._done = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self._stream.read(len(buffer))
+        buffer[: len(data)] = data
+        self._done += len(data)
+        self._on_bytes(self._done)
+        return len(data)
+
+
+@contextmanager
+def _counted(
+    open_stream: Callable[[], AbstractContextManager[BinaryIO]], on_bytes: Callable[[int], None]
+) -> Iterator[IO[bytes]]:
+    with open_stream() as opened:
+        yield io.BufferedReader(_CountingReader(opened, on_bytes), buffer_size=1 << 20)
+
+
 def import_layers(
     repo: OSTree.Repo,
     imgref: OstreeImageReference,
     metadata: ImageMetadata,
     work: Path,
     auth: RegistryAuth = ANONYMOUS,
+    *,
+    on_bytes: Callable[[str, int], None] = lambda digest, done: None,
 ) -> ImportedLayers:
     """Make sure every layer of the image is a commit in `repo`; fetch only the missing."""
     layers = metadata.manifest.layers
@@ -152,7 +184,11 @@ def import_layers(
             if existing is not None:
                 commits.append(existing)
                 continue
-            opener = functools.partial(proxy.open_blob, opened, descriptor.digest, descriptor.size)
+            opener = functools.partial(
+                _counted,
+                functools.partial(proxy.open_blob, opened, descriptor.digest, descriptor.size),
+                functools.partial(on_bytes, descriptor.digest),
+            )
             layer = BlobLayer(descriptor, diff_id, opener, source_checks_digest=True)
             commits.append(_import_layer(repo, layer, work))
             fetched += 1
@@ -221,10 +257,15 @@ class OstreeStore:
         )
 
     def fetch(
-        self, target: OriginImage, metadata: ImageMetadata, work: Path, auth: RegistryAuth
+        self,
+        target: OriginImage,
+        metadata: ImageMetadata,
+        work: Path,
+        auth: RegistryAuth,
+        progress: Progress,
     ) -> _FetchedLayers:
         repo = self._opened()
-        layers = import_layers(repo, target.imgref, metadata, work, auth)
+        layers = import_layers(repo, target.imgref, metadata, work, auth, on_bytes=progress.fetched)
         return _FetchedLayers(repo, layers, metadata)
 
     def collect_garbage(self, deployed: DeployedImages) -> list[str]:

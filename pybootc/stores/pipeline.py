@@ -92,9 +92,13 @@ def import_image(
 ) -> tuple[str, ImageMetadata]:
     """Fetch, flatten, post-process and commit; the commit and the metadata it records."""
     imgref = prepared.target.imgref
+    progress.layers(
+        [(state.descriptor.digest, state.size, state.present) for state in prepared.layers],
+        prepared.layers_line(),
+    )
     with import_workdir(sysroot.path, imgref) as work:
-        with progress.step("pulling"):
-            fetched = store.fetch(prepared.target, prepared.metadata, work, auth)
+        with progress.step("pulling"), progress.fetching():
+            fetched = store.fetch(prepared.target, prepared.metadata, work, auth, progress)
         root = work / "root"
         with error_context(f"Importing {imgref}"), progress.step("flattening"):
             fetched.flatten(work, root)

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from pybootc.ostree.gi import OSTree
     from pybootc.ostree.origin import OriginImage
     from pybootc.ostree.sysroot import Sysroot
+    from pybootc.progress import Progress
     from pybootc.stores import Backend
 
 
@@ -96,9 +97,15 @@ class ImageStore(Protocol):
         """Each layer of the image, present in this store already or to be fetched."""
 
     def fetch(
-        self, target: OriginImage, metadata: ImageMetadata, work: Path, auth: RegistryAuth
+        self,
+        target: OriginImage,
+        metadata: ImageMetadata,
+        work: Path,
+        auth: RegistryAuth,
+        progress: Progress,
     ) -> FetchedImage:
-        """Fetch what the store lacks of the image (and only that), staging in `work`."""
+        """Fetch what the store lacks of the image (and only that), staging in `work`,
+        telling `progress` the bytes of each layer as they arrive."""
 
     def collect_garbage(self, deployed: DeployedImages) -> list[str]:
         """Remove what no deployment needs; the names of removed images."""
