@@ -238,9 +238,11 @@ def _flatten(args: argparse.Namespace) -> int:
 
 
 def _completion(args: argparse.Namespace) -> int:
-    from pybootc.commands.completion import completion_script
+    from argcomplete.shell_integration import shellcode
 
-    sys.stdout.write(completion_script(build_parser(), args.shell))
+    # The script asks bootc itself (argcomplete) what fits where the cursor is: verbs,
+    # options, the values of choices, and file names where a path belongs.
+    sys.stdout.write(shellcode(["bootc"], shell=args.shell))
     return 0
 
 
@@ -278,11 +280,28 @@ def _add_install_options(parser: argparse.ArgumentParser) -> None:
         metavar="IMGREF",
         help="the image the installed system follows (default: --source-imgref)",
     )
-    parser.add_argument("--backend", choices=[b.value for b in Backend], default="ostree")
-    parser.add_argument("--stateroot", default="default")
-    parser.add_argument("--karg", action="append", default=[], metavar="K")
-    parser.add_argument("--disable-selinux", action="store_true")
-    parser.add_argument("--decryption-key", type=Path, metavar="K")
+    parser.add_argument(
+        "--backend",
+        choices=[b.value for b in Backend],
+        default="ostree",
+        help="how the image is fetched and kept: layer commits (ostree, the default) or"
+        " bootc's containers-storage (container)",
+    )
+    parser.add_argument(
+        "--stateroot", default="default", help="the stateroot to deploy into (default: default)"
+    )
+    parser.add_argument(
+        "--karg", action="append", default=[], metavar="K", help="a kernel argument (repeatable)"
+    )
+    parser.add_argument(
+        "--disable-selinux", action="store_true", help="commit without SELinux labels"
+    )
+    parser.add_argument(
+        "--decryption-key",
+        type=Path,
+        metavar="K",
+        help="private key for an encrypted image (container backend; its path is kept)",
+    )
     _add_progress(parser)
 
 
@@ -291,7 +310,7 @@ def _add_install(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     install_verbs = install.add_subparsers(dest="install_verb", required=True)
     to_fs = install_verbs.add_parser("to-filesystem", help="install into a mounted filesystem")
     _add_install_options(to_fs)
-    to_fs.add_argument("path", type=Path, metavar="PATH")
+    to_fs.add_argument("path", type=Path, metavar="PATH", help="an empty mounted filesystem")
     to_fs.set_defaults(func=_install)
     to_disk = install_verbs.add_parser(
         "to-disk", help="install to a disk image: a partition table and an ext4 root"
@@ -301,8 +320,10 @@ def _add_install(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         "--via-loopback", action="store_true", help="DEVICE is a disk image file, used through loop"
     )
     to_disk.add_argument("--wipe", action="store_true", help="overwrite what is on DEVICE")
-    to_disk.add_argument("--filesystem", choices=["ext4"], default="ext4")
-    to_disk.add_argument("device", type=Path, metavar="DEVICE")
+    to_disk.add_argument(
+        "--filesystem", choices=["ext4"], default="ext4", help="the root filesystem (ext4)"
+    )
+    to_disk.add_argument("device", type=Path, metavar="DEVICE", help="the disk (image file)")
     to_disk.set_defaults(func=_install_to_disk)
 
 
@@ -326,7 +347,7 @@ def _add_internals(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -
     flatten.set_defaults(func=_flatten)
     for parent, name in ((internal_verbs, "podman"), (verbs, "internal-podman")):
         podman = parent.add_parser(name, help="run podman against bootc's container storage")
-        podman.add_argument("args", nargs=argparse.REMAINDER)
+        podman.add_argument("args", nargs=argparse.REMAINDER, help="podman's arguments")
         podman.set_defaults(func=_podman)
 
 
@@ -334,16 +355,66 @@ def _add_image(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     image = verbs.add_parser("image", help="images in bootc's container storage")
     image_verbs = image.add_subparsers(dest="image_verb", required=True)
     listing = image_verbs.add_parser("list", help="list images in bootc's storage")
-    listing.add_argument("--format", choices=["table", "json"], default="table")
+    listing.add_argument(
+        "--format", choices=["table", "json"], default="table", help="output format"
+    )
     copy = image_verbs.add_parser("copy-to-storage", help="copy an image to the host's storage")
     copy.add_argument("--source", help="image in bootc's storage (default: the deployed one)")
     copy.add_argument("--target", help="name in the host's storage (default: localhost/bootc)")
     pull = image_verbs.add_parser(
         "pull-from-default-storage", help="copy an image from the host's storage to bootc's"
     )
-    pull.add_argument("image")
+    pull.add_argument("image", help="the image's name in the host's podman storage")
     image_verbs.add_parser("prune", help="remove images no deployment uses")
     image.set_defaults(func=_image)
+
+
+# Each verb's --help ends with an example.
+EXAMPLES = {
+    (): "bootc status",
+    ("status",): "bootc status --format json",
+    (
+        "switch",
+    ): "bootc switch quay.io/example/os:latest\n  bootc switch --transport oci /srv/layout:v2",
+    ("upgrade",): "bootc upgrade --check\n  bootc upgrade --apply",
+    ("update",): "bootc update --check",
+    ("rollback",): "bootc rollback --apply",
+    ("usr-overlay",): "bootc usr-overlay",
+    ("usroverlay",): "bootc usroverlay --read-only",
+    ("edit",): "bootc edit -f host.yaml",
+    ("install",): "bootc install to-filesystem --source-imgref quay.io/example/os:1 /mnt",
+    ("install", "to-filesystem"): (
+        "bootc install to-filesystem --source-imgref quay.io/example/os:1 /mnt"
+    ),
+    ("install", "to-disk"): (
+        "bootc install to-disk --via-loopback --source-imgref oci:/srv/layout:v1 disk.img"
+    ),
+    ("image",): "bootc image list",
+    ("image", "list"): "bootc image list --format json",
+    ("image", "copy-to-storage"): "bootc image copy-to-storage --target localhost/os",
+    ("image", "pull-from-default-storage"): "bootc image pull-from-default-storage localhost/os",
+    ("image", "prune"): "bootc image prune",
+    ("internals",): "bootc internals flatten oci:/srv/layout:v1 --output /tmp/tree",
+    ("internals", "flatten"): "bootc internals flatten oci:/srv/layout:v1 --output /tmp/tree",
+    ("internals", "podman"): "bootc internals podman images",
+    ("internal-podman",): "bootc internal-podman images",
+    ("completion",): "bootc completion bash > /etc/bash_completion.d/bootc",
+}
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    found: dict[str, argparse.ArgumentParser] = {}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            found.update(action.choices)
+    return found
+
+
+def _add_examples(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> None:
+    parser.epilog = "example:\n  " + EXAMPLES[path]
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    for name, child in _subparsers(parser).items():
+        _add_examples(child, (*path, name))
 
 
 def _version() -> str:
@@ -368,32 +439,60 @@ def build_parser() -> argparse.ArgumentParser:
     verbs = parser.add_subparsers(dest="verb", required=True)
 
     status = verbs.add_parser("status", help="show the host's deployments")
-    status.add_argument("--format", choices=["humanreadable", "yaml", "json"])
-    status.add_argument("--format-version", type=int, choices=[0, 1], default=1)
+    status.add_argument(
+        "--format",
+        choices=["humanreadable", "yaml", "json"],
+        help="output format (default: humanreadable on a terminal, else yaml)",
+    )
+    status.add_argument(
+        "--format-version",
+        type=int,
+        choices=[0, 1],
+        default=1,
+        help="the document's version (0 and 1 are the same)",
+    )
     status.add_argument("--json", action="store_true", help="same as --format json")
     status.add_argument("--booted", action="store_true", help="only the booted deployment")
-    status.add_argument("-v", "--verbose", action="store_true")
+    status.add_argument(
+        "-v", "--verbose", action="store_true", help="more per deployment (signature, ...)"
+    )
     status.set_defaults(func=_status)
 
     switch = verbs.add_parser("switch", help="deploy another image")
-    switch.add_argument("--backend", choices=[b.value for b in Backend])
+    switch.add_argument(
+        "--backend",
+        choices=[b.value for b in Backend],
+        help="ostree or container (default: the backend of the current deployment)",
+    )
     switch.add_argument(
         "--transport",
         choices=["registry", "oci", "oci-archive", "containers-storage", "dir", "docker-archive"],
+        help="how to read IMAGE (default: IMAGE is a full reference, or a registry name)",
     )
     switch.add_argument("--retain", action="store_true", help="keep the old image's ref")
-    switch.add_argument("--enforce-container-sigpolicy", action="store_true")
-    switch.add_argument("--decryption-key", type=Path, metavar="K")
+    switch.add_argument(
+        "--enforce-container-sigpolicy",
+        action="store_true",
+        help="require containers-policy.json to verify the image (ostree-image-signed:)",
+    )
+    switch.add_argument(
+        "--decryption-key", type=Path, metavar="K", help="private key for an encrypted image"
+    )
     _add_apply(switch, "the new image")
     _add_progress(switch)
-    switch.add_argument("image")
+    switch.add_argument("image", help="the image, e.g. quay.io/example/os:latest")
     switch.set_defaults(func=_switch)
 
     upgrade = verbs.add_parser(
         "upgrade", aliases=["update"], help="deploy the newest version of the image"
     )
     upgrade.add_argument("--check", action="store_true", help="only fetch manifest and config")
-    upgrade.add_argument("--format", choices=["humanreadable", "json"], default="humanreadable")
+    upgrade.add_argument(
+        "--format",
+        choices=["humanreadable", "json"],
+        default="humanreadable",
+        help="output format of --check",
+    )
     _add_apply(upgrade, "the update")
     held = upgrade.add_mutually_exclusive_group()
     held.add_argument(
@@ -429,8 +528,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_image(verbs)
     _add_internals(verbs)
     completion = verbs.add_parser("completion", help="print a shell completion script")
-    completion.add_argument("shell", choices=["bash", "zsh", "fish"])
+    completion.add_argument("shell", choices=["bash", "zsh", "fish", "tcsh"], help="the shell")
     completion.set_defaults(func=_completion)
+    _add_examples(parser)
     return parser
 
 
@@ -457,7 +557,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Started with stdout closed (`bootc status >&-`): what it would say goes nowhere.
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (for the whole process)
     _byte_transparent_streams()
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    if "_ARGCOMPLETE" in os.environ:
+        import argcomplete
+
+        # A shell asking for completions: answer and exit.
+        argcomplete.autocomplete(parser)
+    args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.debug else logging.WARNING,
         format="%(levelname)s: %(message)s",

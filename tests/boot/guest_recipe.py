@@ -46,6 +46,7 @@ PACKAGES = (
     "python3-yaml",
     "python3-rich",
     "python3-zstandard",
+    "python3-argcomplete",
 )
 # Per-release differences from PACKAGES: (added, removed).
 RELEASE_PACKAGES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
