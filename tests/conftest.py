@@ -80,3 +80,37 @@ def host_storage(tmp_path: Path) -> Iterator[ContainersStorage]:
             del os.environ["CONTAINERS_STORAGE_CONF"]
         else:
             os.environ["CONTAINERS_STORAGE_CONF"] = previous
+
+
+# Fixtures that mount file systems, run podman or skopeo, or start the registry.
+ROOT_FIXTURES = frozenset(
+    {"registry", "private_registry", "oracle", "target", "other_target", "host_storage"}
+)
+ROOT_MARKERS = ("boot", "oracle", "registry")
+# Modules that mount, set up loop devices, chown or mknod, or (lint) write caches into
+# the checkout, without one of those fixtures.
+ROOT_MODULES = frozenset(
+    {
+        "tests.test_breakouts",
+        "tests.test_disk_space",
+        "tests.test_flatten_cli",
+        "tests.test_install_disk",
+        "tests.test_lint",
+        "tests.test_postprocess",
+        "tests.test_sysroot",
+    }
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark `root` every test that needs root and the real tools (`make test` runs them
+    all; `pytest -m "not root"` runs the rest anywhere)."""
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        module = getattr(item.module, "__name__", "") if hasattr(item, "module") else ""
+        if (
+            fixtures & ROOT_FIXTURES
+            or module in ROOT_MODULES
+            or any(item.get_closest_marker(m) for m in ROOT_MARKERS)
+        ):
+            item.add_marker(pytest.mark.root)
