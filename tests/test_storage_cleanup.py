@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -90,3 +91,26 @@ def test_a_cleanup_failure_after_deploying_is_a_warning(
     host = Host.from_json(ok(bootc("status", "--format", "json", sysroot=target)))
     assert host.status.staged and host.status.staged.image
     assert host.status.staged.image.version == "3.0"
+
+
+def test_runroots_of_storages_that_are_gone_are_removed(tmp_path: Path) -> None:
+    from pybootc.stores.containers_storage import RUNROOTS, ContainersStorage
+
+    def orphan(name: str, age: float) -> Path:
+        runroot = RUNROOTS / f"test-{name}-{os.getpid()}"
+        runroot.mkdir(parents=True)
+        conf = runroot / "storage.conf"
+        conf.write_text(f'[storage]\ngraphroot = "{tmp_path / name}"\n')
+        os.utime(conf, (time.time() - age, time.time() - age))
+        return runroot
+
+    old, young = orphan("gone-long-ago", 3600), orphan("being-made", 5)
+    kept = orphan("still-there", 3600)
+    (tmp_path / "still-there").mkdir()
+    try:
+        ContainersStorage.at(tmp_path / "any")
+        assert not old.exists()
+        assert young.exists() and kept.exists()
+    finally:
+        for path in (old, young, kept):
+            shutil.rmtree(path, ignore_errors=True)

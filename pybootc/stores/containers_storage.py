@@ -12,7 +12,10 @@ import base64
 import gzip
 import hashlib
 import json
+import re
+import shutil
 import subprocess
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +25,34 @@ from pybootc.errors import BootcError, error_context
 from pybootc.layers.paths import split_member_name
 from pybootc.oci.sigpolicy import policy_options
 
+# Where the runroots of pybootc's storages live: podman's database and locks, one
+# directory per storage, while the storage exists.
+RUNROOTS = Path("/run/pybootc/storage")
+
+
+# A runroot is made just before podman makes its storage: one younger than this may
+# belong to a storage that another command is creating right now.
+_ORPHAN_AGE = 600
+
+
+def _remove_orphan_runroots() -> None:
+    """Remove the runroots whose storage is gone (a sysroot removed, a disk unplugged):
+    each names its storage in the storage.conf that podman_env writes."""
+    try:
+        runroots = list(RUNROOTS.iterdir())
+    except OSError:
+        return
+    for runroot in runroots:
+        conf = runroot / "storage.conf"
+        try:
+            text = conf.read_text()
+            age = time.time() - conf.stat().st_mtime
+        except OSError:
+            continue
+        found = re.search(r'^graphroot = "(.*)"$', text, re.M)
+        if found is not None and not Path(found.group(1)).is_dir() and age > _ORPHAN_AGE:
+            shutil.rmtree(runroot, ignore_errors=True)
+
 
 @dataclass(frozen=True)
 class ContainersStorage:
@@ -30,10 +61,13 @@ class ContainersStorage:
 
     @classmethod
     def at(cls, root: Path) -> ContainersStorage:
-        """The storage at `root`, with a runroot under /run that every caller agrees on."""
+        """The storage at `root`, with its runroot in RUNROOTS, named by a hash of `root`
+        so that every caller agrees on it. Runroots of storages that are gone are
+        removed on the way."""
         root = root.absolute()
         key = hashlib.sha256(str(root).encode()).hexdigest()[:16]
-        return cls(root, Path("/run/pybootc/storage") / key)
+        _remove_orphan_runroots()
+        return cls(root, RUNROOTS / key)
 
     def reference(self, name: str) -> str:
         """The skopeo transport string for `name` in this storage."""
@@ -168,5 +202,6 @@ class ContainersStorage:
         self.podman("image", "rm", "--force", name)
 
     def reset(self, *, check: bool = True) -> None:
-        """Remove everything this storage holds, mounts included."""
+        """Remove everything this storage holds, mounts included, and its runroot."""
         self.podman("system", "reset", "--force", check=check)
+        shutil.rmtree(self.runroot, ignore_errors=True)
