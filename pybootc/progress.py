@@ -111,6 +111,8 @@ class Progress:
     def layers(self, states: Sequence[tuple[str, int, bool]], line: str) -> None:
         """The image's layers (digest, size, present) and upstream's line about them:
         printed on a terminal before anything is fetched."""
+        if self._out is None and self._console is None:
+            return  # NO_PROGRESS, shared by every caller: it keeps no state
         needed = {d: _Layer(d, size) for d, size, present in states if not present}
         cached = [size for _, size, present in states if present]
         self._fetch = _Fetch(needed, len(cached), sum(cached))

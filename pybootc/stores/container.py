@@ -68,7 +68,10 @@ def _watched_pull(
 
     def watch() -> None:
         while not stop.wait(_WATCH_INTERVAL):
-            stored = storage.stored_blob_digests()
+            try:
+                stored = storage.stored_blob_digests()
+            except BootcError:
+                continue  # read again at the next look; the pull itself says what failed
             in_flight = _staged_bytes(staging)
             for layer in metadata.manifest.layers:
                 if layer.digest in stored:
