@@ -135,13 +135,15 @@ def _upgrade(args: argparse.Namespace) -> int:
     if args.from_downloaded:
         return _finish(args, apply_downloaded(args.sysroot), soft=soft, staged=True)
     if args.check:
-        report, summary = check_for_update(args.sysroot)
+        report, summary = check_for_update(args.sysroot, args.tag)
         if args.format == "json":
             print(json.dumps(summary, indent=2))
         else:
             _print(report.lines)
         return 0
-    report = upgrade(args.sysroot, download_only=args.download_only, progress=_progress(args))
+    report = upgrade(
+        args.sysroot, download_only=args.download_only, tag=args.tag, progress=_progress(args)
+    )
     return _finish(args, report, soft=soft, staged=True)
 
 
@@ -376,7 +378,7 @@ EXAMPLES = {
     (
         "switch",
     ): "bootc switch quay.io/example/os:latest\n  bootc switch --transport oci /srv/layout:v2",
-    ("upgrade",): "bootc upgrade --check\n  bootc upgrade --apply",
+    ("upgrade",): "bootc upgrade --check\n  bootc upgrade --apply\n  bootc upgrade --tag v2.0",
     ("update",): "bootc update --check",
     ("rollback",): "bootc rollback --apply",
     ("usr-overlay",): "bootc usr-overlay",
@@ -492,6 +494,9 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["humanreadable", "json"],
         default="humanreadable",
         help="output format of --check",
+    )
+    upgrade.add_argument(
+        "--tag", metavar="TAG", help="upgrade to another tag of the image the host follows"
     )
     _add_apply(upgrade, "the update")
     held = upgrade.add_mutually_exclusive_group()

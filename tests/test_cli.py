@@ -8,11 +8,15 @@ import json
 import re
 from pathlib import Path
 
+import pytest
+
 from pybootc.cli import build_parser
+from pybootc.errors import BootcError
+from pybootc.oci.imgref import ImageReference
 from pybootc.sample.image import sample_image
 from pybootc.sample.ocibuild import OciLayout
-from tests.backend_support import bootc, install, ok, one_error_line
-from tests.support import UPSTREAM_FIXTURE_DIR
+from tests.backend_support import bootc, install, ok, one_error_line, publish, state
+from tests.support import UPSTREAM_FIXTURE_DIR, Registry
 
 
 def test_version_is_printed_as_bootc_prints_it() -> None:
@@ -72,3 +76,49 @@ def test_switch_help_ends_as_written() -> None:
         "example:\n  bootc switch quay.io/example/os:latest\n"
         "  bootc switch --transport oci /srv/layout:v2\n"
     )
+
+
+def test_upgrade_tag_follows_another_tag_of_the_same_image(
+    registry: Registry, target: Path, tmp_path: Path
+) -> None:
+    v1 = publish(registry, tmp_path, sample_image("1.0"), repo="pybootc/tagged", tag="v1")
+    ok(install(target, v1.docker))
+    publish(registry, tmp_path, sample_image("2.0"), repo="pybootc/tagged", tag="v2")
+    v2 = f"ostree-unverified-registry:{registry.address}/pybootc/tagged:v2"
+
+    checked = ok(bootc("upgrade", "--tag", "v2", "--check", sysroot=target))
+    assert checked.startswith(f"Update available for: {v2}\n  Version: 2.0\n")
+    before = state(target)
+    line = one_error_line(bootc("upgrade", "--tag", "no tag!", sysroot=target))
+    assert line.startswith('error: Invalid tag "no tag!": it must match ')
+    assert state(target) == before
+
+    assert ok(bootc("upgrade", "--tag", "v2", sysroot=target)).startswith(
+        f"Queued for next boot: {v2}\n  Version: 2.0\n"
+    )
+    spec = json.loads(ok(bootc("status", "--format", "json", sysroot=target)))["spec"]
+    assert spec["image"]["image"] == f"{registry.address}/pybootc/tagged:v2"
+    # From now on the host follows v2.
+    assert ok(bootc("upgrade", sysroot=target)) == "No update available.\n"
+
+
+@pytest.mark.parametrize(
+    ("reference", "retagged"),
+    [
+        ("docker://quay.io/os/base:41", "docker://quay.io/os/base:42"),
+        ("docker://localhost:5000/os:41", "docker://localhost:5000/os:42"),
+        ("docker://localhost:5000/os", "docker://localhost:5000/os:42"),
+        ("docker://quay.io/os@sha256:" + "a" * 64, "docker://quay.io/os:42"),
+        ("oci:/srv/layout:41", "oci:/srv/layout:42"),
+        ("oci:/srv/layout", "oci:/srv/layout:42"),
+        ("containers-storage:localhost/os:41", "containers-storage:localhost/os:42"),
+    ],
+)
+def test_a_tag_replaces_the_tag_or_digest(reference: str, retagged: str) -> None:
+    assert str(ImageReference.parse(reference).with_tag("42")) == retagged
+
+
+@pytest.mark.parametrize("reference", ["dir:/srv/tree", "oci-archive:/srv/os.tar"])
+def test_a_tag_is_refused_where_the_transport_has_none(reference: str) -> None:
+    with pytest.raises(BootcError, match="--tag needs an image that has tags"):
+        ImageReference.parse(reference).with_tag("42")

@@ -17,13 +17,15 @@ from pybootc.ostree.sysroot import Sysroot
 from pybootc.stores.protocol import layer_summary
 
 
-def check_for_update(sysroot_path: Path) -> tuple[Report, dict[str, object]]:
+def check_for_update(
+    sysroot_path: Path, tag: str | None = None
+) -> tuple[Report, dict[str, object]]:
     """`upgrade --check`: manifest and config only, kept as the cached update, and what
     an upgrade would fetch: upstream's layer diff against the deployed manifest, then
     the layers the store has already and those it needs."""
     sysroot = Sysroot.open(sysroot_path)
     with sysroot.lock():
-        current, image = followed(sysroot)
+        current, image = followed(sysroot, tag)
         prepared = prepare_target(
             sysroot, sysroot.path, image, registry_auth(sysroot, current), current
         )

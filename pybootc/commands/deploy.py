@@ -7,6 +7,7 @@ changed, so bad input leaves the sysroot, its refs and bootc's storage as they w
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ from pathlib import Path
 
 from pybootc.errors import BootcError, error_context
 from pybootc.oci.auth import RegistryAuth
+from pybootc.oci.imgref import OstreeImageReference
 from pybootc.oci.metadata import ImageMetadata
 from pybootc.ostree.ext_format import CONTAINER_REF_PREFIX
 from pybootc.ostree.gi import GLib
@@ -192,9 +194,14 @@ def deploy_prepared(
     return recorded
 
 
-def followed(sysroot: Sysroot) -> tuple[DeploymentInfo, OriginImage]:
+def followed(sysroot: Sysroot, tag: str | None = None) -> tuple[DeploymentInfo, OriginImage]:
+    """The current deployment and the image it follows; with `tag`, that image under
+    another tag (`upgrade --tag`), which the new deployment's origin then records."""
     current = current_deployment(sysroot)
     image = origin_image(current) if current else None
     if current is None or image is None:
         raise BootcError("No image to upgrade: the system is not deployed via bootc")
+    if tag is not None:
+        retagged = OstreeImageReference(image.imgref.sigverify, image.imgref.imgref.with_tag(tag))
+        image = dataclasses.replace(image, imgref=retagged)
     return current, image

@@ -56,9 +56,14 @@ def switch(
 
 
 def upgrade(
-    sysroot_path: Path, *, download_only: bool = False, progress: Progress = NO_PROGRESS
+    sysroot_path: Path,
+    *,
+    download_only: bool = False,
+    tag: str | None = None,
+    progress: Progress = NO_PROGRESS,
 ) -> Report:
-    """Deploy the newest version of the image the host follows.
+    """Deploy the newest version of the image the host follows (under `tag`, if given:
+    the new deployment then follows that tag).
 
     `download_only` stages it held back from finalization, so a reboot does not apply
     it until `upgrade --from-downloaded`; an update already staged is only re-locked
@@ -66,7 +71,7 @@ def upgrade(
     """
     sysroot = Sysroot.open(sysroot_path)
     with sysroot.lock():
-        current, image = followed(sysroot)
+        current, image = followed(sysroot, tag)
         auth = registry_auth(sysroot, current)
         prepared = prepare_target(sysroot, sysroot.path, image, auth, current)
         staged = next((d for d in sysroot.deployments() if d.is_staged), None)
@@ -79,7 +84,8 @@ def upgrade(
                 )
                 return Report((line,))
             return Report(("Staged update present, not changed",))
-        if prepared.deployed:
+        # Another tag of the same build is still a change: the origin follows the tag.
+        if prepared.deployed and image == origin_image(current):
             tidy_up(sysroot, progress=progress)
             return Report(("No update available.",), changed=False)
         pulled = deploy_prepared(

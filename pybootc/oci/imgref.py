@@ -148,6 +148,23 @@ class ImageReference:
         """The reference in the syntax skopeo (and its image proxy) accepts."""
         return str(self)
 
+    def with_tag(self, tag: str) -> ImageReference:
+        """The same image name with `tag` instead of its tag or digest (`upgrade --tag`)."""
+        if not re.fullmatch(_TAG, tag):
+            raise BootcError(f'Invalid tag "{tag}": it must match {_TAG}')
+        if self.transport in (Transport.REGISTRY, Transport.CONTAINERS_STORAGE):
+            repo = self.name.split("@", 1)[0]
+            last = repo.rsplit("/", 1)[-1]
+            if ":" in last:
+                repo = repo[: repo.rindex(":")]
+        elif self.transport is Transport.OCI:
+            repo = self.name.rsplit(":", 1)[0] if ":" in self.name else self.name
+        else:
+            raise BootcError(
+                f"--tag needs an image that has tags: {self} is a {self.transport.value} image"
+            )
+        return ImageReference._checked(self.transport, f"{repo}:{tag}", f"{self}")
+
 
 def _parse_with_transport(text: str, whole: str) -> ImageReference:
     """Parse `text`, which must start with a transport; errors quote `whole`."""
