@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pybootc.ostree.repo import list_refs
 from pybootc.ostree.sysroot import Sysroot
@@ -92,10 +93,15 @@ class Published:
     ref: str  # host/repo:tag, for --transport registry or docker://
     layout: OciLayout
     tag: str
+    manifest_digest: str  # of the manifest pushed, whatever the layout holds later
 
     @property
     def docker(self) -> str:
         return f"docker://{self.ref}"
+
+    def manifest(self) -> dict[str, Any]:
+        found: dict[str, Any] = json.loads(self.layout.blob_path(self.manifest_digest).read_bytes())
+        return found
 
 
 def publish(
@@ -107,7 +113,8 @@ def publish(
     layout.add_image(tag, spec)
     ref = f"{registry.address}/{repo}:{tag}"
     push(layout.ref(tag), f"docker://{ref}")
-    return Published(ref, layout, tag)
+    index = json.loads((layout.path / "index.json").read_text())
+    return Published(ref, layout, tag, str(index["manifests"][-1]["digest"]))
 
 
 @dataclass(frozen=True)

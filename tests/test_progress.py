@@ -9,7 +9,6 @@ import random
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import jsonschema
 import pytest
@@ -28,13 +27,6 @@ def bulky(version: str) -> ImageSpec:
     """The sample image with one more layer of 4 MiB that does not compress."""
     noise = random.Random(version).randbytes(4 << 20)
     return sample_image(version, extra=(layer(file("usr/share/noise", noise)),))
-
-
-def manifest_layers(image: Published) -> list[dict[str, Any]]:
-    index = json.loads((image.layout.path / "index.json").read_text())
-    manifest = json.loads(image.layout.blob_path(index["manifests"][-1]["digest"]).read_bytes())
-    layers: list[dict[str, Any]] = manifest["layers"]
-    return layers
 
 
 def installed_with_update(
@@ -69,9 +61,9 @@ def test_switch_reports_bytes_per_layer_then_each_step(
     assert events[0] == {"type": "Start", "version": "0.1.0"}
 
     # The two layers v2 shares with v1 are there; its version layer and the bulk are not.
-    old = {d["digest"] for d in manifest_layers(v1)}
-    needed = [d for d in manifest_layers(v2) if d["digest"] not in old]
-    present = [d for d in manifest_layers(v2) if d["digest"] in old]
+    old = {d["digest"] for d in v1.manifest()["layers"]}
+    needed = [d for d in v2.manifest()["layers"] if d["digest"] not in old]
+    present = [d for d in v2.manifest()["layers"] if d["digest"] in old]
     assert len(needed) == 2 and len(present) == 2
     fetching = [e for e in events if e["type"] == "ProgressBytes"]
     assert len(fetching) >= 2
@@ -125,7 +117,7 @@ def test_a_switch_on_a_terminal_draws_bars_and_says_what_it_fetches(
     registry: Registry, target: Path, tmp_path: Path, backend: str
 ) -> None:
     _, v2 = installed_with_update(registry, target, tmp_path, backend, "pty")
-    needed = manifest_layers(v2)[2:]
+    needed = v2.manifest()["layers"][2:]
     size = sum(d["size"] for d in needed)
     from pybootc.ostree.gi import GLib
 

@@ -29,7 +29,7 @@ import pytest
 
 from pybootc.sample.image import sample_image
 from pybootc.sample.ocibuild import OciLayout
-from tests.backend_support import one_error_line
+from tests.backend_support import ok, one_error_line
 from tests.support import REGISTRIES_DROPIN_DIR, Registry
 from tests.toolbox import Toolbox, sigstore_toolbox
 
@@ -253,11 +253,6 @@ def install(signing: Signing, target: Path, image: str, backend: str) -> str:
         "install", "to-filesystem", "--backend", backend, "--source-imgref", image, str(target)
     )
     return ok(proc)
-
-
-def ok(proc: subprocess.CompletedProcess[str]) -> str:
-    assert proc.returncode == 0, f"exit {proc.returncode}: {proc.stderr}"
-    return proc.stdout
 
 
 def refused(signing: Signing, target: Path, *args: str) -> str:

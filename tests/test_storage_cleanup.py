@@ -94,7 +94,14 @@ def test_a_cleanup_failure_after_deploying_is_a_warning(
 
 
 def test_runroots_of_storages_that_are_gone_are_removed(tmp_path: Path) -> None:
-    from pybootc.stores.containers_storage import RUNROOTS, ContainersStorage
+    from pybootc.stores.containers_storage import (
+        RUNROOTS,
+        ContainersStorage,
+        _remove_orphan_runroots,
+    )
+
+    # The sweep runs once per process; this process may have run it already.
+    _remove_orphan_runroots.cache_clear()
 
     def orphan(name: str, age: float) -> Path:
         runroot = RUNROOTS / f"test-{name}-{os.getpid()}"

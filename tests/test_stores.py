@@ -14,7 +14,7 @@ from pybootc.sample.image import sample_image
 from pybootc.stores import Backend
 from pybootc.stores.protocol import ImageStore
 from pybootc.stores.registry import STORES, store_for
-from tests.backend_support import Published, bootc, install, ok, publish
+from tests.backend_support import bootc, install, ok, publish
 from tests.support import Registry
 
 BACKENDS = ["ostree", "container"]
@@ -26,15 +26,6 @@ def test_every_backend_has_a_store_that_implements_the_protocol(tmp_path: Path) 
         store = store_for(backend, tmp_path, None)
         assert isinstance(store, ImageStore)
         assert type(store).backend is backend
-
-
-def newest_manifest(image: Published) -> dict[str, object]:
-    """The manifest last added to the layout `image` was pushed from."""
-    index = json.loads((image.layout.path / "index.json").read_text())
-    found: dict[str, object] = json.loads(
-        image.layout.blob_path(index["manifests"][-1]["digest"]).read_bytes()
-    )
-    return found
 
 
 def layer_sizes(published_manifest: dict[str, object]) -> list[tuple[str, int]]:
@@ -50,10 +41,10 @@ def test_upgrade_check_says_which_layers_are_present_and_what_is_to_fetch(
 ) -> None:
     repo = f"pybootc/check-figures-{backend}"
     v1 = publish(registry, tmp_path, sample_image("1.0"), repo=repo)
-    old = layer_sizes(newest_manifest(v1))
+    old = layer_sizes(v1.manifest())
     ok(install(target, v1.docker, backend=backend))
     v2 = publish(registry, tmp_path, sample_image("2.0"), repo=repo)
-    new = layer_sizes(newest_manifest(v2))
+    new = layer_sizes(v2.manifest())
     # Only the top layer differs: it carries the version.
     assert old[:-1] == new[:-1] and old[-1] != new[-1]
     top = new[-1][1]

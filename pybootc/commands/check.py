@@ -26,9 +26,7 @@ def check_for_update(
     sysroot = Sysroot.open(sysroot_path)
     with sysroot.lock():
         current, image = followed(sysroot, tag)
-        prepared = prepare_target(
-            sysroot, sysroot.path, image, registry_auth(sysroot, current), current
-        )
+        prepared = prepare_target(sysroot, image, registry_auth(sysroot, current), current)
         metadata = prepared.metadata
         set_detached_metadata(sysroot.repo, current.checksum, cached_update_metadata(metadata))
         deployed = commit_layers(sysroot.repo, current.checksum)

@@ -49,26 +49,24 @@ def registry_auth(sysroot: Sysroot | None, current: DeploymentInfo | None) -> Re
     return RegistryAuth.find(current.deployment_path)
 
 
-def store_of(sysroot: Sysroot | None, path: Path, target: OriginImage) -> ImageStore:
-    return store_for(target.backend, path, sysroot.repo if sysroot is not None else None)
+def store_of(where: Sysroot | Path, target: OriginImage) -> ImageStore:
+    """`target`'s store in the sysroot, or at the path an install is about to make one."""
+    if isinstance(where, Path):
+        return store_for(target.backend, where, None)
+    return store_for(target.backend, where.path, where.repo)
 
 
 def prepare_target(
-    sysroot: Sysroot | None,
-    path: Path,
+    where: Sysroot | Path,
     target: OriginImage,
     auth: RegistryAuth,
     current: DeploymentInfo | None,
 ) -> Prepared:
     """Manifest and config, checked (signatures, architecture, what the store can do),
-    and the layers the store has, against `current`."""
-    return prepare(
-        store_of(sysroot, path, target),
-        target,
-        auth,
-        repo=sysroot.repo if sysroot is not None else None,
-        current=current,
-    )
+    and the layers the store has, against `current`; `where` is the sysroot, or the
+    empty path an install is about to make one in."""
+    repo = None if isinstance(where, Path) else where.repo
+    return prepare(store_of(where, target), target, auth, repo=repo, current=current)
 
 
 @contextmanager
@@ -171,7 +169,7 @@ def deploy_prepared(
     _check_disk_space(sysroot, prepared)
     with _undo_on_failure(sysroot):
         commit, recorded = import_image(
-            store_of(sysroot, sysroot.path, target),
+            store_of(sysroot, target),
             sysroot,
             prepared,
             auth=auth,

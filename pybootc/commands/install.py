@@ -102,7 +102,7 @@ def install_to_filesystem(
     # The installer's own credentials, as upstream's install uses.
     auth = registry_auth(None, None)
     # Refuse a missing image or another architecture before anything is written.
-    prepared = prepare_target(None, path, origin, auth, None)
+    prepared = prepare_target(path, origin, auth, None)
     try:
         with error_context(f"Installing to {path}"):
             (path / INSTALL_INCOMPLETE).touch()

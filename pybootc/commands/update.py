@@ -38,7 +38,7 @@ def switch(
         chosen = backend or (current_image.backend if current_image else Backend.OSTREE)
         origin = OriginImage(target, chosen, decryption_key.absolute() if decryption_key else None)
         auth = registry_auth(sysroot, current)
-        prepared = prepare_target(sysroot, sysroot.path, origin, auth, current)
+        prepared = prepare_target(sysroot, origin, auth, current)
         if current_image == origin and prepared.deployed:
             tidy_up(sysroot, progress=progress)
             return Report(("Image specification is unchanged.",), changed=False)
@@ -73,7 +73,7 @@ def upgrade(
     with sysroot.lock():
         current, image = followed(sysroot, tag)
         auth = registry_auth(sysroot, current)
-        prepared = prepare_target(sysroot, sysroot.path, image, auth, current)
+        prepared = prepare_target(sysroot, image, auth, current)
         staged = next((d for d in sysroot.deployments() if d.is_staged), None)
         if staged is not None and runs(sysroot.repo, staged, prepared.metadata):
             if sysroot.set_finalization(locked=download_only):

@@ -9,6 +9,7 @@ instead of the host's store.
 from __future__ import annotations
 
 import base64
+import functools
 import gzip
 import hashlib
 import json
@@ -35,9 +36,11 @@ RUNROOTS = Path("/run/pybootc/storage")
 _ORPHAN_AGE = 600
 
 
+@functools.cache
 def _remove_orphan_runroots() -> None:
     """Remove the runroots whose storage is gone (a sysroot removed, a disk unplugged):
-    each names its storage in the storage.conf that podman_env writes."""
+    each names its storage in the storage.conf that podman_env writes. Once per
+    process: a command opens its storage many times."""
     try:
         runroots = list(RUNROOTS.iterdir())
     except OSError:
