@@ -35,6 +35,10 @@ def tree_of(target: Path) -> str:
     return root_tree_checksum(sysroot.repo, sysroot.deployments()[0].checksum)
 
 
+def deployed_commit(target: Path) -> str:
+    return Sysroot.open(target).deployments()[0].checksum
+
+
 def blob_refs(target: Path) -> set[str]:
     return set(list_refs(Sysroot.open(target).repo, "ostree/container/blob"))
 
@@ -55,6 +59,8 @@ def test_both_backends_commit_the_same_tree(
     proc = install(other_target, image.docker)
     assert proc.returncode == 0 and warning in proc.stderr
     assert tree_of(target) == tree_of(other_target)
+    # Not just the tree: the commit, its metadata and timestamp included, is the same.
+    assert deployed_commit(target) == deployed_commit(other_target)
     status = json.loads(ok(bootc("status", "--json", sysroot=target)))
     assert status["status"]["staged"]["store"] == "ostreeContainer"
     jsonschema.validate(status, host_schema(with_container_store=False))

@@ -133,6 +133,19 @@ def _finalization_locked(deployment: Any) -> bool:
     return STAGED_LOCKED.exists()
 
 
+def _start_finalization_service() -> None:
+    """Have ostree-finalize-staged.service running before the command returns.
+
+    libostree older than 2025.2 leaves it to a path unit watching
+    /run/ostree/staged-deployment, and systemd starts the service some time later: a
+    reboot (`--apply`) in between cancels the start, and the staged deployment is never
+    written out. libostree 2025.2 starts the service itself, synchronously; so do we.
+    """
+    if OSTree.check_version(2025, 2):
+        return
+    tools.run(["systemctl", "start", "--quiet", "ostree-finalize-staged.service"])
+
+
 class Sysroot:
     """A loaded sysroot. Every method that changes it holds the sysroot lock."""
 
@@ -286,6 +299,7 @@ class Sysroot:
             merge = self._sysroot.get_merge_deployment(stateroot)
             if self.booted:
                 _, new = self._sysroot.stage_tree(stateroot, checksum, keyfile, merge, argv, None)
+                _start_finalization_service()
                 self._reload()
                 self.set_finalization(locked=lock_finalization)
                 return self._find(new)

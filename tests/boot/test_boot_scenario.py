@@ -4,7 +4,7 @@ One disk goes through every boot in order: v1 switches to v2 and reboots; v2 kee
 and /var, gets a transient /usr overlay, checks for, downloads and applies an update
 (v2.1) with `--apply`; v2.1 queues and unqueues a rollback, then `rollback --apply
 --soft-reboot=auto` reboots in full (neither Debian can soft-reboot);
-v2 is brought back to v2.1 by bootc-fetch-apply-updates.service; v2.1 switches to the
+v2 is brought back to v2.1 by bootc-fetch-apply-updates.timer, fired by hand; v2.1 switches to the
 broken v3 with `--apply`, whose boot fails, so the harness boots the previous entry as
 a loader's fallback does, and `rollback` makes that the default again.
 
@@ -186,8 +186,9 @@ bootc rollback --apply --soft-reboot=auto || true
     assert unqueued["status"]["rollbackQueued"] is False
     assert unqueued["spec"]["bootOrder"] == "default"
 
-    # bootc-fetch-apply-updates.service, started by hand as its timer would, brings v2
-    # back to the stream's newest build and reboots into it.
+    # bootc-fetch-apply-updates.timer, fired by hand (a runtime drop-in makes it elapse
+    # three seconds after it starts, instead of an hour after boot), starts its service,
+    # which brings v2 back to the stream's newest build and reboots into it.
     _, out = boot_step(
         disk,
         workdir,
@@ -195,8 +196,12 @@ bootc rollback --apply --soft-reboot=auto || true
         + """
 bootc status --format json > "$OUT/back.json"
 systemctl cat bootc-fetch-apply-updates.timer > "$OUT/timer"
+mkdir -p /run/systemd/system/bootc-fetch-apply-updates.timer.d
+printf '[Timer]\\nOnActiveSec=3s\\nRandomizedDelaySec=0\\n' \\
+    > /run/systemd/system/bootc-fetch-apply-updates.timer.d/now.conf
+systemctl daemon-reload
 then_ none
-systemctl start --no-block bootc-fetch-apply-updates.service
+systemctl start bootc-fetch-apply-updates.timer
 sleep 600 || true
 """,
         f"{backend}: v2, bootc-fetch-apply-updates.service",
