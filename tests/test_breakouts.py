@@ -13,6 +13,7 @@ import pytest
 from pybootc.commands.flatten import Source, flatten_image
 from pybootc.errors import BootcError
 from pybootc.layers.listing import list_tree
+from pybootc.ostree.sysroot import Sysroot
 from pybootc.sample.image import sample_image
 from pybootc.sample.ocibuild import (
     ImageSpec,
@@ -26,7 +27,7 @@ from pybootc.sample.ocibuild import (
     symlink,
     whiteout,
 )
-from tests.backend_support import bootc, one_error_line
+from tests.backend_support import bootc, install, one_error_line
 
 SECRET = "victim secret"
 
@@ -151,3 +152,34 @@ def test_a_layer_that_climbs_out_is_refused_by_both_backends_alike(
     )
     assert list(target.iterdir()) == []
     assert not (target.parent / "escape").exists()
+
+
+def _installed(target: Path, image: str, backend: str) -> str:
+    """What installing the image with `backend` gives: the deployed commit, or the error
+    line (with the target's path taken out, as it differs between the two)."""
+    proc = install(target, image, backend=backend)
+    if proc.returncode != 0:
+        return one_error_line(proc).replace(str(target), "TARGET")
+    return Sysroot.open(target).deployments()[0].checksum
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_both_backends_refuse_or_deploy_each_case_alike(
+    tmp_path: Path, target: Path, other_target: Path, name: str
+) -> None:
+    """The same image through the real stores: the ostree backend's layer commits and
+    the container backend's storage refuse it with the same line, or deploy the same
+    commit; the victim beside them stays as it was."""
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "secret").write_text(SECRET)
+    before = list_tree(victim, include_root=True)
+    layout = OciLayout(tmp_path / "oci")
+    layout.add_image("evil", sample_image("1.0", extra=tuple(cases(victim)[name])))
+    outcomes = {
+        backend: _installed(path, layout.ref("evil"), backend)
+        for backend, path in (("ostree", target), ("container", other_target))
+    }
+    assert outcomes["ostree"] == outcomes["container"]
+    assert list_tree(victim, include_root=True) == before
+    assert not (tmp_path / "dest-evil").exists()

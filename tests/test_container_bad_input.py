@@ -1,4 +1,4 @@
-"""Bad input to the container backend: one `error: ...` line, exit 1, nothing changed.
+"""Bad input to either backend: one `error: ...` line, exit 1, nothing changed.
 
 Each case checks the message and that deployments, refs, boot entries and the
 images in bootc's storage are exactly as before.
@@ -6,21 +6,25 @@ images in bootc's storage are exactly as before.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from pybootc.sample.image import sample_image
+from pybootc.sample.ocibuild import OCI_MANIFEST, OciLayout
 from tests.backend_support import Published, bootc, install, ok, one_error_line, publish, state
 from tests.support import Registry, free_port
 
 pytestmark = pytest.mark.registry
 
 
-@pytest.fixture
-def installed(registry: Registry, target: Path, tmp_path: Path) -> Path:
+@pytest.fixture(params=["ostree", "container"])
+def installed(registry: Registry, target: Path, tmp_path: Path, request: Any) -> Path:
+    """A sysroot installed with each backend in turn: both refuse alike."""
     image = publish(registry, tmp_path, sample_image("1.0"), repo="pybootc/bad-base")
-    ok(install(target, image.docker))
+    ok(install(target, image.docker, backend=request.param))
     return target
 
 
@@ -68,6 +72,21 @@ def test_image_for_another_architecture(
     refused_switch(installed, image.docker, "Image has architecture arm64; expected amd64")
 
 
+def test_manifest_that_is_not_json(installed: Path, tmp_path: Path) -> None:
+    layout = OciLayout(tmp_path / "broken")
+    garbage = b"this is no manifest {"
+    entry = {
+        "mediaType": OCI_MANIFEST,
+        "digest": layout.put_blob(garbage),
+        "size": len(garbage),
+        "annotations": {"org.opencontainers.image.ref.name": "os"},
+    }
+    index = json.loads((layout.path / "index.json").read_text())
+    index["manifests"] = [entry]
+    (layout.path / "index.json").write_text(json.dumps(index))
+    refused_switch(installed, layout.ref("os"), "invalid character 'h' in literal true")
+
+
 def test_sysroot_that_is_not_a_sysroot(tmp_path: Path, registry: Registry) -> None:
     plain = tmp_path / "plain"
     plain.mkdir()
@@ -103,6 +122,16 @@ def test_install_of_an_image_with_no_kernel_leaves_the_directory_empty(
     proc = install(target, image.docker)
     assert "not bootable" in one_error_line(proc)
     assert list(target.iterdir()) == []
+
+
+def test_install_with_a_stateroot_that_is_no_name(
+    registry: Registry, target: Path, tmp_path: Path
+) -> None:
+    image = publish(registry, tmp_path, sample_image("1.0"), repo="pybootc/stateroot")
+    for name in ("a/b", "..", ""):
+        line = one_error_line(install(target, image.docker, "--stateroot", name))
+        assert line.endswith(f"Invalid stateroot name: {name!r}"), line
+        assert list(target.iterdir()) == []
 
 
 def test_rollback_with_a_single_deployment(installed: Path) -> None:

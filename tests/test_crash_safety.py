@@ -1,34 +1,43 @@
 """SIGKILL at seeded points through install, switch, upgrade, rollback and image prune,
 for both backends. After every kill:
 
-- the deployments are those from before, or the new one on top;
+- `bootc status` shows the deployments from before, or the new one on top;
 - `ostree fsck` passes;
 - the same command, run again, succeeds (an install that was killed only on its way
   out, complete, is refused again as any installed target is);
 - and once it has, nothing half-made is left: no import work directory, and no layer
   that containers-storage marks incomplete.
 
-Each command is timed once uninterrupted; the kills then land at 30 points spread over
-that time (skopeo and podman die with it: the whole process group is killed).
+Each command is run once uninterrupted. Install, switch and upgrade report their steps
+on `--progress-fd`, so their 30 kills are aimed at the phases: five each in the start
+(manifest, signature policy), fetching, flattening, committing, deploying and the
+cleanup after it, spread over each phase as long as it took; the test checks that every
+phase was hit. Rollback and image prune have no steps, and their kills are spread over
+the whole run. skopeo and podman die with the command: the whole process group is killed.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import io
 import json
 import os
+import select
 import shutil
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from pybootc import cli
 from pybootc.commands.install import INSTALL_INCOMPLETE
-from pybootc.ostree.sysroot import Sysroot, unlock_deployment_roots
+from pybootc.ostree.sysroot import unlock_deployment_roots
 from pybootc.sample.image import sample_image
 from pybootc.sample.ocibuild import OciLayout, file, layer
 from pybootc.stores.bootc_storage import bootc_storage
@@ -36,20 +45,116 @@ from tests.backend_support import bootc, install, ok, one_error_line
 
 KILLS = 30
 BACKENDS = ["ostree", "container"]
+# The phases of a deployment, as its progress events mark them: "start" is everything
+# before the first step (reading the manifest and config, the signature policy), and
+# "cleanup" what follows the last (garbage collection, the end of an install).
+PHASES = ("start", "pulling", "flattening", "committing", "deploying", "cleanup")
 
 
 def argv(*args: str) -> list[str]:
     return [sys.executable, "-m", "pybootc", *args]
 
 
-def run_killed(command: list[str], delay: float) -> bool:
-    """Run `command`, SIGKILL its process group after `delay` s; whether it was killed
-    (False: it had finished by then)."""
+def _phase_of(event: dict[str, object]) -> str | None:
+    """The phase a progress event begins, if it begins one."""
+    if event.get("type") != "ProgressSteps":
+        return None
+    (subtask,) = event["subtasks"]  # type: ignore[misc]
+    if subtask["completed"]:
+        return "cleanup" if subtask["subtask"] == "deploying" else None
+    return str(subtask["subtask"])
+
+
+@dataclass(frozen=True)
+class KillPoint:
+    """SIGKILL `delay` s after `phase` began ("start": after the command started)."""
+
+    phase: str
+    delay: float
+
+
+@dataclass(frozen=True)
+class Watched:
+    """What one run of a command showed: when each phase began (s after the start),
+    when it ended, and the phase a kill landed in (None: it ran to its end)."""
+
+    began: dict[str, float]
+    ended: float
+    killed_in: str | None
+
+
+def run_watched(command: list[str], point: KillPoint | None = None) -> Watched:
+    """Run `command` with its progress on a pipe, killing its process group at `point`."""
+    read_fd, write_fd = os.pipe()
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        [*command, "--progress-fd", str(write_fd)],
+        pass_fds=(write_fd,),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    os.close(write_fd)
+    began = {"start": 0.0}
+    deadline = started + point.delay if point and point.phase == "start" else None
+    pending = b""
+    killed = False
+    with open(read_fd, "rb", buffering=0) as pipe:
+        while True:
+            wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not select.select([pipe], [], [], wait)[0]:
+                os.killpg(proc.pid, signal.SIGKILL)
+                killed = True
+                deadline = None  # read on: the events it wrote before it died
+                continue
+            chunk = pipe.read(1 << 16)
+            if not chunk:
+                break
+            *lines, pending = (pending + chunk).split(b"\n")
+            for line in lines:
+                phase = _phase_of(json.loads(line))
+                if phase is None or phase in began:
+                    continue
+                began[phase] = time.monotonic() - started
+                if point and point.phase == phase and not killed:
+                    deadline = time.monotonic() + point.delay
+    proc.wait()
+    ended = time.monotonic() - started
+    last = max(began, key=PHASES.index)
+    return Watched(began, ended, last if killed else None)
+
+
+def phase_points(command: list[str]) -> tuple[KillPoint, ...]:
+    """Five kill points in each phase of one uninterrupted run, spread over its length."""
+    run = run_watched(command)
+    assert run.killed_in is None and list(run.began) == list(PHASES), run.began
+    ends = [*(run.began[p] for p in PHASES[1:]), run.ended]
+    per_phase = KILLS // len(PHASES)
+    return tuple(
+        KillPoint(phase, (end - run.began[phase]) * (k + 0.5) / per_phase)
+        for phase, end in zip(PHASES, ends, strict=True)
+        for k in range(per_phase)
+    )
+
+
+def time_points(command: list[str]) -> tuple[KillPoint, ...]:
+    """KILLS points spread over one uninterrupted run (after the interpreter's start)."""
+    started = time.monotonic()
+    subprocess.run(command, capture_output=True, check=True)
+    duration = time.monotonic() - started
+    return tuple(
+        KillPoint("start", duration * (0.15 + 0.85 * (i + 0.5) / KILLS)) for i in range(KILLS)
+    )
+
+
+def run_killed(command: list[str], point: KillPoint) -> bool:
+    """Run `command` and SIGKILL its process group at a time point; whether it was
+    killed (False: it had finished by then)."""
     proc = subprocess.Popen(
         command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )
     try:
-        proc.wait(timeout=delay)
+        proc.wait(timeout=point.delay)
         return False
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
@@ -61,14 +166,15 @@ def run(command: list[str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(command, capture_output=True, text=True, check=False)
 
 
-def timed(command: list[str]) -> float:
-    started = time.monotonic()
-    subprocess.run(command, capture_output=True, check=True)
-    return time.monotonic() - started
-
-
 def deployments(target: Path) -> list[str]:
-    return [d.checksum for d in Sysroot.open(target).deployments()]
+    """The deployments, as `bootc status` shows them: staged (next boot), rollback, others.
+    (Run in this process: a command of its own, hundreds of times, costs minutes.)"""
+    shown = io.StringIO()
+    with contextlib.redirect_stdout(shown):
+        assert cli.main(["--sysroot", str(target), "status", "--json"]) == 0
+    status = json.loads(shown.getvalue())["status"]
+    shown = [status["staged"], status["rollback"], *status.get("otherDeployments", [])]
+    return [entry["ostree"]["checksum"] for entry in shown if entry]
 
 
 def fsck(target: Path, when: str = "") -> None:
@@ -98,6 +204,8 @@ class Trial:
     command: Callable[[int], list[str]]
     prepare: Callable[[int], None] = lambda i: None
     swaps: bool = False  # rollback: the first two may trade places
+    # Whether the command reports its steps on --progress-fd (kills aimed at phases).
+    has_steps: bool = True
 
 
 def check_after_kill(target: Path, before: list[str], trial: Trial, when: str) -> None:
@@ -110,30 +218,44 @@ def check_after_kill(target: Path, before: list[str], trial: Trial, when: str) -
     fsck(target, when)
 
 
-def delays(duration: float) -> list[float]:
-    """KILLS points spread over the run (after the interpreter's start), then as many
-    again at the same points, for kills that came too late to land."""
-    points = [duration * (0.15 + 0.85 * (i + 0.5) / KILLS) for i in range(KILLS)]
-    return points + points
+def kills(trial: Trial) -> Iterator[tuple[int, KillPoint, str | None]]:
+    """Run the command killed at each point until KILLS kills have landed: (attempt,
+    point, the phase it landed in or None if it had finished). Points that came too
+    late are tried again; every phase must have been hit."""
+    trial.prepare(-1)
+    command = trial.command(-1)
+    points = phase_points(command) if trial.has_steps else time_points(command)
+    landed: list[str] = []
+    for i, point in enumerate(points + points):
+        if len(landed) == KILLS:
+            break
+        trial.prepare(i)
+        if trial.has_steps:
+            phase = run_watched(trial.command(i), point).killed_in
+        else:
+            phase = "start" if run_killed(trial.command(i), point) else None
+        if phase is not None:
+            landed.append(phase)
+        yield i, point, phase
+    assert len(landed) == KILLS
+    if trial.has_steps:
+        assert set(landed) == set(PHASES), landed
 
 
 def kill_through(target: Path, trial: Trial) -> None:
-    """Time the command once, then kill it until KILLS kills have landed, checking
-    the sysroot after each and retrying the command."""
-    trial.prepare(-1)
-    duration = timed(trial.command(-1))
-    landed = 0
-    for i, delay in enumerate(delays(duration)):
-        if landed == KILLS:
-            break
+    """Kill the command KILLS times, checking the sysroot after each and retrying it."""
+    before: list[str] = []
+
+    def prepare(i: int) -> None:
         trial.prepare(i)
-        before = deployments(target)
-        landed += run_killed(trial.command(i), delay)
-        check_after_kill(target, before, trial, f"killed after {delay:.2f} s of {duration:.2f}: ")
+        before[:] = deployments(target)
+
+    for i, point, phase in kills(dataclasses.replace(trial, prepare=prepare)):
+        if phase is not None:
+            check_after_kill(target, before, trial, f"killed {point}: ")
         ok(run(trial.command(i)))
         nothing_half_made(target)
         fsck(target)
-    assert landed == KILLS
 
 
 @pytest.fixture
@@ -177,7 +299,9 @@ def test_upgrade_survives_kills(target: Path, layout: OciLayout, backend: str) -
 def test_rollback_survives_kills(target: Path, layout: OciLayout, backend: str) -> None:
     install_tag(target, layout, backend)
     ok(bootc("switch", "--transport", "oci", f"{layout.path}:a", sysroot=target))
-    rollback = Trial(lambda i: argv("--sysroot", str(target), "rollback"), swaps=True)
+    rollback = Trial(
+        lambda i: argv("--sysroot", str(target), "rollback"), swaps=True, has_steps=False
+    )
     kill_through(target, rollback)
 
 
@@ -190,7 +314,9 @@ def test_image_prune_survives_kills(target: Path, layout: OciLayout, backend: st
         ok(bootc("switch", "--retain", "--transport", "oci", f"{layout.path}:{'ab'[i % 2]}",
                  sysroot=target))  # fmt: skip
 
-    prune = Trial(lambda i: argv("--sysroot", str(target), "image", "prune"), leave_garbage)
+    prune = Trial(
+        lambda i: argv("--sysroot", str(target), "image", "prune"), leave_garbage, has_steps=False
+    )
     kill_through(target, prune)
 
 
@@ -209,15 +335,9 @@ def test_install_survives_kills(target: Path, layout: OciLayout, backend: str) -
         if storage.runroot.exists():
             subprocess.run(["rm", "-rf", str(storage.runroot)], check=True)
 
-    duration = timed(command)
-    landed = 0
-    for i, delay in enumerate(delays(duration)):
-        if landed == KILLS:
-            break
-        empty_target(i)
-        if not run_killed(command, delay):
+    for _, _, phase in kills(Trial(lambda i: command, prepare=empty_target)):
+        if phase is None:
             continue  # it had finished: nothing to retry
-        landed += 1
         if (target / "ostree").exists() and not (target / INSTALL_INCOMPLETE).exists():
             # Killed on its way out, after the install was complete: a retry is
             # refused as for any installed target, and the install stands.
@@ -228,4 +348,3 @@ def test_install_survives_kills(target: Path, layout: OciLayout, backend: str) -
         assert not (target / INSTALL_INCOMPLETE).exists()
         nothing_half_made(target)
         fsck(target)
-    assert landed == KILLS

@@ -126,18 +126,22 @@ def test_a_file_or_stdin_that_is_not_utf8_is_one_error_line(
 def test_yaml_that_does_not_parse_is_one_error_line(installed: Path, tmp_path: Path) -> None:
     document = tmp_path / "host.yaml"
     document.write_text("spec:\n  image: [unclosed\n  bootOrder: default\n")
+    before = state(installed)
     line = assert_one_line_or_quiet(
         run("--sysroot", str(installed), "edit", "-f", str(document)), exit=1
     )
     assert line.startswith("error: Invalid host document: ") and " at line " in line, line
+    assert state(installed) == before
 
 
 def test_a_missing_editor_is_named(installed: Path) -> None:
     env = {"VISUAL": "", "EDITOR": "/nonexistent/editor --wait"}
+    before = state(installed)
     line = assert_one_line_or_quiet(run("--sysroot", str(installed), "edit", env=env), exit=1)
     assert line == (
         "error: The editor '/nonexistent/editor --wait' ($VISUAL, $EDITOR or vi) was not found"
     )
+    assert state(installed) == before
 
 
 @pytest.mark.parametrize(

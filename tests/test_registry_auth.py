@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from pybootc.oci.auth import RegistryAuth
 from pybootc.ostree.sysroot import Sysroot
 from pybootc.sample.image import sample_image
 from pybootc.sample.ocibuild import OciLayout, push
@@ -109,3 +110,24 @@ def test_the_user_s_own_credentials_are_never_used(
     line = one_error_line(proc)
     assert "unauthorized" in line or "authentication required" in line, line
     assert list(target.iterdir()) == []
+
+
+def test_the_auth_file_is_found_in_upstream_order(tmp_path: Path) -> None:
+    """/run/ostree, then /etc/ostree, then /usr/lib/ostree; none is anonymous."""
+    assert RegistryAuth.find(tmp_path) == RegistryAuth(None)
+    assert RegistryAuth.find(tmp_path).options() == ["--no-creds"]
+    found = []
+    for relative in ("usr/lib/ostree/auth.json", "etc/ostree/auth.json", "run/ostree/auth.json"):
+        path = tmp_path / relative
+        path.parent.mkdir(parents=True)
+        path.write_text("{}")
+        found.append(RegistryAuth.find(tmp_path).authfile)
+    assert found == [
+        tmp_path / "usr/lib/ostree/auth.json",
+        tmp_path / "etc/ostree/auth.json",
+        tmp_path / "run/ostree/auth.json",
+    ]
+    # A directory of that name is no file of credentials.
+    (tmp_path / "run/ostree/auth.json").unlink()
+    (tmp_path / "run/ostree/auth.json").mkdir()
+    assert RegistryAuth.find(tmp_path).authfile == tmp_path / "etc/ostree/auth.json"

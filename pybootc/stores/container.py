@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
+import tempfile
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,10 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
-from pybootc.errors import BootcError
-from pybootc.layers.flatten import flatten_diff_dirs
+from pybootc.errors import BootcError, error_context
+from pybootc.layers.flatten import BlobLayer, flatten_diff_dirs, unpack_blob
 from pybootc.oci.auth import RegistryAuth
 from pybootc.oci.metadata import ImageMetadata, metadata_at
+from pybootc.oci.proxy import ImageProxy
 from pybootc.ostree.gi import OSTree
 from pybootc.stores import Backend, bootc_storage
 from pybootc.stores.containers_storage import ContainersStorage
@@ -32,14 +35,43 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class _StoredImage:
-    """An image pulled into bootc's storage under `name`."""
+    """An image pulled into bootc's storage, as the overlay diff directories of its
+    layers (lowest first)."""
 
-    storage: ContainersStorage
-    name: str
+    diff_dirs: tuple[Path, ...]
     metadata: ImageMetadata
 
     def flatten(self, work: Path, root: Path) -> None:
-        flatten_diff_dirs(self.storage.layer_diff_dirs(self.name), root)
+        flatten_diff_dirs(self.diff_dirs, root)
+
+
+# How skopeo names the layer containers-storage would not unpack.
+_REFUSED_LAYER = re.compile(r'adding layer with blob "(sha256:[0-9a-f]{64})"')
+
+
+def _explain_refused_layer(
+    err: BootcError, target: OriginImage, metadata: ImageMetadata, work: Path, auth: RegistryAuth
+) -> None:
+    """containers-storage refuses a hostile layer in words of its own (`processing tar
+    file(no such file or directory)`). Read that layer by the blob path's rules, which
+    the ostree backend applies, and raise what they say is wrong in it: both backends
+    then refuse a layer with the same line. Nothing is raised if they find no fault."""
+    found = _REFUSED_LAYER.search(err.message)
+    layers = metadata.manifest.layers
+    index = next((i for i, d in enumerate(layers) if found and d.digest == found[1]), None)
+    if index is None or layers[index].layer_format.encrypted:
+        return
+    descriptor = layers[index]
+    with ImageProxy(auth=auth) as proxy, tempfile.TemporaryDirectory(dir=work) as scratch:
+        opened = proxy.open_image(target.imgref.imgref.to_skopeo())
+        layer = BlobLayer(
+            descriptor,
+            metadata.config.diff_ids[index] if index < len(metadata.config.diff_ids) else None,
+            lambda: proxy.open_blob(opened, descriptor.digest, descriptor.size),
+            source_checks_digest=True,
+        )
+        with error_context(f"Layer {descriptor.digest}"):
+            unpack_blob(layer, Path(scratch))
 
 
 # How often a pull's progress is looked at (s).
@@ -125,20 +157,27 @@ class ContainerStore:
         # next import's sweep, never into the host's /var/tmp.
         staging = work / "skopeo"
         staging.mkdir()
-        with _watched_pull(self._storage, metadata, staging, progress):
-            name = bootc_storage.pull(
-                self._storage,
-                target.imgref.imgref,
-                decryption_key=target.decryption_key,
-                auth=auth,
-                tmpdir=staging,
-            )
+        try:
+            with _watched_pull(self._storage, metadata, staging, progress):
+                name = bootc_storage.pull(
+                    self._storage,
+                    target.imgref.imgref,
+                    decryption_key=target.decryption_key,
+                    auth=auth,
+                    tmpdir=staging,
+                )
+        except BootcError as err:
+            _explain_refused_layer(err, target, metadata, work, auth)
+            raise
+        # Every member name is checked here, as the ostree backend checks them while it
+        # fetches: a layer is refused by both at the same point, in the same words.
+        diff_dirs = self._storage.layer_diff_dirs(name)
         stored = metadata_at(self._storage.reference(name))
         # A decrypting pull stores a rewritten manifest, whose digest the registry never
         # serves: recorded, it would make every upgrade and switch see a new image. (The
         # storage itself knows the image by the source's digest too: podman's Digest.)
         recorded = metadata if metadata.config_digest == stored.config_digest else stored
-        return _StoredImage(self._storage, name, recorded)
+        return _StoredImage(tuple(diff_dirs), recorded)
 
     def collect_garbage(self, deployed: DeployedImages) -> list[str]:
         return bootc_storage.remove_unused(self._storage, deployed.manifest_digests)
