@@ -199,13 +199,35 @@ def test_a_bad_karg_is_refused_before_install_to_disk_touches_the_disk(
     assert disk.read_bytes() == before
 
 
+@pytest.mark.parametrize("backend", ["ostree", "container"])
 @pytest.mark.parametrize("name", sorted(BAD_FILES))
 def test_an_image_with_a_bad_kargs_file_is_refused_and_changes_nothing(
-    layout: OciLayout, target: Path, name: str
+    layout: OciLayout, target: Path, name: str, backend: str
 ) -> None:
-    install_ok(target, layout.ref("v1"))
+    install_ok(target, layout.ref("v1"), backend=backend)
     before = state(target)
     proc = switch_oci(target, layout, f"bad-{name}")
     line = one_error_line(proc)
     assert "usr/lib/bootc/kargs.d/50-bad.toml" in line and BAD_FILES[name][1] in line
+    assert state(target) == before
+
+
+@pytest.mark.parametrize("backend", ["ostree", "container"])
+def test_install_and_upgrade_refuse_an_image_with_a_bad_kargs_file(
+    tmp_path: Path, target: Path, backend: str
+) -> None:
+    text, why = BAD_FILES["newline"]
+    bad = kargs_d(**{"50-bad.toml": text})
+    stream = OciLayout(tmp_path / "stream")
+    stream.add_image("os", sample_image("1.0", extra=(bad,)))
+    line = one_error_line(install(target, stream.ref("os"), backend=backend))
+    assert "usr/lib/bootc/kargs.d/50-bad.toml" in line and why in line, line
+    assert list(target.iterdir()) == []
+    # A good build is installed; the next one brings the bad file, and upgrade refuses it.
+    stream.add_image("os", sample_image("1.0"))
+    install_ok(target, stream.ref("os"), backend=backend)
+    before = state(target)
+    stream.add_image("os", sample_image("1.1", extra=(bad,)))
+    line = one_error_line(bootc("upgrade", sysroot=target))
+    assert "usr/lib/bootc/kargs.d/50-bad.toml" in line and why in line, line
     assert state(target) == before
