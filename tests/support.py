@@ -36,6 +36,8 @@ Tree = list[ListedEntry]
 SHARED_REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
 REGISTRIES_DROPIN_DIR = Path("/etc/containers/registries.conf.d")
 UPSTREAM_FIXTURE_DIR = SHARED_REFERENCE / "upstream-bootc"
+# Upstream's Host documents, as its golden tests have them.
+FIXTURE_NAMES = sorted(p.name for p in UPSTREAM_FIXTURE_DIR.glob("spec-*"))
 # The one user of the private test registry.
 LOGIN = ("pybootc", "s3cret-for-tests")
 

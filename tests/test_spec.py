@@ -42,9 +42,8 @@ from pybootc.host.model import (
     Slot,
 )
 from tests.strategies import any_store, hosts
-from tests.support import SHARED_REFERENCE, UPSTREAM_FIXTURE_DIR, fixture_host
+from tests.support import FIXTURE_NAMES, SHARED_REFERENCE, UPSTREAM_FIXTURE_DIR, fixture_host
 
-FIXTURE_NAMES = sorted(p.name for p in UPSTREAM_FIXTURE_DIR.glob("spec-*"))
 UPSTREAM_FIXTURES: dict[str, str] = {
     name: (UPSTREAM_FIXTURE_DIR / name).read_text() for name in FIXTURE_NAMES
 }

@@ -31,7 +31,7 @@ from pybootc.host.model import (
 )
 from pybootc.host.render import render_human
 from tests.strategies import any_store, hosts
-from tests.support import fixture_host
+from tests.support import FIXTURE_NAMES, fixture_host
 
 UPSTREAM_EXPECTED = {
     # test_human_readable_base_spec
@@ -111,8 +111,6 @@ def _ostree(checksum: str = "ab" * 32, serial: int = 0) -> BootEntryOstree:
 
 
 def test_every_fixture_has_an_expectation() -> None:
-    from tests.test_spec import FIXTURE_NAMES
-
     assert sorted(UPSTREAM_EXPECTED | DERIVED_EXPECTED) == sorted(FIXTURE_NAMES)
 
 

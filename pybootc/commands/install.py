@@ -98,7 +98,7 @@ def install_to_filesystem(
         tuple(checked("the root filesystem", root_kargs)), tuple(checked("--karg", kargs))
     )
     _check_empty_target(path)
-    origin = OriginImage(source, backend, decryption_key.absolute() if decryption_key else None)
+    origin = OriginImage(source, backend, decryption_key)
     # The installer's own credentials, as upstream's install uses.
     auth = registry_auth(None, None)
     # Refuse a missing image or another architecture before anything is written.

@@ -36,7 +36,7 @@ def switch(
         current = current_deployment(sysroot)
         current_image = origin_image(current) if current else None
         chosen = backend or (current_image.backend if current_image else Backend.OSTREE)
-        origin = OriginImage(target, chosen, decryption_key.absolute() if decryption_key else None)
+        origin = OriginImage(target, chosen, decryption_key)
         auth = registry_auth(sysroot, current)
         prepared = prepare_target(sysroot, origin, auth, current)
         if current_image == origin and prepared.deployed:

@@ -33,6 +33,11 @@ class OriginImage:
     backend: Backend
     decryption_key: Path | None = None
 
+    def __post_init__(self) -> None:
+        # Recorded in the origin, a key path must not depend on where bootc ran from.
+        if self.decryption_key is not None:
+            object.__setattr__(self, "decryption_key", self.decryption_key.absolute())
+
     def to_origin(self) -> Origin:
         pybootc = {BACKEND_KEY: self.backend.value}
         if self.decryption_key is not None:
