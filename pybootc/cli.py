@@ -21,6 +21,8 @@ from pybootc.errors import BootcError
 from pybootc.stores import Backend
 
 if TYPE_CHECKING:
+    from rich.table import Table
+
     from pybootc.commands.report import Report
     from pybootc.oci.imgref import OstreeImageReference
     from pybootc.progress import Progress
@@ -29,6 +31,21 @@ if TYPE_CHECKING:
 def _print(lines: Sequence[str]) -> None:
     for line in lines:
         print(line)
+
+
+def _print_table(table: Table) -> None:
+    """A rich table on stdout: colours only on a terminal, and never wrapped off one
+    (a pipe gets whole lines)."""
+    from rich.console import Console
+
+    terminal = sys.stdout.isatty()
+    # Rendered first and written as any output is: rich's own writes would exit 1 when
+    # stdout's reader has gone, where bootc stops quietly (main's BrokenPipeError).
+    width = os.get_terminal_size(sys.stdout.fileno()).columns if terminal else 1 << 16
+    console = Console(file=io.StringIO(), force_terminal=terminal, width=width)
+    with console.capture() as captured:
+        console.print(table, highlight=False)
+    sys.stdout.write(captured.get())
 
 
 def _image_argument(text: str, transport: str | None, enforce: bool) -> OstreeImageReference:
@@ -217,7 +234,11 @@ def _image(args: argparse.Namespace) -> int:
     from pybootc.commands import image as image_commands
 
     if args.image_verb == "list":
-        print(image_commands.list_images(args.sysroot, as_json=args.format == "json"))
+        images = image_commands.list_images(args.sysroot, image_commands.ImageType(args.type))
+        if args.format == "json":
+            print(image_commands.images_json(images))
+        else:
+            _print_table(image_commands.images_table(images))
         return 0
     if args.image_verb == "copy-to-storage":
         report = image_commands.copy_to_storage(args.sysroot, args.source, args.target)
@@ -356,7 +377,16 @@ def _add_internals(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -
 def _add_image(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     image = verbs.add_parser("image", help="images in bootc's container storage")
     image_verbs = image.add_subparsers(dest="image_verb", required=True)
-    listing = image_verbs.add_parser("list", help="list images in bootc's storage")
+    listing = image_verbs.add_parser(
+        "list", help="list the host's images and those in bootc's storage"
+    )
+    listing.add_argument(
+        "--type",
+        choices=["all", "host", "logical"],
+        default="all",
+        help="which images: those the deployments came from (host), logically bound ones"
+        " (logical; pybootc has none) or those and bootc's storage (all, the default)",
+    )
     listing.add_argument(
         "--format", choices=["table", "json"], default="table", help="output format"
     )

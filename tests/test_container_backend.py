@@ -157,9 +157,8 @@ def test_transport_option_and_podman_passthrough(
     alias = bootc("internal-podman", "image", "exists", "no/such:image", sysroot=target)
     assert alias.returncode == 1  # podman's own exit status comes through
     listing = json.loads(ok(bootc("image", "list", "--format", "json", sysroot=target)))
-    assert {row["type"] for row in listing} == {"host"}
-    table = ok(bootc("image", "list", sysroot=target))
-    assert table.splitlines()[0].startswith("REPOSITORY")
+    assert {"image_type": "host", "image": f"docker://{b.ref}"} in listing
+    assert {"image_type": "unified", "image": b.ref} in listing
 
 
 def test_gc_removes_only_images_no_deployment_uses(

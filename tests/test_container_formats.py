@@ -145,7 +145,7 @@ def test_gzip_zstd_and_zstd_chunked_deploy_the_same_tree(
         # Both deployments' images stay in bootc's storage, though gzip and zstd share
         # one image there (one config, one layer chain) under two manifest digests.
         listed = json.loads(ok(bootc("image", "list", "--format", "json", sysroot=target)))
-        kept = {row["image"] for row in listed if row["type"] == "host"}
+        kept = {row["image"] for row in listed if row["image_type"] == "unified"}
         assert {refs[name], previous} <= {f"docker://{image}" for image in kept}, listed
         previous = refs[name]
     # Three commits (each records its own manifest), one tree.
@@ -240,7 +240,7 @@ def test_install_of_an_encrypted_image_needs_its_key(
     # and its image in bootc's storage (holding that copy) stays a GC root.
     assert ok(bootc("upgrade", sysroot=target)) == "No update available.\n"
     listed = json.loads(ok(bootc("image", "list", "--format", "json", sysroot=target)))
-    assert [row["type"] for row in listed] == ["host"]
+    assert sorted(row["image_type"] for row in listed) == ["host", "unified"]
 
 
 def test_switch_to_an_encrypted_image_needs_the_key_and_upgrade_remembers_it(

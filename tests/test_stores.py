@@ -9,9 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from pybootc.oci.imgref import ImageReference, Transport
 from pybootc.ostree.gi import GLib
 from pybootc.sample.image import sample_image
 from pybootc.stores import Backend
+from pybootc.stores.bootc_storage import stored_name
 from pybootc.stores.protocol import ImageStore
 from pybootc.stores.registry import STORES, store_for
 from tests.backend_support import bootc, install, ok, publish
@@ -26,6 +28,22 @@ def test_every_backend_has_a_store_that_implements_the_protocol(tmp_path: Path) 
         store = store_for(backend, tmp_path, None)
         assert isinstance(store, ImageStore)
         assert type(store).backend is backend
+
+
+@pytest.mark.parametrize(
+    ("transport", "name", "stored"),
+    [
+        ("registry", "quay.io/example/os:41", "quay.io/example/os:41"),
+        ("containers-storage", "[overlay@/s+/r]localhost/os:1", "localhost/os:1"),
+        ("oci", "/srv/images/fedora-bootc:41", "localhost/fedora-bootc:41"),
+        ("oci", "/srv/images/fedora-bootc", "localhost/fedora-bootc:latest"),
+        ("oci-archive", "/srv/My OS.tar:v2", "localhost/my-os:v2"),
+        ("dir", "/srv/os", "localhost/os:latest"),
+    ],
+)
+def test_images_are_stored_under_readable_names(transport: str, name: str, stored: str) -> None:
+    """As podman names what it pulls from a layout: after the directory, with its tag."""
+    assert stored_name(ImageReference(Transport(transport), name)) == stored
 
 
 def layer_sizes(published_manifest: dict[str, object]) -> list[tuple[str, int]]:

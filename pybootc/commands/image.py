@@ -7,19 +7,27 @@ CONTAINERS_STORAGE_CONF names) with `skopeo copy`, so they arrive complete.
 
 from __future__ import annotations
 
+import dataclasses
+import enum
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pybootc import tools
 from pybootc.commands.report import Report
 from pybootc.errors import BootcError
 from pybootc.oci.imgref import ImageReference, Transport
+from pybootc.ostree.ext_format import IMAGE_REF_PREFIX, image_of_ref
 from pybootc.ostree.origin import origin_image
+from pybootc.ostree.repo import list_refs
 from pybootc.ostree.sysroot import Sysroot, current_deployment
 from pybootc.stores import bootc_storage
 from pybootc.stores.pipeline import collect_garbage
-from pybootc.stores.protocol import DeployedImages
+
+if TYPE_CHECKING:
+    from rich.table import Table
 
 DEFAULT_COPY_TARGET = "localhost/bootc"
 
@@ -34,28 +42,70 @@ def podman(sysroot_path: Path, args: Sequence[str]) -> int:
     return tools.run_passthrough(["podman", *args], env=storage.podman_env())
 
 
-def list_images(sysroot_path: Path, *, as_json: bool) -> str:
+class ImageType(enum.StrEnum):
+    """What `image list --type` selects, as upstream names it."""
+
+    ALL = "all"
+    LOGICAL = "logical"
+    HOST = "host"
+
+
+@dataclass(frozen=True)
+class ListedImage:
+    """A row of `bootc image list`: upstream's JSON keys, in its order."""
+
+    image_type: str  # host, unified or logical
+    image: str
+
+
+def _host_images(sysroot: Sysroot) -> list[ListedImage]:
+    """The images the host's deployments were made from, as ostree-ext lists them:
+    one per merge commit ref, whichever backend fetched it."""
+    found = []
+    for ref in sorted(list_refs(sysroot.repo, IMAGE_REF_PREFIX)):
+        image = image_of_ref(ref)
+        if image is None:
+            continue
+        transport, name = image
+        # Shown as upstream shows an image reference: `docker://` for a registry.
+        known = transport in {t.value for t in Transport}
+        shown = str(ImageReference(Transport(transport), name)) if known else f"{transport}:{name}"
+        found.append(ListedImage("host", shown))
+    return found
+
+
+def _unified_images(sysroot_path: Path) -> list[ListedImage]:
+    """Every name in bootc's own containers-storage, as upstream lists that storage."""
+    storage = bootc_storage.bootc_storage(sysroot_path)
+    images = bootc_storage.list_images(storage)
+    return [ListedImage("unified", name) for image in images for name in sorted(image.names)]
+
+
+def list_images(sysroot_path: Path, image_type: ImageType) -> list[ListedImage]:
+    """The images `bootc image list --type` shows. pybootc has no logically bound
+    images, so `logical` lists none."""
     sysroot = Sysroot.open(sysroot_path)
-    used = DeployedImages.of(sysroot).manifest_digests
-    images = bootc_storage.list_images(bootc_storage.bootc_storage(sysroot_path))
-    rows = [
-        {
-            "image": name,
-            "imageId": image.image_id,
-            "digest": image.digest,
-            "type": "host" if image.digests & used else "unused",
-        }
-        for image in images
-        for name in (image.names or ("<none>",))
-    ]
-    if as_json:
-        return json.dumps(rows, indent=2)
-    width = max([len("REPOSITORY"), *(len(r["image"]) for r in rows)])
-    lines = [f"{'REPOSITORY':<{width}}  {'TYPE':<6}  IMAGE ID      DIGEST"]
-    for row in rows:
-        short_id = row["imageId"].removeprefix("sha256:")[:12]
-        lines.append(f"{row['image']:<{width}}  {row['type']:<6}  {short_id}  {row['digest']}")
-    return "\n".join(lines)
+    if image_type is ImageType.LOGICAL:
+        return []
+    host = _host_images(sysroot)
+    return host if image_type is ImageType.HOST else host + _unified_images(sysroot_path)
+
+
+def images_json(images: Sequence[ListedImage]) -> str:
+    """Upstream's JSON: a pretty-printed list of {"image_type", "image"}."""
+    return json.dumps([dataclasses.asdict(image) for image in images], indent=2)
+
+
+def images_table(images: Sequence[ListedImage]) -> Table:
+    """Upstream's table: REPOSITORY and TYPE, no borders."""
+    from rich.table import Table
+
+    table = Table(box=None, show_edge=False, pad_edge=True, highlight=False)
+    table.add_column("REPOSITORY", no_wrap=True, overflow="fold")
+    table.add_column("TYPE", no_wrap=True)
+    for image in images:
+        table.add_row(image.image, image.image_type)
+    return table
 
 
 def _deployed_name(sysroot: Sysroot) -> str:

@@ -95,6 +95,16 @@ def image_ref_name(imgref: str) -> str:
     return f"{IMAGE_REF_PREFIX}/{ref_escape(imgref)}"
 
 
+def image_of_ref(ref: str) -> tuple[str, str] | None:
+    """(transport, name) of the image whose merge commit `ref` holds; None for a ref
+    that is not under IMAGE_REF_PREFIX."""
+    escaped = ref.removeprefix(f"{IMAGE_REF_PREFIX}/")
+    if escaped == ref:
+        return None
+    transport, _, name = ref_unescape(escaped).partition(":")
+    return transport, name
+
+
 def image_ref(imgref: OstreeImageReference) -> str:
     """The ref that holds an image's merge commit: ostree-ext names it after
     `transport:name`, whatever the signature policy."""

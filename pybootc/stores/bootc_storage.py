@@ -31,16 +31,21 @@ def bootc_storage(sysroot: Path) -> ContainersStorage:
 
 
 def stored_name(imgref: ImageReference) -> str:
-    """The name an image is kept under: its registry name, else a localhost one."""
+    """The name an image is kept under: its registry name; else, as podman names an
+    image from a layout or archive, a localhost one after the directory or file it
+    came from, with its tag there (`oci:/srv/images/fedora-bootc:41` is
+    `localhost/fedora-bootc:41`)."""
     if imgref.transport is Transport.REGISTRY:
         return imgref.name
     if imgref.transport is Transport.CONTAINERS_STORAGE:
         return imgref.name.split("]", 1)[-1]
-    tag = imgref.name.rsplit(":", 1)[-1] if imgref.transport is Transport.OCI else "latest"
-    base = imgref.name.rsplit(":", 1)[0] if imgref.transport is Transport.OCI else imgref.name
-    slug = re.sub(r"[^a-z0-9]+", "-", Path(base).name.lower()).strip("-") or "image"
-    tag = re.sub(r"[^A-Za-z0-9_.-]+", "-", tag) or "latest"
-    return f"localhost/{imgref.transport.value}-{slug}:{tag}"
+    path, tag = imgref.name, ""
+    if imgref.transport in (Transport.OCI, Transport.OCI_ARCHIVE, Transport.DOCKER_ARCHIVE):
+        path, _, tag = imgref.name.partition(":")
+    stem = Path(path).name.lower().removesuffix(".tar")
+    repository = re.sub(r"[^a-z0-9]+", "-", stem).strip("-") or "image"
+    tag = re.sub(r"[^A-Za-z0-9_.-]+", "-", tag).lstrip(".-")[:128] or "latest"
+    return f"localhost/{repository}:{tag}"
 
 
 @dataclass(frozen=True)
