@@ -210,6 +210,14 @@ def _install(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_configuration(args: argparse.Namespace) -> int:
+    from pybootc.commands.install_config import print_configuration
+
+    # Canonical JSON, as upstream prints it: no newline after it.
+    sys.stdout.write(print_configuration(Path("/"), everything=args.all))
+    return 0
+
+
 def _install_to_disk(args: argparse.Namespace) -> int:
     from pybootc.commands.install_disk import install_to_disk
 
@@ -311,7 +319,8 @@ def _add_install_options(parser: argparse.ArgumentParser) -> None:
         " bootc's containers-storage (container)",
     )
     parser.add_argument(
-        "--stateroot", default="default", help="the stateroot to deploy into (default: default)"
+        "--stateroot",
+        help="the stateroot to deploy into (default: the install configuration's, or default)",
     )
     parser.add_argument(
         "--karg", action="append", default=[], metavar="K", help="a kernel argument (repeatable)"
@@ -335,6 +344,14 @@ def _add_install(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     _add_install_options(to_fs)
     to_fs.add_argument("path", type=Path, metavar="PATH", help="an empty mounted filesystem")
     to_fs.set_defaults(func=_install)
+    printed = install_verbs.add_parser(
+        "print-configuration",
+        help="print the merged install configuration (bootc/install/*.toml) as JSON",
+    )
+    printed.add_argument(
+        "--all", action="store_true", help="also what bootc applies itself (kargs, karg-deletes)"
+    )
+    printed.set_defaults(func=_print_configuration)
     to_disk = install_verbs.add_parser(
         "to-disk", help="install to a disk image: a partition table and an ext4 root"
     )
@@ -344,7 +361,9 @@ def _add_install(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     )
     to_disk.add_argument("--wipe", action="store_true", help="overwrite what is on DEVICE")
     to_disk.add_argument(
-        "--filesystem", choices=["ext4"], default="ext4", help="the root filesystem (ext4)"
+        "--filesystem",
+        choices=["ext4"],
+        help="the root filesystem (default: the install configuration's root-fs-type, or ext4)",
     )
     to_disk.add_argument("device", type=Path, metavar="DEVICE", help="the disk (image file)")
     to_disk.set_defaults(func=_install_to_disk)
@@ -421,6 +440,7 @@ EXAMPLES = {
     ("install", "to-disk"): (
         "bootc install to-disk --via-loopback --source-imgref oci:/srv/layout:v1 disk.img"
     ),
+    ("install", "print-configuration"): "bootc install print-configuration --all",
     ("image",): "bootc image list",
     ("image", "list"): "bootc image list --format json",
     ("image", "copy-to-storage"): "bootc image copy-to-storage --target localhost/os",

@@ -128,6 +128,8 @@ class InstallKargs:
 
     root: tuple[str, ...]
     cli: tuple[str, ...]
+    # The install configuration's `karg-deletes`: parameters dropped from the result.
+    deletes: tuple[str, ...] = ()
 
 
 def _image_kargs(sysroot: Sysroot, commit: str) -> list[str] | None:
@@ -138,11 +140,13 @@ def _kargs_for(
     sysroot: Sysroot, commit: str, stateroot: str, install: InstallKargs | None
 ) -> list[str]:
     """The new deployment's kernel arguments, as upstream computes them: an install's
-    root kargs, the image's kargs.d, then --karg; otherwise the merge deployment's,
+    root kargs (the install configuration's among them), the image's kargs.d, then
+    --karg, less the configuration's `karg-deletes`; otherwise the merge deployment's,
     moved from its image's kargs.d to the new image's."""
     image = _image_kargs(sysroot, commit)
     if install is not None:
-        return extended(extended(install.root, image or ()), install.cli)
+        kargs = extended(extended(install.root, image or ()), install.cli)
+        return [karg for karg in kargs if karg not in install.deletes]
     merge = sysroot.merge_deployment(stateroot)
     if merge is None:
         return image or []

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pybootc import tools
+from pybootc.commands import install_config
 from pybootc.commands.deploy import (
     DEFAULT_STATEROOT,
     InstallKargs,
@@ -85,7 +86,7 @@ def install_to_filesystem(
     *,
     target_imgref: OstreeImageReference | None = None,
     backend: Backend = Backend.OSTREE,
-    stateroot: str = DEFAULT_STATEROOT,
+    stateroot: str | None = None,
     kargs: Sequence[str] = (),
     root_kargs: Sequence[str] = (),
     disable_selinux: bool = False,
@@ -93,10 +94,19 @@ def install_to_filesystem(
     progress: Progress = NO_PROGRESS,
 ) -> Report:
     """Install the image into the empty filesystem at `path`. `root_kargs` say how to
-    find the root (install to-disk's `root=UUID=`); `kargs` are --karg's."""
+    find the root (install to-disk's `root=UUID=`); `kargs` are --karg's. The install
+    configuration of the root bootc runs in adds its kargs after the root ones and
+    names the stateroot, unless `stateroot` does."""
+    config = install_config.load(Path("/")) or {}
     install = InstallKargs(
-        tuple(checked("the root filesystem", root_kargs)), tuple(checked("--karg", kargs))
+        tuple(
+            checked("the root filesystem", root_kargs)
+            + checked("the install configuration", config.get("kargs", ()))
+        ),
+        tuple(checked("--karg", kargs)),
+        tuple(checked("the install configuration", config.get("karg-deletes", ()))),
     )
+    stateroot = stateroot or config.get("stateroot") or DEFAULT_STATEROOT
     _check_empty_target(path)
     origin = OriginImage(source, backend, decryption_key)
     # The installer's own credentials, as upstream's install uses.

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from pybootc import tools
-from pybootc.commands.deploy import DEFAULT_STATEROOT
+from pybootc.commands import install_config
 from pybootc.commands.install import install_to_filesystem
 from pybootc.commands.report import Report
 from pybootc.errors import BootcError, error_context
@@ -106,14 +106,16 @@ def install_to_disk(
     target_imgref: OstreeImageReference | None = None,
     via_loopback: bool = False,
     wipe: bool = False,
-    filesystem: str = "ext4",
+    filesystem: str | None = None,
     backend: Backend = Backend.OSTREE,
-    stateroot: str = DEFAULT_STATEROOT,
+    stateroot: str | None = None,
     kargs: Sequence[str] = (),
     disable_selinux: bool = False,
     decryption_key: Path | None = None,
     progress: Progress = NO_PROGRESS,
 ) -> Report:
+    # As upstream: --filesystem, else the install configuration's root-fs-type.
+    filesystem = filesystem or (install_config.load(Path("/")) or {}).get("root-fs-type") or "ext4"
     if filesystem not in FILESYSTEMS:
         raise BootcError(f"Unsupported filesystem {filesystem}; pybootc makes {FILESYSTEMS[0]}")
     # Refused before the disk is partitioned, not only once install_to_filesystem sees them.
