@@ -337,6 +337,43 @@ def _add_install_options(parser: argparse.ArgumentParser) -> None:
     _add_progress(parser)
 
 
+def _container_lint(args: argparse.Namespace) -> int:
+    from pybootc.commands import lint
+
+    if args.list:
+        sys.stdout.write(lint.list_lints())
+        return 0
+    lint.lint(
+        args.rootfs,
+        fatal_warnings=args.fatal_warnings,
+        skip=args.skip,
+        truncate=not args.no_truncate,
+    )
+    return 0
+
+
+def _add_container(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    container = verbs.add_parser("container", help="operations on a container image's root")
+    container_verbs = container.add_subparsers(dest="container_verb", required=True)
+    checks = container_verbs.add_parser(
+        "lint", help="check a root filesystem that is to become a bootc image"
+    )
+    checks.add_argument(
+        "--rootfs", type=Path, default=Path("/"), metavar="PATH", help="the root (default: /)"
+    )
+    checks.add_argument(
+        "--fatal-warnings", action="store_true", help="fail on warnings too, not only on errors"
+    )
+    checks.add_argument("--list", action="store_true", help="list the lints (YAML) and exit")
+    checks.add_argument(
+        "--skip", action="append", default=[], metavar="NAME", help="skip a lint (repeatable)"
+    )
+    checks.add_argument(
+        "--no-truncate", action="store_true", help="show every item a lint lists, not five"
+    )
+    checks.set_defaults(func=_container_lint)
+
+
 def _add_install(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     install = verbs.add_parser("install", help="install to a target")
     install_verbs = install.add_subparsers(dest="install_verb", required=True)
@@ -441,6 +478,8 @@ EXAMPLES = {
         "bootc install to-disk --via-loopback --source-imgref oci:/srv/layout:v1 disk.img"
     ),
     ("install", "print-configuration"): "bootc install print-configuration --all",
+    ("container",): "bootc container lint",
+    ("container", "lint"): "bootc container lint --rootfs /srv/os --skip var-log --fatal-warnings",
     ("image",): "bootc image list",
     ("image", "list"): "bootc image list --format json",
     ("image", "copy-to-storage"): "bootc image copy-to-storage --target localhost/os",
@@ -580,6 +619,7 @@ def build_parser() -> argparse.ArgumentParser:
     edit.set_defaults(func=_edit)
 
     _add_install(verbs)
+    _add_container(verbs)
     _add_image(verbs)
     _add_internals(verbs)
     completion = verbs.add_parser("completion", help="print a shell completion script")

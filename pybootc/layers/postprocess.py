@@ -10,7 +10,6 @@ backends run exactly this, so their trees stay equal.
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import stat
 from collections.abc import Iterator
@@ -18,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pybootc.errors import BootcError
+from pybootc.layers import tmpfiles
 from pybootc.layers.dirfd import DirectoryHandles
 
 # Kept as empty directories: their content belongs to the running system. /sysroot
@@ -144,33 +144,13 @@ def _move(dirs: DirectoryHandles, source: str, dest: tuple[str, ...]) -> bool:
     return True
 
 
-def _tmpfiles_escape(path: str) -> str:
-    return "".join(c if c.isprintable() and c not in " \\\t" else f"\\x{ord(c):02x}" for c in path)
-
-
-def _tmpfiles_unescape(path: str) -> str:
-    return re.sub(r"\\x([0-9a-fA-F]{2})", lambda m: chr(int(m.group(1), 16)), path)
-
-
 def declared_tmpfiles_paths(root: Path) -> frozenset[str]:
     """The paths the image's own tmpfiles.d already declares (systemd's, packages').
 
     A second line for one of them makes systemd-tmpfiles log "Duplicate line for
     path" on every boot, so those are left to the image, as bootc does.
     """
-    paths = set()
-    for directory in ("usr/lib/tmpfiles.d", "usr/etc/tmpfiles.d"):
-        confs = root / directory
-        if not confs.is_dir() or confs.is_symlink():
-            continue
-        for conf in sorted(confs.glob("*.conf")):
-            if conf.name == Path(VAR_TMPFILES).name or not conf.is_file():
-                continue
-            for line in conf.read_text(errors="replace").splitlines():
-                fields = line.split()
-                if len(fields) >= 2 and not fields[0].startswith("#"):
-                    paths.add(os.path.normpath(_tmpfiles_unescape(fields[1])))
-    return frozenset(paths)
+    return tmpfiles.declared_paths(root, ignore=(Path(VAR_TMPFILES).name,))
 
 
 def _var_tmpfiles_lines(var_root: Path, declared: frozenset[str], sub: str = "") -> Iterator[str]:
@@ -184,15 +164,9 @@ def _var_tmpfiles_lines(var_root: Path, declared: frozenset[str], sub: str = "")
         path = f"{sub}/{name}" if sub else name
         full = var_root / path
         st = os.lstat(full)
-        target = _tmpfiles_escape(f"/var/{path}")
         if f"/var/{path}" not in declared:
-            if stat.S_ISDIR(st.st_mode):
-                mode = f"{stat.S_IMODE(st.st_mode):04o}"
-                yield f"d {target} {mode} {st.st_uid} {st.st_gid} - -"
-            elif stat.S_ISLNK(st.st_mode):
-                yield f"L {target} - - - - {os.readlink(full)}"
-            else:
-                yield f"C {target} - - - - {_tmpfiles_escape(f'{factory}/{path}')}"
+            link = os.readlink(full) if stat.S_ISLNK(st.st_mode) else None
+            yield tmpfiles.line(f"/var/{path}", st, link=link, copy_from=f"{factory}/{path}")
         if stat.S_ISDIR(st.st_mode):
             yield from _var_tmpfiles_lines(var_root, declared, path)
 

@@ -1,0 +1,54 @@
+"""systemd tmpfiles.d lines: reading which paths an image's files declare, and
+writing the lines that recreate a directory, symlink or file in /var.
+
+Shared by post-processing (which seeds the image's /var through tmpfiles.d) and by
+`container lint` (which reports /var content that nothing recreates).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+from collections.abc import Iterable
+from pathlib import Path
+
+# Where an image keeps tmpfiles.d, before post-processing (etc) and after (usr/etc).
+TMPFILES_DIRS = ("usr/lib/tmpfiles.d", "etc/tmpfiles.d", "usr/etc/tmpfiles.d")
+
+
+def escape(path: str) -> str:
+    return "".join(c if c.isprintable() and c not in " \\\t" else f"\\x{ord(c):02x}" for c in path)
+
+
+def unescape(path: str) -> str:
+    return re.sub(r"\\x([0-9a-fA-F]{2})", lambda m: chr(int(m.group(1), 16)), path)
+
+
+def declared_paths(root: Path, *, ignore: Iterable[str] = ()) -> frozenset[str]:
+    """The paths the tmpfiles.d files under `root` declare, but those in the files
+    named in `ignore`."""
+    skipped = set(ignore)
+    paths = set()
+    for directory in TMPFILES_DIRS:
+        confs = root / directory
+        if not confs.is_dir() or confs.is_symlink():
+            continue
+        for conf in sorted(confs.glob("*.conf")):
+            if conf.name in skipped or not conf.is_file():
+                continue
+            for line in conf.read_text(errors="replace").splitlines():
+                fields = line.split()
+                if len(fields) >= 2 and not fields[0].startswith("#"):
+                    paths.add(os.path.normpath(unescape(fields[1])))
+    return frozenset(paths)
+
+
+def line(path: str, st: os.stat_result, *, link: str | None, copy_from: str | None) -> str:
+    """The line that recreates `path`: a directory with its mode and owner (`d`), a
+    symlink (`L`), or a copy of `copy_from` (`C`)."""
+    if stat.S_ISDIR(st.st_mode):
+        return f"d {escape(path)} {stat.S_IMODE(st.st_mode):04o} {st.st_uid} {st.st_gid} - -"
+    if link is not None:
+        return f"L {escape(path)} - - - - {link}"
+    return f"C {escape(path)} - - - - {escape(copy_from or '')}"
