@@ -337,6 +337,23 @@ def _add_install_options(parser: argparse.ArgumentParser) -> None:
     _add_progress(parser)
 
 
+def _wipe_ostree(args: argparse.Namespace) -> int:
+    from pybootc.commands.state import wipe_ostree
+
+    _print(wipe_ostree(args.sysroot, yes=args.yes).lines)
+    return 0
+
+
+def _add_state(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    state = verbs.add_parser("state", help="modify the state of the system")
+    state_verbs = state.add_subparsers(dest="state_verb", required=True)
+    wipe = state_verbs.add_parser(
+        "wipe-ostree", help="remove all ostree deployments from this system"
+    )
+    wipe.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
+    wipe.set_defaults(func=_wipe_ostree)
+
+
 def _container_lint(args: argparse.Namespace) -> int:
     from pybootc.commands import lint
 
@@ -480,6 +497,8 @@ EXAMPLES = {
     ("install", "print-configuration"): "bootc install print-configuration --all",
     ("container",): "bootc container lint",
     ("container", "lint"): "bootc container lint --rootfs /srv/os --skip var-log --fatal-warnings",
+    ("state",): "bootc state wipe-ostree",
+    ("state", "wipe-ostree"): "bootc --sysroot /mnt state wipe-ostree --yes",
     ("image",): "bootc image list",
     ("image", "list"): "bootc image list --format json",
     ("image", "copy-to-storage"): "bootc image copy-to-storage --target localhost/os",
@@ -620,6 +639,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_install(verbs)
     _add_container(verbs)
+    _add_state(verbs)
     _add_image(verbs)
     _add_internals(verbs)
     completion = verbs.add_parser("completion", help="print a shell completion script")

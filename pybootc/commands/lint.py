@@ -349,6 +349,7 @@ def list_lints() -> str:
         if lint.root_type is not None:
             entry["root-type"] = lint.root_type.value
         entries.append(entry)
+
     class _Dumper(yaml.SafeDumper):
         """Descriptions span lines: as literal blocks, the way serde_yaml writes them."""
 

@@ -395,6 +395,15 @@ class Sysroot:
             self._sysroot.write_origin_file(deployments[index], _origin_keyfile(origin), None)
             self._reload()
 
+    def remove_all_deployments(self) -> int:
+        """Remove every deployment, as `bootc state wipe-ostree` does; how many went.
+        libostree refuses to remove the booted one."""
+        with self.lock(), libostree_errors("removing deployments"):
+            count = len(self._deployments())
+            self._write_deployments([])
+            self._reload()
+        return count
+
     def cleanup(self) -> CleanupResult:
         """Remove what no deployment uses: old deployment directories, boot entries and
         the repo objects that no ref reaches (every deployment holds a ref)."""
