@@ -464,7 +464,11 @@ def _add_image(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         "--format", choices=["table", "json"], default="table", help="output format"
     )
     copy = image_verbs.add_parser("copy-to-storage", help="copy an image to the host's storage")
-    copy.add_argument("--source", help="image in bootc's storage (default: the deployed one)")
+    copy.add_argument(
+        "--source",
+        help="a name in bootc's storage, or an image a deployment came from, as `image list`"
+        " shows it (default: the image the next boot runs)",
+    )
     copy.add_argument("--target", help="name in the host's storage (default: localhost/bootc)")
     pull = image_verbs.add_parser(
         "pull-from-default-storage", help="copy an image from the host's storage to bootc's"

@@ -93,7 +93,7 @@ def deployed(sysroot_path: Path) -> Deployed:
     sysroot = Sysroot.open(sysroot_path)
     deployment = sysroot.deployments()[0]
     origin = deployment.origin["origin"]["container-image-reference"]
-    assert resolve_ref(sysroot.repo, image_ref(OstreeImageReference.parse(origin))) == (
+    assert resolve_ref(sysroot.repo, image_ref(OstreeImageReference.parse(origin).imgref)) == (
         deployment.checksum
     )
     manifest = read_commit_metadata(sysroot.repo, deployment.checksum)["ostree.manifest"]

@@ -42,7 +42,8 @@ def test_files_merge_in_upstream_order(tmp_path: Path, caplog: pytest.LogCapture
     write(
         tmp_path,
         "usr/lib/bootc/install/10-fs.toml",
-        '[install.filesystem.root]\ntype = "xfs"\n[install.ostree]\nbls-append-except-default = "x"\n',
+        '[install.filesystem.root]\ntype = "xfs"\n'
+        '[install.ostree]\nbls-append-except-default = "x"\n',
     )
     write(tmp_path, "etc/bootc/install/20-more.toml", '[install]\nkargs = ["b"]\nstateroot = "s"\n')
     write(

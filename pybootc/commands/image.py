@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,11 +20,12 @@ from pybootc import tools
 from pybootc.commands.report import Report
 from pybootc.errors import BootcError
 from pybootc.oci.imgref import ImageReference, Transport
-from pybootc.ostree.ext_format import IMAGE_REF_PREFIX, image_of_ref
+from pybootc.ostree.ext_format import IMAGE_REF_PREFIX, image_of_ref, image_ref
 from pybootc.ostree.origin import origin_image
-from pybootc.ostree.repo import list_refs
+from pybootc.ostree.repo import list_refs, resolve_ref
 from pybootc.ostree.sysroot import Sysroot, current_deployment
-from pybootc.stores import bootc_storage
+from pybootc.stores import Backend, bootc_storage
+from pybootc.stores.export import export_image
 from pybootc.stores.pipeline import collect_garbage
 
 if TYPE_CHECKING:
@@ -108,23 +110,58 @@ def images_table(images: Sequence[ListedImage]) -> Table:
     return table
 
 
-def _deployed_name(sysroot: Sysroot) -> str:
-    current = current_deployment(sysroot)
-    origin = origin_image(current) if current else None
-    if origin is None:
-        raise BootcError("No deployed image to copy; name one with --source")
-    return bootc_storage.stored_name(origin.imgref.imgref)
+def _exported(sysroot: Sysroot, commit: str, work: Path) -> str:
+    """The image of the merge commit `commit`, written from its layer commits into an
+    OCI layout in `work`: a source for skopeo."""
+    return export_image(sysroot.repo, commit, work / "layout", "image", work)
+
+
+def _copy_source(sysroot: Sysroot, source: str | None, work: Path) -> tuple[str, str]:
+    """(what to call the image, a skopeo source for it) for `image copy-to-storage`:
+    the image the next boot runs, or `source`: a name in bootc's storage, or an image
+    a deployment came from (as `image list` shows it)."""
+    storage = bootc_storage.bootc_storage(sysroot.path)
+    if source is None:
+        current = current_deployment(sysroot)
+        origin = origin_image(current) if current else None
+        if current is None or origin is None:
+            raise BootcError("No deployed image to copy; name one with --source")
+        if origin.backend is Backend.CONTAINER:
+            name = bootc_storage.stored_name(origin.imgref.imgref)
+            return name, storage.reference(name)
+        return str(origin.imgref.imgref), _exported(sysroot, current.checksum, work)
+    stored = {n for image in bootc_storage.list_images(storage) for n in image.names}
+    if source in stored:
+        return source, storage.reference(source)
+    try:
+        imgref = ImageReference.parse(source)
+    except BootcError:
+        imgref = None
+    commit = None
+    if imgref is not None:
+        commit = resolve_ref(sysroot.repo, image_ref(imgref))
+    if imgref is None or commit is None:
+        raise BootcError(f"No such image: {source}")
+    return str(imgref), _exported(sysroot, commit, work)
 
 
 def copy_to_storage(sysroot_path: Path, source: str | None, target: str | None) -> Report:
+    """Copy an image to the host's default storage, as upstream's `image
+    copy-to-storage`: from bootc's storage, or exported from the repo's layer
+    commits for an image the ostree backend fetched."""
     sysroot = Sysroot.open(sysroot_path)
-    storage = bootc_storage.bootc_storage(sysroot_path)
-    name = source or _deployed_name(sysroot)
-    destination = target or DEFAULT_COPY_TARGET
-    bootc_storage.copy_between(
-        storage.reference(name), f"{bootc_storage.DEFAULT_STORAGE}{destination}"
+    destination = f"{bootc_storage.DEFAULT_STORAGE}{target or DEFAULT_COPY_TARGET}"
+    with tempfile.TemporaryDirectory(
+        prefix="pybootc-export-", dir=sysroot.path / "ostree/repo/tmp"
+    ) as scratch:
+        work = Path(scratch)
+        shown, skopeo_source = _copy_source(sysroot, source, work)
+        digest_file = work / "digest"
+        bootc_storage.copy_between(skopeo_source, destination, ["--digestfile", str(digest_file)])
+        digest = digest_file.read_text().strip()
+    return Report(
+        (f"Copying local image {shown} to {destination} ...", f"Pushed: {destination} {digest}")
     )
-    return Report((f"Copied {name} to {bootc_storage.DEFAULT_STORAGE}{destination}",))
 
 
 def pull_from_default_storage(sysroot_path: Path, image: str) -> Report:

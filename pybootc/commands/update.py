@@ -49,7 +49,7 @@ def switch(
             prepared,
             stateroot=stateroot,
             auth=auth,
-            drop_ref=image_ref(current_image.imgref) if drop and current_image else None,
+            drop_ref=image_ref(current_image.imgref.imgref) if drop and current_image else None,
             progress=progress,
         )
     return queued(target, pulled)

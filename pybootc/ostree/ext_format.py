@@ -18,7 +18,7 @@ from pybootc.errors import BootcError
 from pybootc.ostree.gi import GLib
 
 if TYPE_CHECKING:
-    from pybootc.oci.imgref import OstreeImageReference
+    from pybootc.oci.imgref import ImageReference
     from pybootc.oci.metadata import ImageMetadata
 
 # Image refs and the ostree backend's layer refs alike.
@@ -105,10 +105,10 @@ def image_of_ref(ref: str) -> tuple[str, str] | None:
     return transport, name
 
 
-def image_ref(imgref: OstreeImageReference) -> str:
+def image_ref(imgref: ImageReference) -> str:
     """The ref that holds an image's merge commit: ostree-ext names it after
-    `transport:name`, whatever the signature policy."""
-    return image_ref_name(f"{imgref.imgref.transport.value}:{imgref.imgref.name}")
+    `transport:name` (whatever the signature policy of the reference it came by)."""
+    return image_ref_name(f"{imgref.transport.value}:{imgref.name}")
 
 
 def blob_ref(digest: str) -> str:

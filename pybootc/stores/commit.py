@@ -89,5 +89,5 @@ def finish_import(
             selinux_policy=root if has_policy and not disable_selinux else None,
             consume=True,
         )
-        set_ref(repo, image_ref(imgref), commit)
+        set_ref(repo, image_ref(imgref.imgref), commit)
     return commit

@@ -96,6 +96,15 @@ def _make_storable(layer_dir: Path) -> bool:
     return kept
 
 
+def special_file_kind(value: bytes) -> tuple[int, int, int]:
+    """What a placeholder's SPECIAL_XATTR says: its file type (S_IFCHR, ...), and the
+    device's major and minor numbers (0 where it has none)."""
+    kind, *numbers = value.decode().split()
+    fmt = {v: k for k, v in _KIND_LETTERS.items()}[kind]
+    major, minor = (int(numbers[0]), int(numbers[1])) if numbers else (0, 0)
+    return fmt, major, minor
+
+
 def restore_special_files(root: Path) -> None:
     """Give placeholder files in a merged tree back their device, FIFO or socket nature."""
     for dirpath, _, filenames in os.walk(root):
@@ -106,9 +115,8 @@ def restore_special_files(root: Path) -> None:
             except OSError:
                 continue
             st = path.lstat()
-            kind, *numbers = value.decode().split()
-            fmt = {v: k for k, v in _KIND_LETTERS.items()}[kind]
-            device = os.makedev(int(numbers[0]), int(numbers[1])) if numbers else 0
+            fmt, major, minor = special_file_kind(value)
+            device = os.makedev(major, minor)
             # Unlink, never change in place: the file is a hardlink into the repo.
             path.unlink()
             os.mknod(path, fmt | 0o600, device)
