@@ -14,7 +14,7 @@ import json
 import os
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TextIO
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from rich.console import Console
     from rich.progress import Progress as RichProgress
     from rich.progress import TaskID
+    from rich.status import Status
 
 PROTOCOL_VERSION = "0.1.0"
 TASK = "deploying"
@@ -35,6 +36,8 @@ STEPS = {
     "committing": "Committing to OSTree",
     "deploying": "Deploying",
 }
+# What a step counts, shown beside its spinner.
+UNITS = {"flattening": "entries", "committing": "paths"}
 # ProgressBytes events at most this often (s), and always when a layer completes.
 _EVENT_INTERVAL = 0.1
 
@@ -67,6 +70,24 @@ class _Fetch:
     @property
     def finished(self) -> int:
         return sum(1 for layer in self.layers.values() if layer.done >= layer.total)
+
+
+def _ignore_count(done: int) -> None:
+    """Nobody is watching."""
+
+
+def _status_counter(status: Status, text: str) -> Callable[[int], None]:
+    """Show the count on a spinner, at most every _EVENT_INTERVAL."""
+    last = 0.0
+
+    def counted(done: int) -> None:
+        nonlocal last
+        now = time.monotonic()
+        if now - last >= _EVENT_INTERVAL:
+            last = now
+            status.update(text.format(done))
+
+    return counted
 
 
 def _size(size: int) -> str:
@@ -246,12 +267,19 @@ class Progress:
         )
 
     @contextmanager
-    def step(self, name: str) -> Iterator[None]:
+    def step(self, name: str) -> Iterator[Callable[[int], None]]:
+        """A step begins and, at the end of the block, is complete. The block is given
+        a function to say how many of the step's things (UNITS) are done so far; on a
+        terminal the spinner shows it."""
         self._steps(name, completed=False)
         with ExitStack() as stack:
+            counted: Callable[[int], None] = _ignore_count
             if self._console is not None and name != "pulling":
-                stack.enter_context(self._console.status(f"{STEPS[name]}..."))
-            yield
+                status = stack.enter_context(self._console.status(f"{STEPS[name]}..."))
+                unit = UNITS.get(name)
+                if unit is not None:
+                    counted = _status_counter(status, f"{STEPS[name]}... {{}} {unit}")
+            yield counted
         self._done += 1
         self._steps(name, completed=True)
 

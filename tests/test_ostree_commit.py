@@ -280,3 +280,19 @@ def test_consume_with_a_policy_copies_unless_the_file_has_the_label(
     inodes = object_inodes(repo)
     assert links["bash"].stat().st_ino in inodes
     assert links["sh"].stat().st_ino not in inodes
+
+
+def test_commit_and_flatten_count_what_they_write(repo: OSTree.Repo, tmp_path: Path) -> None:
+    """Progress hears how far a long commit or merge has got: every 512 paths."""
+    from pybootc.layers.flatten import flatten_diff_dirs
+
+    layer = tmp_path / "layer"
+    (layer / "many").mkdir(parents=True)
+    for n in range(1100):
+        (layer / "many" / str(n)).write_text(str(n))
+    merged: list[int] = []
+    flatten_diff_dirs([layer], tmp_path / "merged", counted=merged.append)
+    assert merged == [512, 1024]
+    committed: list[int] = []
+    commit(repo, tmp_path / "merged", counted=committed.append)
+    assert committed == [512, 1024]

@@ -8,6 +8,7 @@ import os
 import random
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import jsonschema
@@ -90,14 +91,29 @@ def test_switch_reports_bytes_per_layer_then_each_step(
     }
 
 
-def on_a_terminal(argv: list[str]) -> tuple[int, str, str]:
-    """Run `argv` with stderr on a pty (stdout a pipe); exit status, what the terminal
-    got, stdout."""
+@dataclass
+class Terminal:
+    """What a command did on a terminal: its exit status, everything the terminal got,
+    stdout, and the screen as it was when a bar was first drawn (None if never),
+    with whether the command was still running then."""
+
+    rc: int
+    screen: str
+    out: str
+    while_fetching: str | None
+    running_then: bool
+
+
+def on_a_terminal(argv: list[str]) -> Terminal:
+    """Run `argv` with stderr on a pty (stdout a pipe), reading the terminal as the
+    command writes to it."""
     master, slave = os.openpty()
     env = {**os.environ, "TERM": "xterm-256color", "COLUMNS": "120", "LINES": "40"}
     proc = subprocess.Popen(argv, stdin=slave, stdout=subprocess.PIPE, stderr=slave, env=env)
     os.close(slave)
     screen = bytearray()
+    while_fetching: str | None = None
+    running_then = False
     while True:
         try:
             data = os.read(master, 1 << 16)
@@ -106,10 +122,14 @@ def on_a_terminal(argv: list[str]) -> tuple[int, str, str]:
         if not data:
             break
         screen += data
+        # A bar frame: rich's bar glyphs next to the total's name.
+        if while_fetching is None and b"Fetching" in screen and "━".encode() in screen:
+            while_fetching = screen.decode(errors="replace")
+            running_then = proc.poll() is None
     os.close(master)
     assert proc.stdout is not None
     out = proc.stdout.read().decode()
-    return proc.wait(), screen.decode(errors="replace"), out
+    return Terminal(proc.wait(), screen.decode(errors="replace"), out, while_fetching, running_then)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -121,16 +141,28 @@ def test_a_switch_on_a_terminal_draws_bars_and_says_what_it_fetches(
     size = sum(d["size"] for d in needed)
     from pybootc.ostree.gi import GLib
 
-    rc, screen, out = on_a_terminal([*BOOTC, "--sysroot", str(target), "switch", v2.docker])
-    assert rc == 0, screen
-    assert f"layers already present: 2; layers needed: 2 ({GLib.format_size(size)})" in screen
+    shown = on_a_terminal([*BOOTC, "--sysroot", str(target), "switch", v2.docker])
+    assert shown.rc == 0, shown.screen
+    # Read while it fetched: upstream's line, then the bars, the command still at work.
+    assert shown.while_fetching is not None and shown.running_then
+    layers_line = f"layers already present: 2; layers needed: 2 ({GLib.format_size(size)})"
+    assert layers_line in shown.while_fetching
     # rich's bars: one per layer and the total, with its bar glyphs and byte counts.
     for descriptor in needed:
-        assert f"Layer {descriptor['digest'].removeprefix('sha256:')[:12]}" in screen
-    assert "Fetching" in screen and "━" in screen and "MB" in screen
-    assert "Fetched layers: " in screen
+        assert f"Layer {descriptor['digest'].removeprefix('sha256:')[:12]}" in shown.screen
+    assert "MB" in shown.screen and "Fetched layers: " in shown.screen
+    # The steps after it, each with a spinner.
+    for step in ("Flattening and post-processing the layers", "Committing to OSTree", "Deploying"):
+        assert f"{step}..." in shown.screen
     # What the verb says stays on stdout, and nothing of the progress goes there.
-    assert out.startswith("Queued for next boot: ") and "layers already present" not in out
+    assert shown.out.startswith("Queued for next boot: ")
+    assert "layers already present" not in shown.out
+    if backend == "container":
+        # A third image pushes the first deployment out; its image goes, and says so.
+        v3 = publish(registry, tmp_path, bulky("3.0"), repo=f"pybootc/pty-{backend}-3")
+        third = on_a_terminal([*BOOTC, "--sysroot", str(target), "switch", v3.docker])
+        assert third.rc == 0, third.screen
+        assert "Pruned images: 1 (" in third.screen
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -138,10 +170,8 @@ def test_no_progress_off_a_terminal_or_with_quiet(
     registry: Registry, target: Path, tmp_path: Path, backend: str
 ) -> None:
     _, v2 = installed_with_update(registry, target, tmp_path, backend, "quiet")
-    rc, screen, out = on_a_terminal(
-        [*BOOTC, "--sysroot", str(target), "switch", "--quiet", v2.docker]
-    )
-    assert rc == 0 and screen == "" and out.startswith("Queued for next boot: ")
+    shown = on_a_terminal([*BOOTC, "--sysroot", str(target), "switch", "--quiet", v2.docker])
+    assert shown.rc == 0 and shown.screen == "" and shown.out.startswith("Queued for next boot: ")
     v3 = publish(registry, tmp_path, bulky("3.0"), repo=f"pybootc/quiet-{backend}-3")
     proc = subprocess.run(
         [*BOOTC, "--sysroot", str(target), "switch", v3.docker],

@@ -17,6 +17,8 @@ from pybootc.layers.diffdir import LayerEntry
 from pybootc.layers.paths import is_overlay_xattr
 
 _COPY_CHUNK = 1 << 30
+# How often (in entries) the sink says how far it has got.
+_REPORT_EVERY = 512
 _NO_COPY_FILE_RANGE = (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP)
 
 
@@ -63,8 +65,11 @@ class DirectorySink:
         *,
         move: bool,
         movable: Callable[[LayerEntry], bool] | None = None,
+        counted: Callable[[int], None] | None = None,
     ) -> None:
         self.root_fd = root_fd
+        # Told the number of entries written so far, now and then (progress).
+        self.counted = counted
         self.move = move
         # Which directories may be moved whole: those of our own scratch layers
         # with no whiteout or opaque marker below them.
@@ -73,9 +78,14 @@ class DirectorySink:
         self._first_name: dict[tuple[int, int], str] = {}
         self._warnings: list[str] = []
 
+    def _entry(self) -> None:
+        self.stats.entries += 1
+        if self.counted is not None and self.stats.entries % _REPORT_EVERY == 0:
+            self.counted(self.stats.entries)
+
     def directory(self, path: str, entry: LayerEntry) -> None:
         os.mkdir(path, 0o700, dir_fd=self.root_fd)
-        self.stats.entries += 1
+        self._entry()
 
     def finish_directory(self, path: str, entry: LayerEntry) -> None:
         st = entry.st
@@ -99,21 +109,21 @@ class DirectorySink:
     def _count_moved(self, path: str) -> None:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=self.root_fd)
         try:
-            self.stats.entries += 1
+            self._entry()
             with os.scandir(fd) as it:
                 entries = list(it)
             for item in entries:
                 if item.is_dir(follow_symlinks=False):
                     self._count_moved(f"{path}/{item.name}")
                     continue
-                self.stats.entries += 1
+                self._entry()
                 if item.is_file(follow_symlinks=False):
                     self.stats.bytes += item.stat(follow_symlinks=False).st_size
         finally:
             os.close(fd)
 
     def leaf(self, path: str, entry: LayerEntry) -> None:
-        self.stats.entries += 1
+        self._entry()
         st = entry.st
         if stat.S_ISREG(st.st_mode):
             self.stats.bytes += st.st_size

@@ -6,7 +6,7 @@ from the image's own policy, the image's created time)
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -23,11 +23,35 @@ def libostree_errors(what: str) -> Iterator[None]:
         raise BootcError(str(err.message), context=(what,)) from err
 
 
-def _commit_modifier(selinux_policy: Path | None, consume: bool) -> OSTree.RepoCommitModifier:
+# How often (in paths) a commit says how far it has got.
+_REPORT_EVERY = 512
+
+
+def _counting_filter(
+    counted: Callable[[int], None],
+) -> Callable[..., OSTree.RepoCommitFilterResult]:
+    """A commit filter that lets every path in and tells `counted` how many it has seen."""
+    seen = 0
+
+    def each_path(*_: object) -> OSTree.RepoCommitFilterResult:
+        nonlocal seen
+        seen += 1
+        if seen % _REPORT_EVERY == 0:
+            counted(seen)
+        return OSTree.RepoCommitFilterResult.ALLOW
+
+    return each_path
+
+
+def _commit_modifier(
+    selinux_policy: Path | None, consume: bool, counted: Callable[[int], None] | None
+) -> OSTree.RepoCommitModifier:
     flags = OSTree.RepoCommitModifierFlags.NONE
     if consume:
         flags |= OSTree.RepoCommitModifierFlags.CONSUME
-    modifier = OSTree.RepoCommitModifier.new(flags, None)
+    # The filter costs a call into Python per path: only when someone is watching.
+    each_path = _counting_filter(counted) if counted is not None else None
+    modifier = OSTree.RepoCommitModifier.new(flags, each_path, None)
     if selinux_policy is not None:
         # SePolicy reads etc/selinux/config, else usr/etc/selinux/config, under the root.
         # A policy that is absent or SELINUX=disabled has no name and labels nothing,
@@ -62,6 +86,7 @@ def commit_directory(
     selinux_policy: Path | None,
     consume: bool = False,
     parent: str | None = None,
+    counted: Callable[[int], None] | None = None,
 ) -> str:
     """Commit the directory `tree` (its root's own mode and xattrs included); return the
     commit checksum.
@@ -69,9 +94,10 @@ def commit_directory(
     `metadata` becomes the commit's a{sv} metadata and `timestamp` (seconds since the
     epoch, the image's created time) its timestamp. With `selinux_policy` (a root that
     holds etc/selinux or usr/etc/selinux) every path gets the label that policy gives it.
-    With `consume`, files are moved into the repo and the tree is deleted.
+    With `consume`, files are moved into the repo and the tree is deleted. `counted`
+    is told how many paths have been committed, now and then.
     """
-    modifier = _commit_modifier(selinux_policy, consume)
+    modifier = _commit_modifier(selinux_policy, consume, counted)
     with libostree_errors(f"Committing {tree}"):
         repo.prepare_transaction(None)
         try:

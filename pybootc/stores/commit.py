@@ -75,7 +75,7 @@ def finish_import(
         result = postprocess_tree(root, keep_var=ostree_seeds_var())
     for warning in result.warnings:
         log.warning("%s", warning)
-    with error_context(f"Importing {imgref}"), progress.step("committing"):
+    with error_context(f"Importing {imgref}"), progress.step("committing") as counted:
         variants = image_commit_metadata(metadata)
         if metadata.config.version:
             variants["version"] = GLib.Variant("s", metadata.config.version)
@@ -88,6 +88,7 @@ def finish_import(
             timestamp=_timestamp(metadata.config.created),
             selinux_policy=root if has_policy and not disable_selinux else None,
             consume=True,
+            counted=counted,
         )
         set_ref(repo, image_ref(imgref.imgref), commit)
     return commit

@@ -12,7 +12,7 @@ import os
 import re
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,8 +41,8 @@ class _StoredImage:
     diff_dirs: tuple[Path, ...]
     metadata: ImageMetadata
 
-    def flatten(self, work: Path, root: Path) -> None:
-        flatten_diff_dirs(self.diff_dirs, root)
+    def flatten(self, work: Path, root: Path, counted: Callable[[int], None]) -> None:
+        flatten_diff_dirs(self.diff_dirs, root, counted=counted)
 
 
 # How skopeo names the layer containers-storage would not unpack.

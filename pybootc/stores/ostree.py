@@ -207,14 +207,18 @@ def import_layers(
 
 
 def flatten_layer_commits(
-    repo: OSTree.Repo, layers: ImportedLayers, work: Path, output: Path
+    repo: OSTree.Repo,
+    layers: ImportedLayers,
+    work: Path,
+    output: Path,
+    counted: Callable[[int], None] | None = None,
 ) -> None:
     """The image's tree at `output` (created), merged from checkouts of its layer commits."""
     checkouts = []
     for index, commit in enumerate(layers.commits):
         checkouts.append(work / f"checkout-{index}")
         checkout(repo, commit, checkouts[-1])
-    flatten_diff_dirs(checkouts, output, consume=True)
+    flatten_diff_dirs(checkouts, output, consume=True, counted=counted)
     if layers.has_special_files:
         restore_special_files(output)
 
@@ -227,8 +231,8 @@ class _FetchedLayers:
     layers: ImportedLayers
     metadata: ImageMetadata
 
-    def flatten(self, work: Path, root: Path) -> None:
-        flatten_layer_commits(self.repo, self.layers, work, root)
+    def flatten(self, work: Path, root: Path, counted: Callable[[int], None]) -> None:
+        flatten_layer_commits(self.repo, self.layers, work, root, counted)
 
 
 class OstreeStore:

@@ -100,8 +100,8 @@ def import_image(
         with progress.step("pulling"), progress.fetching():
             fetched = store.fetch(prepared.target, prepared.metadata, work, auth, progress)
         root = work / "root"
-        with error_context(f"Importing {imgref}"), progress.step("flattening"):
-            fetched.flatten(work, root)
+        with error_context(f"Importing {imgref}"), progress.step("flattening") as counted:
+            fetched.flatten(work, root, counted)
         commit = finish_import(
             sysroot.repo,
             root,

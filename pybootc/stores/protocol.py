@@ -9,7 +9,7 @@ the stores knows how either keeps them.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Protocol, runtime_checkable
@@ -72,8 +72,9 @@ class FetchedImage(Protocol):
     def metadata(self) -> ImageMetadata:
         """The manifest and config the commit records."""
 
-    def flatten(self, work: Path, root: Path) -> None:
-        """Write the image's merged tree to `root` (created), using `work` for scratch."""
+    def flatten(self, work: Path, root: Path, counted: Callable[[int], None]) -> None:
+        """Write the image's merged tree to `root` (created), using `work` for scratch,
+        telling `counted` how many entries are written, now and then."""
 
 
 @runtime_checkable
