@@ -21,11 +21,16 @@ from pybootc.errors import BootcError
 from pybootc.stores import Backend
 
 if TYPE_CHECKING:
+    from typing import TypeAlias
+
     from rich.table import Table
 
     from pybootc.commands.report import Report
     from pybootc.oci.imgref import OstreeImageReference
     from pybootc.progress import Progress
+
+    # Where a verb adds its sub-verbs.
+    Verbs: TypeAlias = argparse._SubParsersAction["_VerbParser"]
 
 
 def _print(lines: Sequence[str]) -> None:
@@ -344,7 +349,7 @@ def _wipe_ostree(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_state(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def _add_state(verbs: Verbs) -> None:
     state = verbs.add_parser("state", help="modify the state of the system")
     state_verbs = state.add_subparsers(dest="state_verb", required=True)
     wipe = state_verbs.add_parser(
@@ -369,7 +374,7 @@ def _container_lint(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_container(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def _add_container(verbs: Verbs) -> None:
     container = verbs.add_parser("container", help="operations on a container image's root")
     container_verbs = container.add_subparsers(dest="container_verb", required=True)
     checks = container_verbs.add_parser(
@@ -391,7 +396,7 @@ def _add_container(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -
     checks.set_defaults(func=_container_lint)
 
 
-def _add_install(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def _add_install(verbs: Verbs) -> None:
     install = verbs.add_parser("install", help="install to a target")
     install_verbs = install.add_subparsers(dest="install_verb", required=True)
     to_fs = install_verbs.add_parser("to-filesystem", help="install into a mounted filesystem")
@@ -423,7 +428,7 @@ def _add_install(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     to_disk.set_defaults(func=_install_to_disk)
 
 
-def _add_internals(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def _add_internals(verbs: Verbs) -> None:
     internals = verbs.add_parser("internals", help="internal and debugging commands")
     internal_verbs = internals.add_subparsers(dest="internal_verb", required=True)
     flatten = internal_verbs.add_parser(
@@ -447,7 +452,7 @@ def _add_internals(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -
         podman.set_defaults(func=_podman)
 
 
-def _add_image(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def _add_image(verbs: Verbs) -> None:
     image = verbs.add_parser("image", help="images in bootc's container storage")
     image_verbs = image.add_subparsers(dest="image_verb", required=True)
     listing = image_verbs.add_parser(
@@ -516,19 +521,18 @@ EXAMPLES = {
 }
 
 
-def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
-    found: dict[str, argparse.ArgumentParser] = {}
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            found.update(action.choices)
-    return found
+class _VerbParser(argparse.ArgumentParser):
+    """A parser whose --help ends with its verb's example (EXAMPLES). argparse makes
+    every sub-parser of the same class, named `bootc VERB SUBVERB`: the words after
+    `bootc` find the example."""
 
-
-def _add_examples(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> None:
-    parser.epilog = "example:\n  " + EXAMPLES[path]
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    for name, child in _subparsers(parser).items():
-        _add_examples(child, (*path, name))
+    def __init__(self, **kwargs: Any) -> None:
+        words = tuple(str(kwargs.get("prog", "bootc")).split()[1:])
+        super().__init__(
+            epilog="example:\n  " + EXAMPLES[words],
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+            **kwargs,
+        )
 
 
 def _version() -> str:
@@ -542,7 +546,7 @@ def _version() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bootc", description="Image-based OS updates (pybootc)")
+    parser = _VerbParser(prog="bootc", description="Image-based OS updates (pybootc)")
     parser.add_argument(
         "--sysroot", type=Path, default=Path("/"), help="the system root (default /)"
     )
@@ -649,7 +653,6 @@ def build_parser() -> argparse.ArgumentParser:
     completion = verbs.add_parser("completion", help="print a shell completion script")
     completion.add_argument("shell", choices=["bash", "zsh", "fish", "tcsh"], help="the shell")
     completion.set_defaults(func=_completion)
-    _add_examples(parser)
     return parser
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shlex
 from pathlib import Path
 
 import pytest
@@ -69,6 +70,56 @@ def test_every_option_has_help_and_every_verb_ends_with_an_example() -> None:
         example = text.rstrip().rsplit("\nexample:\n", 1)
         assert len(example) == 2, (path, text)
         assert all(line.startswith("  bootc ") for line in example[1].splitlines()), path
+
+
+# Golden: the example each verb's --help ends with.
+HELP_EXAMPLES = {
+    "": "bootc status",
+    "status": "bootc status --format json",
+    "switch": "bootc switch quay.io/example/os:latest\nbootc switch --transport oci /srv/layout:v2",
+    "upgrade": "bootc upgrade --check\nbootc upgrade --apply\nbootc upgrade --tag v2.0",
+    "update": "bootc upgrade --check\nbootc upgrade --apply\nbootc upgrade --tag v2.0",
+    "rollback": "bootc rollback --apply",
+    "usr-overlay": "bootc usr-overlay",
+    "usroverlay": "bootc usr-overlay",
+    "edit": "bootc edit -f host.yaml",
+    "install": "bootc install to-filesystem --source-imgref quay.io/example/os:1 /mnt",
+    "install to-filesystem": (
+        "bootc install to-filesystem --source-imgref quay.io/example/os:1 /mnt"
+    ),
+    "install print-configuration": "bootc install print-configuration --all",
+    "install to-disk": (
+        "bootc install to-disk --via-loopback --source-imgref oci:/srv/layout:v1 disk.img"
+    ),
+    "container": "bootc container lint",
+    "container lint": "bootc container lint --rootfs /srv/os --skip var-log --fatal-warnings",
+    "state": "bootc state wipe-ostree",
+    "state wipe-ostree": "bootc --sysroot /mnt state wipe-ostree --yes",
+    "image": "bootc image list",
+    "image list": "bootc image list --format json",
+    "image copy-to-storage": "bootc image copy-to-storage --target localhost/os",
+    "image pull-from-default-storage": "bootc image pull-from-default-storage localhost/os",
+    "image prune": "bootc image prune",
+    "internals": "bootc internals flatten oci:/srv/layout:v1 --output /tmp/tree",
+    "internals flatten": "bootc internals flatten oci:/srv/layout:v1 --output /tmp/tree",
+    "internals podman": "bootc internals podman images",
+    "internal-podman": "bootc internal-podman images",
+    "completion": "bootc completion bash > /etc/bash_completion.d/bootc",
+}
+
+
+def test_every_verb_s_help_ends_with_its_example_and_the_example_parses() -> None:
+    parser = build_parser()
+    shown = {}
+    for path, verb in _verbs(parser):
+        example = verb.format_help().rstrip().rsplit("\nexample:\n", 1)[1]
+        shown[" ".join(path)] = "\n".join(line.strip() for line in example.splitlines())
+    assert shown == HELP_EXAMPLES
+    for example in HELP_EXAMPLES.values():
+        for line in example.splitlines():
+            words = shlex.split(line.split(" > ")[0])
+            assert words[0] == "bootc"
+            parser.parse_args(words[1:])  # exits 2, failing the test, if it does not parse
 
 
 def test_switch_help_ends_as_written() -> None:
