@@ -216,7 +216,15 @@ def test_images_move_between_bootc_and_host_storage(
 
     extra = publish(registry, tmp_path, sample_image("9.9"), repo="pybootc/extra")
     subprocess.run(
-        ["skopeo", "copy", "--quiet", extra.docker, "containers-storage:localhost/extra:1"],
+        [
+            "skopeo",
+            "--tmpdir",
+            str(tmp_path),
+            "copy",
+            "--quiet",
+            extra.docker,
+            "containers-storage:localhost/extra:1",
+        ],
         check=True,
     )
     ok(bootc("image", "pull-from-default-storage", "localhost/extra:1", sysroot=target))

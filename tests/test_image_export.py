@@ -5,8 +5,12 @@ the original image's tree, and installed again it gives the deployed commit's tr
 from __future__ import annotations
 
 import dataclasses
+import os
+import shutil
 import subprocess
 from pathlib import Path
+
+import pytest
 
 from pybootc.layers.listing import ListedEntry, list_tree
 from pybootc.ostree.repo import root_tree_checksum
@@ -52,7 +56,15 @@ def test_an_ostree_backend_image_is_exported_from_its_layer_commits(
     assert out[0] == f"Copying local image oci:{layout.path}:os to {destination} ..."
     assert out[1].startswith(f"Pushed: {destination} sha256:") and len(out) == 2
     subprocess.run(
-        ["skopeo", "copy", "--quiet", layout.ref("os"), "containers-storage:localhost/original"],
+        [
+            "skopeo",
+            "--tmpdir",
+            str(tmp_path),
+            "copy",
+            "--quiet",
+            layout.ref("os"),
+            "containers-storage:localhost/original",
+        ],
         check=True,
     )
     assert tree_of_image(host_storage, "localhost/bootc") == tree_of_image(
@@ -83,3 +95,28 @@ def test_copy_to_storage_names_an_image_by_what_image_list_shows(
     proc = bootc("image", "copy-to-storage", "--source", "oci:/nonexistent:x", sysroot=target)
     assert one_error_line(proc) == "error: No such image: oci:/nonexistent:x"
     assert state(target) == before
+
+
+def test_copies_stage_in_a_work_directory_that_goes_with_them(
+    tmp_path: Path, target: Path, host_storage: ContainersStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """skopeo 1.9 leaves the layers it stages for containers-storage in /var/tmp: each
+    copy stages in a directory of its own under the repo's tmp, removed afterwards."""
+    layout = OciLayout(tmp_path / "oci")
+    layout.add_image("os", sample_image("1.0"))
+    ok(install(target, layout.ref("os"), backend="ostree"))
+    real = shutil.which("skopeo")
+    assert real is not None
+    wrappers = tmp_path / "bin"
+    wrappers.mkdir()
+    argv_log = tmp_path / "skopeo-argv"
+    (wrappers / "skopeo").write_text(f'#!/bin/sh\necho "$*" >> {argv_log}\nexec {real} "$@"\n')
+    (wrappers / "skopeo").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{wrappers}:{os.environ['PATH']}")
+    ok(bootc("image", "copy-to-storage", sysroot=target))
+    ok(bootc("image", "pull-from-default-storage", "localhost/bootc", sysroot=target))
+    copies = [line for line in argv_log.read_text().splitlines() if " copy " in line]
+    assert len(copies) == 2
+    for line in copies:
+        assert line.startswith(f"--tmpdir {target}/ostree/repo/tmp/pybootc-copy-"), line
+    assert not [p for p in (target / "ostree/repo/tmp").iterdir() if p.name.startswith("pybootc")]

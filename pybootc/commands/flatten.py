@@ -40,7 +40,11 @@ def flatten_from_blobs(image: str, output: Path) -> FlattenSummary:
     from pybootc.oci.auth import RegistryAuth
     from pybootc.oci.proxy import ImageProxy
 
-    with ImageProxy(auth=RegistryAuth.find(Path("/"))) as proxy:
+    with (
+        # Beside the output: what skopeo stages goes with it.
+        tempfile.TemporaryDirectory(prefix=".pybootc-staging-", dir=output.parent) as staging,
+        ImageProxy(auth=RegistryAuth.find(Path("/")), staging=Path(staging)) as proxy,
+    ):
         opened = proxy.open_image(image)
         manifest = Manifest.parse(proxy.fetch_manifest(opened)[0])
         config = ImageConfig.parse(proxy.fetch_config(opened))

@@ -11,7 +11,8 @@ import dataclasses
 import enum
 import json
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -145,19 +146,28 @@ def _copy_source(sysroot: Sysroot, source: str | None, work: Path) -> tuple[str,
     return str(imgref), _exported(sysroot, commit, work)
 
 
+@contextmanager
+def _scratch(sysroot: Sysroot) -> Iterator[Path]:
+    """A work directory in the repo's filesystem (a checkout there is hardlinks),
+    removed afterwards with whatever skopeo staged in it."""
+    with tempfile.TemporaryDirectory(
+        prefix="pybootc-copy-", dir=sysroot.path / "ostree/repo/tmp"
+    ) as scratch:
+        yield Path(scratch)
+
+
 def copy_to_storage(sysroot_path: Path, source: str | None, target: str | None) -> Report:
     """Copy an image to the host's default storage, as upstream's `image
     copy-to-storage`: from bootc's storage, or exported from the repo's layer
     commits for an image the ostree backend fetched."""
     sysroot = Sysroot.open(sysroot_path)
     destination = f"{bootc_storage.DEFAULT_STORAGE}{target or DEFAULT_COPY_TARGET}"
-    with tempfile.TemporaryDirectory(
-        prefix="pybootc-export-", dir=sysroot.path / "ostree/repo/tmp"
-    ) as scratch:
-        work = Path(scratch)
+    with _scratch(sysroot) as work:
         shown, skopeo_source = _copy_source(sysroot, source, work)
         digest_file = work / "digest"
-        bootc_storage.copy_between(skopeo_source, destination, ["--digestfile", str(digest_file)])
+        bootc_storage.copy_between(
+            skopeo_source, destination, staging=work, extra=["--digestfile", str(digest_file)]
+        )
         digest = digest_file.read_text().strip()
     return Report(
         (f"Copying local image {shown} to {destination} ...", f"Pushed: {destination} {digest}")
@@ -165,10 +175,12 @@ def copy_to_storage(sysroot_path: Path, source: str | None, target: str | None) 
 
 
 def pull_from_default_storage(sysroot_path: Path, image: str) -> Report:
-    Sysroot.open(sysroot_path)
+    sysroot = Sysroot.open(sysroot_path)
     storage = bootc_storage.bootc_storage(sysroot_path)
     name = bootc_storage.stored_name(ImageReference(Transport.CONTAINERS_STORAGE, image))
-    bootc_storage.copy_between(f"{bootc_storage.DEFAULT_STORAGE}{image}", storage.reference(name))
+    with _scratch(sysroot) as work:
+        source = f"{bootc_storage.DEFAULT_STORAGE}{image}"
+        bootc_storage.copy_between(source, storage.reference(name), staging=work)
     return Report((f"Copied {bootc_storage.DEFAULT_STORAGE}{image} to bootc's storage as {name}",))
 
 

@@ -111,7 +111,11 @@ class ImageProxy:
         auth: RegistryAuth = ANONYMOUS,
         insecure_skip_tls_verification: bool = False,
         cert_dir: Path | None = None,
+        staging: Path | None = None,
     ) -> None:
+        # skopeo writes what it reads of a containers-storage image to temporary files,
+        # in /var/tmp unless told, and 1.9 leaves them there: `staging` is the caller's.
+        self._global = ["--tmpdir", os.fspath(staging)] if staging is not None else []
         options = auth.options()
         if insecure_skip_tls_verification:
             options.append("--tls-verify=false")
@@ -159,6 +163,7 @@ class ImageProxy:
         try:
             self._argv = [
                 "skopeo",
+                *self._global,
                 # Newer proxies apply it at OpenImage; pybootc checks it before, too.
                 *policy_options(),
                 "experimental-image-proxy",

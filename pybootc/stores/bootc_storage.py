@@ -145,5 +145,10 @@ def remove_unused(storage: ContainersStorage, keep: Iterable[str]) -> list[str]:
     return removed
 
 
-def copy_between(source: str, destination: str, extra: Sequence[str] = ()) -> None:
-    tools.run(["skopeo", "copy", "--quiet", *extra, source, destination])
+def copy_between(
+    source: str, destination: str, *, staging: Path, extra: Sequence[str] = ()
+) -> None:
+    """`skopeo copy`, staging blobs in `staging`, which the caller removes afterwards:
+    skopeo 1.9 leaves the uncompressed layers it stages for containers-storage behind
+    in its default, /var/tmp, even when the copy succeeds."""
+    tools.run(["skopeo", "--tmpdir", str(staging), "copy", "--quiet", *extra, source, destination])

@@ -62,7 +62,10 @@ def _explain_refused_layer(
     if index is None or layers[index].layer_format.encrypted:
         return
     descriptor = layers[index]
-    with ImageProxy(auth=auth) as proxy, tempfile.TemporaryDirectory(dir=work) as scratch:
+    with (
+        tempfile.TemporaryDirectory(dir=work) as scratch,
+        ImageProxy(auth=auth, staging=Path(scratch)) as proxy,
+    ):
         opened = proxy.open_image(target.imgref.imgref.to_skopeo())
         layer = BlobLayer(
             descriptor,

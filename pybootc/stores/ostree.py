@@ -185,7 +185,7 @@ def import_layers(
     layers = metadata.manifest.layers
     commits: list[str] = []
     fetched = 0
-    with ImageProxy(auth=auth) as proxy:
+    with ImageProxy(auth=auth, staging=work) as proxy:
         opened = proxy.open_image(imgref.imgref.to_skopeo())
         for descriptor, diff_id in zip(layers, metadata.config.diff_ids, strict=True):
             existing = resolve_ref(repo, blob_ref(descriptor.digest))
