@@ -106,6 +106,7 @@ def bootc_configured(config: dict[str, str], *args: str) -> subprocess.Completed
     )  # fmt: skip
 
 
+@pytest.mark.root  # a mount namespace of its own
 def test_print_configuration_prints_canonical_json() -> None:
     assert ok(bootc_configured({}, "install", "print-configuration")) == NO_CONFIGURATION
     config = {"00.toml": '[install]\nroot-fs-type = "xfs"\nkargs = ["quiet"]\n'}
