@@ -1,0 +1,120 @@
+"""pybootc's own object writes give the checksums libostree gives the same files, and
+never replace an object the repo has."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pybootc.ostree.gi import Gio, OSTree
+from pybootc.ostree.objects import FileMeta, ObjectWriter
+
+pytestmark = pytest.mark.root  # owners and trusted xattrs
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> OSTree.Repo:
+    created = OSTree.Repo.new(Gio.File.new_for_path(str(tmp_path / "repo")))
+    created.create(OSTree.RepoMode.BARE, None)
+    return created
+
+
+def libostree_checksum(path: Path) -> str:
+    _, raw = OSTree.checksum_file(Gio.File.new_for_path(str(path)), OSTree.ObjectType.FILE, None)
+    return str(OSTree.checksum_from_bytes(raw))
+
+
+def meta_of(path: Path) -> FileMeta:
+    st_ = path.lstat()
+    xattrs = {
+        n: os.getxattr(path, n, follow_symlinks=False)
+        for n in os.listxattr(path, follow_symlinks=False)
+    }
+    return FileMeta.of(st_.st_uid, st_.st_gid, st_.st_mode, xattrs)
+
+
+XATTR_NAMES = st.sampled_from(["user.a", "user.zz", "trusted.x", "trusted.b"])
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    data=st.binary(max_size=3 << 20),
+    shape=st.tuples(
+        st.sampled_from([0o644, 0o755, 0o4755, 0o2711, 0o1777, 0o600]),
+        st.tuples(st.integers(0, 70000), st.integers(0, 70000)),
+        st.dictionaries(XATTR_NAMES, st.binary(min_size=1, max_size=40), max_size=3),
+    ),
+)
+def test_regular_files_get_libostree_s_checksums(
+    repo: OSTree.Repo,
+    tmp_path: Path,
+    data: bytes,
+    shape: tuple[int, tuple[int, int], dict[str, bytes]],
+) -> None:
+    mode, owner, xattrs = shape
+    path = tmp_path / "file"
+    path.unlink(missing_ok=True)
+    path.write_bytes(data)
+    os.chown(path, *owner)
+    for name, value in xattrs.items():
+        os.setxattr(path, name, value)
+    os.chmod(path, mode)
+    meta = meta_of(path)
+    writer = ObjectWriter(repo)
+    repo.prepare_transaction(None)
+    from_bytes = writer.regular_from_bytes(meta, data)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        from_fd = writer.regular_from_fd(meta, fd, len(data))
+    finally:
+        os.close(fd)
+    repo.commit_transaction(None)
+    assert from_bytes == from_fd == libostree_checksum(path)
+    # What was written is what libostree reads back as that object.
+    _, _stream, info, _ = repo.load_file(from_bytes, None)
+    assert (
+        info.get_size() == len(data)
+        and stat.S_IMODE(info.get_attribute_uint32("unix::mode")) == mode
+    )
+
+
+def test_symlinks_and_directories_get_libostree_s_checksums(
+    repo: OSTree.Repo, tmp_path: Path
+) -> None:
+    tree = tmp_path / "tree"
+    (tree / "d").mkdir(parents=True)
+    os.chown(tree / "d", 5, 6)
+    os.chmod(tree / "d", 0o2750)
+    os.setxattr(tree / "d", "user.tag", b"v")
+    (tree / "link").symlink_to("d/nowhere")
+    writer = ObjectWriter(repo)
+    repo.prepare_transaction(None)
+    link = writer.symlink(meta_of(tree / "link"), "d/nowhere")
+    dirmeta = writer.dirmeta(meta_of(tree / "d"))
+    mtree = OSTree.MutableTree.new()
+    repo.write_directory_to_mtree(Gio.File.new_for_path(str(tree)), mtree, None, None)
+    repo.commit_transaction(None)
+    assert mtree.get_files()["link"] == link
+    assert mtree.get_subdirs()["d"].get_metadata_checksum() == dirmeta
+
+
+def test_an_object_the_repo_has_is_never_replaced(repo: OSTree.Repo, tmp_path: Path) -> None:
+    """The deployments hardlink the repo's objects: rewriting one must keep its inode."""
+    writer = ObjectWriter(repo)
+    meta = FileMeta.of(0, 0, stat.S_IFREG | 0o644, {})
+    repo.prepare_transaction(None)
+    checksum = writer.regular_from_bytes(meta, b"kept")
+    repo.commit_transaction(None)
+    obj = tmp_path / "repo/objects" / checksum[:2] / f"{checksum[2:]}.file"
+    inode = obj.stat().st_ino
+    repo.prepare_transaction(None)
+    assert writer.regular_from_bytes(meta, b"kept") == checksum
+    repo.commit_transaction(None)
+    assert obj.stat().st_ino == inode
