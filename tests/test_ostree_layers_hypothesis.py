@@ -1,10 +1,10 @@
 """The ostree backend's path to a tree, on random layer stacks, against the kernel.
 
-Each layer goes through what the backend does with it: unpacked, made storable
-(whiteouts as `.wh.` files, devices and FIFOs as placeholders), committed,
-checked out and merged. The result must be the kernel's overlay view. OSTree
-keeps no hardlink identity (identical files share one object), so hardlink
-groups are left out of the comparison.
+Each layer goes through what the backend does with it: its tar stream read into a
+layer commit (whiteouts as `.wh.` files, devices and FIFOs as placeholders), the
+layer commits merged in memory and the merged tree checked out. The result must be
+the kernel's overlay view. OSTree keeps no hardlink identity (identical files share
+one object), so hardlink groups are left out of the comparison.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pybootc.oci.imgref import ImageReference, OstreeImageReference, SignatureSo
 from pybootc.oci.metadata import fetch_image_metadata
 from pybootc.ostree.gi import Gio, OSTree
 from pybootc.sample.ocibuild import Layer
-from pybootc.stores.ostree import flatten_layer_commits, import_layers
+from pybootc.stores.ostree import import_layers
 from tests.strategies import layers
 from tests.support import Oracle
 
@@ -69,7 +69,7 @@ def test_layer_commits_merge_to_the_kernel_view(
     try:
         metadata = fetch_image_metadata(imgref.imgref)
         imported = import_layers(ostree_repo, imgref, metadata, scratch)
-        flatten_layer_commits(ostree_repo, imported, scratch, scratch / "root")
+        imported.flatten(scratch / "root")
         ours = [dataclasses.replace(e, link_group=None) for e in list_tree(scratch / "root")]
         want = [dataclasses.replace(e, link_group=None) for e in kernel]
         assert not diff_listings(want, ours), "\n".join(diff_listings(want, ours))

@@ -11,8 +11,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from pybootc.layers.tree import FileMeta
 from pybootc.ostree.gi import Gio, OSTree
-from pybootc.ostree.objects import FileMeta, ObjectWriter
+from pybootc.ostree.objects import ObjectWriter
 
 pytestmark = pytest.mark.root  # owners and trusted xattrs
 

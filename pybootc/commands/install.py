@@ -106,7 +106,8 @@ def install_to_filesystem(
         tuple(checked("--karg", kargs)),
         tuple(checked("the install configuration", config.get("karg-deletes", ()))),
     )
-    stateroot = stateroot or config.get("stateroot") or DEFAULT_STATEROOT
+    if stateroot is None:
+        stateroot = config.get("stateroot") or DEFAULT_STATEROOT
     _check_empty_target(path)
     origin = OriginImage(source, backend, decryption_key)
     # The installer's own credentials, as upstream's install uses.

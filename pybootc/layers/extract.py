@@ -42,7 +42,7 @@ class LayerStats:
             self.marked_dirs.add(join(directory[:depth]))
 
 
-def _xattrs(member: tarfile.TarInfo) -> Iterator[tuple[str, bytes]]:
+def member_xattrs(member: tarfile.TarInfo) -> Iterator[tuple[str, bytes]]:
     for key, value in member.pax_headers.items():
         if key.startswith(_XATTR_PREFIX):
             name = key[len(_XATTR_PREFIX) :]
@@ -242,7 +242,7 @@ class LayerExtractor:
                 os.fchown(fd, member.uid, member.gid)
             else:
                 os.chown(name, member.uid, member.gid, dir_fd=parent, follow_symlinks=False)
-        for key, value in _xattrs(member):
+        for key, value in member_xattrs(member):
             if fd is not None:
                 os.setxattr(fd, key, value)
             else:
@@ -281,7 +281,7 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
-class _NoGlobalHeaders(dict[str, str]):
+class NoGlobalHeaders(dict[str, str]):
     """Stands in for TarFile.pax_headers so that PAX global (`g`) records are dropped.
 
     tarfile would otherwise merge a global `path` or `SCHILY.xattr.*` into every
@@ -302,7 +302,7 @@ def extract_layer(stream: IO[bytes], dest_fd: int) -> LayerStats:
     try:
         # The stand-in must be there before tarfile reads the first member.
         with tarfile.open(
-            fileobj=stream, mode="r|", errorlevel=2, pax_headers=_NoGlobalHeaders()
+            fileobj=stream, mode="r|", errorlevel=2, pax_headers=NoGlobalHeaders()
         ) as tar:
             return extractor.extract(tar)
     except tarfile.TarError as err:

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, TypeVar
 
 from pybootc.errors import BootcError, error_context
 from pybootc.layers.blobstream import LayerStream
@@ -27,6 +27,8 @@ from pybootc.layers.directory_sink import DirectorySink
 from pybootc.layers.extract import LayerStats, extract_layer
 from pybootc.layers.merge import merge_layers
 from pybootc.oci.model import Descriptor
+
+T = TypeVar("T")
 
 # The root of a flattened tree when no layer says otherwise: what containers-storage
 # and every OS image use.
@@ -117,28 +119,37 @@ def flatten_diff_dirs(
     )
 
 
-def unpack_blob(layer: BlobLayer, dest: Path) -> LayerStats:
-    """Unpack one verified layer blob into the empty directory `dest` (diff-dir format)."""
+def read_blob(layer: BlobLayer, consume: Callable[[IO[bytes]], T]) -> T:
+    """`consume` the verified, uncompressed tar stream of one layer blob; its digest and
+    diff_id are checked once it has been read to the end."""
     desc = layer.descriptor
-    compression = desc.compression
     with layer.open() as raw:
         stream = LayerStream(
             raw,
-            compression,
+            desc.compression,
             digest=desc.digest,
             diff_id=layer.diff_id,
             check_digest=not layer.source_checks_digest,
         )
         try:
-            fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                stats = extract_layer(stream, fd)  # type: ignore[arg-type]
-            finally:
-                os.close(fd)
+            result = consume(stream)  # type: ignore[arg-type]
             stream.verify()
         finally:
             stream.close()
-    return stats
+    return result
+
+
+def unpack_blob(layer: BlobLayer, dest: Path) -> LayerStats:
+    """Unpack one verified layer blob into the empty directory `dest` (diff-dir format)."""
+
+    def extract(stream: IO[bytes]) -> LayerStats:
+        fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            return extract_layer(stream, fd)
+        finally:
+            os.close(fd)
+
+    return read_blob(layer, extract)
 
 
 def flatten_blobs(layers: Sequence[BlobLayer], output: Path) -> FlattenSummary:

@@ -33,6 +33,8 @@ that skopeo can open, without copying the image to disk first.
 from __future__ import annotations
 
 import array
+import contextlib
+import fcntl
 import io
 import json
 import logging
@@ -422,12 +424,19 @@ class _PipeFinisher:
         return self._error
 
 
+_PIPE_SIZE = 1 << 20
+
+
 class _PipeReader(io.RawIOBase):
     """The read end of a proxy pipe; reaching its end reports FinishPipe's verdict."""
 
     def __init__(self, fd: int, finisher: _PipeFinisher) -> None:
         super().__init__()
         self._fd = fd
+        # A pipe holds 64 KiB: a blob read through it would take a system call, and the
+        # GIL again, every 64 KiB. A larger pipe lets each read take up to a megabyte.
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
         self._finisher = finisher
         self.at_end = False
         self.reported = False  # whether a read has raised FinishPipe's error already

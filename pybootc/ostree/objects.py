@@ -16,47 +16,33 @@ import mmap
 import os
 import stat
 import threading
-from collections.abc import Mapping
-from dataclasses import dataclass
 
+from pybootc.layers.tree import FileMeta
 from pybootc.ostree.gi import Gio, GLib, OSTree
-from pybootc.ostree.repo import libostree_errors
+from pybootc.ostree.repo import libostree_errors, read_stream
 
 # Files up to this size are hashed from memory; larger ones through mmap.
 _MAPPED = 1 << 20
 
 
-@dataclass(frozen=True)
-class FileMeta:
-    """What an object records of a file besides its content: owner, mode (with the
-    file type bits) and xattrs, sorted by name as libostree sorts them."""
+def _xattrs_variant(meta: FileMeta) -> GLib.Variant:
+    # Names are NUL-terminated bytestrings in OSTree's a(ayay).
+    return GLib.Variant("a(ayay)", [(n.encode() + b"\0", v) for n, v in meta.xattrs])
 
-    uid: int
-    gid: int
-    mode: int
-    xattrs: tuple[tuple[str, bytes], ...] = ()
 
-    @classmethod
-    def of(cls, uid: int, gid: int, mode: int, xattrs: Mapping[str, bytes]) -> FileMeta:
-        return cls(uid, gid, mode, tuple(sorted(xattrs.items())))
-
-    def xattrs_variant(self) -> GLib.Variant:
-        # Names are NUL-terminated bytestrings in OSTree's a(ayay).
-        return GLib.Variant("a(ayay)", [(n.encode() + b"\0", v) for n, v in self.xattrs])
-
-    def file_info(self, size: int, symlink_target: str | None = None) -> Gio.FileInfo:
-        info = Gio.FileInfo()
-        info.set_attribute_uint32("unix::uid", self.uid)
-        info.set_attribute_uint32("unix::gid", self.gid)
-        info.set_attribute_uint32("unix::mode", self.mode)
-        if symlink_target is not None:
-            info.set_file_type(Gio.FileType.SYMBOLIC_LINK)
-            info.set_attribute_byte_string("standard::symlink-target", symlink_target)
-            info.set_size(0)
-        else:
-            info.set_file_type(Gio.FileType.REGULAR)
-            info.set_size(size)
-        return info
+def _file_info(meta: FileMeta, size: int, symlink_target: str | None = None) -> Gio.FileInfo:
+    info = Gio.FileInfo()
+    info.set_attribute_uint32("unix::uid", meta.uid)
+    info.set_attribute_uint32("unix::gid", meta.gid)
+    info.set_attribute_uint32("unix::mode", meta.mode)
+    if symlink_target is not None:
+        info.set_file_type(Gio.FileType.SYMBOLIC_LINK)
+        info.set_attribute_byte_string("standard::symlink-target", symlink_target)
+        info.set_size(0)
+    else:
+        info.set_file_type(Gio.FileType.REGULAR)
+        info.set_size(size)
+    return info
 
 
 class ObjectWriter:
@@ -67,7 +53,14 @@ class ObjectWriter:
         self.repo = repo
         self._headers: dict[tuple[FileMeta, str | None], bytes] = {}
         self._dirmetas: dict[FileMeta, str] = {}
+        self._xattrs: dict[FileMeta, GLib.Variant] = {}
         self._lock = threading.Lock()
+
+    def _xattrs_of(self, meta: FileMeta) -> GLib.Variant:
+        found = self._xattrs.get(meta)
+        if found is None:
+            found = self._xattrs[meta] = _xattrs_variant(meta)
+        return found
 
     def _header(self, meta: FileMeta, symlink_target: str | None) -> bytes:
         """libostree's content-stream header for a file of `meta`: the same for every
@@ -75,10 +68,10 @@ class ObjectWriter:
         key = (meta, symlink_target)
         header = self._headers.get(key)
         if header is None:
-            info = meta.file_info(0, symlink_target)
+            info = _file_info(meta, 0, symlink_target)
             with libostree_errors("Making a file header"):
                 _, stream, length = OSTree.raw_file_to_content_stream(
-                    Gio.MemoryInputStream.new(), info, meta.xattrs_variant()
+                    Gio.MemoryInputStream.new(), info, self._xattrs_of(meta)
                 )
                 header = stream.read_bytes(length, None).get_data()
             with self._lock:
@@ -93,10 +86,10 @@ class ObjectWriter:
         size: int,
         symlink_target: str | None = None,
     ) -> None:
-        info = meta.file_info(size, symlink_target)
+        info = _file_info(meta, size, symlink_target)
         with libostree_errors(f"Writing object {checksum}"):
             _, stream, length = OSTree.raw_file_to_content_stream(
-                content, info, meta.xattrs_variant()
+                content, info, self._xattrs_of(meta)
             )
             # Checks for the object first: one the repo has is left as it is.
             self.repo.write_content_trusted(checksum, stream, length, None)
@@ -123,6 +116,14 @@ class ObjectWriter:
         self._write(checksum, meta, Gio.UnixInputStream.new(fd, False), size)
         return checksum
 
+    def rewrite(self, checksum: str, meta: FileMeta) -> str:
+        """The regular file `checksum` again, with `meta` instead of its own (a layer's
+        hardlink can change the owner, mode and xattrs of the file it links)."""
+        with libostree_errors(f"Reading object {checksum}"):
+            _, stream, _, _ = self.repo.load_file(checksum, None)
+            data = read_stream(stream)
+        return self.regular_from_bytes(meta, data)
+
     def symlink(self, meta: FileMeta, target: str) -> str:
         """A symlink to `target`; its checksum."""
         checksum = hashlib.sha256(self._header(meta, target)).hexdigest()
@@ -138,7 +139,7 @@ class ObjectWriter:
         info.set_attribute_uint32("unix::uid", meta.uid)
         info.set_attribute_uint32("unix::gid", meta.gid)
         info.set_attribute_uint32("unix::mode", stat.S_IFDIR | stat.S_IMODE(meta.mode))
-        variant = OSTree.create_directory_metadata(info, meta.xattrs_variant())
+        variant = OSTree.create_directory_metadata(info, _xattrs_variant(meta))
         with libostree_errors("Writing directory metadata"):
             _, raw = self.repo.write_metadata(OSTree.ObjectType.DIR_META, None, variant, None)
         checksum = str(OSTree.checksum_from_bytes(raw))

@@ -64,11 +64,42 @@ def _commit_modifier(
     return modifier
 
 
+@contextmanager
+def transaction(repo: OSTree.Repo, what: str) -> Iterator[list[str]]:
+    """A libostree transaction around the block, committed when it ends, aborted if it
+    fails. libostree writes its objects to a staging directory and syncs the filesystem
+    once, when the transaction is committed (per-object-fsync is off by default).
+
+    Commits the block appends to the list it is given are marked partial until the
+    transaction has landed: commit_transaction moves the new objects into place in no
+    particular order, so killed half-way it could leave a commit without its tree. A
+    partial commit is one fsck does not hold against the repo, and a retry writes it
+    again.
+    """
+    commits: list[str] = []
+    with libostree_errors(what):
+        repo.prepare_transaction(None)
+        try:
+            yield commits
+            for checksum in commits:
+                repo.mark_commit_partial(checksum, True)
+            repo.commit_transaction(None)
+        except BaseException:
+            repo.abort_transaction(None)
+            raise
+        for checksum in commits:
+            repo.mark_commit_partial(checksum, False)
+
+
 # What CONSUME does, measured on libostree 2022.7 with a `bare` repo and the tree on the
 # same filesystem (100 files of 4 MiB, each with a second hardlink kept outside the tree
 # so that freed inode numbers could not be reused and fool the comparison):
 #   - without a SePolicy: every file is adopted, i.e. checksummed and rename()d into
 #     objects/ (the object has the source file's inode); 1.3 s against 2.1 s for a copy.
+#     An object that exists already is replaced by the file: its old inode, which
+#     deployments hardlink, leaves the repo. Files that are checkouts of objects are
+#     therefore committed with the devino cache of that checkout, which names their
+#     objects without reading or moving them.
 #   - with a SePolicy: nothing is adopted (1.6 s): the computed security.selinux label
 #     differs from the file's own xattrs, and libostree only adopts a file whose final
 #     xattrs equal those on disk, so it writes a new object and then deletes the source.
@@ -87,6 +118,7 @@ def commit_directory(
     consume: bool = False,
     parent: str | None = None,
     counted: Callable[[int], None] | None = None,
+    devino: OSTree.RepoDevInoCache | None = None,
 ) -> str:
     """Commit the directory `tree` (its root's own mode and xattrs included); return the
     commit checksum.
@@ -95,34 +127,26 @@ def commit_directory(
     epoch, the image's created time) its timestamp. With `selinux_policy` (a root that
     holds etc/selinux or usr/etc/selinux) every path gets the label that policy gives it.
     With `consume`, files are moved into the repo and the tree is deleted. `counted`
-    is told how many paths have been committed, now and then.
+    is told how many paths have been committed, now and then. `devino`, the cache of the
+    checkout the tree was made from, names the objects of the files it still has.
     """
     modifier = _commit_modifier(selinux_policy, consume, counted)
-    with libostree_errors(f"Committing {tree}"):
-        repo.prepare_transaction(None)
-        try:
-            mtree = OSTree.MutableTree.new()
-            repo.write_directory_to_mtree(Gio.File.new_for_path(str(tree)), mtree, modifier, None)
-            _, root = repo.write_mtree(mtree, None)
-            _, checksum = repo.write_commit_with_time(
-                parent,
-                subject,
-                None,
-                GLib.Variant("a{sv}", dict(metadata)),
-                root,
-                timestamp,
-                None,
-            )
-            # commit_transaction moves the new objects into place in no particular
-            # order: killed half-way, it could leave the commit without its tree.
-            # Marked partial meanwhile, such a commit is one fsck does not hold against
-            # the repo, and the retry writes it again.
-            repo.mark_commit_partial(checksum, True)
-            repo.commit_transaction(None)
-            repo.mark_commit_partial(checksum, False)
-        except BaseException:
-            repo.abort_transaction(None)
-            raise
+    if devino is not None:
+        modifier.set_devino_cache(devino)
+    with transaction(repo, f"Committing {tree}") as commits:
+        mtree = OSTree.MutableTree.new()
+        repo.write_directory_to_mtree(Gio.File.new_for_path(str(tree)), mtree, modifier, None)
+        _, root = repo.write_mtree(mtree, None)
+        _, checksum = repo.write_commit_with_time(
+            parent,
+            subject,
+            None,
+            GLib.Variant("a{sv}", dict(metadata)),
+            root,
+            timestamp,
+            None,
+        )
+        commits.append(str(checksum))
     return str(checksum)
 
 
@@ -218,11 +242,12 @@ def read_directory(repo: OSTree.Repo, commit: str, path: str) -> dict[str, bytes
                 child.ensure_resolved()
                 # Not Gio's load_contents: a RepoFile's stream is no GFileInputStream.
                 _, stream, _, _ = repo.load_file(child.get_checksum(), None)
-                files[info.get_name()] = _read_all(stream)
+                files[info.get_name()] = read_stream(stream)
         return files
 
 
-def _read_all(stream: Gio.InputStream) -> bytes:
+def read_stream(stream: Gio.InputStream) -> bytes:
+    """All of `stream`, which is closed afterwards."""
     chunks = []
     while chunk := stream.read_bytes(1 << 16, None).get_data():
         chunks.append(chunk)

@@ -67,10 +67,12 @@ def finish_import(
     *,
     disable_selinux: bool,
     progress: Progress,
+    devino: OSTree.RepoDevInoCache | None = None,
 ) -> str:
     """Post-process the flattened image at `root` (ostree-ext's rules; what a commit
     cannot hold is warned about), commit it with ostree-ext's metadata (the tree is
-    consumed), point the image's ref at it and return the commit."""
+    consumed; `devino`, the cache of the checkout it was made from, names the objects
+    its files already are), point the image's ref at it and return the commit."""
     with error_context(f"Importing {imgref}"):
         result = postprocess_tree(root, keep_var=ostree_seeds_var())
     for warning in result.warnings:
@@ -89,6 +91,7 @@ def finish_import(
             selinux_policy=root if has_policy and not disable_selinux else None,
             consume=True,
             counted=counted,
+            devino=devino,
         )
         set_ref(repo, image_ref(imgref.imgref), commit)
     return commit

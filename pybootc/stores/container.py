@@ -2,47 +2,38 @@
 
 The image goes into SYSROOT/ostree/bootc/storage with `skopeo copy`, so
 containers-storage brings zstd:chunked and encrypted layers and skips the layers it
-holds; its overlay diff directories are what is flattened.
+holds. Each overlay diff directory the repo has no commit of yet is then read into one
+(stores/layered.py), its files hashed once and copied into objects by the kernel.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import tempfile
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
 from pybootc.errors import BootcError, error_context
-from pybootc.layers.flatten import BlobLayer, flatten_diff_dirs, unpack_blob
+from pybootc.layers.diffdir_tree import read_diff_dir
+from pybootc.layers.flatten import BlobLayer, unpack_blob
 from pybootc.oci.auth import RegistryAuth
 from pybootc.oci.metadata import ImageMetadata, metadata_at
 from pybootc.oci.proxy import ImageProxy
 from pybootc.ostree.gi import OSTree
 from pybootc.stores import Backend, bootc_storage
 from pybootc.stores.containers_storage import ContainersStorage
+from pybootc.stores.layered import LayeredImage, layer_commit
 from pybootc.stores.protocol import DeployedImages, LayerState
 
 if TYPE_CHECKING:
     from pybootc.ostree.origin import OriginImage
     from pybootc.progress import Progress
-
-
-@dataclass(frozen=True)
-class _StoredImage:
-    """An image pulled into bootc's storage, as the overlay diff directories of its
-    layers (lowest first)."""
-
-    diff_dirs: tuple[Path, ...]
-    metadata: ImageMetadata
-
-    def flatten(self, work: Path, root: Path, counted: Callable[[int], None]) -> None:
-        flatten_diff_dirs(self.diff_dirs, root, counted=counted)
 
 
 # How skopeo names the layer containers-storage would not unpack.
@@ -132,6 +123,12 @@ class ContainerStore:
 
     def __init__(self, sysroot_path: Path, repo: OSTree.Repo | None) -> None:
         self._storage = bootc_storage.bootc_storage(sysroot_path)
+        self._repo_or_none = repo
+
+    def _repo(self) -> OSTree.Repo:
+        if self._repo_or_none is None:
+            raise BootcError("The container store has no repo yet")
+        return self._repo_or_none
 
     def check_target(self, target: OriginImage) -> None:
         key = target.decryption_key
@@ -154,7 +151,7 @@ class ContainerStore:
         work: Path,
         auth: RegistryAuth,
         progress: Progress,
-    ) -> _StoredImage:
+    ) -> LayeredImage:
         # skopeo applies the signature policy again to what it pulls. It stages blobs in
         # the work directory: what a killed pull left there goes with it, or with the
         # next import's sweep, never into the host's /var/tmp.
@@ -174,13 +171,19 @@ class ContainerStore:
             raise
         # Every member name is checked here, as the ostree backend checks them while it
         # fetches: a layer is refused by both at the same point, in the same words.
-        diff_dirs = self._storage.layer_diff_dirs(name)
+        layers = self._storage.image_layers(name)
         stored = metadata_at(self._storage.reference(name))
         # A decrypting pull stores a rewritten manifest, whose digest the registry never
         # serves: recorded, it would make every upgrade and switch see a new image. (The
         # storage itself knows the image by the source's digest too: podman's Digest.)
         recorded = metadata if metadata.config_digest == stored.config_digest else stored
-        return _StoredImage(tuple(diff_dirs), recorded)
+        commits = tuple(
+            layer_commit(
+                self._repo(), layer.digest, functools.partial(read_diff_dir, layer.diff_dir)
+            )
+            for layer in layers
+        )
+        return LayeredImage(self._repo(), commits, recorded)
 
     def collect_garbage(self, deployed: DeployedImages) -> list[str]:
         return bootc_storage.remove_unused(self._storage, deployed.manifest_digests)

@@ -58,6 +58,15 @@ def _remove_orphan_runroots() -> None:
 
 
 @dataclass(frozen=True)
+class StoredLayer:
+    """One layer of an image in the storage: the digest of the blob it was pulled from,
+    and its overlay diff directory."""
+
+    digest: str
+    diff_dir: Path
+
+
+@dataclass(frozen=True)
 class ContainersStorage:
     root: Path
     runroot: Path
@@ -160,22 +169,27 @@ class ContainersStorage:
             raise BootcError(f"Image {name} has no layers")
         return chain[::-1]
 
-    def layer_diff_dirs(self, name: str) -> list[Path]:
-        """The image's overlay diff directories, lowest layer first, once every member
-        name of its layers has passed the rules the blob path applies.
+    def image_layers(self, name: str) -> list[StoredLayer]:
+        """The image's layers, lowest first, once every member name of them has passed
+        the rules the blob path applies.
 
         containers-storage cleans a name such as `../x` into `x` as it unpacks, so the
         diff directory cannot show that the layer tried to escape; the tar-split data
         it keeps of each layer has the names as the layer's tar stream gave them.
         """
-        chain = self._layers(name)
-        for layer in chain:
+        found = []
+        for layer in self._layers(name):
             # Named as the blob path names it: by the digest of the blob it came from.
-            digest = layer.get("compressed-diff-digest") or layer.get("diff-digest")
+            digest = str(layer.get("compressed-diff-digest") or layer.get("diff-digest"))
             with error_context(f"Layer {digest}"):
                 for member in self._member_names(str(layer["id"])):
                     split_member_name(member)
-        return [self.root / "overlay" / str(layer["id"]) / "diff" for layer in chain]
+            found.append(StoredLayer(digest, self.root / "overlay" / str(layer["id"]) / "diff"))
+        return found
+
+    def layer_diff_dirs(self, name: str) -> list[Path]:
+        """The image's overlay diff directories, lowest layer first (`image_layers`)."""
+        return [layer.diff_dir for layer in self.image_layers(name)]
 
     def _member_names(self, layer_id: str) -> Iterator[str]:
         path = self.root / "overlay-layers" / f"{layer_id}.tar-split.gz"

@@ -21,6 +21,7 @@ from typing import IO
 
 from pybootc.errors import BootcError
 from pybootc.layers.paths import OPAQUE_MARKER, OPAQUE_XATTRS, WHITEOUT_PREFIX, is_overlay_xattr
+from pybootc.layers.tar_tree import SPECIAL_XATTR
 from pybootc.oci.model import (
     MEDIA_TYPE_OCI_CONFIG,
     MEDIA_TYPE_OCI_INDEX,
@@ -30,7 +31,7 @@ from pybootc.oci.model import (
 from pybootc.ostree.ext_format import blob_ref, image_of_commit, manifest_of_commit
 from pybootc.ostree.gi import OSTree
 from pybootc.ostree.repo import checkout, read_commit_metadata, resolve_ref
-from pybootc.stores.ostree import SPECIAL_XATTR, special_file_kind
+from pybootc.stores.layered import special_file_kind
 
 
 class _HashingWriter:

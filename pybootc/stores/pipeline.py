@@ -101,7 +101,7 @@ def import_image(
             fetched = store.fetch(prepared.target, prepared.metadata, work, auth, progress)
         root = work / "root"
         with error_context(f"Importing {imgref}"), progress.step("flattening") as counted:
-            fetched.flatten(work, root, counted)
+            devino = fetched.flatten(root, counted)
         commit = finish_import(
             sysroot.repo,
             root,
@@ -109,6 +109,7 @@ def import_image(
             fetched.metadata,
             disable_selinux=disable_selinux,
             progress=progress,
+            devino=devino,
         )
     return commit, fetched.metadata
 

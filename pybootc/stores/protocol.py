@@ -3,13 +3,13 @@
 A store is where an image's layers are kept between the registry and the OSTree commit
 that is deployed: layer commits in the repo (`ostree`), or bootc's containers-storage
 (`container`). The pipeline (stores/pipeline.py) asks a store what it cannot do, which
-layers it has, to fetch the rest and to hand over the layers to flatten; nothing outside
-the stores knows how either keeps them.
+layers it has, and to fetch the rest; either store hands over every layer as a commit
+of its own (stores/layered.py), and nothing outside the stores knows how it got them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Protocol, runtime_checkable
@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from pybootc.ostree.sysroot import Sysroot
     from pybootc.progress import Progress
     from pybootc.stores import Backend
+    from pybootc.stores.layered import LayeredImage
 
 
 @dataclass(frozen=True)
@@ -65,18 +66,6 @@ class DeployedImages:
         return cls(frozenset(deployed), frozenset(digests), frozenset(layers))
 
 
-class FetchedImage(Protocol):
-    """An image whose layers a store holds, ready to be flattened."""
-
-    @property
-    def metadata(self) -> ImageMetadata:
-        """The manifest and config the commit records."""
-
-    def flatten(self, work: Path, root: Path, counted: Callable[[int], None]) -> None:
-        """Write the image's merged tree to `root` (created), using `work` for scratch,
-        telling `counted` how many entries are written, now and then."""
-
-
 @runtime_checkable
 class ImageStore(Protocol):
     """One way to keep images between the registry and the repo."""
@@ -104,9 +93,10 @@ class ImageStore(Protocol):
         work: Path,
         auth: RegistryAuth,
         progress: Progress,
-    ) -> FetchedImage:
+    ) -> LayeredImage:
         """Fetch what the store lacks of the image (and only that), staging in `work`,
-        telling `progress` the bytes of each layer as they arrive."""
+        telling `progress` the bytes of each layer as they arrive; every layer ends up
+        a commit in the repo, ready to be merged."""
 
     def collect_garbage(self, deployed: DeployedImages) -> list[str]:
         """Remove what no deployment needs; the names of removed images."""

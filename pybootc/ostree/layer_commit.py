@@ -1,0 +1,240 @@
+"""Layer trees in the repo: each layer a commit of its own, as ostree-ext keeps them, and
+the merged image tree written from the layers' objects and checked out.
+
+A layer commit keeps a whiteout as an empty `.wh.NAME` file and an opaque directory
+with overlayfs's xattr on it, as overlay diff directories have them; its metadata names
+the blob it came from, whether it holds placeholders of device nodes, FIFOs or sockets,
+and which directories have a marker in them or below. Read back, a layer commit is a
+tree whose directories are only loaded where a merge needs to look inside them.
+"""
+
+from __future__ import annotations
+
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pybootc.errors import BootcError
+from pybootc.layers.paths import OPAQUE_MARKER, WHITEOUT_PREFIX, is_overlay_xattr
+from pybootc.layers.tree import (
+    OPAQUE_XATTR,
+    WHITEOUT,
+    Dir,
+    Entry,
+    FileMeta,
+    Leaf,
+    LeafKind,
+    StoredDir,
+    merge_layers,
+    whiteout_name,
+)
+from pybootc.ostree.ext_format import BLOB_DIGEST_KEY
+from pybootc.ostree.gi import GLib, OSTree
+from pybootc.ostree.objects import ObjectWriter
+from pybootc.ostree.repo import libostree_errors, read_commit_metadata
+
+SPECIAL_FILES_KEY = "pybootc.special-files"
+# How often (in entries) a merge says how far it has got.
+_REPORT_EVERY = 512
+MARKED_DIRS_KEY = "pybootc.marked-dirs"
+# A whiteout as a layer commit keeps it: an empty file, 0600 root.
+_WHITEOUT_META = FileMeta(0, 0, stat.S_IFREG | 0o600)
+# The root of a merged image, before post-processing makes it the deployment's.
+ROOT_META = FileMeta(0, 0, stat.S_IFDIR | 0o755)
+
+
+def _from_be32(value: int) -> int:
+    """A dirmeta's uid, gid and mode are stored big-endian."""
+    return int.from_bytes(value.to_bytes(4, "little"), "big")
+
+
+def _checksum(raw: Any) -> str:
+    return str(OSTree.checksum_from_bytes(bytes(raw)))
+
+
+def _mtree(
+    repo: OSTree.Repo,
+    directory: Dir,
+    writer: ObjectWriter,
+    *,
+    as_layer: bool,
+    counted: Callable[[int], None] = lambda done: None,
+) -> OSTree.MutableTree:
+    mtree = OSTree.MutableTree.new()
+    _fill(repo, mtree, directory, writer, as_layer=as_layer, counter=_Counter(counted))
+    return mtree
+
+
+class _Counter:
+    """Tells `counted` how many entries have been written, every _REPORT_EVERY."""
+
+    def __init__(self, counted: Callable[[int], None]) -> None:
+        self.counted = counted
+        self.done = 0
+
+    def add(self, entries: int) -> None:
+        before, self.done = self.done, self.done + entries
+        if before // _REPORT_EVERY != self.done // _REPORT_EVERY:
+            self.counted(self.done)
+
+
+def _fill(
+    repo: OSTree.Repo,
+    mtree: OSTree.MutableTree,
+    directory: Dir,
+    writer: ObjectWriter,
+    *,
+    as_layer: bool,
+    counter: _Counter,
+) -> None:
+    if directory.children is None:
+        # Never read: the subtree as it is kept, loaded by libostree where needed.
+        assert directory.stored is not None
+        mtree.fill_empty_from_dirtree(repo, directory.stored.contents, directory.stored.meta)
+        return
+    meta = directory.layer_meta if as_layer and directory.layer_meta else directory.meta
+    mtree.set_metadata_checksum(meta)
+    whiteout = writer.regular_from_bytes(_WHITEOUT_META, b"") if as_layer else ""
+    counter.add(len(directory.children))
+    for name, entry in directory.children.items():
+        if isinstance(entry, Dir):
+            _, child = mtree.ensure_dir(name)
+            _fill(repo, child, entry, writer, as_layer=as_layer, counter=counter)
+        elif entry.kind is LeafKind.WHITEOUT:
+            if not as_layer:
+                raise BootcError(f"A whiteout of {name} is left in a merged tree")
+            mtree.replace_file(whiteout_name(name), whiteout)
+        else:
+            mtree.replace_file(name, entry.checksum)
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """What a layer commit records of its layer."""
+
+    digest: str
+    special_files: bool
+    marked: frozenset[str]
+
+
+def write_layer_commit(repo: OSTree.Repo, writer: ObjectWriter, tree: Dir, info: LayerInfo) -> str:
+    """The layer as a commit (in the transaction the caller holds); its checksum."""
+    with libostree_errors(f"Committing layer {info.digest}"):
+        _, root = repo.write_mtree(_mtree(repo, tree, writer, as_layer=True), None)
+        metadata = {
+            BLOB_DIGEST_KEY: GLib.Variant("s", info.digest),
+            SPECIAL_FILES_KEY: GLib.Variant("b", info.special_files),
+            MARKED_DIRS_KEY: GLib.Variant("as", sorted(info.marked)),
+        }
+        _, checksum = repo.write_commit_with_time(
+            None, f"layer {info.digest}", None, GLib.Variant("a{sv}", metadata), root, 0, None
+        )
+    return str(checksum)
+
+
+class LayerLoader:
+    """Reads layer commits back as trees, each directory when a merge needs it."""
+
+    def __init__(self, repo: OSTree.Repo, writer: ObjectWriter) -> None:
+        self._repo = repo
+        self._writer = writer
+        # A kept directory's metadata: is it opaque, and its metadata as the image shows it.
+        self._dirmetas: dict[str, tuple[bool, str]] = {}
+
+    def layer(self, commit: str) -> tuple[Dir, LayerInfo]:
+        metadata = read_commit_metadata(self._repo, commit)
+        marked = metadata.get(MARKED_DIRS_KEY)
+        info = LayerInfo(
+            str(metadata.get(BLOB_DIGEST_KEY, "")),
+            bool(metadata.get(SPECIAL_FILES_KEY)),
+            # A layer commit made before this key was kept: look inside everything.
+            frozenset(str(m) for m in marked) if isinstance(marked, list) else frozenset({"*"}),
+        )
+        with libostree_errors(f"Reading layer commit {commit}"):
+            _, variant, _ = self._repo.load_commit(commit)
+        contents = _checksum(variant.get_child_value(6).unpack())
+        meta = _checksum(variant.get_child_value(7).unpack())
+        stored = StoredDir("", contents, meta, info.marked)
+        opaque, shown = self._dirmeta(meta)
+        return Dir(shown, None, opaque=opaque, stored=stored), info
+
+    def _dirmeta(self, checksum: str) -> tuple[bool, str]:
+        """Whether a kept directory is opaque, and its metadata without overlayfs's xattrs."""
+        found = self._dirmetas.get(checksum)
+        if found is not None:
+            return found
+        with libostree_errors(f"Reading directory metadata {checksum}"):
+            _, variant = self._repo.load_variant(OSTree.ObjectType.DIR_META, checksum)
+        uid, gid, mode, xattrs = variant.unpack()
+        names = {
+            bytes(n).rstrip(b"\0").decode(errors="surrogateescape"): bytes(v) for n, v in xattrs
+        }
+        opaque = names.get(OPAQUE_XATTR) == b"y"
+        overlay = [name for name in names if is_overlay_xattr(name)]
+        shown = checksum
+        if overlay:
+            kept = {n: v for n, v in names.items() if not is_overlay_xattr(n)}
+            # uid, gid and mode are stored big-endian.
+            meta = FileMeta.of(_from_be32(uid), _from_be32(gid), _from_be32(mode), kept)
+            shown = self._writer.dirmeta(meta)
+        found = self._dirmetas[checksum] = (opaque, shown)
+        return found
+
+    def expand(self, directory: Dir) -> None:
+        """Read a kept directory's children (they stay unread themselves)."""
+        stored = directory.stored
+        assert stored is not None
+        with libostree_errors(f"Reading directory tree {stored.contents}"):
+            _, variant = self._repo.load_variant(OSTree.ObjectType.DIR_TREE, stored.contents)
+        files, dirs = variant.unpack()
+        children: dict[str, Entry] = {}
+        opaque_marker = False
+        whiteouts = []
+        for name, checksum in files:
+            if name == OPAQUE_MARKER:
+                opaque_marker = True
+            elif name.startswith(WHITEOUT_PREFIX):
+                whiteouts.append(name[len(WHITEOUT_PREFIX) :])
+            else:
+                children[name] = Leaf(LeafKind.REGULAR, _checksum(checksum))
+        for name, contents, meta in dirs:
+            child = stored.child(name, _checksum(contents), _checksum(meta))
+            opaque, shown = self._dirmeta(child.meta)
+            children[name] = Dir(shown, None, opaque=opaque, stored=child)
+        for hidden in whiteouts:
+            # A name the layer writes wins over a whiteout of it, as in diffdir.py.
+            children.setdefault(hidden, WHITEOUT)
+        directory.children = children
+        directory.opaque = directory.opaque or opaque_marker
+
+
+def merged_tree(
+    repo: OSTree.Repo,
+    writer: ObjectWriter,
+    layer_commits: list[str],
+    counted: Callable[[int], None] = lambda done: None,
+) -> tuple[str, bool]:
+    """The image merged from its layer commits (lowest first), written as a commit (no
+    ref holds it: it is only checked out); the commit, and whether a layer holds
+    placeholders of special files."""
+    loader = LayerLoader(repo, writer)
+    layers = [loader.layer(commit) for commit in layer_commits]
+    merged = merge_layers([tree for tree, _ in layers], writer.dirmeta(ROOT_META), loader.expand)
+    with libostree_errors("Writing the merged tree"):
+        mtree = _mtree(repo, merged, writer, as_layer=False, counted=counted)
+        _, root = repo.write_mtree(mtree, None)
+        _, checksum = repo.write_commit_with_time(None, "merged layers", None, None, root, 0, None)
+    return str(checksum), any(info.special_files for _, info in layers)
+
+
+def checkout_linked(repo: OSTree.Repo, commit: str, dest: Path) -> OSTree.RepoDevInoCache:
+    """Check `commit` out at `dest` as hardlinks of its objects, remembering each file's
+    object: a commit of the tree with that cache hashes no unchanged file again."""
+    cache = OSTree.RepoDevInoCache.new()
+    options = OSTree.RepoCheckoutAtOptions()
+    options.set_devino(cache)
+    with libostree_errors(f"Checking out {commit}"):
+        repo.checkout_at(options, -100, str(dest), commit, None)  # -100: AT_FDCWD
+    return cache

@@ -1,0 +1,93 @@
+"""What both stores make of an image: each layer a commit in the repo, and the image
+merged from them.
+
+A layer is read once, wherever it comes from (a blob's tar stream for the ostree store,
+a diff directory for the container store), its files written as objects as they are
+read and its tree kept as a commit under `ostree/container/blob/<digest>`; an update
+reads only the layers the repo lacks. The image is then merged from its layer commits
+in memory and checked out as hardlinks of their objects, which post-processing works
+on and the final commit names again through the checkout's devino cache.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from pybootc.layers.tar_tree import SPECIAL_XATTR, LayerRead
+from pybootc.oci.metadata import ImageMetadata
+from pybootc.ostree.ext_format import blob_ref
+from pybootc.ostree.gi import OSTree
+from pybootc.ostree.layer_commit import LayerInfo, checkout_linked, merged_tree, write_layer_commit
+from pybootc.ostree.objects import ObjectWriter
+from pybootc.ostree.repo import resolve_ref, set_ref, transaction
+
+_KIND_LETTERS = {stat.S_IFCHR: "c", stat.S_IFBLK: "b", stat.S_IFIFO: "p", stat.S_IFSOCK: "s"}
+
+
+def special_file_kind(value: bytes) -> tuple[int, int, int]:
+    """What a placeholder's SPECIAL_XATTR says: its file type (S_IFCHR, ...), and the
+    device's major and minor numbers (0 where it has none)."""
+    kind, *numbers = value.decode().split()
+    fmt = {v: k for k, v in _KIND_LETTERS.items()}[kind]
+    major, minor = (int(numbers[0]), int(numbers[1])) if numbers else (0, 0)
+    return fmt, major, minor
+
+
+def restore_special_files(root: Path) -> None:
+    """Give placeholder files in a merged tree back their device, FIFO or socket nature."""
+    for dirpath, _, filenames in os.walk(root):
+        for name in filenames:
+            path = Path(dirpath, name)
+            try:
+                value = os.getxattr(path, SPECIAL_XATTR, follow_symlinks=False)
+            except OSError:
+                continue
+            st = path.lstat()
+            fmt, major, minor = special_file_kind(value)
+            # Unlink, never change in place: the file is a hardlink into the repo.
+            path.unlink()
+            os.mknod(path, fmt | 0o600, os.makedev(major, minor))
+            os.chown(path, st.st_uid, st.st_gid, follow_symlinks=False)
+            os.chmod(path, stat.S_IMODE(st.st_mode))
+
+
+def layer_commit(repo: OSTree.Repo, digest: str, read: Callable[[ObjectWriter], LayerRead]) -> str:
+    """The commit of the layer `digest`: the repo's, or one made now by `read`, which
+    writes the layer's content through the writer it is given."""
+    existing = resolve_ref(repo, blob_ref(digest))
+    if existing is not None:
+        return existing
+    writer = ObjectWriter(repo)
+    with transaction(repo, f"Committing layer {digest}") as commits:
+        layer = read(writer)
+        info = LayerInfo(digest, layer.stats.special_files, frozenset(layer.marked))
+        commits.append(write_layer_commit(repo, writer, layer.tree, info))
+    set_ref(repo, blob_ref(digest), commits[0])
+    return commits[0]
+
+
+@dataclass(frozen=True)
+class LayeredImage:
+    """An image whose every layer is a commit in the repo, lowest first."""
+
+    repo: OSTree.Repo
+    layers: tuple[str, ...]
+    metadata: ImageMetadata
+
+    def flatten(
+        self, root: Path, counted: Callable[[int], None] = lambda done: None
+    ) -> OSTree.RepoDevInoCache:
+        """Check the merged image out at `root` (created), as hardlinks of the layers'
+        objects; the checkout's devino cache, for the commit of what becomes of it.
+        `counted` hears how many entries the merge has written, now and then."""
+        writer = ObjectWriter(self.repo)
+        with transaction(self.repo, "Merging the layers"):
+            merged, special = merged_tree(self.repo, writer, list(self.layers), counted)
+        cache = checkout_linked(self.repo, merged, root)
+        if special:
+            restore_special_files(root)
+        return cache
