@@ -32,7 +32,7 @@ _IN_MEMORY = 16 << 20
 _CHUNK = 1 << 20
 # Bytes read and not yet written as objects, at most.
 _IN_FLIGHT = 64 << 20
-_WRITERS = int(os.environ.get("PYBOOTC_WRITERS", "2"))
+_WRITERS = 2
 _IMPLIED = FileMeta(0, 0, stat.S_IFDIR | 0o755)
 _CAPABILITY = "security.capability"
 _SYMLINK_MODE = stat.S_IFLNK | 0o777

@@ -70,9 +70,9 @@ def finish_import(
     devino: OSTree.RepoDevInoCache | None = None,
 ) -> str:
     """Post-process the flattened image at `root` (ostree-ext's rules; what a commit
-    cannot hold is warned about), commit it with ostree-ext's metadata (the tree is
-    consumed; `devino`, the cache of the checkout it was made from, names the objects
-    its files already are), point the image's ref at it and return the commit."""
+    cannot hold is warned about), commit it with ostree-ext's metadata (`devino`, the
+    cache of the checkout it was made from, names the objects its files already are),
+    point the image's ref at it and return the commit."""
     with error_context(f"Importing {imgref}"):
         result = postprocess_tree(root, keep_var=ostree_seeds_var())
     for warning in result.warnings:
@@ -89,7 +89,8 @@ def finish_import(
             metadata=variants,
             timestamp=_timestamp(metadata.config.created),
             selinux_policy=root if has_policy and not disable_selinux else None,
-            consume=True,
+            # Not consumed: adopting the files post-processing wrote would put them in
+            # place of objects of the same content that deployments hardlink.
             counted=counted,
             devino=devino,
         )
