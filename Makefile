@@ -34,7 +34,13 @@ test-boot: packages $(STAMP)
 	PYBOOTC_BOOT_RELEASE=trixie $(PY) -m pytest -q -p no:cacheprovider -s tests/boot \
 		--ignore tests/boot/test_soft_reboot.py
 
-bench: packages $(STAMP)
+BENCH_STAMP := $(VENV)/.bench-installed
+
+$(BENCH_STAMP): pyproject.toml | $(STAMP)
+	$(PY) -m pip install --quiet -e '.[test,bench]'
+	touch $(BENCH_STAMP)
+
+bench: packages $(STAMP) $(BENCH_STAMP)
 	$(PY) bench/run.py
 
 lint: $(STAMP)

@@ -34,13 +34,14 @@ class WrittenLayer:
 
 
 class _GzipBlobSink(io.RawIOBase):
-    """A write-only file object: tar bytes in, a gzip blob on disk out."""
+    """A write-only file object: tar bytes in, a gzip blob on disk out (with `gzip`
+    false, the tar itself)."""
 
-    def __init__(self, file: BinaryIO) -> None:
+    def __init__(self, file: BinaryIO, *, gzip: bool = True) -> None:
         super().__init__()
         self._file = file
         # wbits 31: a gzip header with mtime 0, so the same tree gives the same blob.
-        self._compressor = zlib.compressobj(_GZIP_LEVEL, zlib.DEFLATED, 31)
+        self._compressor = zlib.compressobj(_GZIP_LEVEL, zlib.DEFLATED, 31) if gzip else None
         self.diff_id = hashlib.sha256()
         self.digest = hashlib.sha256()
         self.size = 0
@@ -51,11 +52,12 @@ class _GzipBlobSink(io.RawIOBase):
     def write(self, data: ReadableBuffer) -> int:
         data = memoryview(data)
         self.diff_id.update(data)
-        self._emit(self._compressor.compress(data))
+        self._emit(self._compressor.compress(data) if self._compressor else bytes(data))
         return len(data)
 
     def finish(self) -> None:
-        self._emit(self._compressor.flush())
+        if self._compressor:
+            self._emit(self._compressor.flush())
 
     def _emit(self, blob: bytes) -> None:
         if blob:
@@ -73,7 +75,16 @@ class LayerTar:
 
 
 @contextmanager
-def open_layers(layout: Path, count: int) -> Iterator[tuple[list[LayerTar], list[WrittenLayer]]]:
+def open_plain_layer(layout: Path) -> Iterator[tuple[tarfile.TarFile, list[WrittenLayer]]]:
+    """One uncompressed layer; after the block, the list holds its descriptor."""
+    with open_layers(layout, 1, gzip=False) as (layers, written):
+        yield layers[0].tar, written
+
+
+@contextmanager
+def open_layers(
+    layout: Path, count: int, *, gzip: bool = True
+) -> Iterator[tuple[list[LayerTar], list[WrittenLayer]]]:
     """Open `count` gzip layers at once; after the block, the list holds their descriptors."""
     blobs = layout / "blobs" / "sha256"
     blobs.mkdir(parents=True, exist_ok=True)
@@ -83,7 +94,7 @@ def open_layers(layout: Path, count: int) -> Iterator[tuple[list[LayerTar], list
         with ExitStack() as files:
             layers = []
             for temp in temps:
-                sink = _GzipBlobSink(files.enter_context(temp.open("wb")))
+                sink = _GzipBlobSink(files.enter_context(temp.open("wb")), gzip=gzip)
                 # Stream mode: tarfile only ever calls write(), never tell() or seek().
                 tar = tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT)  # noqa: SIM115
                 layers.append(LayerTar(tar, sink))
@@ -97,7 +108,7 @@ def open_layers(layout: Path, count: int) -> Iterator[tuple[list[LayerTar], list
             written.append(
                 WrittenLayer(
                     descriptor={
-                        "mediaType": Compression.GZIP.media_type,
+                        "mediaType": (Compression.GZIP if gzip else Compression.NONE).media_type,
                         "digest": f"sha256:{digest}",
                         "size": layer.sink.size,
                     },

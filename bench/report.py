@@ -1,211 +1,312 @@
-"""Results: the rich table on the terminal, and JSON plus markdown in bench/results/.
+"""The benchmark's report: bench/results/report.md, and report.png, a chart a person reads
+at a glance (ratios to the baselines per size; disk used per backend and filesystem).
 
-Targets are checked here: our wall time at most the baseline's, and our own
-process's peak RSS under 200 MB.
+The targets are issue 12's; every one is a ratio between figures of one run, or a bound
+on a measured size. Where one is missed the report says so, in plain words.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import platform
-import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
-from rich.console import Console
-from rich.table import Table
-from scenarios import Comparison
+from measure import Series
 
 from pybootc import tools
 from pybootc.errors import BootcError
 
-MAX_RATIO = 1.0
-MAX_RSS_MB = 200.0
+MB = 1 << 20
 
 
-@dataclass(frozen=True)
-class Verdict:
-    wall_ok: bool
-    rss_ok: bool
-
-    @staticmethod
-    def of(row: Comparison) -> Verdict:
-        rss = row.ours.peak_self_mb
-        return Verdict(row.ratio <= MAX_RATIO, rss is not None and rss < MAX_RSS_MB)
-
-
-_COLUMNS = (
-    "workload",
-    "source",
-    "ours s",
-    "flatten s",
-    "baseline s",
-    "ratio",
-    "files/s",
-    "MB/s",
-    "CPU s",
-    "RSS MB",
-    "tree RSS MB",
-    "wall ≤ 1.0",
-    "RSS < 200",
-)
-
-
-def _cells(row: Comparison) -> list[str]:
-    verdict = Verdict.of(row)
-    self_mb = row.ours.peak_self_mb
-    return [
-        row.workload,
-        row.source,
-        f"{row.ours.median_s:.2f}",
-        f"{row.flatten_s:.2f}",
-        f"{row.baseline.median_s:.2f}",
-        f"{row.ratio:.2f}",
-        f"{row.files_per_s:,.0f}",
-        f"{row.mb_per_s:.1f}",
-        f"{row.ours.median_cpu_s:.1f} / {row.baseline.median_cpu_s:.1f}",
-        "?" if self_mb is None else f"{self_mb:.0f}",
-        f"{row.ours.peak_tree_mb:.0f} / {row.baseline.peak_tree_mb:.0f}",
-        "pass" if verdict.wall_ok else "FAIL",
-        "pass" if verdict.rss_ok else "FAIL",
-    ]
-
-
-_NOTES = (
-    "ours s: median wall of `bootc internals flatten` (interpreter start-up included; for "
-    "containers-storage also its own skopeo copy into the pre-pulled storage). "
-    "flatten s: the time bootc reports for flattening alone. baseline s: median wall of "
-    "`umoci raw unpack` (blobs) or `podman image mount` + `cp -a` (containers-storage). "
-    "files/s and MB/s: entries and regular-file bytes of the flattened tree over ours s. "
-    "CPU s: user+sys time of each side's process tree, ours / baseline. "
-    "RSS MB: peak of our Python process alone. tree RSS MB: largest process in each "
-    "side's tree (ours includes skopeo), ours / baseline."
-)
-
-
-def print_table(rows: Sequence[Comparison], console: Console) -> None:
-    table = Table(title="internals flatten vs baselines (median of runs)")
-    for column in _COLUMNS:
-        table.add_column(column, justify="left" if column in ("workload", "source") else "right")
-    for row in rows:
-        cells = _cells(row)
-        styled = [*cells[:-2], *(_style(c) for c in cells[-2:])]
-        table.add_row(*styled)
-    console.print(table)
-    console.print(_NOTES, style="dim")
-    for row in rows:
-        if row.extra_s:
-            extras = ", ".join(f"{k} {v:.2f}s" for k, v in row.extra_s.items())
-            console.print(f"{row.workload} / {row.source}: {extras}")
-        if row.ours_tree_entries != row.baseline_tree_entries:
-            console.print(
-                f"[yellow]{row.workload} / {row.source}: our tree has "
-                f"{row.ours_tree_entries} entries, the baseline's {row.baseline_tree_entries}"
-            )
-
-
-def _style(verdict: str) -> str:
-    return f"[green]{verdict}[/]" if verdict == "pass" else f"[bold red]{verdict}[/]"
-
-
-def markdown(rows: Sequence[Comparison], environment: dict[str, object]) -> str:
-    lines = [
-        f"# Flatten benchmark, {environment['date']}",
-        "",
-        f"Commit {environment['commit']}, {environment['cpus']} CPUs, "
-        f"kernel {environment['kernel']}, {environment['runs']} runs after one warm-up, "
-        f"{environment['scratch_filesystem']}; load average before "
-        f"{environment['loadavg_before']}, after {environment['loadavg_after']}.",
-        "",
-        "| " + " | ".join(_COLUMNS) + " |",
-        "|" + "|".join("---" for _ in _COLUMNS) + "|",
-    ]
-    lines += ["| " + " | ".join(_cells(row)) + " |" for row in rows]
-    lines += ["", _NOTES, ""]
-    for row in rows:
-        extras = ", ".join(f"{k} {v:.2f}s" for k, v in row.extra_s.items())
-        counts = f"entries: ours {row.ours_tree_entries}, baseline {row.baseline_tree_entries}"
-        lines.append(
-            f"- {row.workload} / {row.source}: {counts}" + (f"; {extras}" if extras else "")
-        )
-    return "\n".join(lines) + "\n"
-
-
-def _row_json(row: Comparison) -> dict[str, object]:
-    verdict = Verdict.of(row)
+def series_json(series: Series) -> dict[str, object]:
     return {
-        "workload": row.workload,
-        "source": row.source,
-        "baseline": row.baseline_name,
-        "ours_s": row.ours.median_s,
-        "ours_runs_s": row.ours.runs_s,
-        "flatten_s": row.flatten_s,
-        "baseline_s": row.baseline.median_s,
-        "baseline_runs_s": row.baseline.runs_s,
-        "ratio": row.ratio,
-        "entries": row.summary.entries,
-        "bytes": row.summary.bytes,
-        "layers": row.summary.layers,
-        "files_per_s": row.files_per_s,
-        "mb_per_s": row.mb_per_s,
-        "ours_cpu_s": row.ours.median_cpu_s,
-        "baseline_cpu_s": row.baseline.median_cpu_s,
-        "ours_self_rss_mb": row.ours.peak_self_mb,
-        "ours_tree_rss_mb": row.ours.peak_tree_mb,
-        "baseline_tree_rss_mb": row.baseline.peak_tree_mb,
-        "ours_tree_entries": row.ours_tree_entries,
-        "baseline_tree_entries": row.baseline_tree_entries,
-        **row.extra_s,
-        "wall_target_met": verdict.wall_ok,
-        "rss_target_met": verdict.rss_ok,
+        "median_s": round(series.median_s, 3),
+        "runs_s": series.runs_s,
+        "cpu_s": round(series.median_cpu_s, 3),
+        "self_rss_mb": None if series.peak_self_mb is None else round(series.peak_self_mb, 1),
+        "tree_rss_mb": round(series.peak_tree_mb, 1),
     }
 
 
 def _tool_version(*argv: str) -> str:
     try:
-        return tools.run(argv).stdout.decode().strip().splitlines()[0]
-    except (BootcError, IndexError):
-        return "unknown"
+        out = tools.run(list(argv)).stdout.decode(errors="replace")
+    except BootcError as err:
+        return f"unavailable ({err})"
+    return out.strip().splitlines()[0] if out.strip() else ""
 
 
-def environment(
-    runs: int, repo: Path, scratch: Path, load_before: tuple[float, float, float]
-) -> dict[str, object]:
+def environment() -> dict[str, object]:
     return {
-        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "commit": _tool_version("git", "-C", str(repo), "rev-parse", "--short", "HEAD"),
-        "cpus": os.cpu_count(),
+        "debian": Path("/etc/debian_version").read_text().strip(),
         "kernel": platform.release(),
+        "cpus": os.cpu_count(),
         "python": platform.python_version(),
-        "umoci": _tool_version("umoci", "--version"),
         "skopeo": _tool_version("skopeo", "--version"),
         "podman": _tool_version("podman", "--version"),
-        "runs": runs,
-        "scratch_filesystem": f"outputs on a loop-mounted ext4 whose image is in {scratch}",
-        # Other jobs may share the machine: the load around the run says how much.
-        "loadavg_before": [round(x, 2) for x in load_before],
-        "loadavg_after": [round(x, 2) for x in os.getloadavg()],
-        "targets": {"max_ratio": MAX_RATIO, "max_rss_mb": MAX_RSS_MB},
+        "ostree": _tool_version("ostree", "--version").split("'")[1:2],
+        "umoci": _tool_version("umoci", "--version"),
     }
 
 
-def save(
-    rows: Sequence[Comparison],
-    workloads: dict[str, dict[str, object]],
-    env: dict[str, object],
-    results: Path,
-) -> list[Path]:
-    """Write latest.{json,md} and a timestamped copy of each; return the paths."""
-    results.mkdir(parents=True, exist_ok=True)
-    document = {"environment": env, "workloads": workloads, "results": [_row_json(r) for r in rows]}
-    text = {"json": json.dumps(document, indent=2) + "\n", "md": markdown(rows, env)}
-    stamp = time.strftime("%Y%m%dT%H%M%S")
-    written = []
-    for ext, content in text.items():
-        for name in ("latest", stamp):
-            path = results / f"{name}.{ext}"
-            path.write_text(content)
-            written.append(path)
-    return written
+def _t(times: Mapping[str, Any], name: str) -> float:
+    return float(times[name]["median_s"])
+
+
+def _mark(ok: bool) -> str:
+    return "✅" if ok else "❌ missed"
+
+
+def _fresh_rows(sizes: Mapping[str, Any]) -> tuple[list[str], list[str]]:
+    rows, misses = [], []
+    for size, found in sizes.items():
+        t = found["times"]
+        ostree, container = _t(t, "ostree install"), _t(t, "container install")
+        a, b, floor = _t(t, "(a) install"), _t(t, "(b) install"), _t(t, "floor")
+        vs_b, vs_floor, vs_a = ostree / b, ostree / floor, container / a
+        rows.append(
+            f"| {size} ({found['unpacked_bytes'] // MB} MB) | {ostree:.2f} | {b:.2f} | "
+            f"{vs_b:.2f} {_mark(vs_b <= 0.6)} | {floor:.2f} | {vs_floor:.2f} {_mark(vs_floor <= 1.6)} | "
+            f"{container:.2f} | {a:.2f} | {vs_a:.2f} {_mark(vs_a <= 0.85)} |"
+        )
+        for what, value, bound in (
+            ("the ostree backend against (b)", vs_b, 0.6),
+            ("the ostree backend against the floor", vs_floor, 1.6),
+            ("the container backend against (a)", vs_a, 0.85),
+        ):
+            if value > bound:
+                misses.append(f"{size}: {what} is {value:.2f}, over the target of {bound}.")
+    return rows, misses
+
+
+def _update_rows(sizes: Mapping[str, Any]) -> tuple[list[str], list[str]]:
+    rows, misses = [], []
+    for size, found in sizes.items():
+        t = found["times"]
+        for backend, baseline in (("ostree", "(b)"), ("container", "(a)")):
+            fresh, update = _t(t, f"{backend} install"), _t(t, f"{backend} update")
+            switch = _t(t, f"{backend} switch")
+            fetched = found["fetched"].get(f"{backend} update", [0])
+            fetched_ratio = max(fetched) / found["update_layer_bytes"]
+            share = update / fresh
+            rows.append(
+                f"| {size} | {backend} | {fresh:.2f} | {switch:.2f} | {update:.2f} | "
+                f"{share:.0%} {_mark(share <= 0.15)} | {_t(t, f'{baseline} update'):.2f} | "
+                f"{max(fetched) / MB:.1f} MB, {fetched_ratio:.2f}× {_mark(fetched_ratio <= 1.05)} |"
+            )
+            if share > 0.15:
+                misses.append(
+                    f"{size}, {backend}: an update takes {share:.0%} of a fresh install (target 15%)."
+                )
+            if fetched_ratio > 1.05:
+                misses.append(
+                    f"{size}, {backend}: an update fetched {fetched_ratio:.2f}× the changed layer (target 1.05)."
+                )
+    return rows, misses
+
+
+def _check_rows(sizes: Mapping[str, Any]) -> tuple[list[str], list[str]]:
+    rows, misses = [], []
+    for size, found in sizes.items():
+        t = found["times"]
+        for backend in ("ostree", "container"):
+            check, status = _t(t, f"{backend} check"), _t(t, f"{backend} status")
+            blobs = max(found["fetched"].get(f"{backend} check", [0]))
+            rss = max((t[name]["self_rss_mb"] or 0) for name in t if name.startswith(backend))
+            rows.append(
+                f"| {size} | {backend} | {check:.2f} {_mark(check <= 1.0)} | {blobs} {_mark(blobs == 0)} | "
+                f"{status:.2f} {_mark(status <= 0.3)} | {rss:.0f} {_mark(rss <= 200)} |"
+            )
+            if check > 1.0 or blobs:
+                misses.append(
+                    f"{size}, {backend}: upgrade --check took {check:.2f} s and fetched {blobs} blobs."
+                )
+            if status > 0.3:
+                misses.append(f"{size}, {backend}: status took {status:.2f} s (target 0.3 s).")
+            if rss > 200:
+                misses.append(f"{size}, {backend}: peak RSS {rss:.0f} MB (target 200 MB).")
+    return rows, misses
+
+
+def _disk_rows(disk: Mapping[str, Any]) -> tuple[list[str], list[str]]:
+    rows, misses = [], []
+    unpacked = disk["unpacked_bytes"]
+    for fs, per_backend in disk.items():
+        if not isinstance(per_backend, dict):
+            continue
+        for backend, used in per_backend.items():
+            ratio = used["install"] / unpacked
+            reflinks = fs in ("xfs", "btrfs") and backend == "container"
+            verdict = f" {_mark(ratio <= 1.1)}" if reflinks else ""
+            rows.append(
+                f"| {fs} | {backend} | {used['install'] / MB:.0f} | {ratio:.2f}{verdict} | "
+                f"{used['update'] / MB:.0f} | {'yes' if used['fsck_ok'] else 'NO'} |"
+            )
+            if reflinks and ratio > 1.1:
+                misses.append(
+                    f"{fs}, container backend: {ratio:.2f}× the unpacked image on disk (target 1.1)."
+                )
+    return rows, misses
+
+
+def markdown(results: Mapping[str, Any]) -> str:
+    env = results["environment"]
+    lines = [
+        "# pybootc benchmark",
+        "",
+        f"Debian {env['debian']}, kernel {env['kernel']}, {env['cpus']} CPUs, Python {env['python']}, "
+        f"{env['skopeo']}, {env['podman']}, umoci {env['umoci']}. Medians of the runs; "
+        "ratios are between figures of this one run. Scratch filesystems: ext4 images in RAM.",
+        "",
+        "## Fresh install",
+        "",
+        "(a) `skopeo copy` into containers-storage, `podman image mount`, `ostree commit`, deploy. "
+        "(b) `umoci raw unpack`, `ostree commit`, deploy. Floor: `gzip -dc | sha256sum` of the "
+        "layer blobs. Times in seconds; targets ≤ 0.6× (b), ≤ 1.6× the floor, ≤ 0.85× (a).",
+        "",
+        "| size | ostree | (b) | ostree/(b) | floor | ostree/floor | container | (a) | container/(a) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    misses: list[str] = []
+    rows, missed = _fresh_rows(results["sizes"])
+    lines += rows
+    misses += missed
+    lines += [
+        "",
+        "## Switch and one-layer update",
+        "",
+        "Switch: to the same files in other layers (another build of the OS). Update: v2 adds one "
+        "layer of 10 MB that does not compress; fetched: blob bytes the registry served for it. "
+        "Targets: an update ≤ 15% of a fresh install, and ≤ 1.05× the changed layer fetched.",
+        "",
+        "| size | backend | fresh s | switch s | update s | update/fresh | baseline update s | fetched |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    rows, missed = _update_rows(results["sizes"])
+    lines += rows
+    misses += missed
+    lines += [
+        "",
+        "## upgrade --check, status, memory",
+        "",
+        "| size | backend | check s (≤ 1 s) | blobs fetched (0) | status s (≤ 0.3 s) | peak RSS MB (≤ 200) |",
+        "|---|---|---|---|---|---|",
+    ]
+    rows, missed = _check_rows(results["sizes"])
+    lines += rows
+    misses += missed
+    if "disk" in results:
+        lines += [
+            "",
+            f"## Disk used ({results['disk']['workload']}, {results['disk']['unpacked_bytes'] // MB} MB unpacked)",
+            "",
+            "Used blocks of the filesystem after an install and after one update (data that "
+            "reflinks share counts once). Target on XFS and btrfs, container backend: ≤ 1.1× "
+            "the unpacked image after the install.",
+            "",
+            "| filesystem | backend | after install MB | × unpacked | after update MB | fsck |",
+            "|---|---|---|---|---|---|",
+        ]
+        rows, missed = _disk_rows(results["disk"])
+        lines += rows
+        misses += missed
+    if "large" in results:
+        lines += [
+            "",
+            "## Large layers (an ext4 image on the disk)",
+            "",
+            "| workload | backend | install s | peak RSS MB, bootc (≤ 200) | peak RSS MB, any process |",
+            "|---|---|---|---|---|",
+        ]
+        for name, found in results["large"].items():
+            for backend, t in found["times"].items():
+                rss = t["self_rss_mb"] or 0
+                lines.append(
+                    f"| {name}: {found['description']} | {backend} | {t['median_s']:.1f} | "
+                    f"{rss:.0f} {_mark(rss <= 200)} | {t['tree_rss_mb']:.0f} |"
+                )
+                if rss > 200:
+                    misses.append(f"{name}, {backend}: peak RSS {rss:.0f} MB (target 200 MB).")
+    if "partial" in results:
+        lines += ["", "## Partial pulls (zstd:chunked)", "", *results["partial"]["lines"]]
+    lines += ["", "## Targets missed", ""]
+    lines += [f"- {miss}" for miss in misses] or ["None."]
+    lines += ["", f"The whole benchmark took {results.get('seconds', 0) // 60} min."]
+    return "\n".join(lines) + "\n"
+
+
+def chart(results: Mapping[str, Any], out: Path) -> None:
+    """Two panels: each size's ratios against the baselines and the floor, with the
+    targets drawn in; the disk each backend uses per filesystem, against the image."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sizes = results["sizes"]
+    names = list(sizes)
+    series = {
+        "ostree / (b)  (≤ 0.6)": [
+            _t(sizes[s]["times"], "ostree install") / _t(sizes[s]["times"], "(b) install")
+            for s in names
+        ],
+        "ostree / floor  (≤ 1.6)": [
+            _t(sizes[s]["times"], "ostree install") / _t(sizes[s]["times"], "floor") for s in names
+        ],
+        "container / (a)  (≤ 0.85)": [
+            _t(sizes[s]["times"], "container install") / _t(sizes[s]["times"], "(a) install")
+            for s in names
+        ],
+        "update / fresh, ostree  (≤ 0.15)": [
+            _t(sizes[s]["times"], "ostree update") / _t(sizes[s]["times"], "ostree install")
+            for s in names
+        ],
+        "update / fresh, container  (≤ 0.15)": [
+            _t(sizes[s]["times"], "container update") / _t(sizes[s]["times"], "container install")
+            for s in names
+        ],
+    }
+    targets = [0.6, 1.6, 0.85, 0.15, 0.15]
+    fig, axes = plt.subplots(1, 2 if "disk" in results else 1, figsize=(14, 5), squeeze=False)
+    ax = axes[0][0]
+    width = 0.8 / len(series)
+    for index, ((label, values), target) in enumerate(zip(series.items(), targets, strict=True)):
+        xs = [n + index * width for n in range(len(names))]
+        bars = ax.bar(xs, values, width, label=label)
+        color = bars.patches[0].get_facecolor()
+        for x in xs:
+            ax.hlines(target, x - width / 2, x + width / 2, colors=[color], linestyles="dashed")
+    ax.set_xticks([n + 0.4 - width / 2 for n in range(len(names))])
+    ax.set_xticklabels([f"{s} ({sizes[s]['unpacked_bytes'] // MB} MB)" for s in names])
+    ax.set_ylabel("ratio (dashed: target)")
+    ax.set_title("Time, against the baselines of the same run")
+    ax.legend(fontsize="small")
+    if "disk" in results:
+        disk = results["disk"]
+        fss = [fs for fs, v in disk.items() if isinstance(v, dict)]
+        ax = axes[0][1]
+        for index, backend in enumerate(("ostree", "container")):
+            xs = [n + index * 0.4 for n in range(len(fss))]
+            ax.bar(
+                xs,
+                [disk[fs][backend]["install"] / disk["unpacked_bytes"] for fs in fss],
+                0.4,
+                label=f"{backend}, after install",
+            )
+        ax.axhline(
+            1.1,
+            linestyle="dashed",
+            color="grey",
+            label="1.1× unpacked (target, container on XFS/btrfs)",
+        )
+        ax.set_xticks([n + 0.2 for n in range(len(fss))])
+        ax.set_xticklabels(fss)
+        ax.set_ylabel("disk used / unpacked image")
+        ax.set_title(f"Disk used, {disk['workload']}")
+        ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)

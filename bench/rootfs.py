@@ -1,32 +1,43 @@
-"""The Debian workload: a bookworm minbase tree split into a realistic layered image.
+"""The Debian workload: a bootable bookworm tree split into a realistic layered image.
 
-mmdebstrap builds the tree once from the machine's own apt mirror and it is kept
-as a tarball. Three layers split the tree by path; a fourth changes it the ways
-image builds do: it rewrites files, deletes some (whiteouts), replaces whole
-directories (opaque markers) and turns a file into a directory and back.
+mmdebstrap builds the tree once from the machine's own apt mirror (minbase, a kernel,
+systemd and enough userland to make it about a gigabyte) and it is kept as a tarball;
+the sizes the benchmark compares are picked from it file by file (`trim`). Three layers
+split the tree by path; a fourth changes it the ways image builds do: it rewrites files,
+deletes some (whiteouts), replaces whole directories (opaque markers) and turns a file
+into a directory and back.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
-import re
+import shutil
 import stat
 import struct
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from layout_writer import LayerTar, open_layers, tag_image
+from layout_writer import LayerTar, WrittenLayer, open_layers, tag_image
 
 from pybootc import tools
 from pybootc.errors import BootcError
+from tests.boot.guest_recipe import host_apt_sources
 
 SUITE = "bookworm"
-# Bump when the layer recipe changes, so cached layouts are rebuilt.
-RECIPE = "debian-minbase-v1"
+PACKAGES = (
+    "linux-image-amd64", "systemd-sysv", "python3", "perl", "git", "openssh-server",
+    "build-essential", "vim-tiny", "curl", "iproute2", "less",
+)  # fmt: skip
+# Bump when the tree or the layer recipe changes, so cached layouts are rebuilt.
+RECIPE = "debian-bootable-v2"
 
-_LAYER_OF_PREFIX = (("usr/lib", 1), ("usr/share", 2))
+# The usual split, and another one of the same tree: another build of the same OS,
+# whose layers the repo has none of.
+SPLIT = (("usr/lib", 1), ("usr/share", 2))
+OTHER_SPLIT = (("usr/share", 1), ("usr/lib", 2))
 _CHANGES = 3
 _WHITEOUT_DIRS = frozenset({"usr/share/man", "usr/share/locale", "var/cache/debconf"})
 _OPAQUE_DIRS = frozenset({"usr/share/doc", "etc/apt"})
@@ -40,51 +51,9 @@ _LATER = 86_400
 _CAP_NET_RAW = struct.pack("<IIIII", 0x02000001, 1 << 13, 0, 0, 0)
 
 
-def debian_sources(apt_dir: Path = Path("/etc/apt")) -> list[str]:
-    """One-line `deb` entries for the suite, from the machine's own apt configuration."""
-    listed = [apt_dir / "sources.list", *sorted((apt_dir / "sources.list.d").glob("*.list"))]
-    lines = [line for path in listed if path.exists() for line in _one_line_sources(path)]
-    for path in sorted((apt_dir / "sources.list.d").glob("*.sources")):
-        for stanza in re.split(r"\n\s*\n", path.read_text()):
-            fields = _deb822(stanza)
-            if "deb" not in fields.get("Types", "").split():
-                continue
-            components = fields.get("Components", "main")
-            for uri in fields.get("URIs", "").split():
-                for suite in fields.get("Suites", "").split():
-                    if suite.startswith(SUITE):
-                        lines.append(f"deb {uri} {suite} {components}")
-    return lines
-
-
-def _one_line_sources(path: Path) -> list[str]:
-    found = []
-    for raw in path.read_text().splitlines():
-        # Drop comments and `[option=value ...]`: mmdebstrap finds Debian's keyring itself.
-        text = re.sub(r"\[[^]]*\]", "", raw.split("#", 1)[0])
-        words = text.split()
-        if len(words) >= 4 and words[0] == "deb" and words[2].startswith(SUITE):
-            found.append(" ".join(words))
-    return found
-
-
-def _deb822(stanza: str) -> dict[str, str]:
-    fields: dict[str, str] = {}
-    key = ""
-    for line in stanza.splitlines():
-        if line.startswith("#") or not line.strip():
-            continue
-        if line[0].isspace() and key:
-            fields[key] += " " + line.strip()
-        elif ":" in line:
-            key, _, value = line.partition(":")
-            fields[key] = value.strip()
-    return fields
-
-
 def build_tarball(tarball: Path) -> None:
-    """Bootstrap minbase with mmdebstrap, straight into `tarball`."""
-    sources = debian_sources()
+    """Bootstrap the tree with mmdebstrap, straight into `tarball`."""
+    sources = host_apt_sources(SUITE)
     if not sources:
         raise BootcError(f"No deb source for {SUITE} in /etc/apt")
     partial = tarball.with_suffix(".partial")
@@ -94,6 +63,7 @@ def build_tarball(tarball: Path) -> None:
             "--variant=minbase",
             "--format=tar",
             "--quiet",
+            "--include=" + ",".join(PACKAGES),
             SUITE,
             partial,
             *sources,
@@ -103,7 +73,7 @@ def build_tarball(tarball: Path) -> None:
 
 
 def unpack_tarball(tarball: Path, tree: Path) -> None:
-    tree.mkdir()
+    tree.mkdir(parents=True)
     tools.run(
         [
             "tar",
@@ -120,6 +90,55 @@ def unpack_tarball(tarball: Path, tree: Path) -> None:
     )
 
 
+def make_bootable(tree: Path) -> None:
+    """The kernel and initramfs where ostree looks for them, /boot left empty."""
+    boot = tree / "boot"
+    for kernel in sorted(boot.glob("vmlinuz-*")):
+        version = kernel.name.removeprefix("vmlinuz-")
+        modules = tree / "usr/lib/modules" / version
+        modules.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(kernel, modules / "vmlinuz")
+        initrd = boot / f"initrd.img-{version}"
+        if initrd.exists():
+            shutil.copy2(initrd, modules / "initramfs.img")
+    for entry in boot.iterdir():
+        shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+
+
+def _kept(rel: str) -> bool:
+    """What every size keeps: the kernel, and what identifies the OS."""
+    return rel.endswith(("/vmlinuz", "/initramfs.img")) or rel in (
+        "usr/lib/os-release",
+        "etc/passwd",
+    )
+
+
+def trim(tree: Path, target: int) -> None:
+    """Keep regular files adding up to about `target` bytes, picked by a hash of their
+    path (so the same ones every time, and the mix of sizes stays the tree's); the
+    kernel, initramfs and os-release always stay."""
+    kept = sum(st.st_size for rel, st in _walk(tree) if stat.S_ISREG(st.st_mode) and _kept(rel))
+    rest = unpacked_size(tree) - kept
+    fraction = min(1.0, max(0.0, (target - kept) / rest)) if rest else 1.0
+    cut = int(fraction * (1 << 32))
+    for rel, st in list(_walk(tree)):
+        if not stat.S_ISREG(st.st_mode) or _kept(rel):
+            continue
+        if int.from_bytes(hashlib.sha256(rel.encode()).digest()[:4], "big") >= cut:
+            (tree / rel).unlink()
+
+
+def unpacked_size(tree: Path) -> int:
+    """Bytes of the tree's regular files, each inode once."""
+    seen: set[int] = set()
+    total = 0
+    for _, st in _walk(tree):
+        if stat.S_ISREG(st.st_mode) and st.st_ino not in seen:
+            seen.add(st.st_ino)
+            total += st.st_size
+    return total
+
+
 def _walk(tree: Path, rel: str = "") -> Iterator[tuple[str, os.stat_result]]:
     """Every entry below `tree`, parents before children, in name order."""
     with os.scandir(tree / rel if rel else tree) as it:
@@ -132,8 +151,8 @@ def _walk(tree: Path, rel: str = "") -> Iterator[tuple[str, os.stat_result]]:
             yield from _walk(tree, path)
 
 
-def _base_layer(rel: str) -> int:
-    for prefix, index in _LAYER_OF_PREFIX:
+def _base_layer(rel: str, split: tuple[tuple[str, int], ...]) -> int:
+    for prefix, index in split:
         if rel == prefix or rel.startswith(prefix + "/"):
             return index
     return 0
@@ -285,13 +304,40 @@ class ChangeLayer:
             )
 
 
-def build_layout(tree: Path, layout: Path, tag: str) -> None:
-    """Write the four-layer image of `tree` into `layout` as `tag`."""
+def build_layout(
+    tree: Path, layout: Path, tag: str, split: tuple[tuple[str, int], ...] = SPLIT
+) -> list[WrittenLayer]:
+    """Write the four-layer image of `tree` into `layout` as `tag`; its layers."""
     with open_layers(layout, _CHANGES + 1) as (outputs, written):
         layers = [TreeLayer(tree, out) for out in outputs]
         changes = ChangeLayer(layers[_CHANGES])
         for rel, st in _walk(tree):
-            layers[_base_layer(rel)].copy(rel)
+            layers[_base_layer(rel, split)].copy(rel)
             changes.visit(rel, st)
         changes.finish()
     tag_image(layout, tag, written)
+    return written
+
+
+def add_update(layout: Path, tag: str, base: list[WrittenLayer], size: int) -> WrittenLayer:
+    """Tag, as `tag`, the image of `base` plus one layer of `size` bytes that do not
+    compress (and a changed file): what a one-layer update brings."""
+    with open_layers(layout, 1) as (outputs, written):
+        (out,) = outputs
+        root = _info("usr/share/bench-update", tarfile.DIRTYPE, 0o755)
+        out.tar.addfile(root)
+        chunk = 1 << 20
+        for index in range(max(1, size // chunk)):
+            data = hashlib.shake_256(f"update {index}".encode()).digest(chunk)
+            out.tar.addfile(
+                _info(
+                    f"usr/share/bench-update/blob-{index:03d}", tarfile.REGTYPE, 0o644, size=chunk
+                ),
+                io.BytesIO(data),
+            )
+        motd = b"Updated by the benchmark\n"
+        out.tar.addfile(
+            _info("etc/bench-release", tarfile.REGTYPE, 0o644, size=len(motd)), io.BytesIO(motd)
+        )
+    tag_image(layout, tag, [*base, *written])
+    return written[0]

@@ -1,130 +1,230 @@
-"""`make bench`: flatten the benchmark images with both sources and compare with baselines.
+"""`make bench`: pybootc's install, switch, update, check and status against the tool
+pipelines it is made of, on the Debian workload at three sizes; the disk each backend
+uses on ext4, XFS and btrfs; the two 4 GiB layers.
 
-Builds (or reuses) the workloads in bench/cache/, measures on a scratch ext4
-(see scratchfs) and writes the results to bench/results/. `--profile` adds one
-cProfile'd run of each of ours (in bench/work/, pull included, the .pstats kept
-there) and prints where the main thread spent its time.
+Every figure is a median of --runs runs (after one warm-up), taken in rounds that visit
+each measurement in turn, so that drift in the machine's load falls on all alike.
+Results go to bench/results/: the JSON of every run, report.md and report.png.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import pstats
-import shutil
+import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from report import environment, print_table, save
+# The registry fixture and the apt sources are the tests' own support code.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import pipelines as p
+import report
+from measure import Sample, Series
 from rich.console import Console
-from scenarios import BENCH_DIR, COMPARISONS, Comparison, bootc_argv
-from scratchfs import discard
-from workloads import WORKLOADS, Workload
+from scratchfs import FsKind, discard, used_bytes
+from workloads import SIZES, Workload, debian, large
 
 from pybootc import tools
-from pybootc.errors import BootcError
-from pybootc.stores.containers_storage import ContainersStorage
+from tests.support import running_registry
 
+BENCH_DIR = Path(__file__).resolve().parent
 CACHE = BENCH_DIR / "cache"
 WORK = BENCH_DIR / "work"
 RESULTS = BENCH_DIR / "results"
-# Scratch filesystem images: in RAM when there is room, so that the VM's shared
-# disk, which other jobs use too, does not decide the result.
-_SHM = Path("/dev/shm")
-_SHM_NEEDED = 6 << 30
-
-
-def scratch_directory() -> Path:
-    if _SHM.is_dir():
-        st = os.statvfs(_SHM)
-        if st.f_bavail * st.f_frsize >= _SHM_NEEDED:
-            return _SHM / "pybootc-bench"
-    return WORK / "scratch"
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
+BACKENDS = ("ostree", "container")
+# Scratch filesystems in RAM; the large layers' on the disk.
+RAM = Path("/dev/shm/pybootc-bench")
+DISK = Path("/var/tmp/pybootc-bench-disk")
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--runs", type=int, default=3, help="measured runs of each (default 3)")
     parser.add_argument(
-        "--runs", type=_positive, default=3, help="measured runs per command (default 3)"
+        "--size", action="append", choices=sorted(SIZES), help="only this size (repeatable)"
     )
-    parser.add_argument(
-        "--workload", action="append", choices=sorted(WORKLOADS), help="only this workload"
-    )
-    parser.add_argument(
-        "--source", action="append", choices=sorted(COMPARISONS), help="only this source"
-    )
-    parser.add_argument(
-        "--profile", action="store_true", help="also profile one run of each of ours"
-    )
+    parser.add_argument("--no-large", action="store_true", help="skip the 4 GiB layers")
+    parser.add_argument("--no-disk", action="store_true", help="skip disk use on XFS and btrfs")
     return parser.parse_args(argv)
 
 
-def _profile(workload: Workload, source: str, console: Console) -> None:
-    """One extra run of ours under cProfile; the top of the main thread's time."""
-    out = WORK / "out-profile"
-    stats_file = WORK / f"profile-{workload.name}-{source}.pstats"
-    storage = WORK / "profile-storage"
-    extra: list[str | Path] = ["--storage", storage] if source == "containers-storage" else []
-    shutil.rmtree(out, ignore_errors=True)
-    cmd = bootc_argv("--source", source, *extra, workload.oci_ref, "--output", out)
-    try:
-        tools.run(cmd, env={"BENCH_CPROFILE": str(stats_file)})
-    finally:
-        shutil.rmtree(out, ignore_errors=True)
-        if storage.exists():
-            ContainersStorage.at(storage).reset()
-            shutil.rmtree(storage, ignore_errors=True)
-    console.rule(f"cProfile: {workload.name} / {source} (main thread, by own time)")
-    stats = pstats.Stats(str(stats_file), stream=sys.stdout)
-    stats.sort_stats("tottime").print_stats(15)
+Measurement = Callable[[], Sample]
+
+
+def rounds(
+    runs: int, measurements: dict[str, Measurement], say: Callable[[str], None]
+) -> dict[str, Series]:
+    """A warm-up of each, then `runs` rounds that take each in turn."""
+    samples: dict[str, list[Sample]] = {name: [] for name in measurements}
+    for index in range(runs + 1):
+        for name, measure in measurements.items():
+            sample = measure()
+            if index:
+                samples[name].append(sample)
+            say(f"  {'warm-up' if not index else f'run {index}'} {name}: {sample.seconds:.2f} s")
+    return {name: Series(tuple(found)) for name, found in samples.items()}
+
+
+def debian_size(
+    env: p.Env, workload: Workload, repo: str, runs: int, say: Callable[[str], None]
+) -> dict[str, object]:
+    """Every timed figure for one size of the Debian workload."""
+    fetched: dict[str, list[int]] = {}
+
+    def kept(name: str, measure: Callable[[Path], tuple[Sample, int]]) -> Measurement:
+        def run() -> Sample:
+            holder: list[int] = []
+
+            def inner(mount: Path) -> Sample:
+                sample, count = measure(mount)
+                holder.append(count)
+                return sample
+
+            sample = p.in_fresh_filesystem(env, inner)
+            fetched.setdefault(name, []).append(holder[0])
+            return sample
+
+        return run
+
+    layers = {str(layer["digest"]) for tag in ("v1", "v2") for layer in workload.layers(tag)}
+    measurements: dict[str, Measurement] = {"floor": lambda: p.floor(workload)}
+    for backend in BACKENDS:
+        measurements[f"{backend} install"] = lambda b=backend: p.in_fresh_filesystem(
+            env, lambda m: p.install(env, m, env.image(repo, "v1"), b)
+        )
+        measurements[f"{backend} switch"] = lambda b=backend: p.in_fresh_filesystem(
+            env, lambda m: p.switch(env, m, repo, b)
+        )
+        measurements[f"{backend} update"] = kept(
+            f"{backend} update", lambda m, b=backend: p.update(env, m, repo, b, layers)
+        )
+        measurements[f"{backend} check"] = kept(
+            f"{backend} check", lambda m, b=backend: p.check(env, m, repo, b, layers)
+        )
+        measurements[f"{backend} status"] = lambda b=backend: p.in_fresh_filesystem(
+            env, lambda m: p.status(env, m, repo, b)
+        )
+    measurements["(a) install"] = lambda: p.in_fresh_filesystem(
+        env, lambda m: p.baseline_a(env, m, env.image(repo, "v1"))
+    )
+    measurements["(a) update"] = lambda: p.in_fresh_filesystem(
+        env,
+        lambda m: p.baseline_a(env, m, env.image(repo, "v2"), update_from=env.image(repo, "v1")),
+    )
+    measurements["(b) install"] = lambda: p.in_fresh_filesystem(
+        env, lambda m: p.baseline_b(env, m, workload, "v1")
+    )
+    measurements["(b) update"] = lambda: p.in_fresh_filesystem(
+        env, lambda m: p.baseline_b(env, m, workload, "v2")
+    )
+    series = rounds(runs, measurements, say)
+    update_layer = workload.layers("v2")[-1]
+    return {
+        "workload": workload.name,
+        "unpacked_bytes": workload.unpacked_bytes,
+        "compressed_bytes": sum(int(str(layer["size"])) for layer in workload.layers("v1")),
+        "update_layer_bytes": int(str(update_layer["size"])),
+        "times": {name: report.series_json(s) for name, s in series.items()},
+        # Blob bytes an update fetched, and blobs a check fetched, per measured run.
+        "fetched": {name: values[1:] for name, values in fetched.items()},
+    }
+
+
+def disk_use(
+    env: p.Env, workload: Workload, repo: str, say: Callable[[str], None]
+) -> dict[str, object]:
+    """What each backend leaves on the disk after an install and after an update, on
+    each kind of filesystem (used blocks, so data that reflinks share counts once)."""
+    found: dict[str, object] = {}
+    for fs in (FsKind.EXT4, FsKind.XFS, FsKind.BTRFS, FsKind.TMPFS):
+        per_backend: dict[str, dict[str, int]] = {}
+        for backend in BACKENDS:
+            with env.filesystem(fs) as mount:
+                empty = used_bytes(mount)
+                p.retag(env, repo, "v1", "stream")
+                p.install(env, mount, env.image(repo, "stream"), backend)
+                installed = used_bytes(mount) - empty
+                p.retag(env, repo, "v2", "stream")
+                tools.run(p.bootc("--sysroot", mount / "sysroot", "upgrade"))
+                updated = used_bytes(mount) - empty
+                fsck = tools.run(
+                    ["ostree", "fsck", f"--repo={mount}/sysroot/ostree/repo"], check=False
+                )
+                p.reset_storage(mount / "sysroot")
+            per_backend[backend] = {
+                "install": installed,
+                "update": updated,
+                "fsck_ok": int(fsck.returncode == 0),
+            }
+            say(
+                f"  disk {fs} {backend}: {installed >> 20} MB installed, {updated >> 20} MB updated"
+            )
+        found[fs.value] = per_backend
+    return found
+
+
+def _large_install(env: p.Env, workload: Workload, backend: str) -> Measurement:
+    return lambda: p.in_fresh_filesystem(
+        env, lambda mount: p.install(env, mount, workload.ref("v1"), backend)
+    )
+
+
+def large_layers(runs: int, say: Callable[[str], None]) -> dict[str, object]:
+    """The 4 GiB layers, each installed by each backend onto an ext4 image on the disk,
+    straight from the layout (no registry: it would hold two more copies)."""
+    found: dict[str, object] = {}
+    env = p.Env(None, DISK, FsKind.EXT4, 24 << 30)
+    for kind in ("many", "one"):
+        workload = large(kind, CACHE, say)
+        measurements = {b: _large_install(env, workload, b) for b in BACKENDS}
+        series = rounds(max(1, runs - 2), measurements, say)
+        found[workload.name] = {
+            "description": workload.description,
+            "times": {name: report.series_json(s) for name, s in series.items()},
+        }
+    return found
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse(argv)
-    # A file or pipe gets 80 columns by default: too narrow for the table.
-    console = Console(width=max(Console().width, 160))
-    started = time.monotonic()
-    WORK.mkdir(parents=True, exist_ok=True)
-    scratch = scratch_directory()
-    load_before = os.getloadavg()
-    rows: list[Comparison] = []
-    described: dict[str, dict[str, object]] = {}
-    try:
-        for name in args.workload or list(WORKLOADS):
-            with console.status(f"Preparing workload {name}"):
-                workload = WORKLOADS[name](CACHE, WORK, console.log)
-            sizes = workload.layer_sizes()
-            described[name] = {
-                "description": workload.description,
-                "layout": str(workload.layout),
-                "layer_sizes": sizes,
+    console = Console()
+    say = console.print
+    sizes = args.size or list(SIZES)
+    started = time.time()
+    results: dict[str, object] = {"environment": report.environment(), "sizes": {}}
+    for directory in (RAM, DISK):
+        discard(directory)
+    with running_registry() as registry:
+        env = p.Env(registry, RAM)
+        for size in sizes:
+            workload = debian(size, CACHE, WORK, say)
+            repo = f"bench/{workload.name.lower()}"
+            say(f"[bold]{workload.name}[/]: {workload.description}, pushed to the registry")
+            p.push(env, workload, repo)
+            results["sizes"][size] = debian_size(env, workload, repo, args.runs, say)  # type: ignore[index]
+        if not args.no_disk:
+            size = "M" if "M" in sizes else sizes[0]
+            say(f"[bold]Disk use[/], debian-{size}")
+            workload = debian(size, CACHE, WORK, say)
+            results["disk"] = {
+                "workload": workload.name,
+                "unpacked_bytes": workload.unpacked_bytes,
+                **disk_use(env, workload, f"bench/{workload.name.lower()}", say),
             }
-            console.log(f"{name}: {len(sizes)} layers, {sum(sizes) / 1e6:.0f} MB compressed")
-            for source in args.source or list(COMPARISONS):
-                with console.status(f"Measuring {name} / {source}"):
-                    rows.append(COMPARISONS[source](workload, scratch, args.runs))
-                console.log(f"{name} / {source}: done")
-                if args.profile:
-                    _profile(workload, source, console)
-    except BootcError as err:
-        console.print(f"[bold red]error:[/] {err}")
-        return 1
-    finally:
-        discard(scratch)
-    env = environment(args.runs, BENCH_DIR.parent, scratch, load_before)
-    print_table(rows, console)
-    for path in save(rows, described, env, RESULTS):
-        console.log(f"wrote {path}")
-    console.log(f"bench took {time.monotonic() - started:.0f}s")
+    if not args.no_large:
+        say("[bold]Large layers[/]")
+        results["large"] = large_layers(args.runs, say)
+    results["seconds"] = round(time.time() - started)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    (RESULTS / f"{stamp}.json").write_text(json.dumps(results, indent=2))
+    (RESULTS / "results.json").write_text(json.dumps(results, indent=2))
+    text = report.markdown(results)
+    (RESULTS / "report.md").write_text(text)
+    report.chart(results, RESULTS / "report.png")
+    console.print(text)
     return 0
 
 

@@ -1,22 +1,38 @@
 """The benchmark's images, built once and kept under bench/cache/.
 
-Each workload is an OCI layout tagged `bench`. A layout is reused while the
-recipe that built it is unchanged; it is built in a scratch directory and moved
-into place only when complete, so an interrupted build is never taken as cached.
+The Debian workload comes in three sizes, each an OCI layout with these tags:
+- `v1`: the tree in four layers (rootfs.build_layout);
+- `v2`: v1 plus one layer of about 10 MB: a one-layer update;
+- `other`: the same tree split into other layers: another build of the same OS, whose
+  layers share nothing with v1's (their files are the same objects).
+Two more workloads hold one large layer each: many files, and a single file, 4 GiB
+either way, uncompressed (their point is memory and the disk, not gzip).
+
+A layout is reused while the recipe that built it is unchanged; it is built in a scratch
+directory and moved into place only when complete, so an interrupted build is never
+taken as cached.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import shutil
+import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import rootfs
-import smallfiles
+from layout_writer import open_plain_layer
 
-TAG = "bench"
+# Unpacked sizes of the three Debian images, in MB (of regular files). The kernel and
+# its initramfs alone are about 45 MB: the smallest image is twice that.
+SIZES = {"S": 100, "M": 250, "L": 800}
+UPDATE_BYTES = 10 << 20
+LARGE_BYTES = 4 << 30
+LARGE_FILE_BYTES = 64 << 10
 
 
 @dataclass(frozen=True)
@@ -24,86 +40,165 @@ class Workload:
     name: str
     description: str
     layout: Path
+    unpacked_bytes: int
 
-    @property
-    def oci_ref(self) -> str:
-        """The image for skopeo and for `bootc internals flatten`."""
-        return f"oci:{self.layout}:{TAG}"
+    def ref(self, tag: str = "v1") -> str:
+        """The image for skopeo and bootc: `oci:LAYOUT:TAG`."""
+        return f"oci:{self.layout}:{tag}"
 
-    @property
-    def umoci_ref(self) -> str:
-        return f"{self.layout}:{TAG}"
+    def umoci_ref(self, tag: str = "v1") -> str:
+        return f"{self.layout}:{tag}"
 
-    def layer_sizes(self) -> list[int]:
-        """Compressed layer sizes, lowest first."""
+    def manifest(self, tag: str = "v1") -> dict[str, object]:
         index = json.loads((self.layout / "index.json").read_text())
-        digest = index["manifests"][0]["digest"].removeprefix("sha256:")
-        manifest = json.loads((self.layout / "blobs" / "sha256" / digest).read_text())
-        return [int(layer["size"]) for layer in manifest["layers"]]
+        (entry,) = [
+            m
+            for m in index["manifests"]
+            if m["annotations"]["org.opencontainers.image.ref.name"] == tag
+        ]
+        found: dict[str, object] = json.loads(self.blob(entry["digest"]).read_text())
+        return found
+
+    def blob(self, digest: str) -> Path:
+        return self.layout / "blobs/sha256" / digest.removeprefix("sha256:")
+
+    def layers(self, tag: str = "v1") -> list[dict[str, object]]:
+        layers = self.manifest(tag)["layers"]
+        assert isinstance(layers, list)
+        return layers
 
 
 def _cached(
-    cache: Path, name: str, recipe: str, build: Callable[[Path], None], log: Callable[[str], None]
-) -> Path:
-    """The layout for `name`, built by `build(scratch_layout)` unless cached for `recipe`."""
+    cache: Path,
+    name: str,
+    recipe: str,
+    build: Callable[[Path], dict[str, object]],
+    log: Callable[[str], None],
+) -> tuple[Path, dict[str, object]]:
+    """The layout for `name`, built by `build(scratch_layout)` unless cached for `recipe`;
+    with what `build` recorded of it."""
     home = cache / name
     stamp = home / "recipe"
+    facts = home / "facts.json"
     layout = home / "layout"
-    if stamp.exists() and stamp.read_text() == recipe and (layout / "index.json").exists():
-        return layout
+    if stamp.exists() and stamp.read_text() == recipe and facts.exists():
+        return layout, json.loads(facts.read_text())
     log(f"Building workload {name} (cached afterwards in {home})")
     scratch = cache / f".{name}.building"
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir(parents=True)
-    build(scratch / "layout")
+    recorded = build(scratch / "layout")
+    (scratch / "facts.json").write_text(json.dumps(recorded))
     (scratch / "recipe").write_text(recipe)
     shutil.rmtree(home, ignore_errors=True)
     scratch.rename(home)
-    return layout
+    return layout, recorded
 
 
-def debian_minbase(cache: Path, work: Path, log: Callable[[str], None]) -> Workload:
-    tarball = cache / f"debian-{rootfs.SUITE}-minbase.tar"
+def _debian_tree(cache: Path, work: Path, log: Callable[[str], None]) -> Path:
+    """The bootable tree, unpacked into `work/tree` (the tarball cached)."""
+    tarball = cache / f"debian-{rootfs.SUITE}-bootable.tar"
+    stamp = cache / f"debian-{rootfs.SUITE}-bootable.recipe"
+    if not tarball.exists() or not stamp.exists() or stamp.read_text() != rootfs.RECIPE:
+        log(f"Bootstrapping {rootfs.SUITE} with mmdebstrap into {tarball}")
+        rootfs.build_tarball(tarball)
+        stamp.write_text(rootfs.RECIPE)
+    tree = work / "tree"
+    shutil.rmtree(tree, ignore_errors=True)
+    rootfs.unpack_tarball(tarball, tree)
+    rootfs.make_bootable(tree)
+    return tree
 
-    def build(layout: Path) -> None:
-        if not tarball.exists():
-            log(f"Bootstrapping {rootfs.SUITE} minbase with mmdebstrap into {tarball}")
-            rootfs.build_tarball(tarball)
-        tree = work / "rootfs-tree"
-        shutil.rmtree(tree, ignore_errors=True)
-        rootfs.unpack_tarball(tarball, tree)
+
+def debian(size: str, cache: Path, work: Path, log: Callable[[str], None]) -> Workload:
+    target = SIZES[size] << 20
+
+    def build(layout: Path) -> dict[str, object]:
+        tree = _debian_tree(cache, work, log)
         try:
-            rootfs.build_layout(tree, layout, TAG)
+            rootfs.trim(tree, target)
+            base = rootfs.build_layout(tree, layout, "v1")
+            rootfs.add_update(layout, "v2", base, UPDATE_BYTES)
+            rootfs.build_layout(tree, layout, "other", rootfs.OTHER_SPLIT)
+            return {"unpacked_bytes": rootfs.unpacked_size(tree)}
         finally:
             shutil.rmtree(tree, ignore_errors=True)
 
-    layout = _cached(cache, "debian-minbase", rootfs.RECIPE, build, log)
+    layout, facts = _cached(cache, f"debian-{size}", f"{rootfs.RECIPE} {size}", build, log)
     return Workload(
-        "debian-minbase",
-        f"Debian {rootfs.SUITE} minbase, 4 layers: split by path, then rewrites, "
-        "whiteouts and opaque directories",
+        f"debian-{size}",
+        f"Debian {rootfs.SUITE}, about {SIZES[size]} MB unpacked, 4 layers",
         layout,
+        int(str(facts["unpacked_bytes"])),
     )
 
 
-def small_files(cache: Path, work: Path, log: Callable[[str], None]) -> Workload:
-    layout = _cached(
-        cache,
-        "small-files",
-        smallfiles.RECIPE,
-        lambda out: smallfiles.build_layout(out, TAG),
-        log,
-    )
-    count = smallfiles.DIRECTORIES * smallfiles.FILES_PER_DIRECTORY
-    return Workload(
-        "small-files",
-        f"{count:,} files of 0-{smallfiles.MAX_SIZE} bytes in "
-        f"{smallfiles.DIRECTORIES:,} directories, 2 layers",
-        layout,
-    )
+def _large_layer(layout: Path, files: int) -> None:
+    """One uncompressed layer of LARGE_BYTES in `files` files (incompressible data,
+    made in chunks so memory stays small), on a bootable sample base."""
+    from pybootc.sample.image import sample_image
+    from pybootc.sample.ocibuild import OciLayout, compress, sha256_digest, write_tar
+
+    base = sample_image("1")
+    descriptors, diff_ids = [], []
+    oci = OciLayout(layout)
+    for spec_layer in base.layers:
+        raw = write_tar(spec_layer)
+        blob = compress(raw, spec_layer.compression)
+        descriptors.append(
+            {
+                "mediaType": spec_layer.compression.media_type,
+                "digest": oci.put_blob(blob),
+                "size": len(blob),
+            }
+        )
+        diff_ids.append(sha256_digest(raw))
+    per_file = LARGE_BYTES // files
+    with open_plain_layer(layout) as (tar, written):
+        tar.addfile(_dir("srv"))
+        tar.addfile(_dir("srv/large"))
+        for index in range(files):
+            info = tarfile.TarInfo(f"srv/large/{index:06d}")
+            info.size, info.mode, info.mtime = per_file, 0o644, 1_750_000_000
+            tar.addfile(info, _Noise(f"{files}-{index}", per_file))
+    descriptors.append(written[0].descriptor)
+    diff_ids.append(written[0].diff_id)
+    OciLayout(layout).add_manifest("v1", base, descriptors, diff_ids)
 
 
-WORKLOADS: dict[str, Callable[[Path, Path, Callable[[str], None]], Workload]] = {
-    "debian-minbase": debian_minbase,
-    "small-files": small_files,
-}
+def _dir(name: str) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755, 1_750_000_000
+    return info
+
+
+class _Noise(io.RawIOBase):
+    """`size` bytes that do not compress, made as they are read."""
+
+    def __init__(self, seed: str, size: int) -> None:
+        self._seed = seed.encode()
+        self._left = size
+        self._block = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        size = self._left if size < 0 else min(size, self._left)
+        out = bytearray()
+        while len(out) < size:
+            chunk = hashlib.shake_256(self._seed + self._block.to_bytes(8, "big")).digest(1 << 20)
+            self._block += 1
+            out += chunk
+        data = bytes(out[:size])
+        self._left -= size
+        return data
+
+
+def large(kind: str, cache: Path, log: Callable[[str], None]) -> Workload:
+    files = LARGE_BYTES // LARGE_FILE_BYTES if kind == "many" else 1
+    layout, _ = _cached(
+        cache, f"large-{kind}", f"large-v1 {files}", lambda out: _large_layer(out, files) or {}, log
+    )
+    what = f"{files:,} files of 64 KiB" if files > 1 else "one file"
+    return Workload(f"large-{kind}", f"one 4 GiB layer: {what}", layout, LARGE_BYTES)

@@ -1,5 +1,5 @@
 """One overlay diff directory (containers-storage's) read into a layer tree, its files
-written as objects: each hashed once, on both cores.
+written as objects: each hashed once, and copied by the kernel.
 
 The diff directory is what containers-storage unpacked, so the layer rules were applied
 there; it is read as diffdir.py reads it (whiteouts as 0:0 character devices or `.wh.`
@@ -11,24 +11,23 @@ from __future__ import annotations
 
 import os
 import stat
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from pybootc.layers.diffdir import list_layer_directory
 from pybootc.layers.paths import is_overlay_xattr
-from pybootc.layers.tar_tree import SPECIAL_XATTR, LayerRead, TreeStats
+from pybootc.layers.tar_tree import SPECIAL_XATTR
 from pybootc.layers.tree import (
     WHITEOUT,
     Entry,
     FileMeta,
+    LayerRead,
     Leaf,
     LeafKind,
     ObjectSink,
+    TreeStats,
     finished_dir,
 )
 
-# Both cores: hashing (hashlib) and libostree's writes run without the GIL.
-_WORKERS = 2
 _SPECIAL_LETTERS = {stat.S_IFCHR: "c", stat.S_IFBLK: "b", stat.S_IFIFO: "p", stat.S_IFSOCK: "s"}
 
 
@@ -41,20 +40,10 @@ def _meta(path: str, st: os.stat_result) -> FileMeta:
     return FileMeta.of(st.st_uid, st.st_gid, st.st_mode, xattrs)
 
 
-def _regular(objects: ObjectSink, path: str, meta: FileMeta, size: int) -> str:
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
-        return objects.regular_from_fd(meta, fd, size)
-    finally:
-        os.close(fd)
-
-
 class _DiffDirReader:
-    def __init__(self, objects: ObjectSink, pool: ThreadPoolExecutor) -> None:
+    def __init__(self, objects: ObjectSink) -> None:
         self._objects = objects
-        self._pool = pool
-        self._inodes: dict[tuple[int, int], Future[str]] = {}
-        self._pending: list[tuple[dict[str, Entry], str, Future[str]]] = []
+        self._inodes: dict[tuple[int, int], str] = {}
         self.marked: set[str] = set()
         self.stats = TreeStats()
 
@@ -75,16 +64,7 @@ class _DiffDirReader:
                 children[name] = finished_dir(self._objects, meta, grandchildren, opaque=opaque)
                 marked = marked or child in self.marked
             elif stat.S_ISREG(st.st_mode):
-                self.stats.bytes += st.st_size
-                key = (st.st_dev, st.st_ino)
-                future = self._inodes.get(key)
-                if future is None:
-                    meta = _meta(entry.path, st)
-                    future = self._pool.submit(
-                        _regular, self._objects, entry.path, meta, st.st_size
-                    )
-                    self._inodes[key] = future
-                self._pending.append((children, name, future))
+                children[name] = Leaf(LeafKind.REGULAR, self._regular(entry.path, st))
             elif stat.S_ISLNK(st.st_mode):
                 target = os.readlink(entry.path)
                 children[name] = Leaf(
@@ -95,6 +75,20 @@ class _DiffDirReader:
         if marked:
             self.marked.add(relative)
         return _meta(path, os.lstat(path)), children, listing.opaque
+
+    def _regular(self, path: str, st: os.stat_result) -> str:
+        """The file's object; a file hardlinked within the layer is written once."""
+        self.stats.bytes += st.st_size
+        key = (st.st_dev, st.st_ino)
+        checksum = self._inodes.get(key)
+        if checksum is None:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                checksum = self._objects.regular_from_fd(_meta(path, st), fd, st.st_size)
+            finally:
+                os.close(fd)
+            self._inodes[key] = checksum
+        return checksum
 
     def _placeholder(self, st: os.stat_result) -> Leaf:
         """A device node, FIFO or socket, as the ostree store keeps one."""
@@ -110,20 +104,12 @@ class _DiffDirReader:
         )
         return Leaf(LeafKind.SPECIAL, self._objects.regular_from_bytes(meta, b""))
 
-    def settle(self) -> None:
-        """Wait for the files being written and put their objects in place."""
-        for children, name, future in self._pending:
-            children[name] = Leaf(LeafKind.REGULAR, future.result())
-        self._pending.clear()
-
 
 def read_diff_dir(diff_dir: Path, objects: ObjectSink) -> LayerRead:
     """Read a containers-storage diff directory into a layer tree, writing its content
     to `objects`."""
-    with ThreadPoolExecutor(_WORKERS, thread_name_prefix="layer-files") as pool:
-        reader = _DiffDirReader(objects, pool)
-        meta, children, opaque = reader.directory(str(diff_dir), "")
-        reader.settle()
+    reader = _DiffDirReader(objects)
+    meta, children, opaque = reader.directory(str(diff_dir), "")
     return LayerRead(
         finished_dir(objects, meta, children, opaque=opaque), reader.marked, reader.stats
     )

@@ -15,8 +15,6 @@ import os
 import stat
 import tarfile
 import tempfile
-import threading
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, cast
@@ -24,15 +22,22 @@ from typing import IO, cast
 from pybootc.errors import BootcError
 from pybootc.layers.extract import NoGlobalHeaders, member_xattrs
 from pybootc.layers.paths import Marker, Parts, classify, join, split_member_name
-from pybootc.layers.tree import WHITEOUT, Dir, FileMeta, Leaf, LeafKind, ObjectSink, finished_dir
+from pybootc.layers.tree import (
+    WHITEOUT,
+    Dir,
+    FileMeta,
+    LayerRead,
+    Leaf,
+    LeafKind,
+    ObjectSink,
+    TreeStats,
+    finished_dir,
+)
 
 # Regular files up to this size are kept in memory while they are hashed; larger ones
 # go through a temporary file, so memory does not grow with the largest file.
 _IN_MEMORY = 16 << 20
 _CHUNK = 1 << 20
-# Bytes read and not yet written as objects, at most.
-_IN_FLIGHT = 64 << 20
-_WRITERS = 2
 _IMPLIED = FileMeta(0, 0, stat.S_IFDIR | 0o755)
 _CAPABILITY = "security.capability"
 _SYMLINK_MODE = stat.S_IFLNK | 0o777
@@ -46,9 +51,8 @@ class _Inode:
 
     kind: LeafKind
     meta: FileMeta
-    # A regular file's content object, as written with `written_as` (being written
-    # meanwhile).
-    content: Future[str] | None = None
+    # A regular file's content object, as written with `written_as`.
+    checksum: str = ""
     written_as: FileMeta | None = None
     target: str = ""  # a symlink's
     special: str = ""  # a placeholder's SPECIAL_XATTR value
@@ -60,33 +64,6 @@ class _Dir:
     children: dict[str, _Dir | _Inode | Leaf] = field(default_factory=dict)
     opaque: bool = False
     marked: bool = False  # a whiteout or opaque marker in it or below
-
-
-@dataclass
-class TreeStats:
-    entries: int = 0
-    bytes: int = 0
-    special_files: bool = False
-
-
-class _Budget:
-    """A number of bytes that can be taken and given back; taking waits for enough."""
-
-    def __init__(self, total: int) -> None:
-        self._free = total
-        self._total = total
-        self._changed = threading.Condition()
-
-    def take(self, size: int) -> None:
-        size = min(size, self._total)
-        with self._changed:
-            self._changed.wait_for(lambda: self._free >= size)
-            self._free -= size
-
-    def give(self, size: int) -> None:
-        with self._changed:
-            self._free += min(size, self._total)
-            self._changed.notify_all()
 
 
 class _NotADirectory(BootcError):
@@ -105,13 +82,9 @@ def _special_value(member: tarfile.TarInfo) -> str:
 class LayerReader:
     """Reads one layer's members into a tree, writing content to `objects`."""
 
-    def __init__(self, objects: ObjectSink, scratch: Path, writers: ThreadPoolExecutor) -> None:
+    def __init__(self, objects: ObjectSink, scratch: Path) -> None:
         self._objects = objects
         self._scratch = scratch
-        # Hashing and libostree's writes run without the GIL: the writers do them on the
-        # other core while this thread reads the stream on, holding at most _IN_FLIGHT.
-        self._writers = writers
-        self._in_flight = _Budget(_IN_FLIGHT)
         self._root = _Dir(_IMPLIED)
         self._seen: set[Parts] = set()
         self.stats = TreeStats()
@@ -197,7 +170,7 @@ class LayerReader:
         if member.isreg():
             mode = stat.S_IFREG | stat.S_IMODE(member.mode)
             inode = _Inode(LeafKind.REGULAR, FileMeta(meta.uid, meta.gid, mode, meta.xattrs))
-            inode.content = self._content(tar, member, inode.meta)
+            inode.checksum = self._content(tar, member, inode.meta)
             inode.written_as = inode.meta
             return inode
         if member.issym():
@@ -244,27 +217,18 @@ class LayerReader:
 
     # --- content ------------------------------------------------------------------------
 
-    def _content(
-        self, tar: tarfile.TarFile, member: tarfile.TarInfo, meta: FileMeta
-    ) -> Future[str]:
-        """The member's content written as an object: by the writers, from memory, while
-        the stream is read on; a file too large for memory right here, through a
-        temporary file."""
+    def _content(self, tar: tarfile.TarFile, member: tarfile.TarInfo, meta: FileMeta) -> str:
+        """The member's content written as an object: from memory, or through a
+        temporary file if it is too large for memory."""
         self.stats.bytes += member.size
         raw = cast(IO[bytes], tar.fileobj)
         if member.size <= _IN_MEMORY:
             if member.sparse is None:
-                data = _read(raw, member.size)
-            else:
-                buffer = bytearray(member.size)
-                for offset, length in cast(list[tuple[int, int]], member.sparse):
-                    buffer[offset : offset + length] = _read(raw, length)
-                data = bytes(buffer)
-            self._in_flight.take(len(data))
-            written = self._writers.submit(self._objects.regular_from_bytes, meta, data)
-            written.add_done_callback(lambda _: self._in_flight.give(len(data)))
-            return written
-        done: Future[str] = Future()
+                return self._objects.regular_from_bytes(meta, _read(raw, member.size))
+            buffer = bytearray(member.size)
+            for offset, length in cast(list[tuple[int, int]], member.sparse):
+                buffer[offset : offset + length] = _read(raw, length)
+            return self._objects.regular_from_bytes(meta, bytes(buffer))
         with tempfile.TemporaryFile(dir=self._scratch) as spill:
             fd = spill.fileno()
             runs = cast(list[tuple[int, int]], member.sparse or [(0, member.size)])
@@ -276,15 +240,14 @@ class LayerReader:
                     os.write(fd, chunk)
                     remaining -= len(chunk)
             os.ftruncate(fd, member.size)
-            done.set_result(self._objects.regular_from_fd(meta, fd, member.size))
-        return done
+            return self._objects.regular_from_fd(meta, fd, member.size)
 
     # --- the finished tree -----------------------------------------------------------------
 
-    def tree(self) -> Dir:
-        """The layer as a tree of objects: the inodes' objects made final."""
-        finished: dict[int, Leaf] = {}
-        return self._finish(self._root, finished)
+    def finish(self) -> LayerRead:
+        """The layer as a tree of objects, the inodes' objects made final."""
+        tree = self._finish(self._root, {})
+        return LayerRead(tree, self.marked(), self.stats)
 
     def _finish(self, directory: _Dir, finished: dict[int, Leaf]) -> Dir:
         children: dict[str, Dir | Leaf] = {}
@@ -302,11 +265,9 @@ class LayerReader:
 
     def _object(self, inode: _Inode) -> str:
         if inode.kind is LeafKind.REGULAR:
-            assert inode.content is not None
-            checksum = inode.content.result()
             if inode.written_as != inode.meta:  # a hardlink changed its metadata
-                return self._objects.rewrite(checksum, inode.meta)
-            return checksum
+                return self._objects.rewrite(inode.checksum, inode.meta)
+            return inode.checksum
         if inode.kind is LeafKind.SYMLINK:
             return self._objects.symlink(inode.meta, inode.target)
         meta = FileMeta.of(
@@ -353,29 +314,18 @@ def _read(raw: IO[bytes], size: int) -> bytes:
     return data
 
 
-@dataclass(frozen=True)
-class LayerRead:
-    """A layer read into a tree: the tree, the directories with a marker in them or
-    below, and counts."""
-
-    tree: Dir
-    marked: set[str]
-    stats: TreeStats
-
-
 def read_layer(stream: IO[bytes], objects: ObjectSink, scratch: Path) -> LayerRead:
     """Read one uncompressed tar stream into a tree, writing its content to `objects`;
     files too large to hold in memory pass through `scratch`."""
-    with ThreadPoolExecutor(_WRITERS, thread_name_prefix="layer-objects") as writers:
-        reader = LayerReader(objects, scratch, writers)
-        try:
-            # The stand-in must be there before tarfile reads the first member.
-            with tarfile.open(
-                fileobj=stream, mode="r|", errorlevel=2, pax_headers=NoGlobalHeaders()
-            ) as tar:
-                reader.read(tar)
-        except tarfile.TarError as err:
-            raise BootcError(f"Invalid tar stream: {err}") from None
-        except EOFError:
-            raise BootcError("Unexpected end of layer: the tar stream is truncated") from None
-        return LayerRead(reader.tree(), reader.marked(), reader.stats)
+    reader = LayerReader(objects, scratch)
+    try:
+        # The stand-in must be there before tarfile reads the first member.
+        with tarfile.open(
+            fileobj=stream, mode="r|", errorlevel=2, pax_headers=NoGlobalHeaders()
+        ) as tar:
+            reader.read(tar)
+    except tarfile.TarError as err:
+        raise BootcError(f"Invalid tar stream: {err}") from None
+    except EOFError:
+        raise BootcError("Unexpected end of layer: the tar stream is truncated") from None
+    return reader.finish()

@@ -34,6 +34,23 @@ class FileMeta:
         return cls(uid, gid, mode, tuple(sorted(xattrs.items())))
 
 
+@dataclass
+class TreeStats:
+    entries: int = 0
+    bytes: int = 0
+    special_files: bool = False
+
+
+@dataclass(frozen=True)
+class LayerRead:
+    """A layer read into a tree: the tree, the directories with a marker in them or
+    below, and counts."""
+
+    tree: Dir
+    marked: set[str]
+    stats: TreeStats
+
+
 class ObjectSink(Protocol):
     """Where a layer's content goes as it is read: an object store that names each
     object by its checksum (the OSTree repo; ostree/objects.py)."""

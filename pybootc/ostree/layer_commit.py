@@ -14,7 +14,6 @@ import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from pybootc.errors import BootcError
 from pybootc.layers.paths import OPAQUE_MARKER, WHITEOUT_PREFIX, is_overlay_xattr
@@ -50,8 +49,9 @@ def _from_be32(value: int) -> int:
     return int.from_bytes(value.to_bytes(4, "little"), "big")
 
 
-def _checksum(raw: Any) -> str:
-    return str(OSTree.checksum_from_bytes(bytes(raw)))
+def _ay_checksum(value: GLib.Variant) -> str:
+    """A checksum kept as a variant's `ay`, as hex."""
+    return str(OSTree.checksum_from_bytes(value.get_data_as_bytes().get_data()))
 
 
 def _mtree(
@@ -154,8 +154,8 @@ class LayerLoader:
         )
         with libostree_errors(f"Reading layer commit {commit}"):
             _, variant, _ = self._repo.load_commit(commit)
-        contents = _checksum(variant.get_child_value(6).unpack())
-        meta = _checksum(variant.get_child_value(7).unpack())
+        contents = _ay_checksum(variant.get_child_value(6))
+        meta = _ay_checksum(variant.get_child_value(7))
         stored = StoredDir("", contents, meta, info.marked)
         opaque, shown = self._dirmeta(meta)
         return Dir(shown, None, opaque=opaque, stored=stored), info
@@ -188,19 +188,26 @@ class LayerLoader:
         assert stored is not None
         with libostree_errors(f"Reading directory tree {stored.contents}"):
             _, variant = self._repo.load_variant(OSTree.ObjectType.DIR_TREE, stored.contents)
-        files, dirs = variant.unpack()
+        # Not Variant.unpack(): it makes a checksum's `ay` a list of ints, one call per byte.
+        files, dirs = variant.get_child_value(0), variant.get_child_value(1)
         children: dict[str, Entry] = {}
         opaque_marker = False
         whiteouts = []
-        for name, checksum in files:
+        for index in range(files.n_children()):
+            entry = files.get_child_value(index)
+            name = entry.get_child_value(0).get_string()
             if name == OPAQUE_MARKER:
                 opaque_marker = True
             elif name.startswith(WHITEOUT_PREFIX):
                 whiteouts.append(name[len(WHITEOUT_PREFIX) :])
             else:
-                children[name] = Leaf(LeafKind.REGULAR, _checksum(checksum))
-        for name, contents, meta in dirs:
-            child = stored.child(name, _checksum(contents), _checksum(meta))
+                children[name] = Leaf(LeafKind.REGULAR, _ay_checksum(entry.get_child_value(1)))
+        for index in range(dirs.n_children()):
+            entry = dirs.get_child_value(index)
+            name = entry.get_child_value(0).get_string()
+            child = stored.child(
+                name, _ay_checksum(entry.get_child_value(1)), _ay_checksum(entry.get_child_value(2))
+            )
             opaque, shown = self._dirmeta(child.meta)
             children[name] = Dir(shown, None, opaque=opaque, stored=child)
         for hidden in whiteouts:

@@ -62,11 +62,11 @@ class ObjectWriter:
             found = self._xattrs[meta] = _xattrs_variant(meta)
         return found
 
-    def _header(self, meta: FileMeta, symlink_target: str | None) -> bytes:
+    def header(self, meta: FileMeta, symlink_target: str | None, *, cache: bool = True) -> bytes:
         """libostree's content-stream header for a file of `meta`: the same for every
-        file of that owner, mode and xattrs, so it is made once."""
+        regular file of that owner, mode and xattrs, so it is made once."""
         key = (meta, symlink_target)
-        header = self._headers.get(key)
+        header = self._headers.get(key) if cache else None
         if header is None:
             info = _file_info(meta, 0, symlink_target)
             with libostree_errors("Making a file header"):
@@ -74,8 +74,9 @@ class ObjectWriter:
                     Gio.MemoryInputStream.new(), info, self._xattrs_of(meta)
                 )
                 header = stream.read_bytes(length, None).get_data()
-            with self._lock:
-                self._headers[key] = header
+            if cache:
+                with self._lock:
+                    self._headers[key] = header
         return header
 
     def _write(
@@ -96,16 +97,28 @@ class ObjectWriter:
 
     def regular_from_bytes(self, meta: FileMeta, data: bytes) -> str:
         """A regular file whose content is `data`; its checksum."""
-        checksum = hashlib.sha256(self._header(meta, None) + data).hexdigest()
-        self._write(
-            checksum, meta, Gio.MemoryInputStream.new_from_bytes(GLib.Bytes.new(data)), len(data)
-        )
+        header = self.header(meta, None)
+        hasher = hashlib.sha256(header)
+        hasher.update(data)
+        checksum = hasher.hexdigest()
+        self.write_stream(checksum, (header, data))
         return checksum
+
+    def write_stream(self, checksum: str, parts: tuple[bytes, ...]) -> None:
+        """The object whose content stream (libostree's header, then the content) is
+        `parts`, written as it is: a handful of calls into libostree per object, since
+        the GIL is taken again after each."""
+        stream = Gio.MemoryInputStream.new()
+        for part in parts:
+            stream.add_bytes(GLib.Bytes.new(part))
+        with libostree_errors(f"Writing object {checksum}"):
+            # Checks for the object first: one the repo has is left as it is.
+            self.repo.write_content_trusted(checksum, stream, sum(map(len, parts)), None)
 
     def regular_from_fd(self, meta: FileMeta, fd: int, size: int) -> str:
         """A regular file whose content is the open file `fd` (read from its start,
         `size` bytes); its checksum. libostree copies it in the kernel."""
-        hasher = hashlib.sha256(self._header(meta, None))
+        hasher = hashlib.sha256(self.header(meta, None))
         if size > _MAPPED:
             with mmap.mmap(fd, size, prot=mmap.PROT_READ) as mapped:
                 hasher.update(mapped)
@@ -126,8 +139,9 @@ class ObjectWriter:
 
     def symlink(self, meta: FileMeta, target: str) -> str:
         """A symlink to `target`; its checksum."""
-        checksum = hashlib.sha256(self._header(meta, target)).hexdigest()
-        self._write(checksum, meta, Gio.MemoryInputStream.new(), 0, target)
+        header = self.header(meta, target, cache=False)
+        checksum = hashlib.sha256(header).hexdigest()
+        self.write_stream(checksum, (header,))
         return checksum
 
     def dirmeta(self, meta: FileMeta) -> str:

@@ -17,7 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from pybootc.layers.tar_tree import SPECIAL_XATTR, LayerRead
+from pybootc.layers.tar_tree import SPECIAL_XATTR
+from pybootc.layers.tree import LayerRead
 from pybootc.oci.metadata import ImageMetadata
 from pybootc.ostree.ext_format import blob_ref
 from pybootc.ostree.gi import OSTree

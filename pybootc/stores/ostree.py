@@ -19,13 +19,13 @@ from typing import IO, TYPE_CHECKING, Any, BinaryIO, ClassVar
 from pybootc.errors import BootcError, error_context
 from pybootc.layers.flatten import BlobLayer, read_blob
 from pybootc.layers.tar_tree import read_layer
+from pybootc.layers.tree import LayerRead, ObjectSink
 from pybootc.oci.auth import ANONYMOUS, RegistryAuth
 from pybootc.oci.imgref import OstreeImageReference
 from pybootc.oci.metadata import ImageMetadata
 from pybootc.oci.proxy import ImageProxy
 from pybootc.ostree.ext_format import BLOB_REF_PREFIX, blob_digest_of_commit, blob_ref
 from pybootc.ostree.gi import OSTree
-from pybootc.ostree.objects import ObjectWriter
 from pybootc.ostree.repo import list_refs, read_commit_metadata, resolve_ref, set_ref
 from pybootc.stores import Backend
 from pybootc.stores.layered import LayeredImage, layer_commit
@@ -86,9 +86,9 @@ def import_layers(
             )
             blob = BlobLayer(descriptor, diff_id, opener, source_checks_digest=True)
 
-            def read(writer: ObjectWriter, blob: BlobLayer = blob) -> Any:
+            def read(objects: ObjectSink, blob: BlobLayer = blob) -> LayerRead:
                 with error_context(f"Layer {blob.descriptor.digest}"):
-                    return read_blob(blob, lambda stream: read_layer(stream, writer, work))
+                    return read_blob(blob, lambda stream: read_layer(stream, objects, work))
 
             commits.append(layer_commit(repo, descriptor.digest, read))
     return LayeredImage(repo, tuple(commits), metadata)

@@ -1,0 +1,216 @@
+"""What the benchmark times: pybootc's verbs, and the tool pipelines it is measured against.
+
+Ours run as the CLI (`bootc_with_rss.py`, which adds the Python process's own peak RSS)
+against a sysroot on a new scratch filesystem; what a run needs before it (an install
+to update from, say) is done first, untimed. The baselines do the least that makes the
+same image a deployment with the tools themselves:
+- (a) `skopeo copy` into containers-storage, `podman image mount`, `ostree commit` of
+  the mounted tree (with its /etc copied to /usr/etc, which `ostree admin deploy`
+  needs), `ostree admin deploy`;
+- (b) `umoci raw unpack`, /etc moved to /usr/etc, `ostree commit`, `ostree admin deploy`;
+- the floor: `gzip -dc | sha256sum` of the image's layer blobs, which every pipeline has
+  to do at least.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from measure import Sample, run_measured
+from scratchfs import FsKind, scratch_filesystem
+from workloads import Workload
+
+from pybootc import tools
+from pybootc.stores.bootc_storage import bootc_storage
+from tests.support import Registry
+
+BENCH_DIR = Path(__file__).resolve().parent
+_BLOB_GET = re.compile(r'"GET /v2/[^ ]*/blobs/(sha256:[0-9a-f]+) HTTP/[0-9.]+" (200|206) (\d+)')
+
+
+def blob_bytes(registry: Registry | None, layers: set[str]) -> tuple[int, int]:
+    """Requests for the blobs `layers` the registry has answered so far, and the bytes
+    they carried."""
+    assert registry is not None
+    found = _BLOB_GET.findall(registry.log_path.read_text(errors="replace"))
+    sizes = [int(size) for digest, _, size in found if digest in layers]
+    return len(sizes), sum(sizes)
+
+
+@dataclass(frozen=True)
+class Env:
+    """Where the benchmark works: the registry images are pushed to, and the directory
+    its scratch filesystems are made in."""
+
+    registry: Registry | None
+    scratch: Path
+    fs: FsKind = FsKind.EXT4
+    size: int = 8 << 30
+
+    def image(self, repo: str, tag: str) -> str:
+        assert self.registry is not None
+        return f"docker://{self.registry.address}/{repo}:{tag}"
+
+    @contextmanager
+    def filesystem(self, fs: FsKind | None = None) -> Iterator[Path]:
+        with scratch_filesystem(self.scratch, fs or self.fs, self.size) as mount:
+            yield mount
+
+
+def bootc(*args: str | Path) -> list[str | Path]:
+    return [sys.executable, BENCH_DIR / "bootc_with_rss.py", *args]
+
+
+def _run(argv: list[str | Path]) -> Sample:
+    return run_measured(argv)
+
+
+def push(env: Env, workload: Workload, repo: str) -> None:
+    """Every tag of the workload's layout to REGISTRY/repo."""
+    for tag in ("v1", "v2", "other"):
+        tools.run(["skopeo", "copy", "--quiet", workload.ref(tag), env.image(repo, tag)])
+
+
+def retag(env: Env, repo: str, tag: str, as_tag: str) -> None:
+    """Point `as_tag` at what `tag` is: a build the host follows moving on."""
+    tools.run(["skopeo", "copy", "--quiet", env.image(repo, tag), env.image(repo, as_tag)])
+
+
+def reset_storage(sysroot: Path) -> None:
+    storage = bootc_storage(sysroot)
+    if storage.root.exists():
+        storage.reset(check=False)
+
+
+# --- ours -------------------------------------------------------------------------------
+
+
+def install(env: Env, mount: Path, image: str, backend: str) -> Sample:
+    sysroot = mount / "sysroot"
+    sysroot.mkdir()
+    return _run(
+        bootc("install", "to-filesystem", "--backend", backend, "--source-imgref", image, sysroot)
+    )
+
+
+def update(env: Env, mount: Path, repo: str, backend: str, layers: set[str]) -> tuple[Sample, int]:
+    """`bootc upgrade` from v1 to v2 of the tag the host follows; the bytes of the
+    `layers` it fetched."""
+    retag(env, repo, "v1", "stream")
+    install(env, mount, env.image(repo, "stream"), backend)
+    retag(env, repo, "v2", "stream")
+    _, before = blob_bytes(env.registry, layers)
+    sample = _run(bootc("--sysroot", mount / "sysroot", "upgrade"))
+    _, after = blob_bytes(env.registry, layers)
+    return sample, after - before
+
+
+def switch(env: Env, mount: Path, repo: str, backend: str) -> Sample:
+    """`bootc switch` from v1 to `other`: the same files in layers the host has none of."""
+    install(env, mount, env.image(repo, "v1"), backend)
+    return _run(bootc("--sysroot", mount / "sysroot", "switch", env.image(repo, "other")))
+
+
+def check(env: Env, mount: Path, repo: str, backend: str, layers: set[str]) -> tuple[Sample, int]:
+    """`bootc upgrade --check` with v2 waiting; the layer blobs it fetched (none, as
+    only the manifest and the config are to be read)."""
+    retag(env, repo, "v1", "stream")
+    install(env, mount, env.image(repo, "stream"), backend)
+    retag(env, repo, "v2", "stream")
+    before, _ = blob_bytes(env.registry, layers)
+    sample = _run(bootc("--sysroot", mount / "sysroot", "upgrade", "--check"))
+    after, _ = blob_bytes(env.registry, layers)
+    return sample, after - before
+
+
+def status(env: Env, mount: Path, repo: str, backend: str) -> Sample:
+    install(env, mount, env.image(repo, "v1"), backend)
+    return _run(bootc("--sysroot", mount / "sysroot", "status", "--format", "json"))
+
+
+# --- the baselines -------------------------------------------------------------------------
+
+
+def _ostree_sysroot(sysroot: Path) -> None:
+    sysroot.mkdir()
+    tools.run(["ostree", "admin", "init-fs", "--modern", sysroot])
+    tools.run(["ostree", "admin", "os-init", "default", "--sysroot", sysroot])
+
+
+_COMMIT_AND_DEPLOY = """
+mkdir -p "$work/extra/usr" && cp -a "$tree/etc" "$work/extra/usr/etc"
+printf '/dev\n/etc\n' > "$work/skip"  # devices ostree cannot commit; /etc goes to /usr/etc
+commit=$(ostree commit --repo="$sysroot/ostree/repo" --orphan --skip-list="$work/skip" \\
+    --tree=dir="$tree" --tree=dir="$work/extra" --subject=bench)
+ostree admin deploy --sysroot="$sysroot" --os=default "$commit" >/dev/null
+"""
+
+
+def baseline_a(env: Env, mount: Path, image: str, *, update_from: str | None = None) -> Sample:
+    """(a): skopeo copy into containers-storage, podman image mount, ostree commit of
+    the mount, deploy. With `update_from`, that image is done first, untimed, so the
+    copy reuses its layers."""
+    sysroot = mount / "sysroot"
+    _ostree_sysroot(sysroot)
+    runroot = Path(tempfile.mkdtemp(prefix="bench-rr-", dir="/run"))
+    storage = f"overlay@{mount / 'storage'}+{runroot}"
+    podman = f"podman --root {mount / 'storage'} --runroot {runroot}"
+    script = (
+        "set -euo pipefail\n"
+        f"sysroot={shlex.quote(str(sysroot))} work=$(mktemp -d -p {shlex.quote(str(mount))})\n"
+        f'skopeo --tmpdir "$work" copy --quiet "$1" "containers-storage:[{storage}]bench:latest"\n'
+        f"tree=$({podman} image mount bench:latest)\n"
+        + _COMMIT_AND_DEPLOY
+        + f"{podman} image unmount --all >/dev/null\n"
+        'rm -rf "$work"\n'
+    )
+    try:
+        if update_from is not None:
+            run_measured(["bash", "-c", script, "bash", update_from])
+        return run_measured(["bash", "-c", script, "bash", image])
+    finally:
+        tools.run(
+            ["podman", "--root", mount / "storage", "--runroot", runroot, "system", "reset", "-f"],
+            check=False,
+        )
+        tools.run(["rm", "-rf", runroot], check=False)
+
+
+def baseline_b(env: Env, mount: Path, workload: Workload, tag: str) -> Sample:
+    """(b): umoci raw unpack of the layout, /etc to /usr/etc, ostree commit, deploy."""
+    sysroot = mount / "sysroot"
+    _ostree_sysroot(sysroot)
+    script = (
+        "set -euo pipefail\n"
+        f"sysroot={shlex.quote(str(sysroot))} work=$(mktemp -d -p {shlex.quote(str(mount))})\n"
+        'tree="$work/rootfs"\n'
+        'umoci raw unpack --image "$1" "$tree"\n' + _COMMIT_AND_DEPLOY + 'rm -rf "$work"\n'
+    )
+    return run_measured(["bash", "-c", script, "bash", workload.umoci_ref(tag)])
+
+
+def floor(workload: Workload, tag: str = "v1") -> Sample:
+    """gunzip plus sha256 of the image's layer blobs: what any pipeline does at least."""
+    blobs = [str(workload.blob(str(layer["digest"]))) for layer in workload.layers(tag)]
+    script = 'for blob in "$@"; do gzip -dc "$blob" | sha256sum >/dev/null; done'
+    return run_measured(["bash", "-c", script, "bash", *blobs])
+
+
+def in_fresh_filesystem(
+    env: Env, run: Callable[[Path], Sample], fs: FsKind | None = None
+) -> Sample:
+    """`run` on a new scratch filesystem, which goes afterwards."""
+    with env.filesystem(fs) as mount:
+        try:
+            return run(mount)
+        finally:
+            reset_storage(mount / "sysroot")
+            os.sync()
