@@ -82,6 +82,33 @@ def scratch_tmpfs(where: Path, size: str = "512m") -> Iterator[Path]:
         subprocess.run(["umount", "--lazy", where], check=True)
 
 
+@contextmanager
+def scratch_loop_filesystem(where: Path, fstype: str, size: int = 1 << 30) -> Iterator[Path]:
+    """A fresh filesystem of `fstype` (xfs with reflinks, btrfs, ext4) on an image in a
+    tmpfs of its own, loop-mounted at `where/mnt` for the duration."""
+    mkfs = {
+        "xfs": ["mkfs.xfs", "-q", "-f", "-m", "reflink=1"],
+        "btrfs": ["mkfs.btrfs", "-q", "-f"],
+        "ext4": ["mkfs.ext4", "-q", "-F"],
+    }[fstype]
+    with scratch_tmpfs(where / "image", f"{size + (64 << 20)}") as holder:
+        image = holder / f"{fstype}.img"
+        with image.open("wb") as f:
+            f.truncate(size)
+        subprocess.run([*mkfs, image], check=True)
+        mount = where / "mnt"
+        mount.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["mount", "-o", "loop", image, mount], check=True)
+        try:
+            yield mount
+        finally:
+            for child in mount.iterdir():
+                if child.is_dir() and not child.is_symlink():
+                    with contextlib.suppress(OSError):
+                        remove_sysroot(child)
+            subprocess.run(["umount", "--lazy", mount], check=True)
+
+
 def snapshot(path: Path) -> list[tuple[str, int, int]]:
     """Every path under `path` with its mode and size: to show that nothing changed."""
     found = [("", os.lstat(path).st_mode, 0)] if path.exists() else []

@@ -44,6 +44,7 @@ class _DiffDirReader:
     def __init__(self, objects: ObjectSink) -> None:
         self._objects = objects
         self._inodes: dict[tuple[int, int], str] = {}
+        self.sources: list[tuple[str, str]] = []
         self.marked: set[str] = set()
         self.stats = TreeStats()
 
@@ -88,11 +89,11 @@ class _DiffDirReader:
             finally:
                 os.close(fd)
             self._inodes[key] = checksum
+            self.sources.append((path, checksum))
         return checksum
 
     def _placeholder(self, st: os.stat_result) -> Leaf:
         """A device node, FIFO or socket, as the ostree store keeps one."""
-        self.stats.special_files = True
         letter = _SPECIAL_LETTERS[stat.S_IFMT(st.st_mode)]
         if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
             letter += f" {os.major(st.st_rdev)} {os.minor(st.st_rdev)}"
@@ -110,6 +111,5 @@ def read_diff_dir(diff_dir: Path, objects: ObjectSink) -> LayerRead:
     to `objects`."""
     reader = _DiffDirReader(objects)
     meta, children, opaque = reader.directory(str(diff_dir), "")
-    return LayerRead(
-        finished_dir(objects, meta, children, opaque=opaque), reader.marked, reader.stats
-    )
+    tree = finished_dir(objects, meta, children, opaque=opaque)
+    return LayerRead(tree, reader.marked, reader.stats, tuple(reader.sources))

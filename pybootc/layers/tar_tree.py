@@ -180,7 +180,6 @@ class LayerReader:
                 target=member.linkname,
             )
         if member.ischr() or member.isblk() or member.isfifo():
-            self.stats.special_files = True
             # A placeholder: an empty file of the entry's owner and mode, the kind in
             # an xattr (its own xattrs go, as they did in the layer commits before).
             mode = stat.S_IFREG | stat.S_IMODE(member.mode)

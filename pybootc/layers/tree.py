@@ -38,17 +38,18 @@ class FileMeta:
 class TreeStats:
     entries: int = 0
     bytes: int = 0
-    special_files: bool = False
 
 
 @dataclass(frozen=True)
 class LayerRead:
     """A layer read into a tree: the tree, the directories with a marker in them or
-    below, and counts."""
+    below, and counts; read from files (a diff directory), each file's path and the
+    object it became, once per inode."""
 
     tree: Dir
     marked: set[str]
     stats: TreeStats
+    sources: tuple[tuple[str, str], ...] = ()
 
 
 class ObjectSink(Protocol):

@@ -3,7 +3,7 @@ the merged image tree written from the layers' objects and checked out.
 
 A layer commit keeps a whiteout as an empty `.wh.NAME` file and an opaque directory
 with overlayfs's xattr on it, as overlay diff directories have them; its metadata names
-the blob it came from, whether it holds placeholders of device nodes, FIFOs or sockets,
+the blob it came from, where it holds placeholders of device nodes, FIFOs or sockets,
 and which directories have a marker in them or below. Read back, a layer commit is a
 tree whose directories are only loaded where a merge needs to look inside them.
 """
@@ -35,6 +35,7 @@ from pybootc.ostree.objects import ObjectWriter
 from pybootc.ostree.repo import libostree_errors, read_commit_metadata
 
 SPECIAL_FILES_KEY = "pybootc.special-files"
+SPECIAL_PATHS_KEY = "pybootc.special-paths"
 # How often (in entries) a merge says how far it has got.
 _REPORT_EVERY = 512
 MARKED_DIRS_KEY = "pybootc.marked-dirs"
@@ -61,53 +62,64 @@ def _mtree(
     *,
     as_layer: bool,
     counted: Callable[[int], None] = lambda done: None,
-) -> OSTree.MutableTree:
+) -> tuple[OSTree.MutableTree, list[str]]:
+    """The tree as libostree's mutable tree; the paths of the special files' placeholders
+    in what was read of it."""
     mtree = OSTree.MutableTree.new()
-    _fill(repo, mtree, directory, writer, as_layer=as_layer, counter=_Counter(counted))
-    return mtree
+    filler = _Filler(repo, writer, as_layer=as_layer, counted=counted)
+    filler.fill(mtree, directory, "")
+    return mtree, filler.special
 
 
-class _Counter:
-    """Tells `counted` how many entries have been written, every _REPORT_EVERY."""
+class _Filler:
+    """Fills mutable trees from a tree, telling `counted` how many entries it has
+    written every _REPORT_EVERY."""
 
-    def __init__(self, counted: Callable[[int], None]) -> None:
-        self.counted = counted
-        self.done = 0
+    def __init__(
+        self,
+        repo: OSTree.Repo,
+        writer: ObjectWriter,
+        *,
+        as_layer: bool,
+        counted: Callable[[int], None],
+    ) -> None:
+        self._repo = repo
+        self._writer = writer
+        self._as_layer = as_layer
+        self._counted = counted
+        self._done = 0
+        self.special: list[str] = []
 
-    def add(self, entries: int) -> None:
-        before, self.done = self.done, self.done + entries
-        if before // _REPORT_EVERY != self.done // _REPORT_EVERY:
-            self.counted(self.done)
+    def _count(self, entries: int) -> None:
+        before, self._done = self._done, self._done + entries
+        if before // _REPORT_EVERY != self._done // _REPORT_EVERY:
+            self._counted(self._done)
 
-
-def _fill(
-    repo: OSTree.Repo,
-    mtree: OSTree.MutableTree,
-    directory: Dir,
-    writer: ObjectWriter,
-    *,
-    as_layer: bool,
-    counter: _Counter,
-) -> None:
-    if directory.children is None:
-        # Never read: the subtree as it is kept, loaded by libostree where needed.
-        assert directory.stored is not None
-        mtree.fill_empty_from_dirtree(repo, directory.stored.contents, directory.stored.meta)
-        return
-    meta = directory.layer_meta if as_layer and directory.layer_meta else directory.meta
-    mtree.set_metadata_checksum(meta)
-    whiteout = writer.regular_from_bytes(_WHITEOUT_META, b"") if as_layer else ""
-    counter.add(len(directory.children))
-    for name, entry in directory.children.items():
-        if isinstance(entry, Dir):
-            _, child = mtree.ensure_dir(name)
-            _fill(repo, child, entry, writer, as_layer=as_layer, counter=counter)
-        elif entry.kind is LeafKind.WHITEOUT:
-            if not as_layer:
-                raise BootcError(f"A whiteout of {name} is left in a merged tree")
-            mtree.replace_file(whiteout_name(name), whiteout)
-        else:
-            mtree.replace_file(name, entry.checksum)
+    def fill(self, mtree: OSTree.MutableTree, directory: Dir, path: str) -> None:
+        if directory.children is None:
+            # Never read: the subtree as it is kept, loaded by libostree where needed.
+            assert directory.stored is not None
+            mtree.fill_empty_from_dirtree(
+                self._repo, directory.stored.contents, directory.stored.meta
+            )
+            return
+        as_layer = self._as_layer
+        meta = directory.layer_meta if as_layer and directory.layer_meta else directory.meta
+        mtree.set_metadata_checksum(meta)
+        whiteout = self._writer.regular_from_bytes(_WHITEOUT_META, b"") if as_layer else ""
+        self._count(len(directory.children))
+        for name, entry in directory.children.items():
+            if isinstance(entry, Dir):
+                _, child = mtree.ensure_dir(name)
+                self.fill(child, entry, f"{path}/{name}" if path else name)
+            elif entry.kind is LeafKind.WHITEOUT:
+                if not as_layer:
+                    raise BootcError(f"A whiteout of {name} is left in a merged tree")
+                mtree.replace_file(whiteout_name(name), whiteout)
+            else:
+                if entry.kind is LeafKind.SPECIAL:
+                    self.special.append(f"{path}/{name}" if path else name)
+                mtree.replace_file(name, entry.checksum)
 
 
 @dataclass(frozen=True)
@@ -115,17 +127,21 @@ class LayerInfo:
     """What a layer commit records of its layer."""
 
     digest: str
-    special_files: bool
     marked: frozenset[str]
+    # Where the layer holds placeholders of special files; None for a layer commit made
+    # before they were listed, if it holds any.
+    special_paths: frozenset[str] | None = frozenset()
 
 
 def write_layer_commit(repo: OSTree.Repo, writer: ObjectWriter, tree: Dir, info: LayerInfo) -> str:
     """The layer as a commit (in the transaction the caller holds); its checksum."""
     with libostree_errors(f"Committing layer {info.digest}"):
-        _, root = repo.write_mtree(_mtree(repo, tree, writer, as_layer=True), None)
+        mtree, special = _mtree(repo, tree, writer, as_layer=True)
+        _, root = repo.write_mtree(mtree, None)
         metadata = {
             BLOB_DIGEST_KEY: GLib.Variant("s", info.digest),
-            SPECIAL_FILES_KEY: GLib.Variant("b", info.special_files),
+            SPECIAL_FILES_KEY: GLib.Variant("b", bool(special)),
+            SPECIAL_PATHS_KEY: GLib.Variant("as", sorted(special)),
             MARKED_DIRS_KEY: GLib.Variant("as", sorted(info.marked)),
         }
         _, checksum = repo.write_commit_with_time(
@@ -146,11 +162,14 @@ class LayerLoader:
     def layer(self, commit: str) -> tuple[Dir, LayerInfo]:
         metadata = read_commit_metadata(self._repo, commit)
         marked = metadata.get(MARKED_DIRS_KEY)
+        special = metadata.get(SPECIAL_PATHS_KEY)
         info = LayerInfo(
             str(metadata.get(BLOB_DIGEST_KEY, "")),
-            bool(metadata.get(SPECIAL_FILES_KEY)),
             # A layer commit made before this key was kept: look inside everything.
             frozenset(str(m) for m in marked) if isinstance(marked, list) else frozenset({"*"}),
+            frozenset(str(p) for p in special)
+            if isinstance(special, list)
+            else (None if metadata.get(SPECIAL_FILES_KEY) else frozenset()),
         )
         with libostree_errors(f"Reading layer commit {commit}"):
             _, variant, _ = self._repo.load_commit(commit)
@@ -222,18 +241,23 @@ def merged_tree(
     writer: ObjectWriter,
     layer_commits: list[str],
     counted: Callable[[int], None] = lambda done: None,
-) -> tuple[str, bool]:
+) -> tuple[str, frozenset[str] | None]:
     """The image merged from its layer commits (lowest first), written as a commit (no
-    ref holds it: it is only checked out); the commit, and whether a layer holds
-    placeholders of special files."""
+    ref holds it: it is only checked out); the commit, and where the layers hold
+    placeholders of special files (None: anywhere, for all that older layer commits say)."""
     loader = LayerLoader(repo, writer)
     layers = [loader.layer(commit) for commit in layer_commits]
     merged = merge_layers([tree for tree, _ in layers], writer.dirmeta(ROOT_META), loader.expand)
     with libostree_errors("Writing the merged tree"):
-        mtree = _mtree(repo, merged, writer, as_layer=False, counted=counted)
+        mtree, _ = _mtree(repo, merged, writer, as_layer=False, counted=counted)
         _, root = repo.write_mtree(mtree, None)
         _, checksum = repo.write_commit_with_time(None, "merged layers", None, None, root, 0, None)
-    return str(checksum), any(info.special_files for _, info in layers)
+    special: frozenset[str] | None = frozenset()
+    for _, info in layers:
+        special = (
+            None if special is None or info.special_paths is None else special | info.special_paths
+        )
+    return str(checksum), special
 
 
 def checkout_linked(repo: OSTree.Repo, commit: str, dest: Path) -> OSTree.RepoDevInoCache:

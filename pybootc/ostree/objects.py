@@ -21,7 +21,8 @@ from pybootc.layers.tree import FileMeta
 from pybootc.ostree.gi import Gio, GLib, OSTree
 from pybootc.ostree.repo import libostree_errors, read_stream
 
-# Files up to this size are hashed from memory; larger ones through mmap.
+# Files up to this size are read into memory and written from there; larger ones are
+# hashed through mmap and handed to libostree as the open file.
 _MAPPED = 1 << 20
 
 
@@ -117,13 +118,12 @@ class ObjectWriter:
 
     def regular_from_fd(self, meta: FileMeta, fd: int, size: int) -> str:
         """A regular file whose content is the open file `fd` (read from its start,
-        `size` bytes); its checksum. libostree copies it in the kernel."""
+        `size` bytes); its checksum."""
+        if size <= _MAPPED:
+            return self.regular_from_bytes(meta, os.pread(fd, size, 0) if size else b"")
         hasher = hashlib.sha256(self.header(meta, None))
-        if size > _MAPPED:
-            with mmap.mmap(fd, size, prot=mmap.PROT_READ) as mapped:
-                hasher.update(mapped)
-        elif size:
-            hasher.update(os.pread(fd, size, 0))
+        with mmap.mmap(fd, size, prot=mmap.PROT_READ) as mapped:
+            hasher.update(mapped)
         checksum = hasher.hexdigest()
         os.lseek(fd, 0, os.SEEK_SET)
         self._write(checksum, meta, Gio.UnixInputStream.new(fd, False), size)

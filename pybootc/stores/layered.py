@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +25,7 @@ from pybootc.ostree.gi import OSTree
 from pybootc.ostree.layer_commit import LayerInfo, checkout_linked, merged_tree, write_layer_commit
 from pybootc.ostree.objects import ObjectWriter
 from pybootc.ostree.repo import resolve_ref, set_ref, transaction
+from pybootc.ostree.shared_data import share_with_objects
 
 _KIND_LETTERS = {stat.S_IFCHR: "c", stat.S_IFBLK: "b", stat.S_IFIFO: "p", stat.S_IFSOCK: "s"}
 
@@ -38,22 +39,32 @@ def special_file_kind(value: bytes) -> tuple[int, int, int]:
     return fmt, major, minor
 
 
-def restore_special_files(root: Path) -> None:
-    """Give placeholder files in a merged tree back their device, FIFO or socket nature."""
-    for dirpath, _, filenames in os.walk(root):
-        for name in filenames:
-            path = Path(dirpath, name)
-            try:
-                value = os.getxattr(path, SPECIAL_XATTR, follow_symlinks=False)
-            except OSError:
-                continue
-            st = path.lstat()
-            fmt, major, minor = special_file_kind(value)
-            # Unlink, never change in place: the file is a hardlink into the repo.
-            path.unlink()
-            os.mknod(path, fmt | 0o600, os.makedev(major, minor))
-            os.chown(path, st.st_uid, st.st_gid, follow_symlinks=False)
-            os.chmod(path, stat.S_IMODE(st.st_mode))
+def restore_special_files(root: Path, candidates: Iterable[str] | None) -> None:
+    """Give placeholder files in a merged tree back their device, FIFO or socket nature:
+    those among `candidates` (paths below `root`) that still are placeholders, or any
+    (None)."""
+    if candidates is None:
+        candidates = (
+            os.path.relpath(os.path.join(dirpath, name), root)
+            for dirpath, _, names in os.walk(root)
+            for name in names
+        )
+    real_root = os.path.realpath(root)
+    for candidate in candidates:
+        path = root / candidate
+        if os.path.realpath(path.parent) != os.path.join(real_root, os.path.dirname(candidate)):
+            continue  # a higher layer made a directory on the way a symlink
+        try:
+            value = os.getxattr(path, SPECIAL_XATTR, follow_symlinks=False)
+        except OSError:
+            continue  # replaced or removed by a higher layer, or no placeholder
+        st = path.lstat()
+        fmt, major, minor = special_file_kind(value)
+        # Unlink, never change in place: the file is a hardlink into the repo.
+        path.unlink()
+        os.mknod(path, fmt | 0o600, os.makedev(major, minor))
+        os.chown(path, st.st_uid, st.st_gid, follow_symlinks=False)
+        os.chmod(path, stat.S_IMODE(st.st_mode))
 
 
 def layer_commit(repo: OSTree.Repo, digest: str, read: Callable[[ObjectWriter], LayerRead]) -> str:
@@ -65,9 +76,11 @@ def layer_commit(repo: OSTree.Repo, digest: str, read: Callable[[ObjectWriter], 
     writer = ObjectWriter(repo)
     with transaction(repo, f"Committing layer {digest}") as commits:
         layer = read(writer)
-        info = LayerInfo(digest, layer.stats.special_files, frozenset(layer.marked))
+        info = LayerInfo(digest, frozenset(layer.marked))
         commits.append(write_layer_commit(repo, writer, layer.tree, info))
     set_ref(repo, blob_ref(digest), commits[0])
+    # The objects are in place now (a transaction writes them to its staging directory).
+    share_with_objects(Path(repo.get_path().get_path()), layer.sources)
     return commits[0]
 
 
@@ -89,6 +102,6 @@ class LayeredImage:
         with transaction(self.repo, "Merging the layers"):
             merged, special = merged_tree(self.repo, writer, list(self.layers), counted)
         cache = checkout_linked(self.repo, merged, root)
-        if special:
-            restore_special_files(root)
+        if special != frozenset():
+            restore_special_files(root, special)
         return cache
