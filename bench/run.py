@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import pipelines as p
 import report
 from measure import Sample, Series
+from partial import partial_pulls
 from rich.console import Console
 from scratchfs import FsKind, discard, used_bytes
 from workloads import SIZES, Workload, debian, large
@@ -47,6 +48,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--no-large", action="store_true", help="skip the 4 GiB layers")
     parser.add_argument("--no-disk", action="store_true", help="skip disk use on XFS and btrfs")
+    parser.add_argument("--no-partial", action="store_true", help="skip the partial pulls")
     return parser.parse_args(argv)
 
 
@@ -204,6 +206,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             say(f"[bold]{workload.name}[/]: {workload.description}, pushed to the registry")
             p.push(env, workload, repo)
             results["sizes"][size] = debian_size(env, workload, repo, args.runs, say)  # type: ignore[index]
+        if not args.no_partial:
+            say("[bold]Partial pulls[/] (zstd:chunked)")
+            results["partial"] = partial_pulls(env, args.runs, say)
         if not args.no_disk:
             size = "M" if "M" in sizes else sizes[0]
             say(f"[bold]Disk use[/], debian-{size}")

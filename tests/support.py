@@ -7,7 +7,9 @@ same image is then flattened by both of pybootc's sources and compared.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
 import os
 import re
 import shutil
@@ -22,6 +24,8 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+import zstandard
 
 from pybootc.commands.flatten import Source, flatten_image
 from pybootc.errors import BootcError
@@ -74,10 +78,12 @@ class Oracle:
         self.layout.add_image(tag, ImageSpec(tuple(layers), **spec))  # type: ignore[arg-type]
         return tag
 
-    def kernel_view(self, tag: str) -> Tree | str:
+    def kernel_view(self, tag: str, source: str = "") -> Tree | str:
+        """The image as the kernel's overlayfs shows it once pulled from `source` (by
+        default the layout) into the storage as localhost/TAG."""
         name = f"localhost/{tag}:latest"
         try:
-            self.storage.pull(self.layout.ref(tag), name)
+            self.storage.pull(source or self.layout.ref(tag), name)
         except BootcError as err:
             return str(err)
         mountpoint = self.storage.mount(name)
@@ -86,11 +92,11 @@ class Oracle:
         finally:
             self.storage.unmount(name)
 
-    def flatten(self, tag: str, source: Source) -> Tree | str:
+    def flatten(self, tag: str, source: Source, image: str = "") -> Tree | str:
         out = self.workdir / f"out-{tag}-{source}"
         try:
             if source is Source.BLOBS:
-                flatten_image(self.layout.ref(tag), out, source=source)
+                flatten_image(image or self.layout.ref(tag), out, source=source)
             else:
                 layers = self.storage.layer_diff_dirs(f"localhost/{tag}:latest")
                 flatten_diff_dirs(layers, out)
@@ -106,6 +112,19 @@ class Oracle:
         tag = self.add(layers, **spec)
         kernel = self.kernel_view(tag)
         blobs = self.flatten(tag, Source.BLOBS)
+        storage = (
+            kernel if isinstance(kernel, str) else self.flatten(tag, Source.CONTAINERS_STORAGE)
+        )
+        return Outcome(kernel, blobs, storage)
+
+    def compare_partially_pulled(self, layers: Sequence[Layer], registry: Registry) -> Outcome:
+        """`compare` for the image pushed to `registry` with zstd:chunked layers, which
+        the storage pulls partially: its files from the table of contents and chunks."""
+        tag = self.add(layers)
+        image = f"docker://{registry.address}/oracle/{tag}:chunked"
+        push_zstd_chunked(self.layout.ref(tag), image, self.workdir)
+        kernel = self.kernel_view(tag, image)
+        blobs = self.flatten(tag, Source.BLOBS, image)
         storage = (
             kernel if isinstance(kernel, str) else self.flatten(tag, Source.CONTAINERS_STORAGE)
         )
@@ -223,6 +242,53 @@ def running_registry(
         proc.wait(timeout=30)
         log_file.close()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _uncompressed_digest(blob: Path) -> str:
+    """sha256 of a zstd blob's content, read across all its frames (zstd:chunked has one
+    per file, and skippable frames for its table of contents)."""
+    digest = hashlib.sha256()
+    with blob.open("rb") as raw:
+        reader = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
+        while chunk := reader.read(1 << 20):
+            digest.update(chunk)
+    return f"sha256:{digest.hexdigest()}"
+
+
+def push_zstd_chunked(source: str, dest: str, workdir: Path) -> None:
+    """Push the image `source` to `dest` (skopeo references) with zstd:chunked layers.
+
+    skopeo 1.9.3 re-tars each layer as it compresses it (it drops the end-of-archive
+    padding) and keeps the config's diff_ids, which then no longer match; they are set
+    right here, as a correct build has them, before the image is pushed.
+    """
+    layout = workdir / "zstd-chunked"
+    shutil.rmtree(layout, ignore_errors=True)
+    copy = ["skopeo", "copy", "--quiet"]
+    subprocess.run(
+        [*copy, "--dest-compress-format", "zstd:chunked", source, f"oci:{layout}:image"],
+        check=True,
+    )
+    index = json.loads((layout / "index.json").read_bytes())
+
+    def blob(digest: str) -> Path:
+        return layout / "blobs" / "sha256" / digest.removeprefix("sha256:")
+
+    def put(document: dict[str, object], descriptor: dict[str, object]) -> None:
+        raw = json.dumps(document).encode()
+        digest = f"sha256:{hashlib.sha256(raw).hexdigest()}"
+        blob(digest).write_bytes(raw)
+        descriptor.update(digest=digest, size=len(raw))
+
+    manifest = json.loads(blob(index["manifests"][0]["digest"]).read_bytes())
+    config = json.loads(blob(manifest["config"]["digest"]).read_bytes())
+    config["rootfs"]["diff_ids"] = [
+        _uncompressed_digest(blob(layer["digest"])) for layer in manifest["layers"]
+    ]
+    put(config, manifest["config"])
+    put(manifest, index["manifests"][0])
+    (layout / "index.json").write_text(json.dumps(index))
+    subprocess.run([*copy, f"oci:{layout}:image", dest], check=True)
 
 
 def tree_snapshot(path: Path) -> Tree:

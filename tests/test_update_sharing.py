@@ -75,7 +75,7 @@ def test_updates_keep_deployments_sharing_objects(
         # The same base again (which the new layer may even repeat a file of), plus one
         # new layer.
         change = layer(
-            file(f"usr/share/update-{n}", random.Random(-n).randbytes(CHANGED)),
+            file(f"usr/share/update-{n}", random.Random(f"update-{n}").randbytes(CHANGED)),
             file("usr/share/bulk/0", random.Random(0).randbytes(64 << 10)),
         )
         layout.add_image("os", sample_image("1", extra=(bulk, change)))

@@ -13,6 +13,7 @@ import functools
 import gzip
 import hashlib
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -57,6 +58,39 @@ def _remove_orphan_runroots() -> None:
             shutil.rmtree(runroot, ignore_errors=True)
 
 
+# Partial pulls (zstd:chunked layers fetched by the files the storage lacks) stay off:
+# the containers-storage of both Debian releases makes trees from them that differ from
+# the layers' tar streams (1.43 drops owners and device nodes, 1.57 makes implied
+# parents 0000; bench/partial.py measures it). This switch turns them on for trying.
+PARTIAL_PULLS_ENV = "PYBOOTC_EXPERIMENTAL_PARTIAL_PULLS"
+
+
+def _pull_options() -> str:
+    enabled = "true" if os.environ.get(PARTIAL_PULLS_ENV) == "1" else "false"
+    # Never hardlinked from other layers: a diff directory's files stay its own.
+    return (
+        f'[storage.options]\npull_options = {{enable_partial_images = "{enabled}", '
+        'use_hard_links = "false", ostree_repos = ""}\n'
+    )
+
+
+# The big data item in which containers-storage keeps a partially pulled layer's table
+# of contents (the zstd:chunked manifest).
+_TOC_KEY = "zstd-chunked-manifest"
+
+
+def _big_data_file(key: str) -> str:
+    """The name containers-storage gives the file of a layer's big data item `key`."""
+    return "=" + base64.b64encode(key.encode()).decode()
+
+
+def _blob_digest(layer: dict[str, object]) -> str:
+    """The digest of the blob a layer record (layers.json) was pulled from, which names
+    it as the blob path names it. A layer pulled partially has no compressed digest: its
+    diff digest is the blob's (containers-storage 1.43 cannot know the tar stream's)."""
+    return str(layer.get("compressed-diff-digest") or layer.get("diff-digest"))
+
+
 @dataclass(frozen=True)
 class StoredLayer:
     """One layer of an image in the storage: the digest of the blob it was pulled from,
@@ -98,7 +132,7 @@ class ContainersStorage:
         files = {
             "storage.conf": (
                 f'[storage]\ndriver = "overlay"\ngraphroot = "{self.root}"\n'
-                f'runroot = "{self.runroot}"\n'
+                f'runroot = "{self.runroot}"\n{_pull_options()}'
             ),
             "containers.conf": (
                 f'[engine]\nstatic_dir = "{libpod}"\ntmp_dir = "{libpod}/tmp"\n'
@@ -132,7 +166,9 @@ class ContainersStorage:
         (default /var/tmp), where a killed pull leaves them."""
         staging = ["--tmpdir", str(tmpdir)] if tmpdir is not None else []
         argv = ["skopeo", *policy_options(), *staging, "copy", "--quiet", *extra]
-        tools.run([*argv, source, self.reference(name)])
+        # The storage as the default one of storage.conf, not `reference`: a store named
+        # in the reference gets none of its pull options.
+        tools.run([*argv, source, f"containers-storage:{name}"], env=self.podman_env())
 
     def stored_blob_digests(self) -> set[str]:
         """Digests of the layer blobs this storage has unpacked: a pull skips them."""
@@ -142,7 +178,7 @@ class ContainersStorage:
             return set()
         except (OSError, ValueError) as err:
             raise BootcError(f"Reading the metadata of {self.root}: {err}") from None
-        return {str(d) for layer in layers if (d := layer.get("compressed-diff-digest"))}
+        return {_blob_digest(layer) for layer in layers if "id" in layer}
 
     def _layers(self, name: str) -> list[dict[str, object]]:
         """The image's layer records (layers.json), lowest layer first.
@@ -179,8 +215,7 @@ class ContainersStorage:
         """
         found = []
         for layer in self._layers(name):
-            # Named as the blob path names it: by the digest of the blob it came from.
-            digest = str(layer.get("compressed-diff-digest") or layer.get("diff-digest"))
+            digest = _blob_digest(layer)
             with error_context(f"Layer {digest}"):
                 for member in self._member_names(str(layer["id"])):
                     split_member_name(member)
@@ -192,7 +227,20 @@ class ContainersStorage:
         return [layer.diff_dir for layer in self.image_layers(name)]
 
     def _member_names(self, layer_id: str) -> Iterator[str]:
+        """The names of the layer's tar members: from its tar-split data, or, for a
+        layer pulled partially (which containers-storage 1.43 keeps none of), from the
+        table of contents of the zstd:chunked blob, which lists the same."""
         path = self.root / "overlay-layers" / f"{layer_id}.tar-split.gz"
+        toc = self.root / "overlay-layers" / layer_id / _big_data_file(_TOC_KEY)
+        if not path.exists() and toc.exists():
+            try:
+                entries = json.loads(toc.read_bytes()).get("entries", ())
+            except (OSError, ValueError) as err:
+                raise BootcError(
+                    f"Reading the table of contents of layer {layer_id}: {err}"
+                ) from None
+            yield from (str(e.get("name", "")) for e in entries if e.get("type") != "chunk")
+            return
         try:
             with gzip.open(path, "rt", encoding="utf-8") as lines:
                 for line in lines:
