@@ -230,6 +230,8 @@ def markdown(results: Mapping[str, Any]) -> str:
                 )
                 if rss > 200:
                     misses.append(f"{name}, {backend}: peak RSS {rss:.0f} MB (target 200 MB).")
+    if "signatures" in results:
+        lines += ["", "## Signature verification", "", *results["signatures"]["lines"]]
     if "partial" in results:
         lines += ["", "## Partial pulls (zstd:chunked)", "", *results["partial"]["lines"]]
     lines += ["", "## Targets missed", ""]

@@ -25,6 +25,7 @@ from measure import Sample, Series
 from partial import partial_pulls
 from rich.console import Console
 from scratchfs import FsKind, discard, used_bytes
+from signatures import signature_cost
 from workloads import SIZES, Workload, debian, large
 
 from pybootc import tools
@@ -49,6 +50,9 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-large", action="store_true", help="skip the 4 GiB layers")
     parser.add_argument("--no-disk", action="store_true", help="skip disk use on XFS and btrfs")
     parser.add_argument("--no-partial", action="store_true", help="skip the partial pulls")
+    parser.add_argument(
+        "--no-signatures", action="store_true", help="skip the cost of verifying signatures"
+    )
     return parser.parse_args(argv)
 
 
@@ -209,6 +213,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.no_partial:
             say("[bold]Partial pulls[/] (zstd:chunked)")
             results["partial"] = partial_pulls(env, args.runs, say)
+        if not args.no_signatures:
+            say("[bold]Signature verification[/]")
+            results["signatures"] = signature_cost(env, args.runs, say)
         if not args.no_disk:
             size = "M" if "M" in sizes else sizes[0]
             say(f"[bold]Disk use[/], debian-{size}")

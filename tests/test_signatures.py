@@ -146,7 +146,9 @@ def _sigstore_keys(toolbox: Toolbox, work: Path) -> Path:
 
 
 @contextmanager
-def _signing(kind: str, toolbox: Toolbox, registry: Registry) -> Iterator[Signing]:
+def signing_setup(kind: str, toolbox: Toolbox, registry: Registry) -> Iterator[Signing]:
+    """Keys of `kind`, the registry's signature settings and the test images (which
+    bench/signatures.py signs too)."""
     with toolbox.tmpfs("256m") as work:
         layout = OciLayout(toolbox.outside(work / "oci"))
         # Each case its own image: signatures belong to a manifest digest, not to a tag.
@@ -204,7 +206,7 @@ def signing(request: pytest.FixtureRequest, registry: Registry) -> Iterator[Sign
             toolbox = Toolbox(Path("/"), "this host")
         else:
             toolbox = stack.enter_context(sigstore_toolbox())
-        yield stack.enter_context(_signing(request.param, toolbox, registry))
+        yield stack.enter_context(signing_setup(request.param, toolbox, registry))
 
 
 @pytest.fixture

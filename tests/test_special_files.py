@@ -25,12 +25,14 @@ def test_listed_placeholders_are_restored_and_nothing_past_a_symlink(target: Pat
     placeholder(outside / "node", b"c 1 3")
     (root / "link").symlink_to("../outside")
     placeholder(root / "run/unlisted", b"p")
+    placeholder(root / "top", b"s")
 
-    restore_special_files(root, ["dev/console", "link/node", "replaced/gone"])
+    restore_special_files(root, ["dev/console", "top", "link/node", "replaced/gone"])
 
     st = os.lstat(root / "dev/console")
     assert stat.S_ISCHR(st.st_mode) and os.major(st.st_rdev) == 5 and os.minor(st.st_rdev) == 1
     assert stat.S_IMODE(st.st_mode) == 0o620
+    assert stat.S_ISSOCK(os.lstat(root / "top").st_mode)
     assert stat.S_ISREG(os.lstat(outside / "node").st_mode)
     assert stat.S_ISREG(os.lstat(root / "run/unlisted").st_mode)
 

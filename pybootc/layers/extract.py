@@ -51,6 +51,18 @@ def member_xattrs(member: tarfile.TarInfo) -> Iterator[tuple[str, bytes]]:
                 yield name, value.encode("utf-8", "surrogateescape")
 
 
+def unique_member_parts(member: tarfile.TarInfo, seen: set[Parts]) -> Parts:
+    """The member's name as parts, checked: once per layer, and the root (no parts)
+    only as a directory. `seen` holds the layer's names so far."""
+    parts = split_member_name(member.name)
+    if parts in seen:
+        raise BootcError(f'Duplicate entry "{join(parts)}" in one layer')
+    seen.add(parts)
+    if not parts and not member.isdir():
+        raise BootcError("The layer root is not a directory")
+    return parts
+
+
 def _proc_path(dir_fd: int, name: str) -> str:
     # os.setxattr has no dir_fd form; this names the entry through the held fd.
     return f"/proc/self/fd/{dir_fd}/{name}"
@@ -81,14 +93,9 @@ class LayerExtractor:
         return self.stats
 
     def _member(self, tar: tarfile.TarFile, member: tarfile.TarInfo) -> None:
-        parts = split_member_name(member.name)
-        if parts in self._seen:
-            raise BootcError(f'Duplicate entry "{join(parts)}" in one layer')
-        self._seen.add(parts)
+        parts = unique_member_parts(member, self._seen)
         self.stats.entries += 1
         if not parts:
-            if not member.isdir():
-                raise BootcError("The layer root is not a directory")
             self._apply_metadata(self._dirs.root_fd, "", member, fd=self._dirs.root_fd)
             self.stats.sets_root = True
             return

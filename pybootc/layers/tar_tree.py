@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import IO, cast
 
 from pybootc.errors import BootcError
-from pybootc.layers.extract import NoGlobalHeaders, member_xattrs
+from pybootc.layers.extract import NoGlobalHeaders, member_xattrs, unique_member_parts
 from pybootc.layers.paths import Marker, Parts, classify, join, split_member_name
 from pybootc.layers.tree import (
     WHITEOUT,
@@ -122,14 +122,9 @@ class LayerReader:
             self._member(tar, member)
 
     def _member(self, tar: tarfile.TarFile, member: tarfile.TarInfo) -> None:
-        parts = split_member_name(member.name)
-        if parts in self._seen:
-            raise BootcError(f'Duplicate entry "{join(parts)}" in one layer')
-        self._seen.add(parts)
+        parts = unique_member_parts(member, self._seen)
         self.stats.entries += 1
         if not parts:
-            if not member.isdir():
-                raise BootcError("The layer root is not a directory")
             return  # the root's metadata: every deployment's root is 0755 root anyway
         # A directory named `.wh.x/` is an ordinary directory, as in containers-storage.
         marker, name = (Marker.NONE, parts[-1]) if member.isdir() else classify(parts[-1])

@@ -52,7 +52,8 @@ def restore_special_files(root: Path, candidates: Iterable[str] | None) -> None:
     real_root = os.path.realpath(root)
     for candidate in candidates:
         path = root / candidate
-        if os.path.realpath(path.parent) != os.path.join(real_root, os.path.dirname(candidate)):
+        expected = os.path.normpath(os.path.join(real_root, os.path.dirname(candidate)))
+        if os.path.realpath(path.parent) != expected:
             continue  # a higher layer made a directory on the way a symlink
         try:
             value = os.getxattr(path, SPECIAL_XATTR, follow_symlinks=False)
