@@ -62,7 +62,9 @@ def run_measured(cmd: Sequence[str | Path], env: Mapping[str, str] | None = None
         stderr = err.read().decode(errors="replace")
     code = os.waitstatus_to_exitcode(status)
     if code != 0:
-        reason = tools.failure_reason(stderr) or f"exited with status {code}"
+        # Not the RSS line bootc_with_rss.py adds last: the command's own error.
+        told = "\n".join(line for line in stderr.splitlines() if SELF_RSS_TAG not in line)
+        reason = tools.failure_reason(told) or f"exited with status {code}"
         raise BootcError(f"{Path(argv[0]).name}: {reason}", context=(" ".join(argv),))
     self_rss = None
     for line in stderr.splitlines():

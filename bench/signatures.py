@@ -15,6 +15,7 @@ from pathlib import Path
 import pipelines as p
 from measure import Sample, run_measured
 
+from pybootc.errors import BootcError
 from tests.test_signatures import Signing, signing_setup
 from tests.toolbox import Toolbox
 
@@ -54,6 +55,25 @@ def _upgrade(env: p.Env, signing: Signing, backend: str, signed: bool, run: int)
     return p.in_fresh_filesystem(env, measure)
 
 
+def _refuses_unsigned(env: p.Env, signing: Signing, backend: str) -> bool:
+    """The control: under the same policy, an unsigned build is refused (so the signed
+    runs did verify)."""
+    repo = f"bench/signed/{backend}-control"
+    signing.push("1.0", repo, "stream", sign_by="trusted")
+    image = f"ostree-image-signed:docker://{signing.registry.address}/{repo}:stream"
+
+    def attempt(mount: Path) -> Sample:
+        p.install(env, mount, image, backend)
+        signing.push("2.0", repo, "stream", sign_by=None)
+        return run_measured(p.bootc("--sysroot", mount / "sysroot", "upgrade"))
+
+    try:
+        p.in_fresh_filesystem(env, attempt)
+    except BootcError as err:
+        return "Source image rejected" in str(err)
+    return False
+
+
 def signature_cost(env: p.Env, runs: int, say: Callable[[str], None]) -> dict[str, object]:
     assert env.registry is not None
     found: dict[str, dict[str, float]] = {}
@@ -68,6 +88,8 @@ def signature_cost(env: p.Env, runs: int, say: Callable[[str], None]) -> dict[st
                         _upgrade(env, signing, backend, signed, n).seconds for n in range(runs)
                     )
                     medians["signed" if signed else "unsigned"] = seconds[len(seconds) // 2]
+                if not _refuses_unsigned(env, signing, backend):
+                    raise BootcError(f"{backend}: an unsigned build was not refused")
                 found[backend] = medians
                 say(
                     f"  {backend}: upgrade {medians['unsigned']:.2f} s unsigned, "
@@ -80,7 +102,8 @@ def signature_cost(env: p.Env, runs: int, say: Callable[[str], None]) -> dict[st
     lines = [
         "`bootc upgrade` of the sample image to a new build: GPG-signed and followed as "
         "`ostree-image-signed:` under a signedBy policy, against unsigned under "
-        f"insecureAcceptAnything; medians of {runs}.",
+        f"insecureAcceptAnything; medians of {runs}. (Under the same policy an unsigned "
+        "build was refused, on both backends.)",
         "",
         "| backend | unsigned s | signed, verified s | verification costs |",
         "|---|---|---|---|",
