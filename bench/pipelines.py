@@ -21,7 +21,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from measure import Sample, run_measured
@@ -204,13 +204,36 @@ def floor(workload: Workload, tag: str = "v1") -> Sample:
     return run_measured(["bash", "-c", script, "bash", *blobs])
 
 
+@dataclass
+class FsckTally:
+    """`ostree fsck` of the repo every measured run left: how many, and which failed."""
+
+    checked: int = 0
+    failed: list[str] = field(default_factory=list)
+
+
+FSCK = FsckTally()
+
+
+def _fsck(mount: Path) -> None:
+    repo = mount / "sysroot/ostree/repo"
+    if not repo.is_dir():
+        return
+    FSCK.checked += 1
+    if tools.run(["ostree", "fsck", "--quiet", f"--repo={repo}"], check=False).returncode:
+        FSCK.failed.append(str(repo))
+
+
 def in_fresh_filesystem(
     env: Env, run: Callable[[Path], Sample], fs: FsKind | None = None
 ) -> Sample:
-    """`run` on a new scratch filesystem, which goes afterwards."""
+    """`run` on a new scratch filesystem, which goes afterwards; its repo is checked by
+    `ostree fsck` first (not timed)."""
     with env.filesystem(fs) as mount:
         try:
-            return run(mount)
+            sample = run(mount)
+            _fsck(mount)
+            return sample
         finally:
             reset_storage(mount / "sysroot")
             os.sync()

@@ -234,6 +234,15 @@ def markdown(results: Mapping[str, Any]) -> str:
         lines += ["", "## Signature verification", "", *results["signatures"]["lines"]]
     if "partial" in results:
         lines += ["", "## Partial pulls (zstd:chunked)", "", *results["partial"]["lines"]]
+    if "fsck" in results:
+        fsck = results["fsck"]
+        if fsck["failed"]:
+            misses.append(f"`ostree fsck` failed after {len(fsck['failed'])} runs.")
+        lines += [
+            "",
+            f"`ostree fsck` after every measured run that left a repo: {fsck['checked']} "
+            f"checked, {len(fsck['failed'])} failed.",
+        ]
     lines += ["", "## Targets missed", ""]
     lines += [f"- {miss}" for miss in misses] or ["None."]
     lines += ["", f"The whole benchmark took {results.get('seconds', 0) // 60} min."]

@@ -228,6 +228,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.no_large:
         say("[bold]Large layers[/]")
         results["large"] = large_layers(args.runs, say)
+    results["fsck"] = {"checked": p.FSCK.checked, "failed": p.FSCK.failed}
     results["seconds"] = round(time.time() - started)
     RESULTS.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%S")

@@ -41,7 +41,8 @@ _CHUNK = 1 << 20
 _IMPLIED = FileMeta(0, 0, stat.S_IFDIR | 0o755)
 _CAPABILITY = "security.capability"
 _SYMLINK_MODE = stat.S_IFLNK | 0o777
-# OSTree cannot store these; a placeholder carries what they were (stores/ostree.py).
+# OSTree cannot store these; a placeholder carries what they were (stores/layered.py
+# makes them themselves again).
 SPECIAL_XATTR = "user.pybootc.special"
 
 

@@ -12,7 +12,7 @@ update costs what the new layer touches, not the whole image.
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -75,7 +75,8 @@ class ObjectSink(Protocol):
 class LeafKind(enum.Enum):
     REGULAR = enum.auto()
     SYMLINK = enum.auto()
-    # A device node, FIFO or socket: kept as a placeholder object (see stores/ostree.py).
+    # A device node, FIFO or socket: kept as a placeholder object (SPECIAL_XATTR in
+    # tar_tree.py; stores/layered.py makes it itself again in a checkout).
     SPECIAL = enum.auto()
     # Hides the same name in the layers below; never part of a merged tree.
     WHITEOUT = enum.auto()
@@ -200,15 +201,6 @@ def merge_layers(layers: list[Dir], root_meta: str, expand: Expander) -> Dir:
     for layer in layers:
         merged = apply_layer(merged, layer, expand)
     return merged
-
-
-def walk(directory: Dir, expand: Expander, prefix: str = "") -> Iterator[tuple[str, Entry]]:
-    """Every entry below `directory`, parents first, as ("a/b", entry)."""
-    for name, entry in sorted(directory.entries(expand).items()):
-        path = f"{prefix}{name}"
-        yield path, entry
-        if isinstance(entry, Dir):
-            yield from walk(entry, expand, f"{path}/")
 
 
 def whiteout_name(name: str) -> str:

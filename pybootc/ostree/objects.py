@@ -15,7 +15,6 @@ import hashlib
 import mmap
 import os
 import stat
-import threading
 
 from pybootc.layers.tree import FileMeta
 from pybootc.ostree.gi import Gio, GLib, OSTree
@@ -47,15 +46,13 @@ def _file_info(meta: FileMeta, size: int, symlink_target: str | None = None) -> 
 
 
 class ObjectWriter:
-    """Writes objects into `repo`, inside a transaction the caller holds. Safe to use
-    from several threads: hashing and libostree's writes run without the GIL."""
+    """Writes objects into `repo`, inside a transaction the caller holds."""
 
     def __init__(self, repo: OSTree.Repo) -> None:
         self.repo = repo
         self._headers: dict[tuple[FileMeta, str | None], bytes] = {}
         self._dirmetas: dict[FileMeta, str] = {}
         self._xattrs: dict[FileMeta, GLib.Variant] = {}
-        self._lock = threading.Lock()
 
     def _xattrs_of(self, meta: FileMeta) -> GLib.Variant:
         found = self._xattrs.get(meta)
@@ -76,19 +73,11 @@ class ObjectWriter:
                 )
                 header = stream.read_bytes(length, None).get_data()
             if cache:
-                with self._lock:
-                    self._headers[key] = header
+                self._headers[key] = header
         return header
 
-    def _write(
-        self,
-        checksum: str,
-        meta: FileMeta,
-        content: Gio.InputStream,
-        size: int,
-        symlink_target: str | None = None,
-    ) -> None:
-        info = _file_info(meta, size, symlink_target)
+    def _write(self, checksum: str, meta: FileMeta, content: Gio.InputStream, size: int) -> None:
+        info = _file_info(meta, size)
         with libostree_errors(f"Writing object {checksum}"):
             _, stream, length = OSTree.raw_file_to_content_stream(
                 content, info, self._xattrs_of(meta)
@@ -107,8 +96,8 @@ class ObjectWriter:
 
     def write_stream(self, checksum: str, parts: tuple[bytes, ...]) -> None:
         """The object whose content stream (libostree's header, then the content) is
-        `parts`, written as it is: a handful of calls into libostree per object, since
-        the GIL is taken again after each."""
+        `parts`, written as it is: no second header is made, and libostree copies from
+        memory."""
         stream = Gio.MemoryInputStream.new()
         for part in parts:
             stream.add_bytes(GLib.Bytes.new(part))
@@ -157,6 +146,5 @@ class ObjectWriter:
         with libostree_errors("Writing directory metadata"):
             _, raw = self.repo.write_metadata(OSTree.ObjectType.DIR_META, None, variant, None)
         checksum = str(OSTree.checksum_from_bytes(raw))
-        with self._lock:
-            self._dirmetas[meta] = checksum
+        self._dirmetas[meta] = checksum
         return checksum
