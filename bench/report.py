@@ -152,6 +152,33 @@ def _disk_rows(disk: Mapping[str, Any]) -> tuple[list[str], list[str]]:
     return rows, misses
 
 
+def _profile_lines(profiled: Mapping[str, Any]) -> list[str]:
+    """The phases of each profiled run, and in words the two that took longest."""
+    runs = profiled["runs"]
+    names = list(runs)
+    labels = list(next(iter(runs.values()))["phases"])
+    lines = [
+        f"One run of each on debian-{profiled['size']}, under cProfile (which slows Python "
+        "code, so these walls are above the medians). Phases in seconds; they add up to "
+        "the wall.",
+        "",
+        "| phase | " + " | ".join(names) + " |",
+        "|---|" + "---|" * len(names),
+    ]
+    for label in labels:
+        cells = [runs[name]["phases"][label] for name in names]
+        if any(cells):
+            lines.append(f"| {label} | " + " | ".join(f"{cell:.2f}" for cell in cells) + " |")
+    lines.append("| **wall** | " + " | ".join(f"{runs[n]['wall_s']:.2f}" for n in names) + " |")
+    lines.append("")
+    for name in names:
+        ranked = sorted(runs[name]["phases"].items(), key=lambda item: -item[1])[:2]
+        wall = runs[name]["wall_s"]
+        told = " and ".join(f"{label} ({s:.2f} s, {s / wall:.0%})" for label, s in ranked)
+        lines.append(f"- {name}: most of the time goes to {told}.")
+    return lines
+
+
 def markdown(results: Mapping[str, Any]) -> str:
     env = results["environment"]
     lines = [
@@ -243,8 +270,12 @@ def markdown(results: Mapping[str, Any]) -> str:
             f"`ostree fsck` after every measured run that left a repo: {fsck['checked']} "
             f"checked, {len(fsck['failed'])} failed.",
         ]
+    if "profiles" in results:
+        lines += ["", "## Where the time goes", "", *_profile_lines(results["profiles"])]
     lines += ["", "## Targets missed", ""]
     lines += [f"- {miss}" for miss in misses] or ["None."]
+    if misses and "profiles" in results:
+        lines += ["", "Why: see the phases in *Where the time goes* above."]
     lines += ["", f"The whole benchmark took {results.get('seconds', 0) // 60} min."]
     return "\n".join(lines) + "\n"
 
