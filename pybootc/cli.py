@@ -659,8 +659,13 @@ def build_parser() -> argparse.ArgumentParser:
 def _byte_transparent_streams() -> None:
     """Arguments, paths and image names are bytes to a Unix tool: what Python decoded
     with surrogateescape goes back out as the same bytes on stdout, and visibly
-    escaped on stderr, never as a UnicodeEncodeError."""
-    for stream, errors in ((sys.stdout, "surrogateescape"), (sys.stderr, "backslashreplace")):
+    escaped on stderr, never as a UnicodeEncodeError; an answer read from stdin that
+    is not UTF-8 is just not the answer asked for."""
+    for stream, errors in (
+        (sys.stdin, "surrogateescape"),
+        (sys.stdout, "surrogateescape"),
+        (sys.stderr, "backslashreplace"),
+    ):
         if isinstance(stream, io.TextIOWrapper):
             stream.reconfigure(errors=errors)
 
@@ -678,6 +683,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if sys.stdout is None:
         # Started with stdout closed (`bootc status >&-`): what it would say goes nowhere.
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (for the whole process)
+    if sys.stdin is None:
+        # Started with stdin closed (`bootc edit -f - <&-`): it reads as empty.
+        sys.stdin = open(os.devnull)  # noqa: SIM115 (for the whole process)
     _byte_transparent_streams()
     parser = build_parser()
     if "_ARGCOMPLETE" in os.environ:

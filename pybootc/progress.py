@@ -27,6 +27,8 @@ if TYPE_CHECKING:
     from rich.progress import TaskID
     from rich.status import Status
 
+    from pybootc.stores.protocol import Pruned
+
 PROTOCOL_VERSION = "0.1.0"
 TASK = "deploying"
 FETCH_TASK = "pulling"
@@ -283,11 +285,15 @@ class Progress:
         self._done += 1
         self._steps(name, completed=True)
 
-    def pruned(self, removed: Sequence[str]) -> None:
-        """After GC: what went, on a terminal."""
-        if self._console is not None and removed:
-            names = ", ".join(r.removeprefix("sha256:")[:12] for r in removed)
-            self._console.print(f"Pruned images: {len(removed)} ({names})", highlight=False)
+    def pruned(self, pruned: Pruned, freed: int) -> None:
+        """After GC, on a terminal, upstream's line: images and layers that went, and
+        the bytes the repo's prune freed."""
+        if self._console is not None and (pruned.images or pruned.layers or freed):
+            self._console.print(
+                f"Pruned images: {len(pruned.images)} (layers: {pruned.layers}, "
+                f"objsize: {_size(freed)})",
+                highlight=False,
+            )
 
 
 NO_PROGRESS = Progress(None)

@@ -17,7 +17,8 @@ import pytest
 
 from pybootc.host.model import Host
 from pybootc.oci.imgref import OstreeImageReference
-from pybootc.ostree.ext_format import image_ref
+from pybootc.ostree.ext_format import blob_ref, image_ref
+from pybootc.ostree.origin import commit_layer_digests
 from pybootc.ostree.repo import read_commit_metadata, resolve_ref, root_tree_checksum
 from pybootc.ostree.sysroot import Sysroot
 from pybootc.sample.image import sample_image
@@ -273,6 +274,12 @@ def test_switch_to_an_encrypted_image_needs_the_key_and_upgrade_remembers_it(
     assert staged_version(target) == "3.0"
     assert origin_keys(target, private) == [str(private), str(private)]
     assert ok(bootc("upgrade", sysroot=target)) == "No update available.\n"
+    # Each deployment's layer commits are kept, under the digests its manifest records
+    # (the encrypted blobs'), so cleanups never drop them and an export finds them.
+    sysroot = Sysroot.open(target)
+    for deployment in sysroot.deployments():
+        for digest in commit_layer_digests(sysroot.repo, deployment.checksum):
+            assert resolve_ref(sysroot.repo, blob_ref(digest)) is not None, digest
 
 
 @pytest.mark.parametrize(

@@ -106,6 +106,43 @@ def test_a_closed_stdout_is_no_traceback(installed: Path) -> None:
     assert_one_line_or_quiet(proc, exit=0)
 
 
+def assert_refused(proc: subprocess.CompletedProcess[bytes], argv: list[str]) -> None:
+    if argv[0] != "state":
+        line = assert_one_line_or_quiet(proc, exit=1)
+        assert line == "error: Invalid host document: document: expected an object, found null"
+        return
+    # The question has no newline of its own: the error ends its line.
+    err = proc.stderr.decode(errors="replace")
+    assert proc.returncode == 1 and "Traceback" not in err, err
+    assert err.endswith(" [y/N] error: Not confirmed: the deployments are kept\n"), err
+    assert err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize("argv", [["edit", "-f", "-"], ["state", "wipe-ostree"]])
+def test_a_closed_stdin_is_one_error_line_and_changes_nothing(
+    installed: Path, argv: list[str]
+) -> None:
+    before = state(installed)
+    proc = subprocess.run(
+        ["sh", "-c", 'exec "$@" <&-', "sh", sys.executable, "-m", "pybootc",
+         "--sysroot", str(installed), *argv],
+        capture_output=True, check=False,
+    )  # fmt: skip
+    assert_refused(proc, argv)
+    assert state(installed) == before
+
+
+def test_an_answer_that_is_not_utf8_is_no_yes(installed: Path) -> None:
+    before = state(installed)
+    # Strict decoding, as a UTF-8 locale other than C.UTF-8 gives Python's stdin.
+    proc = run(
+        "--sysroot", str(installed), "state", "wipe-ostree",
+        stdin=BAD + b"\n", env={"PYTHONIOENCODING": "utf-8:strict"},
+    )  # fmt: skip
+    assert_refused(proc, ["state", "wipe-ostree"])
+    assert state(installed) == before
+
+
 def test_a_file_or_stdin_that_is_not_utf8_is_one_error_line(
     installed: Path, tmp_path: Path
 ) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
@@ -60,11 +59,6 @@ def xattrs_of(repo: OSTree.Repo, checksum: str, relpath: str) -> dict[bytes, byt
         pair.get_child_value(0).get_bytestring(): pair.get_child_value(1).get_bytestring()
         for pair in pairs
     }
-
-
-def object_inodes(repo: OSTree.Repo) -> set[int]:
-    objects = Path(repo.get_path().get_path()) / "objects"
-    return {p.stat().st_ino for p in objects.glob("*/*.file")}
 
 
 @pytest.mark.parametrize(
@@ -172,20 +166,6 @@ def test_a_failed_commit_leaves_no_transaction_behind(repo: OSTree.Repo, tmp_pat
     commit(repo, write_bootable_tree(tmp_path / "tree", "1"))
 
 
-def test_consume_moves_the_files_into_the_repo(repo: OSTree.Repo, tmp_path: Path) -> None:
-    tree = write_bootable_tree(tmp_path / "tree", "1")
-    kept = tmp_path / "kept-link"
-    os.link(tree / "usr/lib/os-release", kept)
-
-    checksum = commit(repo, tree, consume=True)
-
-    assert not tree.exists()
-    assert kept.stat().st_ino in object_inodes(repo)
-    assert committed_file(repo, checksum, "usr/lib/os-release").load_contents(None)[1] == (
-        kept.read_bytes()
-    )
-
-
 def test_refs_are_set_listed_resolved_and_deleted(repo: OSTree.Repo, tmp_path: Path) -> None:
     checksum = commit(repo, write_bootable_tree(tmp_path / "tree", "1"))
     image = image_ref_name("registry:quay.io/os:1")
@@ -261,25 +241,6 @@ def test_a_disabled_policy_labels_nothing(repo: OSTree.Repo, tmp_path: Path) -> 
     assert "SELINUX=disabled" in config.read_text()
     checksum = commit(repo, tree, selinux_policy=tree)
     assert b"security.selinux" not in xattrs_of(repo, checksum, "usr/bin/bash")
-
-
-def test_consume_with_a_policy_copies_unless_the_file_has_the_label(
-    repo: OSTree.Repo, tmp_path: Path
-) -> None:
-    tree = selinux_tree(tmp_path / "tree")
-    relabelled, fresh = tree / "usr/bin/bash", tree / "usr/bin/sh"
-    os.setxattr(relabelled, "security.selinux", b"system_u:object_r:shell_exec_t:s0\0")
-    links = {}
-    for path in (relabelled, fresh):
-        links[path.name] = tmp_path / f"link-{path.name}"
-        os.link(path, links[path.name])
-
-    commit(repo, tree, selinux_policy=tree, consume=True)
-
-    assert not tree.exists()
-    inodes = object_inodes(repo)
-    assert links["bash"].stat().st_ino in inodes
-    assert links["sh"].stat().st_ino not in inodes
 
 
 def test_commit_and_flatten_count_what_they_write(repo: OSTree.Repo, tmp_path: Path) -> None:

@@ -119,3 +119,26 @@ def test_an_object_the_repo_has_is_never_replaced(repo: OSTree.Repo, tmp_path: P
     assert writer.regular_from_bytes(meta, b"kept") == checksum
     repo.commit_transaction(None)
     assert obj.stat().st_ino == inode
+
+
+@pytest.mark.parametrize("size", [4096, 3 << 20], ids=["in-memory", "via-scratch"])
+def test_a_rewrite_is_the_same_content_with_the_new_metadata(
+    repo: OSTree.Repo, tmp_path: Path, size: int
+) -> None:
+    """A tar hardlink that changes its file's owner and mode: the content is read back
+    from the object (a large one through a scratch file in the repo's tmp)."""
+    data = os.urandom(size)
+    writer = ObjectWriter(repo)
+    repo.prepare_transaction(None)
+    first = writer.regular_from_bytes(FileMeta.of(0, 0, stat.S_IFREG | 0o644, {}), data)
+    repo.commit_transaction(None)
+    repo.prepare_transaction(None)
+    relinked = FileMeta.of(1000, 100, stat.S_IFREG | 0o4750, {"user.a": b"b"})
+    second = writer.rewrite(first, relinked)
+    repo.commit_transaction(None)
+    path = tmp_path / "expected"
+    path.write_bytes(data)
+    os.chown(path, 1000, 100)
+    os.setxattr(path, "user.a", b"b")
+    os.chmod(path, 0o4750)
+    assert second == libostree_checksum(path) != first

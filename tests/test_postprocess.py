@@ -246,3 +246,27 @@ def test_a_sysroot_or_ostree_of_another_kind_is_refused(
     make(root)  # type: ignore[operator]
     with pytest.raises(BootcError, match=message):
         postprocess_tree(root, keep_var=False)
+
+
+@pytest.mark.parametrize("backend", ["ostree", "container"])
+def test_a_generated_file_the_image_has_already_is_replaced_not_written_through(
+    target: Path, tmp_path: Path, backend: str
+) -> None:
+    """The checkout post-processing works on is hardlinks of the repo's objects: the
+    tmpfiles.d file it writes, which an image made from a pybootc host carries, must
+    be made anew, or the object (and every deployment of it) would change."""
+    from pybootc.sample.ocibuild import OciLayout
+    from pybootc.stores.commit import ostree_seeds_var
+
+    stale = b"d /var/stale 0755 root root -\n"
+    layout = OciLayout(tmp_path / "oci")
+    layout.add_image("v1", sample_image("1.0", extra=(layer(file(VAR_TMPFILES, stale)),)))
+    ok(install(target, layout.ref("v1"), backend=backend))
+    fsck = subprocess.run(
+        ["ostree", "fsck", "--quiet", f"--repo={target}/ostree/repo"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert fsck.returncode == 0, fsck.stderr
+    (root,) = target.glob("ostree/deploy/*/deploy/*.0")
+    written = (root / VAR_TMPFILES).read_bytes()
+    assert written == stale if ostree_seeds_var() else written.startswith(b"# The image's /var")

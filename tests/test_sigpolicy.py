@@ -75,3 +75,21 @@ def test_switch_with_an_insecure_policy_changes_nothing(
     policy(tmp_path, document, monkeypatch)
     out = ok(bootc("switch", "--enforce-container-sigpolicy", other.docker, sysroot=target))
     assert out.startswith(f"Queued for next boot: ostree-image-signed:{other.docker}")
+
+
+@pytest.mark.registry
+@pytest.mark.parametrize("backend", ["ostree", "container"])
+def test_an_ostree_remote_signature_is_refused_not_skipped(
+    registry: Registry, target: Path, tmp_path: Path, backend: str
+) -> None:
+    base = publish(registry, tmp_path, sample_image("1.0"), repo=f"pybootc/remote-{backend}")
+    ok(install(target, base.docker, backend=backend))
+    other = publish(registry, tmp_path, sample_image("2.0"), repo=f"pybootc/remote-{backend}-2")
+    before = state(target)
+    wanted = f"ostree-remote-image:myremote:{other.docker}"
+    proc = bootc("switch", wanted, sysroot=target)
+    assert one_error_line(proc) == (
+        f"error: {wanted}: verifying with the keys of ostree remote myremote is not"
+        " supported; sign the image and use ostree-image-signed: with a containers policy"
+    )
+    assert state(target) == before

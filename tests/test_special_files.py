@@ -8,7 +8,7 @@ import os
 import stat
 from pathlib import Path
 
-from pybootc.layers.tar_tree import SPECIAL_XATTR
+from pybootc.layers.special import SPECIAL_XATTR
 from pybootc.stores.layered import restore_special_files
 
 

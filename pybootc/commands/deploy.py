@@ -115,9 +115,10 @@ def tidy_up(
     try:
         with error_context("Cleaning up after the deployment"):
             if drop_ref is not None:
+                # As upstream's switch drops the ref it leaves: not counted as pruned.
                 set_ref(sysroot.repo, drop_ref, None)
-            progress.pruned(collect_garbage(sysroot))
-            sysroot.cleanup()
+            pruned = collect_garbage(sysroot)
+            progress.pruned(pruned, sysroot.cleanup().bytes_freed)
     except BootcError as err:
         log.warning("%s", err)
 

@@ -25,9 +25,10 @@ from pybootc.ostree.ext_format import IMAGE_REF_PREFIX, image_of_ref, image_ref
 from pybootc.ostree.origin import origin_image
 from pybootc.ostree.repo import list_refs, resolve_ref
 from pybootc.ostree.sysroot import Sysroot, current_deployment
-from pybootc.stores import Backend, bootc_storage
+from pybootc.stores import bootc_storage
 from pybootc.stores.export import export_image
 from pybootc.stores.pipeline import collect_garbage
+from pybootc.stores.registry import store_for
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -111,12 +112,6 @@ def images_table(images: Sequence[ListedImage]) -> Table:
     return table
 
 
-def _exported(sysroot: Sysroot, commit: str, work: Path) -> str:
-    """The image of the merge commit `commit`, written from its layer commits into an
-    OCI layout in `work`: a source for skopeo."""
-    return export_image(sysroot.repo, commit, work / "layout", "image", work)
-
-
 def _copy_source(sysroot: Sysroot, source: str | None, work: Path) -> tuple[str, str]:
     """(what to call the image, a skopeo source for it) for `image copy-to-storage`:
     the image the next boot runs, or `source`: a name in bootc's storage, or an image
@@ -127,10 +122,8 @@ def _copy_source(sysroot: Sysroot, source: str | None, work: Path) -> tuple[str,
         origin = origin_image(current) if current else None
         if current is None or origin is None:
             raise BootcError("No deployed image to copy; name one with --source")
-        if origin.backend is Backend.CONTAINER:
-            name = bootc_storage.stored_name(origin.imgref.imgref)
-            return name, storage.reference(name)
-        return str(origin.imgref.imgref), _exported(sysroot, current.checksum, work)
+        store = store_for(origin.backend, sysroot.path, sysroot.repo)
+        return store.deployed_source(origin, current.checksum, work)
     stored = {n for image in bootc_storage.list_images(storage) for n in image.names}
     if source in stored:
         return source, storage.reference(source)
@@ -143,7 +136,8 @@ def _copy_source(sysroot: Sysroot, source: str | None, work: Path) -> tuple[str,
         commit = resolve_ref(sysroot.repo, image_ref(imgref))
     if imgref is None or commit is None:
         raise BootcError(f"No such image: {source}")
-    return str(imgref), _exported(sysroot, commit, work)
+    # Either backend keeps the layer commits an image ref's commit was merged from.
+    return str(imgref), export_image(sysroot.repo, commit, work / "layout", "image", work)
 
 
 @contextmanager
@@ -185,7 +179,7 @@ def pull_from_default_storage(sysroot_path: Path, image: str) -> Report:
 
 
 def prune(sysroot_path: Path) -> Report:
-    removed = collect_garbage(Sysroot.open(sysroot_path))
+    removed = collect_garbage(Sysroot.open(sysroot_path)).images
     if not removed:
         return Report(("No unused images.",))
     return Report(tuple(f"Removed {image_id}" for image_id in removed))

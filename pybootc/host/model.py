@@ -2,7 +2,12 @@
 
 This module owns the document's shape only: camelCase keys in bootc's order, JSON and YAML
 text, and defaults for documents written before newer fields existed. Building a Host from
-a sysroot is status.py's job; rendering it for people is status_render.py's.
+a sysroot is host/build.py's job; rendering it for people is host/render.py's.
+
+Plain dataclasses, not a model library: what pydantic would replace is the to/from JSON
+methods here and the readers in fields.py, about 270 of these two modules' 690 lines;
+the rest (the fields, the variants, chrono's timestamps, the errors that name a field's
+path as bootc's do) stays either way.
 """
 
 from __future__ import annotations

@@ -14,8 +14,7 @@ import stat
 from pathlib import Path
 
 from pybootc.layers.diffdir import list_layer_directory
-from pybootc.layers.paths import is_overlay_xattr
-from pybootc.layers.tar_tree import SPECIAL_XATTR
+from pybootc.layers.special import is_image_xattr, placeholder
 from pybootc.layers.tree import (
     WHITEOUT,
     Entry,
@@ -24,18 +23,15 @@ from pybootc.layers.tree import (
     Leaf,
     LeafKind,
     ObjectSink,
-    TreeStats,
     finished_dir,
 )
-
-_SPECIAL_LETTERS = {stat.S_IFCHR: "c", stat.S_IFBLK: "b", stat.S_IFIFO: "p", stat.S_IFSOCK: "s"}
 
 
 def _meta(path: str, st: os.stat_result) -> FileMeta:
     xattrs = {
         name: os.getxattr(path, name, follow_symlinks=False)
         for name in os.listxattr(path, follow_symlinks=False)
-        if not is_overlay_xattr(name)
+        if is_image_xattr(name)
     }
     return FileMeta.of(st.st_uid, st.st_gid, st.st_mode, xattrs)
 
@@ -46,14 +42,12 @@ class _DiffDirReader:
         self._inodes: dict[tuple[int, int], str] = {}
         self.sources: list[tuple[str, str]] = []
         self.marked: set[str] = set()
-        self.stats = TreeStats()
 
     def directory(self, path: str, relative: str) -> tuple[FileMeta, dict[str, Entry], bool]:
         listing = list_layer_directory(0, path)
         children: dict[str, Entry] = {}
         marked = listing.opaque
         for name, entry in listing.entries.items():
-            self.stats.entries += 1
             if entry.whiteout:
                 children[name] = WHITEOUT
                 marked = True
@@ -79,7 +73,6 @@ class _DiffDirReader:
 
     def _regular(self, path: str, st: os.stat_result) -> str:
         """The file's object; a file hardlinked within the layer is written once."""
-        self.stats.bytes += st.st_size
         key = (st.st_dev, st.st_ino)
         checksum = self._inodes.get(key)
         if checksum is None:
@@ -94,16 +87,9 @@ class _DiffDirReader:
 
     def _placeholder(self, st: os.stat_result) -> Leaf:
         """A device node, FIFO or socket, as the ostree store keeps one."""
-        letter = _SPECIAL_LETTERS[stat.S_IFMT(st.st_mode)]
-        if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
-            letter += f" {os.major(st.st_rdev)} {os.minor(st.st_rdev)}"
-        meta = FileMeta.of(
-            st.st_uid,
-            st.st_gid,
-            stat.S_IFREG | stat.S_IMODE(st.st_mode),
-            {SPECIAL_XATTR: letter.encode()},
-        )
-        return Leaf(LeafKind.SPECIAL, self._objects.regular_from_bytes(meta, b""))
+        kind = (stat.S_IFMT(st.st_mode), os.major(st.st_rdev), os.minor(st.st_rdev))
+        owner = FileMeta(st.st_uid, st.st_gid, st.st_mode)
+        return Leaf(LeafKind.SPECIAL, placeholder(self._objects, owner, kind))
 
 
 def read_diff_dir(diff_dir: Path, objects: ObjectSink) -> LayerRead:
@@ -112,4 +98,4 @@ def read_diff_dir(diff_dir: Path, objects: ObjectSink) -> LayerRead:
     reader = _DiffDirReader(objects)
     meta, children, opaque = reader.directory(str(diff_dir), "")
     tree = finished_dir(objects, meta, children, opaque=opaque)
-    return LayerRead(tree, reader.marked, reader.stats, tuple(reader.sources))
+    return LayerRead(tree, reader.marked, tuple(reader.sources))

@@ -101,18 +101,13 @@ def flatten_diff_dirs(
     diff_dirs: Sequence[Path],
     output: Path,
     *,
-    consume: bool = False,
     counted: Callable[[int], None] | None = None,
 ) -> FlattenSummary:
-    """Merge diff directories (lowest first) into a new `output`.
-
-    containers-storage's are copied from; with `consume`, the directories are
-    scratch ones of ours and their entries are moved instead. `counted` is told
-    the number of entries written, now and then.
-    """
+    """Merge containers-storage's diff directories (lowest first), copied, into a new
+    `output`. `counted` is told the number of entries written, now and then."""
     start = time.monotonic()
     with new_output_directory(output) as out_fd, _os_errors("Flattening layers"):
-        sink = DirectorySink(out_fd, move=consume, counted=counted)
+        sink = DirectorySink(out_fd, move=False, counted=counted)
         merge_layers(diff_dirs, sink, _default_root())
     return FlattenSummary(
         len(diff_dirs), sink.stats.entries, sink.stats.bytes, time.monotonic() - start

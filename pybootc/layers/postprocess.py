@@ -9,6 +9,7 @@ backends run exactly this, so their trees stay equal.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import stat
@@ -181,8 +182,12 @@ def _write_var_tmpfiles(root: Path) -> None:
     dirs = DirectoryHandles(os.open(root, os.O_RDONLY | os.O_DIRECTORY))
     try:
         parent = dirs.get(tuple(VAR_TMPFILES.split("/")[:-1]), create=True)
+        # The checkout's files are hardlinks of the repo's objects: one the image has
+        # already is unlinked and made anew, never written through.
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(conf.name, dir_fd=parent)
         fd = os.open(
-            conf.name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644, dir_fd=parent
+            conf.name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644, dir_fd=parent
         )
         with os.fdopen(fd, "w") as f:
             f.write("\n".join(lines) + "\n")

@@ -22,6 +22,7 @@ from typing import IO, cast
 from pybootc.errors import BootcError
 from pybootc.layers.extract import NoGlobalHeaders, member_xattrs, unique_member_parts
 from pybootc.layers.paths import Marker, Parts, classify, join, split_member_name
+from pybootc.layers.special import SpecialKind, is_image_xattr, placeholder
 from pybootc.layers.tree import (
     WHITEOUT,
     Dir,
@@ -30,7 +31,6 @@ from pybootc.layers.tree import (
     Leaf,
     LeafKind,
     ObjectSink,
-    TreeStats,
     finished_dir,
 )
 
@@ -41,9 +41,6 @@ _CHUNK = 1 << 20
 _IMPLIED = FileMeta(0, 0, stat.S_IFDIR | 0o755)
 _CAPABILITY = "security.capability"
 _SYMLINK_MODE = stat.S_IFLNK | 0o777
-# OSTree cannot store these; a placeholder carries what they were (stores/layered.py
-# makes them themselves again).
-SPECIAL_XATTR = "user.pybootc.special"
 
 
 @dataclass(eq=False)
@@ -56,7 +53,8 @@ class _Inode:
     checksum: str = ""
     written_as: FileMeta | None = None
     target: str = ""  # a symlink's
-    special: str = ""  # a placeholder's SPECIAL_XATTR value
+    # A placeholder's: the special file's type (S_IFCHR, ...), major and minor.
+    special: SpecialKind = (0, 0, 0)
 
 
 @dataclass(eq=False)
@@ -73,11 +71,10 @@ class _NotADirectory(BootcError):
         self.symlink = symlink
 
 
-def _special_value(member: tarfile.TarInfo) -> str:
+def _special_kind(member: tarfile.TarInfo) -> SpecialKind:
     if member.isfifo():
-        return "p"
-    letter = "c" if member.ischr() else "b"
-    return f"{letter} {member.devmajor} {member.devminor}"
+        return stat.S_IFIFO, 0, 0
+    return stat.S_IFCHR if member.ischr() else stat.S_IFBLK, member.devmajor, member.devminor
 
 
 class LayerReader:
@@ -88,7 +85,6 @@ class LayerReader:
         self._scratch = scratch
         self._root = _Dir(_IMPLIED)
         self._seen: set[Parts] = set()
-        self.stats = TreeStats()
 
     # --- the tree while it is read ------------------------------------------------------
 
@@ -124,7 +120,6 @@ class LayerReader:
 
     def _member(self, tar: tarfile.TarFile, member: tarfile.TarInfo) -> None:
         parts = unique_member_parts(member, self._seen)
-        self.stats.entries += 1
         if not parts:
             return  # the root's metadata: every deployment's root is 0755 root anyway
         # A directory named `.wh.x/` is an ordinary directory, as in containers-storage.
@@ -176,11 +171,12 @@ class LayerReader:
                 target=member.linkname,
             )
         if member.ischr() or member.isblk() or member.isfifo():
-            # A placeholder: an empty file of the entry's owner and mode, the kind in
-            # an xattr (its own xattrs go, as they did in the layer commits before).
-            mode = stat.S_IFREG | stat.S_IMODE(member.mode)
+            # A placeholder (layers/special.py); its own xattrs go, as they did in
+            # the layer commits before.
             return _Inode(
-                LeafKind.SPECIAL, FileMeta(meta.uid, meta.gid, mode), special=_special_value(member)
+                LeafKind.SPECIAL,
+                FileMeta(meta.uid, meta.gid, stat.S_IMODE(member.mode)),
+                special=_special_kind(member),
             )
         raise BootcError(f'Unsupported tar entry type {member.type!r} for "{join(parts)}"')
 
@@ -215,7 +211,6 @@ class LayerReader:
     def _content(self, tar: tarfile.TarFile, member: tarfile.TarInfo, meta: FileMeta) -> str:
         """The member's content written as an object: from memory, or through a
         temporary file if it is too large for memory."""
-        self.stats.bytes += member.size
         raw = cast(IO[bytes], tar.fileobj)
         if member.size <= _IN_MEMORY:
             if member.sparse is None:
@@ -242,7 +237,7 @@ class LayerReader:
     def finish(self) -> LayerRead:
         """The layer as a tree of objects, the inodes' objects made final."""
         tree = self._finish(self._root, {})
-        return LayerRead(tree, self.marked(), self.stats)
+        return LayerRead(tree, self.marked())
 
     def _finish(self, directory: _Dir, finished: dict[int, Leaf]) -> Dir:
         children: dict[str, Dir | Leaf] = {}
@@ -265,10 +260,7 @@ class LayerReader:
             return inode.checksum
         if inode.kind is LeafKind.SYMLINK:
             return self._objects.symlink(inode.meta, inode.target)
-        meta = FileMeta.of(
-            inode.meta.uid, inode.meta.gid, inode.meta.mode, {SPECIAL_XATTR: inode.special.encode()}
-        )
-        return self._objects.regular_from_bytes(meta, b"")
+        return placeholder(self._objects, inode.meta, inode.special)
 
     def marked(self) -> set[str]:
         """The directories with a whiteout or opaque marker in them or below ("" the root)."""
@@ -295,7 +287,7 @@ def _applied(meta: FileMeta, member: tarfile.TarInfo, *, fresh: bool, directory:
         uid, gid = member.uid, member.gid
         if not directory:
             xattrs.pop(_CAPABILITY, None)
-    xattrs.update(member_xattrs(member))
+    xattrs.update((name, value) for name, value in member_xattrs(member) if is_image_xattr(name))
     mode = stat.S_IFMT(meta.mode) | stat.S_IMODE(member.mode)
     if directory:
         mode = stat.S_IFDIR | stat.S_IMODE(member.mode)

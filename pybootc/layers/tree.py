@@ -34,21 +34,14 @@ class FileMeta:
         return cls(uid, gid, mode, tuple(sorted(xattrs.items())))
 
 
-@dataclass
-class TreeStats:
-    entries: int = 0
-    bytes: int = 0
-
-
 @dataclass(frozen=True)
 class LayerRead:
-    """A layer read into a tree: the tree, the directories with a marker in them or
-    below, and counts; read from files (a diff directory), each file's path and the
-    object it became, once per inode."""
+    """A layer read into a tree: the tree, and the directories with a marker in them
+    or below; read from files (a diff directory), each file's path and the object it
+    became, once per inode."""
 
     tree: Dir
     marked: set[str]
-    stats: TreeStats
     sources: tuple[tuple[str, str], ...] = ()
 
 
@@ -177,9 +170,11 @@ def apply_layer(lower: Dir, upper: Dir, expand: Expander, *, at_root: bool = Tru
     on a layer's root) starts empty; a whiteout removes the name below; a directory
     over a directory merges; anything else replaces what was there.
     """
+    # Read first: a kept directory learns whether it is opaque as it is read.
+    upper_entries = upper.entries(expand)
     opaque = upper.opaque and not at_root
     children: dict[str, Entry] = {} if opaque else dict(lower.entries(expand))
-    for name, entry in upper.entries(expand).items():
+    for name, entry in upper_entries.items():
         if isinstance(entry, Leaf):
             if entry.kind is LeafKind.WHITEOUT:
                 children.pop(name, None)

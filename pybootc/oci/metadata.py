@@ -6,6 +6,7 @@ pull checks (architecture, digest) before it fetches anything big.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import platform
 from dataclasses import dataclass
@@ -39,6 +40,9 @@ class ImageMetadata:
     manifest: Manifest
     config_raw: bytes
     config: ImageConfig
+    # The skopeo source the signature policy judged: the manifest (or the index) the
+    # reference resolved to, by digest, for a registry; what is deployed is pulled from it.
+    judged_source: str | None = None
 
     @property
     def config_digest(self) -> str:
@@ -90,9 +94,9 @@ def fetch_image_metadata(
 ) -> ImageMetadata:
     """Fetch and check manifest and config of `imgref`; no layer is downloaded.
 
-    The signature policy is applied to the manifest the reference resolves to, pinned
-    by its digest: what is deployed later is fetched by digest from these documents,
-    so a tag that moves in between cannot swap in an image the policy never saw.
+    The signature policy is applied to the manifest (or index) the reference resolves
+    to, pinned by its digest (`judged_source`): what is deployed later is fetched from
+    there, so a tag that moves in between cannot swap in an image the policy never saw.
     """
     source = imgref.to_skopeo()
     with error_context(f"Fetching manifest of {imgref}"):
@@ -106,6 +110,7 @@ def fetch_image_metadata(
             source, _ = _platform_manifest(imgref, raw)
             raw = _inspect(source, "--raw", auth=auth)
         metadata = _metadata(raw, _inspect(source, "--config", "--raw", auth=auth))
+    metadata = dataclasses.replace(metadata, judged_source=pinned)
     expected = host_architecture()
     if check_architecture and metadata.config.architecture != expected:
         raise BootcError(

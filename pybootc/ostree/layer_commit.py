@@ -10,6 +10,7 @@ tree whose directories are only loaded where a merge needs to look inside them.
 
 from __future__ import annotations
 
+import socket
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -46,8 +47,9 @@ ROOT_META = FileMeta(0, 0, stat.S_IFDIR | 0o755)
 
 
 def _from_be32(value: int) -> int:
-    """A dirmeta's uid, gid and mode are stored big-endian."""
-    return int.from_bytes(value.to_bytes(4, "little"), "big")
+    """A dirmeta's uid, gid and mode are stored big-endian; GVariant hands them over
+    as they are stored."""
+    return socket.ntohl(value)
 
 
 def _ay_checksum(value: GLib.Variant) -> str:
@@ -88,7 +90,14 @@ class _Filler:
         self._as_layer = as_layer
         self._counted = counted
         self._done = 0
+        self._whiteout = ""
         self.special: list[str] = []
+
+    def _whiteout_object(self) -> str:
+        """The one object every whiteout of a layer commit is: written once, if needed."""
+        if not self._whiteout:
+            self._whiteout = self._writer.regular_from_bytes(_WHITEOUT_META, b"")
+        return self._whiteout
 
     def _count(self, entries: int) -> None:
         before, self._done = self._done, self._done + entries
@@ -106,7 +115,6 @@ class _Filler:
         as_layer = self._as_layer
         meta = directory.layer_meta if as_layer and directory.layer_meta else directory.meta
         mtree.set_metadata_checksum(meta)
-        whiteout = self._writer.regular_from_bytes(_WHITEOUT_META, b"") if as_layer else ""
         self._count(len(directory.children))
         for name, entry in directory.children.items():
             if isinstance(entry, Dir):
@@ -115,7 +123,7 @@ class _Filler:
             elif entry.kind is LeafKind.WHITEOUT:
                 if not as_layer:
                     raise BootcError(f"A whiteout of {name} is left in a merged tree")
-                mtree.replace_file(whiteout_name(name), whiteout)
+                mtree.replace_file(whiteout_name(name), self._whiteout_object())
             else:
                 if entry.kind is LeafKind.SPECIAL:
                     self.special.append(f"{path}/{name}" if path else name)

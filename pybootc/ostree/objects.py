@@ -15,6 +15,7 @@ import hashlib
 import mmap
 import os
 import stat
+import tempfile
 
 from pybootc.layers.tree import FileMeta
 from pybootc.ostree.gi import Gio, GLib, OSTree
@@ -122,9 +123,18 @@ class ObjectWriter:
         """The regular file `checksum` again, with `meta` instead of its own (a layer's
         hardlink can change the owner, mode and xattrs of the file it links)."""
         with libostree_errors(f"Reading object {checksum}"):
-            _, stream, _, _ = self.repo.load_file(checksum, None)
-            data = read_stream(stream)
-        return self.regular_from_bytes(meta, data)
+            _, stream, info, _ = self.repo.load_file(checksum, None)
+            size = info.get_size()
+            if size <= _MAPPED:
+                return self.regular_from_bytes(meta, read_stream(stream))
+            # A large file is read through a scratch file, never whole into memory.
+            scratch_dir = os.path.join(self.repo.get_path().get_path(), "tmp")
+            with tempfile.TemporaryFile(dir=scratch_dir) as scratch:
+                while chunk := stream.read_bytes(_MAPPED, None).get_data():
+                    scratch.write(chunk)
+                stream.close(None)
+                scratch.flush()
+                return self.regular_from_fd(meta, scratch.fileno(), size)
 
     def symlink(self, meta: FileMeta, target: str) -> str:
         """A symlink to `target`; its checksum."""

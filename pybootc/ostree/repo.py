@@ -6,6 +6,7 @@ from the image's own policy, the image's created time)
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -44,11 +45,9 @@ def _counting_filter(
 
 
 def _commit_modifier(
-    selinux_policy: Path | None, consume: bool, counted: Callable[[int], None] | None
+    selinux_policy: Path | None, counted: Callable[[int], None] | None
 ) -> OSTree.RepoCommitModifier:
     flags = OSTree.RepoCommitModifierFlags.NONE
-    if consume:
-        flags |= OSTree.RepoCommitModifierFlags.CONSUME
     # The filter costs a call into Python per path: only when someone is watching.
     each_path = _counting_filter(counted) if counted is not None else None
     modifier = OSTree.RepoCommitModifier.new(flags, each_path, None)
@@ -85,28 +84,20 @@ def transaction(repo: OSTree.Repo, what: str) -> Iterator[list[str]]:
                 repo.mark_commit_partial(checksum, True)
             repo.commit_transaction(None)
         except BaseException:
-            repo.abort_transaction(None)
+            # An abort that fails too must not hide why the transaction failed.
+            with contextlib.suppress(GLib.Error):
+                repo.abort_transaction(None)
             raise
         for checksum in commits:
             repo.mark_commit_partial(checksum, False)
 
 
-# What CONSUME does, measured on libostree 2022.7 with a `bare` repo and the tree on the
-# same filesystem (100 files of 4 MiB, each with a second hardlink kept outside the tree
-# so that freed inode numbers could not be reused and fool the comparison):
-#   - without a SePolicy: every file is adopted, i.e. checksummed and rename()d into
-#     objects/ (the object has the source file's inode); 1.3 s against 2.1 s for a copy.
-#     An object that exists already is replaced by the file: its old inode, which
-#     deployments hardlink, leaves the repo. Files that are checkouts of objects are
-#     therefore committed with the devino cache of that checkout, which names their
-#     objects without reading or moving them.
-#   - with a SePolicy: nothing is adopted (1.6 s): the computed security.selinux label
-#     differs from the file's own xattrs, and libostree only adopts a file whose final
-#     xattrs equal those on disk, so it writes a new object and then deletes the source.
-#     A file that already carries exactly that label (NUL-terminated, as the kernel and
-#     setfattr store it) is adopted again.
-#   - either way the whole source tree, directories included, is gone afterwards.
-#   - adoption also needs the tree on the repo's device; otherwise CONSUME only deletes.
+# Files are never adopted (libostree's CONSUME): measured on libostree 2022.7, an
+# adopted file is rename()d into objects/, *replacing* an object that exists already,
+# so the old inode that deployments hardlink leaves the repo and every update would
+# leave the previous deployment a private copy. A tree checked out from objects is
+# committed with that checkout's devino cache instead, which names its objects without
+# reading or moving them.
 def commit_directory(
     repo: OSTree.Repo,
     tree: Path,
@@ -115,7 +106,6 @@ def commit_directory(
     metadata: Mapping[str, GLib.Variant],
     timestamp: int,
     selinux_policy: Path | None,
-    consume: bool = False,
     parent: str | None = None,
     counted: Callable[[int], None] | None = None,
     devino: OSTree.RepoDevInoCache | None = None,
@@ -126,11 +116,11 @@ def commit_directory(
     `metadata` becomes the commit's a{sv} metadata and `timestamp` (seconds since the
     epoch, the image's created time) its timestamp. With `selinux_policy` (a root that
     holds etc/selinux or usr/etc/selinux) every path gets the label that policy gives it.
-    With `consume`, files are moved into the repo and the tree is deleted. `counted`
+    `counted`
     is told how many paths have been committed, now and then. `devino`, the cache of the
     checkout the tree was made from, names the objects of the files it still has.
     """
-    modifier = _commit_modifier(selinux_policy, consume, counted)
+    modifier = _commit_modifier(selinux_policy, counted)
     if devino is not None:
         modifier.set_devino_cache(devino)
     with transaction(repo, f"Committing {tree}") as commits:

@@ -90,9 +90,10 @@ def list_images(storage: ContainersStorage) -> list[StoredImage]:
 _IMAGE_ID_TAKEN = "uses a different top layer"
 
 
-def _own_image_id(imgref: ImageReference, auth: RegistryAuth) -> str:
-    """An image ID for `imgref` that no config digest can collide with."""
-    raw = tools.run(["skopeo", "inspect", *auth.options(), "--raw", imgref.to_skopeo()]).stdout
+def _own_image_id(source: str, auth: RegistryAuth) -> str:
+    """An image ID for the image at skopeo's `source` that no config digest can collide
+    with."""
+    raw = tools.run(["skopeo", "inspect", *auth.options(), "--raw", source]).stdout
     return hashlib.sha256(b"pybootc-image-id:" + hashlib.sha256(raw).digest()).hexdigest()
 
 
@@ -103,23 +104,26 @@ def pull(
     decryption_key: Path | None = None,
     auth: RegistryAuth = ANONYMOUS,
     tmpdir: Path | None = None,
+    source: str | None = None,
 ) -> str:
     """Copy `imgref` into bootc's storage, skopeo staging blobs in `tmpdir`; returns
-    the name it is stored under."""
+    the name it is stored under. `source`, if given, is where to copy it from: the
+    manifest, by digest, that the signature policy judged."""
     name = stored_name(imgref)
+    source = source or imgref.to_skopeo()
     extra = ["--decryption-key", str(decryption_key)] if decryption_key else []
     extra += auth.source_options()
     try:
         with error_context(f"Pulling {imgref}"):
             try:
-                storage.pull(imgref.to_skopeo(), name, extra=extra, tmpdir=tmpdir)
+                storage.pull(source, name, extra=extra, tmpdir=tmpdir)
             except BootcError as err:
                 if _IMAGE_ID_TAKEN not in err.message:
                     raise
                 # The layers it wrote are kept and reused: only the image is new.
                 storage.pull(
-                    imgref.to_skopeo(),
-                    f"{name}@{_own_image_id(imgref, auth)}",
+                    source,
+                    f"{name}@{_own_image_id(source, auth)}",
                     extra=extra,
                     tmpdir=tmpdir,
                 )

@@ -43,8 +43,9 @@ IMPORT_PREFIX = "pybootc-import-"
 
 @contextmanager
 def import_workdir(sysroot_path: Path, imgref: OstreeImageReference) -> Iterator[Path]:
-    """A scratch directory in the repo's filesystem (so commits can take files by
-    rename), removed afterwards; file system errors inside become one BootcError."""
+    """A scratch directory in the repo's filesystem (where a checkout can hardlink the
+    repo's objects), removed afterwards; file system errors inside become one
+    BootcError."""
     tmp = sysroot_path / "ostree/repo/tmp"
     # What an import that was killed left: imports run under the sysroot lock, so
     # none of these is in use now.
@@ -89,8 +90,6 @@ def finish_import(
             metadata=variants,
             timestamp=_timestamp(metadata.config.created),
             selinux_policy=root if has_policy and not disable_selinux else None,
-            # Not consumed: adopting the files post-processing wrote would put them in
-            # place of objects of the same content that deployments hardlink.
             counted=counted,
             devino=devino,
         )

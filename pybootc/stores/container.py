@@ -29,7 +29,7 @@ from pybootc.ostree.gi import OSTree
 from pybootc.stores import Backend, bootc_storage
 from pybootc.stores.containers_storage import ContainersStorage
 from pybootc.stores.layered import LayeredImage, layer_commit
-from pybootc.stores.protocol import DeployedImages, LayerState
+from pybootc.stores.protocol import DeployedImages, LayerState, Pruned
 
 if TYPE_CHECKING:
     from pybootc.ostree.origin import OriginImage
@@ -165,6 +165,7 @@ class ContainerStore:
                     decryption_key=target.decryption_key,
                     auth=auth,
                     tmpdir=staging,
+                    source=metadata.judged_source,
                 )
         except BootcError as err:
             _explain_refused_layer(err, target, metadata, work, auth)
@@ -177,16 +178,28 @@ class ContainerStore:
         # serves: recorded, it would make every upgrade and switch see a new image. (The
         # storage itself knows the image by the source's digest too: podman's Digest.)
         recorded = metadata if metadata.config_digest == stored.config_digest else stored
+        described = recorded.manifest.layers
+        if len(described) != len(layers):
+            raise BootcError(
+                f"{target.imgref}: bootc's storage holds {len(layers)} layers of an image"
+                f" whose manifest lists {len(described)}"
+            )
+        # Named by the digests the commit will record (a decrypted layer's blob in the
+        # storage is not the registry's), so garbage collection keeps them.
         commits = tuple(
             layer_commit(
-                self._repo(), layer.digest, functools.partial(read_diff_dir, layer.diff_dir)
+                self._repo(), descriptor.digest, functools.partial(read_diff_dir, layer.diff_dir)
             )
-            for layer in layers
+            for layer, descriptor in zip(layers, described, strict=True)
         )
         return LayeredImage(self._repo(), commits, recorded)
 
-    def collect_garbage(self, deployed: DeployedImages) -> list[str]:
-        return bootc_storage.remove_unused(self._storage, deployed.manifest_digests)
+    def deployed_source(self, target: OriginImage, commit: str, work: Path) -> tuple[str, str]:
+        name = bootc_storage.stored_name(target.imgref.imgref)
+        return name, self._storage.reference(name)
+
+    def collect_garbage(self, deployed: DeployedImages) -> Pruned:
+        return Pruned(tuple(bootc_storage.remove_unused(self._storage, deployed.manifest_digests)))
 
     def reset(self) -> None:
         if self._storage.root.exists():

@@ -88,7 +88,10 @@ def _blob_digest(layer: dict[str, object]) -> str:
     """The digest of the blob a layer record (layers.json) was pulled from, which names
     it as the blob path names it. A layer pulled partially has no compressed digest: its
     diff digest is the blob's (containers-storage 1.43 cannot know the tar stream's)."""
-    return str(layer.get("compressed-diff-digest") or layer.get("diff-digest"))
+    digest = layer.get("compressed-diff-digest") or layer.get("diff-digest")
+    if not isinstance(digest, str):
+        raise BootcError(f"Layer {layer.get('id')} of the storage records no digest")
+    return digest
 
 
 @dataclass(frozen=True)
@@ -234,8 +237,11 @@ class ContainersStorage:
         toc = self.root / "overlay-layers" / layer_id / _big_data_file(_TOC_KEY)
         if not path.exists() and toc.exists():
             try:
-                entries = json.loads(toc.read_bytes()).get("entries", ())
-            except (OSError, ValueError) as err:
+                document = json.loads(toc.read_bytes())
+                entries = document["entries"] if isinstance(document, dict) else None
+                if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+                    raise ValueError("no list of entries")
+            except (OSError, ValueError, KeyError) as err:
                 raise BootcError(
                     f"Reading the table of contents of layer {layer_id}: {err}"
                 ) from None

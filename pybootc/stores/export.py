@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import IO
 
 from pybootc.errors import BootcError
-from pybootc.layers.paths import OPAQUE_MARKER, OPAQUE_XATTRS, WHITEOUT_PREFIX, is_overlay_xattr
-from pybootc.layers.tar_tree import SPECIAL_XATTR
+from pybootc.layers.paths import OPAQUE_MARKER, OPAQUE_XATTRS, WHITEOUT_PREFIX
+from pybootc.layers.special import SPECIAL_XATTR, is_image_xattr, special_file_kind
 from pybootc.oci.model import (
     MEDIA_TYPE_OCI_CONFIG,
     MEDIA_TYPE_OCI_INDEX,
@@ -31,7 +31,6 @@ from pybootc.oci.model import (
 from pybootc.ostree.ext_format import blob_ref, image_of_commit, manifest_of_commit
 from pybootc.ostree.gi import OSTree
 from pybootc.ostree.repo import checkout, read_commit_metadata, resolve_ref
-from pybootc.stores.layered import special_file_kind
 
 
 class _HashingWriter:
@@ -69,11 +68,7 @@ def _tarinfo(full: str, name: str, st: os.stat_result, xattrs: dict[str, bytes])
     info.mode = stat.S_IMODE(st.st_mode)
     info.uid, info.gid = st.st_uid, st.st_gid
     info.mtime = 0  # OSTree keeps no times: every object has 0
-    kept = {
-        key: value
-        for key, value in xattrs.items()
-        if not is_overlay_xattr(key) and key != SPECIAL_XATTR
-    }
+    kept = {key: value for key, value in xattrs.items() if is_image_xattr(key)}
     # tarfile writes str PAX values with surrogateescape: binary xattrs survive.
     info.pax_headers = {
         f"SCHILY.xattr.{key}": value.decode("utf-8", "surrogateescape")

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from pybootc.layers.tar_tree import SPECIAL_XATTR
+from pybootc.layers.special import SPECIAL_XATTR, special_file_kind
 from pybootc.layers.tree import LayerRead
 from pybootc.oci.metadata import ImageMetadata
 from pybootc.ostree.ext_format import blob_ref
@@ -26,17 +26,6 @@ from pybootc.ostree.layer_commit import LayerInfo, checkout_linked, merged_tree,
 from pybootc.ostree.objects import ObjectWriter
 from pybootc.ostree.repo import resolve_ref, set_ref, transaction
 from pybootc.ostree.shared_data import share_with_objects
-
-_KIND_LETTERS = {stat.S_IFCHR: "c", stat.S_IFBLK: "b", stat.S_IFIFO: "p", stat.S_IFSOCK: "s"}
-
-
-def special_file_kind(value: bytes) -> tuple[int, int, int]:
-    """What a placeholder's SPECIAL_XATTR says: its file type (S_IFCHR, ...), and the
-    device's major and minor numbers (0 where it has none)."""
-    kind, *numbers = value.decode().split()
-    fmt = {v: k for k, v in _KIND_LETTERS.items()}[kind]
-    major, minor = (int(numbers[0]), int(numbers[1])) if numbers else (0, 0)
-    return fmt, major, minor
 
 
 def restore_special_files(root: Path, candidates: Iterable[str] | None) -> None:
@@ -100,8 +89,9 @@ class LayeredImage:
         objects; the checkout's devino cache, for the commit of what becomes of it.
         `counted` hears how many entries the merge has written, now and then."""
         writer = ObjectWriter(self.repo)
-        with transaction(self.repo, "Merging the layers"):
+        with transaction(self.repo, "Merging the layers") as commits:
             merged, special = merged_tree(self.repo, writer, list(self.layers), counted)
+            commits.append(merged)
         cache = checkout_linked(self.repo, merged, root)
         if special != frozenset():
             restore_special_files(root, special)

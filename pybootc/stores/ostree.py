@@ -28,8 +28,9 @@ from pybootc.ostree.ext_format import BLOB_REF_PREFIX, blob_digest_of_commit, bl
 from pybootc.ostree.gi import OSTree
 from pybootc.ostree.repo import list_refs, read_commit_metadata, resolve_ref, set_ref
 from pybootc.stores import Backend
+from pybootc.stores.export import export_image
 from pybootc.stores.layered import LayeredImage, layer_commit
-from pybootc.stores.protocol import DeployedImages, LayerState
+from pybootc.stores.protocol import DeployedImages, LayerState, Pruned
 
 if TYPE_CHECKING:
     from pybootc.ostree.origin import OriginImage
@@ -139,11 +140,16 @@ class OstreeStore:
             self._opened(), target.imgref, metadata, work, auth, on_bytes=progress.fetched
         )
 
-    def collect_garbage(self, deployed: DeployedImages) -> list[str]:
-        # Layer commits are no images of their own: nothing to report.
-        if self._repo is not None:
-            prune_layer_refs(self._repo, set(deployed.layer_digests))
-        return []
+    def deployed_source(self, target: OriginImage, commit: str, work: Path) -> tuple[str, str]:
+        # The store keeps no image, only its layer commits: written out as one.
+        return str(target.imgref.imgref), export_image(
+            self._opened(), commit, work / "layout", "image", work
+        )
+
+    def collect_garbage(self, deployed: DeployedImages) -> Pruned:
+        if self._repo is None:
+            return Pruned()
+        return Pruned(layers=len(prune_layer_refs(self._repo, set(deployed.layer_digests))))
 
     def reset(self) -> None:
         """The layer commits live in the repo, which goes with the failed install."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pybootc.errors import error_context
+from pybootc.errors import BootcError, error_context
 from pybootc.oci.auth import RegistryAuth
 from pybootc.oci.imgref import OstreeImageReference, SignatureKind
 from pybootc.oci.metadata import ImageMetadata, fetch_image_metadata
@@ -21,7 +21,7 @@ from pybootc.ostree.origin import OriginImage, commit_image
 from pybootc.ostree.sysroot import DeploymentInfo, Sysroot
 from pybootc.progress import Progress
 from pybootc.stores.commit import finish_import, import_workdir
-from pybootc.stores.protocol import DeployedImages, ImageStore, LayerState, layer_summary
+from pybootc.stores.protocol import DeployedImages, ImageStore, LayerState, Pruned, layer_summary
 from pybootc.stores.registry import all_stores
 
 
@@ -51,7 +51,15 @@ class Prepared:
 def fetch_metadata(imgref: OstreeImageReference, auth: RegistryAuth) -> ImageMetadata:
     """Manifest and config, judged by the signature policy. An `ostree-image-signed:`
     image also needs a policy that does not accept anything by default: ostree-ext
-    refuses it otherwise, upgrades and checks included."""
+    refuses it otherwise, upgrades and checks included. `ostree-remote-image:` asks for
+    a check by an ostree remote's keys, which pybootc has none of: refused, never
+    pulled unverified."""
+    if imgref.sigverify.kind is SignatureKind.OSTREE_REMOTE:
+        raise BootcError(
+            f"{imgref}: verifying with the keys of ostree remote {imgref.sigverify.remote}"
+            " is not supported; sign the image and use ostree-image-signed: with a"
+            " containers policy"
+        )
     if imgref.sigverify.kind is SignatureKind.CONTAINER_POLICY:
         require_enforcing_policy()
     return fetch_image_metadata(imgref.imgref, auth=auth)
@@ -114,10 +122,10 @@ def import_image(
     return commit, fetched.metadata
 
 
-def collect_garbage(sysroot: Sysroot) -> list[str]:
-    """Let every store remove what no deployment needs; the images removed."""
+def collect_garbage(sysroot: Sysroot) -> Pruned:
+    """Let every store remove what no deployment needs; what went."""
     deployed = DeployedImages.of(sysroot)
-    removed: list[str] = []
+    pruned = Pruned()
     for store in all_stores(sysroot.path, sysroot.repo):
-        removed += store.collect_garbage(deployed)
-    return removed
+        pruned += store.collect_garbage(deployed)
+    return pruned

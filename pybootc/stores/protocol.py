@@ -66,6 +66,18 @@ class DeployedImages:
         return cls(frozenset(deployed), frozenset(digests), frozenset(layers))
 
 
+@dataclass(frozen=True)
+class Pruned:
+    """What garbage collection removed: images (from bootc's storage) and layer
+    commits; the bytes freed are the repo's prune's to say."""
+
+    images: tuple[str, ...] = ()
+    layers: int = 0
+
+    def __add__(self, other: Pruned) -> Pruned:
+        return Pruned(self.images + other.images, self.layers + other.layers)
+
+
 @runtime_checkable
 class ImageStore(Protocol):
     """One way to keep images between the registry and the repo."""
@@ -98,8 +110,13 @@ class ImageStore(Protocol):
         telling `progress` the bytes of each layer as they arrive; every layer ends up
         a commit in the repo, ready to be merged."""
 
-    def collect_garbage(self, deployed: DeployedImages) -> list[str]:
-        """Remove what no deployment needs; the names of removed images."""
+    def deployed_source(self, target: OriginImage, commit: str, work: Path) -> tuple[str, str]:
+        """The name to show for the image `target` that the deployed commit `commit`
+        was made from, and a skopeo source of it: `image copy-to-storage`'s source.
+        `work` is scratch space the caller removes afterwards."""
+
+    def collect_garbage(self, deployed: DeployedImages) -> Pruned:
+        """Remove what no deployment needs; what went."""
 
     def reset(self) -> None:
         """Forget everything, after an install that failed."""

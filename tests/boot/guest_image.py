@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from pybootc.stores.bootc_storage import STORAGE_SUBDIR
 from tests.boot.guest_recipe import (
     AGENT_SCRIPT,
     AGENT_UNIT,
@@ -43,6 +44,8 @@ DEFAULT_CACHE = Path("/var/tmp/pybootc-guest")
 TAGS = ("v1", "v2", "v2.1", "v2-composefs", "v3")
 # What libostree needs to soft-reboot into a deployment: its root mounted by composefs.
 COMPOSEFS_ON = b"[composefs]\nenabled = yes\n"
+# bootc's storage as a booted host sees it (SYSROOT/ostree/bootc/storage).
+BOOTC_STORAGE_LINK = f"/sysroot/{STORAGE_SUBDIR}"
 
 
 @dataclass(frozen=True)
@@ -281,6 +284,8 @@ def _wheel_members(python: str) -> list[Member]:
         site = work / "root/usr/lib/python3/dist-packages"
         _install_wheels([wheel], work / "root", python)
         members = [member("usr/bin/bootc", BOOTC_SCRIPT.encode(), 0o755)]
+        # Where a booted host finds bootc's storage, as upstream's package links it.
+        members.append(Member("usr/lib/bootc/storage", None, 0o777, BOOTC_STORAGE_LINK))
         # The units pybootc ships, where a package would put them.
         for unit in sorted((ROOT / "systemd").glob("bootc-*")):
             members.append(member(f"usr/lib/systemd/system/{unit.name}", unit.read_bytes(), 0o644))

@@ -41,8 +41,9 @@ class BlobLayer:
 @dataclass(frozen=True)
 class Member:
     name: str
-    data: bytes | None  # None: a directory
+    data: bytes | None  # None: a directory, or with `link` a symlink
     mode: int
+    link: str | None = None
 
 
 def member(name: str, data: bytes | None, mode: int | None = None) -> Member:
@@ -65,7 +66,10 @@ def put_layer(blobs: Path, members: Sequence[Member]) -> BlobLayer:
         for m in _with_parents(members):
             info = tarfile.TarInfo(m.name)
             info.mode, info.mtime = m.mode, SOURCE_DATE_EPOCH
-            if m.data is None:
+            if m.link is not None:
+                info.type, info.linkname, info.mode = tarfile.SYMTYPE, m.link, 0o777
+                tar.addfile(info)
+            elif m.data is None:
                 info.type = tarfile.DIRTYPE
                 tar.addfile(info)
             else:

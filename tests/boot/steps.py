@@ -142,7 +142,11 @@ def boot_step(
         if result.step_ended is not None:
             TIMINGS[f"{name}: step"] = result.step_ended - result.agent_started
     output = read_step_output(agent)
-    assert output.rc == 0, f"step {name} failed ({output.rc}):\n{output.log}"
+    # The step's own log, then what the console showed around it.
+    assert output.rc == 0, (
+        f"step {name} failed ({output.rc}):\n{output.log}"
+        f"\nlast {len(result.console_tail)} console lines:\n" + "\n".join(result.console_tail)
+    )
     return result, output
 
 

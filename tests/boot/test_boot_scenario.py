@@ -85,6 +85,8 @@ bootc status --format humanreadable > "$OUT/v1.txt"
 echo "edited on v1" > /etc/pybootc-test.conf
 mkdir -p /var/lib/pybootc-test && echo kept > /var/lib/pybootc-test/state
 bootc switch --quiet --transport oci {STREAM} > "$OUT/switch.txt"
+readlink /usr/lib/bootc/storage > "$OUT/bootc-storage-link"
+ls /usr/lib/bootc/storage/ > "$OUT/bootc-storage-ls" 2>&1 || true
 bootc status --format json > "$OUT/switched.json"
 systemctl is-active ostree-finalize-staged.service > "$OUT/finalize-active" || true
 then_ reboot
@@ -103,6 +105,10 @@ then_ reboot
     switched = host_document(out, "switched.json")["status"]
     assert version(switched["staged"]) == "2" and version(switched["booted"]) == "1"
     assert out.text("finalize-active") == "active\n"
+    # bootc's storage, where tools written for bootc look for it on a booted host.
+    assert out.text("bootc-storage-link") == "/sysroot/ostree/bootc/storage\n"
+    if backend == "container":
+        assert "overlay-images" in out.text("bootc-storage-ls").split()
 
     # 3-5. v2 booted, v1 its rollback, /etc merged and /var kept; a transient /usr; an
     # update is checked for, downloaded only, released, and applied with a reboot.
