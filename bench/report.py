@@ -225,6 +225,13 @@ def markdown(results: Mapping[str, Any]) -> str:
     rows, missed = _check_rows(results["sizes"])
     lines += rows
     misses += missed
+    if results.get("rss_method") != "VmHWM":
+        lines += [
+            "",
+            "Peak RSS here is getrusage's ru_maxrss, as this run took it: an upper bound, "
+            "since exec carries over the high-water mark of the benchmark process that "
+            "spawned bootc. Runs since take VmHWM, bootc's own.",
+        ]
     if "disk" in results:
         lines += [
             "",
@@ -257,6 +264,9 @@ def markdown(results: Mapping[str, Any]) -> str:
                 )
                 if rss > 200:
                     misses.append(f"{name}, {backend}: peak RSS {rss:.0f} MB (target 200 MB).")
+    if results.get("measured_again"):
+        told = ", ".join(f"{part} ({when})" for part, when in results["measured_again"].items())
+        lines += ["", f"Measured again in a run of their own (`--again`): {told}."]
     if "signatures" in results:
         lines += ["", "## Signature verification", "", *results["signatures"]["lines"]]
     if "partial" in results:

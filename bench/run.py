@@ -40,6 +40,8 @@ BACKENDS = ("ostree", "container")
 # Scratch filesystems in RAM; the large layers' on the disk.
 RAM = Path("/dev/shm/pybootc-bench")
 DISK = Path("/var/tmp/pybootc-bench-disk")
+# What --again can measure anew on its own.
+AGAIN = ("large", "profiles")
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -55,9 +57,11 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         "--no-signatures", action="store_true", help="skip the cost of verifying signatures"
     )
     parser.add_argument(
-        "--profiles-only",
-        action="store_true",
-        help="only profile the largest size again, into the last results.json and its report",
+        "--again",
+        action="append",
+        choices=AGAIN,
+        help="only measure this part again (repeatable), into the last results.json and its"
+        " report; the other figures stay as they were",
     )
     return parser.parse_args(argv)
 
@@ -222,15 +226,28 @@ def write_results(results: dict[str, object], console: Console) -> None:
     console.print(text)
 
 
-def profiles_again(size: str, console: Console) -> int:
-    """Profile `size` again into the last results (the other figures stay as they were)."""
+def measure_again(parts: Sequence[str], size: str, runs: int, console: Console) -> int:
+    """Measure `parts` (of AGAIN) again into the last results, which record which parts
+    were measured when."""
     results = json.loads((RESULTS / "results.json").read_text())
-    discard(RAM)
-    with running_registry() as registry:
-        env = p.Env(registry, RAM)
-        workload = debian(size, CACHE, WORK, console.print)
-        p.push(env, workload, f"bench/{workload.name.lower()}")
-        results["profiles"] = profiled(env, size, console.print)
+    again: dict[str, str] = results.setdefault("measured_again", {})
+    if "large" in parts:
+        discard(DISK)
+        console.print("[bold]Large layers[/]")
+        results["large"] = large_layers(runs, console.print)
+        again["large"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+    if "profiles" in parts:
+        discard(RAM)
+        with running_registry() as registry:
+            env = p.Env(registry, RAM)
+            workload = debian(size, CACHE, WORK, console.print)
+            p.push(env, workload, f"bench/{workload.name.lower()}")
+            results["profiles"] = profiled(env, size, console.print)
+        again["profiles"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+    results["fsck"] = {
+        "checked": results["fsck"]["checked"] + p.FSCK.checked,
+        "failed": results["fsck"]["failed"] + p.FSCK.failed,
+    }
     write_results(results, console)
     return 0
 
@@ -241,10 +258,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     say = console.print
     # Smallest first: the largest is profiled.
     sizes = sorted(args.size or SIZES, key=SIZES.__getitem__)
-    if args.profiles_only:
-        return profiles_again(sizes[-1], console)
+    if args.again:
+        return measure_again(args.again, sizes[-1], args.runs, console)
     started = time.time()
-    results: dict[str, object] = {"environment": report.environment(), "sizes": {}}
+    results: dict[str, object] = {
+        "environment": report.environment(),
+        "sizes": {},
+        "rss_method": "VmHWM",
+    }
     for directory in (RAM, DISK):
         discard(directory)
     with running_registry() as registry:

@@ -12,18 +12,18 @@ own adoption of a file, the CONSUME commit, renames the file over an existing ob
 from __future__ import annotations
 
 import hashlib
-import mmap
 import os
 import stat
 import tempfile
 
+from pybootc.errors import BootcError
 from pybootc.layers.tree import FileMeta
 from pybootc.ostree.gi import Gio, GLib, OSTree
 from pybootc.ostree.repo import libostree_errors, read_stream
 
 # Files up to this size are read into memory and written from there; larger ones are
-# hashed through mmap and handed to libostree as the open file.
-_MAPPED = 1 << 20
+# hashed a buffer of this size at a time and handed to libostree as the open file.
+_IN_MEMORY = 1 << 20
 
 
 def _xattrs_variant(meta: FileMeta) -> GLib.Variant:
@@ -109,11 +109,19 @@ class ObjectWriter:
     def regular_from_fd(self, meta: FileMeta, fd: int, size: int) -> str:
         """A regular file whose content is the open file `fd` (read from its start,
         `size` bytes); its checksum."""
-        if size <= _MAPPED:
+        if size <= _IN_MEMORY:
             return self.regular_from_bytes(meta, os.pread(fd, size, 0) if size else b"")
+        # Read through one buffer, not mapped: the pages of a mapping count as the
+        # process's memory, all 4 GiB of a 4 GiB file.
         hasher = hashlib.sha256(self.header(meta, None))
-        with mmap.mmap(fd, size, prot=mmap.PROT_READ) as mapped:
-            hasher.update(mapped)
+        buffer = bytearray(_IN_MEMORY)
+        offset = 0
+        while offset < size:
+            read = os.preadv(fd, [buffer], offset)
+            if read == 0:
+                raise BootcError(f"Reading a file of {size} bytes: it ended at {offset}")
+            hasher.update(memoryview(buffer)[:read])
+            offset += read
         checksum = hasher.hexdigest()
         os.lseek(fd, 0, os.SEEK_SET)
         self._write(checksum, meta, Gio.UnixInputStream.new(fd, False), size)
@@ -125,12 +133,12 @@ class ObjectWriter:
         with libostree_errors(f"Reading object {checksum}"):
             _, stream, info, _ = self.repo.load_file(checksum, None)
             size = info.get_size()
-            if size <= _MAPPED:
+            if size <= _IN_MEMORY:
                 return self.regular_from_bytes(meta, read_stream(stream))
             # A large file is read through a scratch file, never whole into memory.
             scratch_dir = os.path.join(self.repo.get_path().get_path(), "tmp")
             with tempfile.TemporaryFile(dir=scratch_dir) as scratch:
-                while chunk := stream.read_bytes(_MAPPED, None).get_data():
+                while chunk := stream.read_bytes(_IN_MEMORY, None).get_data():
                     scratch.write(chunk)
                 stream.close(None)
                 scratch.flush()
