@@ -22,7 +22,7 @@ BACKENDS = ("ostree", "container")
 # (what the report calls it, the file it is in, the function); none calls another.
 PHASES: tuple[tuple[str, str, str], ...] = (
     ("manifest and config", "pybootc/stores/pipeline.py", "prepare"),
-    ("skopeo pull into containers-storage", "pybootc/stores/container.py", "_watched_pull"),
+    ("skopeo pull into containers-storage", "pybootc/stores/bootc_storage.py", "pull"),
     ("layers into objects, layer commits", "pybootc/stores/layered.py", "layer_commit"),
     ("merge of the layers, checkout", "pybootc/stores/layered.py", "flatten"),
     ("post-process, image commit", "pybootc/stores/commit.py", "finish_import"),

@@ -197,6 +197,9 @@ def signing_setup(kind: str, toolbox: Toolbox, registry: Registry) -> Iterator[S
             dropin.unlink(missing_ok=True)
             if copied is not None:
                 copied.unlink(missing_ok=True)
+            if kind == "gpg":
+                # gpg started an agent for the keyring; it would outlive the test.
+                toolbox.run(["gpgconf", "--kill", "gpg-agent"], env=env, check=False)
 
 
 @pytest.fixture(scope="module", params=KINDS)
