@@ -51,6 +51,16 @@ def member_xattrs(member: tarfile.TarInfo) -> Iterator[tuple[str, bytes]]:
                 yield name, value.encode("utf-8", "surrogateescape")
 
 
+def hardlink_target(member: tarfile.TarInfo, parts: Parts) -> tuple[Parts, str]:
+    """A hardlink member's target as parts, never the root, and how an error names
+    the link."""
+    target = split_member_name(member.linkname)
+    where = f'Hardlink "{join(parts)}" to "{member.linkname}"'
+    if not target:
+        raise BootcError(f"{where}: the target is the root directory")
+    return target, where
+
+
 def unique_member_parts(member: tarfile.TarInfo, seen: set[Parts]) -> Parts:
     """The member's name as parts, checked: once per layer, and the root (no parts)
     only as a directory. `seen` holds the layer's names so far."""
@@ -182,10 +192,7 @@ class LayerExtractor:
             self._apply_metadata(parent, name, member, fd=None)
 
     def _hardlink(self, member: tarfile.TarInfo, parts: Parts, parent: int) -> None:
-        target = split_member_name(member.linkname)
-        where = f'Hardlink "{join(parts)}" to "{member.linkname}"'
-        if not target:
-            raise BootcError(f"{where}: the target is the root directory")
+        target, where = hardlink_target(member, parts)
         try:
             target_dir = self._dirs.get(target[:-1], create=False)
             st = os.lstat(target[-1], dir_fd=target_dir)

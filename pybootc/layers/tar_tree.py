@@ -20,8 +20,13 @@ from pathlib import Path
 from typing import IO, cast
 
 from pybootc.errors import BootcError
-from pybootc.layers.extract import NoGlobalHeaders, member_xattrs, unique_member_parts
-from pybootc.layers.paths import Marker, Parts, classify, join, split_member_name
+from pybootc.layers.extract import (
+    NoGlobalHeaders,
+    hardlink_target,
+    member_xattrs,
+    unique_member_parts,
+)
+from pybootc.layers.paths import Marker, Parts, classify, join
 from pybootc.layers.special import SpecialKind, is_image_xattr, placeholder
 from pybootc.layers.tree import (
     WHITEOUT,
@@ -181,10 +186,7 @@ class LayerReader:
         raise BootcError(f'Unsupported tar entry type {member.type!r} for "{join(parts)}"')
 
     def _hardlink(self, member: tarfile.TarInfo, parts: Parts, parent: _Dir) -> None:
-        target = split_member_name(member.linkname)
-        where = f'Hardlink "{join(parts)}" to "{member.linkname}"'
-        if not target:
-            raise BootcError(f"{where}: the target is the root directory")
+        target, where = hardlink_target(member, parts)
         try:
             found = self._dir(target[:-1], create=False).children.get(target[-1])
         except BootcError:
