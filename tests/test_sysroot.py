@@ -326,7 +326,8 @@ def test_a_sysroot_locked_by_another_process_is_waited_for(
         # It says why it waits, and writes nothing while the other process holds the lock.
         deadline = time.monotonic() + 30
         waited = ""
-        while "Waiting for sysroot lock..." not in waited and time.monotonic() < deadline:
+        # The whole line: print() may write the text and its newline apart.
+        while "Waiting for sysroot lock...\n" not in waited and time.monotonic() < deadline:
             waited += capfd.readouterr().err
             time.sleep(0.05)
         assert waited == "Waiting for sysroot lock...\n"
