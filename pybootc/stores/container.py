@@ -27,7 +27,7 @@ from pybootc.oci.metadata import ImageMetadata, metadata_at
 from pybootc.oci.proxy import ImageProxy
 from pybootc.ostree.gi import OSTree
 from pybootc.stores import Backend, bootc_storage
-from pybootc.stores.containers_storage import ContainersStorage
+from pybootc.stores.containers_storage import ContainersStorage, IncompleteImage
 from pybootc.stores.layered import LayeredImage, layer_commit
 from pybootc.stores.protocol import DeployedImages, LayerState, Pruned
 
@@ -172,7 +172,20 @@ class ContainerStore:
             raise
         # Every member name is checked here, as the ostree backend checks them while it
         # fetches: a layer is refused by both at the same point, in the same words.
-        layers = self._storage.image_layers(name)
+        try:
+            layers = self._storage.image_layers(name)
+        except IncompleteImage:
+            # Pulled again from scratch, it comes back whole.
+            self._storage.remove(name)
+            name = bootc_storage.pull(
+                self._storage,
+                target.imgref.imgref,
+                decryption_key=target.decryption_key,
+                auth=auth,
+                tmpdir=staging,
+                source=metadata.judged_source,
+            )
+            layers = self._storage.image_layers(name)
         stored = metadata_at(self._storage.reference(name))
         # A decrypting pull stores a rewritten manifest, whose digest the registry never
         # serves: recorded, it would make every upgrade and switch see a new image. (The

@@ -21,6 +21,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pybootc import tools
 from pybootc.errors import BootcError, error_context
@@ -84,14 +85,18 @@ def _big_data_file(key: str) -> str:
     return "=" + base64.b64encode(key.encode()).decode()
 
 
-def _blob_digest(layer: dict[str, object]) -> str:
+def _blob_digest(layer: dict[str, object]) -> str | None:
     """The digest of the blob a layer record (layers.json) was pulled from, which names
-    it as the blob path names it. A layer pulled partially has no compressed digest: its
-    diff digest is the blob's (containers-storage 1.43 cannot know the tar stream's)."""
+    it as the blob path names it; None for a layer no blob made (a container's). A
+    layer pulled partially has no compressed digest: its diff digest is the blob's
+    (containers-storage 1.43 cannot know the tar stream's)."""
     digest = layer.get("compressed-diff-digest") or layer.get("diff-digest")
-    if not isinstance(digest, str):
-        raise BootcError(f"Layer {layer.get('id')} of the storage records no digest")
-    return digest
+    return digest if isinstance(digest, str) else None
+
+
+class IncompleteImage(BootcError):
+    """An image a layer record of which is gone: what a command killed in the middle
+    of containers-storage's own writes can leave."""
 
 
 @dataclass(frozen=True)
@@ -181,32 +186,47 @@ class ContainersStorage:
             return set()
         except (OSError, ValueError) as err:
             raise BootcError(f"Reading the metadata of {self.root}: {err}") from None
-        return {_blob_digest(layer) for layer in layers if "id" in layer}
+        return {d for d in map(_blob_digest, layers) if d is not None}
 
-    def _layers(self, name: str) -> list[dict[str, object]]:
-        """The image's layer records (layers.json), lowest layer first.
-
-        Read from the storage's own metadata (images.json, layers.json), which
-        containers-storage replaces atomically: starting podman to ask costs more
-        than the rest of flattening a small image.
-        """
+    def _records(self) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
+        """The storage's image records, and its layer records by ID: read from its own
+        metadata (images.json; layers.json and, for some layers, volatile-layers.json),
+        which containers-storage replaces atomically. Starting podman to ask costs more
+        than the rest of flattening a small image."""
+        layers: list[dict[str, Any]] = []
         try:
             images = json.loads((self.root / "overlay-images/images.json").read_bytes())
-            layers = json.loads((self.root / "overlay-layers/layers.json").read_bytes())
+            for kept in ("layers.json", "volatile-layers.json"):
+                path = self.root / "overlay-layers" / kept
+                if path.exists():
+                    layers += json.loads(path.read_bytes())
         except (OSError, ValueError) as err:
             raise BootcError(f"Reading the metadata of {self.root}: {err}") from None
+        return images, {layer["id"]: layer for layer in layers}
+
+    @staticmethod
+    def _chain(image: dict[str, Any], by_id: dict[str, dict[str, Any]]) -> list[str]:
+        """The IDs of the image's layers, top first, as far as their records go."""
+        chain = []
+        layer_id = image.get("layer")
+        while layer_id:
+            chain.append(str(layer_id))
+            layer_id = by_id.get(layer_id, {}).get("parent")
+        return chain
+
+    def _layers(self, name: str) -> list[dict[str, object]]:
+        """The image's layer records, lowest layer first."""
+        images, by_id = self._records()
         image = next((i for i in images if name in i.get("names", ()) or i["id"] == name), None)
         if image is None:
             raise BootcError(f"No image {name} in {self.root}")
-        by_id = {layer["id"]: layer for layer in layers}
-        chain: list[dict[str, object]] = []
-        layer_id = image.get("layer")
-        while layer_id:
-            chain.append(by_id.get(layer_id, {"id": layer_id}))
-            layer_id = by_id.get(layer_id, {}).get("parent")
+        chain = self._chain(image, by_id)
         if not chain:
             raise BootcError(f"Image {name} has no layers")
-        return chain[::-1]
+        missing = [layer for layer in chain if layer not in by_id]
+        if missing:
+            raise IncompleteImage(f"Image {name} lacks the record of its layer {missing[0]}")
+        return [by_id[layer] for layer in reversed(chain)]
 
     def image_layers(self, name: str) -> list[StoredLayer]:
         """The image's layers, lowest first, once every member name of them has passed
@@ -218,7 +238,7 @@ class ContainersStorage:
         """
         found = []
         for layer in self._layers(name):
-            digest = _blob_digest(layer)
+            digest = _blob_digest(layer) or str(layer["id"])  # no digest: not a pulled layer
             with error_context(f"Layer {digest}"):
                 for member in self._member_names(str(layer["id"])):
                     split_member_name(member)
