@@ -4,8 +4,10 @@ the sysroot's import work directory, so that a killed pull leaves nothing in the
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -67,3 +69,53 @@ def test_a_pull_copies_the_manifest_the_policy_judged_by_its_digest(
     repository = image.ref.rsplit(":", 1)[0]
     # Not the tag: one moved since the policy was asked could bring another image.
     assert pulls[0].split()[-2] == f"docker://{repository}@{image.manifest_digest}", pulls[0]
+
+
+LOSE_TOP_LAYER_RECORD = """
+import json, sys
+root, name = sys.argv[1], sys.argv[2]
+images = json.load(open(f"{root}/overlay-images/images.json"))
+top = next(i["layer"] for i in images if any(n.startswith(name) for n in i.get("names", ())))
+path = f"{root}/overlay-layers/layers.json"
+json.dump([l for l in json.load(open(path)) if l["id"] != top], open(path, "w"))
+"""
+
+
+def test_an_image_that_lost_a_layer_record_is_pulled_again(
+    target: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a command killed in containers-storage's own writes can leave: an image
+    whose layer record is gone. The import does not go on short of that layer: the
+    image is removed and pulled again, whole."""
+    layout = OciLayout(tmp_path / "oci")
+    layout.add_image("v1", sample_image("1.0"))
+    real = shutil.which("skopeo")
+    assert real is not None
+    wrappers = tmp_path / "bin"
+    wrappers.mkdir()
+    (tmp_path / "lose.py").write_text(LOSE_TOP_LAYER_RECORD)
+    storage = target / "ostree/bootc/storage"
+    done = tmp_path / "lost-once"
+    # The first pull into the storage loses its image's top layer record afterwards.
+    script = wrappers / "skopeo"
+    script.write_text(
+        f'#!/bin/sh\n{real} "$@" || exit $?\n'
+        f'case "$*" in *" containers-storage:localhost/oci:v1")\n'
+        f"  [ -e {done} ] || {{ touch {done}; {sys.executable} {tmp_path / 'lose.py'} "
+        f"{storage} localhost/oci:v1; }};;\nesac\n"
+    )
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{wrappers}:{os.environ['PATH']}")
+    ok(
+        bootc(
+            "install", "to-filesystem", "--backend", "container",
+            "--source-imgref", layout.ref("v1"), str(target),
+        )
+    )  # fmt: skip
+    assert done.exists()
+    images = json.loads((storage / "overlay-images/images.json").read_text())
+    records = {
+        layer["id"] for layer in json.loads((storage / "overlay-layers/layers.json").read_text())
+    }
+    (image,) = images
+    assert image["layer"] in records
