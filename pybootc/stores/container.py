@@ -157,16 +157,18 @@ class ContainerStore:
         # next import's sweep, never into the host's /var/tmp.
         staging = work / "skopeo"
         staging.mkdir()
+        pull = functools.partial(
+            bootc_storage.pull,
+            self._storage,
+            target.imgref.imgref,
+            decryption_key=target.decryption_key,
+            auth=auth,
+            tmpdir=staging,
+            source=metadata.judged_source,
+        )
         try:
             with _watched_pull(self._storage, metadata, staging, progress):
-                name = bootc_storage.pull(
-                    self._storage,
-                    target.imgref.imgref,
-                    decryption_key=target.decryption_key,
-                    auth=auth,
-                    tmpdir=staging,
-                    source=metadata.judged_source,
-                )
+                name = pull()
         except BootcError as err:
             _explain_refused_layer(err, target, metadata, work, auth)
             raise
@@ -177,14 +179,7 @@ class ContainerStore:
         except IncompleteImage:
             # Pulled again from scratch, it comes back whole.
             self._storage.remove(name)
-            name = bootc_storage.pull(
-                self._storage,
-                target.imgref.imgref,
-                decryption_key=target.decryption_key,
-                auth=auth,
-                tmpdir=staging,
-                source=metadata.judged_source,
-            )
+            name = pull()
             layers = self._storage.image_layers(name)
         stored = metadata_at(self._storage.reference(name))
         # A decrypting pull stores a rewritten manifest, whose digest the registry never
