@@ -327,10 +327,12 @@ def chart(results: Mapping[str, Any], out: Path) -> None:
     width = 0.8 / len(series)
     for index, ((label, values), target) in enumerate(zip(series.items(), targets, strict=True)):
         xs = [n + index * width for n in range(len(names))]
-        bars = ax.bar(xs, values, width, label=label)
-        color = bars.patches[0].get_facecolor()
+        ax.bar(xs, values, width, label=label)
         for x in xs:
-            ax.hlines(target, x - width / 2, x + width / 2, colors=[color], linestyles="dashed")
+            # Black and in front: a target below its bar must show through it.
+            ax.hlines(
+                target, x - width / 2, x + width / 2, colors="black", linestyles="dashed", zorder=3
+            )
     ax.set_xticks([n + 0.4 - width / 2 for n in range(len(names))])
     ax.set_xticklabels([f"{s} ({sizes[s]['unpacked_bytes'] // MB} MB)" for s in names])
     ax.set_ylabel("ratio (dashed: target)")
