@@ -1,4 +1,5 @@
-"""The `bootc` command line: argument parsing and dispatch, nothing else.
+"""The `bootc` command line: argument parsing and dispatch, nothing else (what each verb
+does is in verbs.py).
 
 Each verb maps to one library call; a BootcError from it becomes a single
 `error: ...` line and exit status 1, as upstream bootc does. Usage errors exit 2.
@@ -8,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import logging
 import os
 import signal
@@ -17,269 +17,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pybootc import verbs as verb
 from pybootc.errors import BootcError
 from pybootc.stores import Backend
 
 if TYPE_CHECKING:
     from typing import TypeAlias
 
-    from rich.table import Table
-
-    from pybootc.commands.report import Report
-    from pybootc.oci.imgref import OstreeImageReference
-    from pybootc.progress import Progress
-
     # Where a verb adds its sub-verbs.
     Verbs: TypeAlias = argparse._SubParsersAction["_VerbParser"]
-
-
-def _print(lines: Sequence[str]) -> None:
-    for line in lines:
-        print(line)
-
-
-def _print_table(table: Table) -> None:
-    """A rich table on stdout: colours only on a terminal, and never wrapped off one
-    (a pipe gets whole lines)."""
-    from rich.console import Console
-
-    terminal = sys.stdout.isatty()
-    # Rendered first and written as any output is: rich's own writes would exit 1 when
-    # stdout's reader has gone, where bootc stops quietly (main's BrokenPipeError).
-    width = os.get_terminal_size(sys.stdout.fileno()).columns if terminal else 1 << 16
-    console = Console(file=io.StringIO(), force_terminal=terminal, width=width)
-    with console.capture() as captured:
-        console.print(table, highlight=False)
-    sys.stdout.write(captured.get())
-
-
-def _image_argument(text: str, transport: str | None, enforce: bool) -> OstreeImageReference:
-    from pybootc.oci.imgref import ImageReference, OstreeImageReference, SignatureSource
-
-    if transport is not None:
-        imgref = ImageReference.from_name_and_transport(text, transport)
-        sigverify = SignatureSource.container_policy() if enforce else SignatureSource.insecure()
-        return OstreeImageReference(sigverify, imgref)
-    parsed = OstreeImageReference.parse(text)
-    if enforce:
-        return OstreeImageReference(SignatureSource.container_policy(), parsed.imgref)
-    return parsed
-
-
-def _status(args: argparse.Namespace) -> int:
-    from pybootc.host.build import build_host
-    from pybootc.host.model import Host, Slot
-    from pybootc.host.render import render_human
-    from pybootc.ostree.sysroot import Sysroot, is_ostree_sysroot
-
-    if is_ostree_sysroot(args.sysroot):
-        sysroot = Sysroot.open(args.sysroot)
-        host, booted = build_host(sysroot), sysroot.booted
-    elif args.sysroot.is_dir():
-        # A host bootc does not manage: upstream says so, with a null status, and exits 0.
-        host, booted = Host.empty(), True
-    else:
-        raise BootcError(f"{args.sysroot} does not exist")
-    if args.booted:
-        host = host.filter_to_slot(Slot.BOOTED)
-    fmt = "json" if args.json else args.format
-    if fmt is None:
-        fmt = "humanreadable" if sys.stdout.isatty() else "yaml"
-    if fmt == "json":
-        print(host.to_json())
-    elif fmt == "yaml":
-        sys.stdout.write(host.to_yaml())
-    else:
-        sys.stdout.write(render_human(host, verbose=args.verbose, require_booted=booted))
-    return 0
-
-
-def _booted_checks(args: argparse.Namespace, *flags: str) -> bool:
-    """Refuse booted-host-only flags off a booted host, before anything is written;
-    whether to soft-reboot afterwards."""
-    from pybootc.commands.booted import SoftReboot, check_soft_reboot, require_booted
-    from pybootc.ostree.sysroot import is_booted_root
-
-    booted = is_booted_root(args.sysroot)
-    for flag in flags:
-        if getattr(args, flag.lstrip("-").replace("-", "_"), None):
-            require_booted(booted, flag)
-    return check_soft_reboot(SoftReboot(args.soft_reboot) if args.soft_reboot else None)
-
-
-def _finish(args: argparse.Namespace, report: Report, *, soft: bool, staged: bool) -> int:
-    """Print what the verb said; with --apply, (soft-)reboot into what it changed."""
-    from pybootc.commands import booted
-    from pybootc.ostree.sysroot import Sysroot
-
-    _print(report.lines)
-    if not report.changed:
-        return 0
-    if soft:
-        required = args.soft_reboot == "required"
-        soft = Sysroot.open(args.sysroot).prepare_soft_reboot(staged=staged, required=required)
-    if soft:
-        kind = "Staged" if staged else "Rollback"
-        print(f"{kind} deployment is soft-reboot capable, prepared for soft-reboot")
-    if args.apply:
-        if soft:
-            booted.soft_reboot()
-        booted.reboot()
-    return 0
-
-
-_BOOTED_FLAGS = ("--apply", "--soft-reboot")
-
-
-def _switch(args: argparse.Namespace) -> int:
-    from pybootc.commands.update import switch
-
-    soft = _booted_checks(args, *_BOOTED_FLAGS)
-    # --enforce-container-sigpolicy makes the target ostree-image-signed:, which the
-    # policy checks before anything is fetched.
-    target = _image_argument(args.image, args.transport, args.enforce_container_sigpolicy)
-    report = switch(
-        args.sysroot,
-        target,
-        backend=Backend(args.backend) if args.backend else None,
-        retain=args.retain,
-        decryption_key=args.decryption_key,
-        progress=_progress(args),
-    )
-    return _finish(args, report, soft=soft, staged=True)
-
-
-def _upgrade(args: argparse.Namespace) -> int:
-    from pybootc.commands.check import check_for_update
-    from pybootc.commands.update import apply_downloaded, upgrade
-
-    soft = _booted_checks(args, *_BOOTED_FLAGS, "--download-only", "--from-downloaded")
-    if args.from_downloaded:
-        return _finish(args, apply_downloaded(args.sysroot), soft=soft, staged=True)
-    if args.check:
-        report, summary = check_for_update(args.sysroot, args.tag)
-        if args.format == "json":
-            print(json.dumps(summary, indent=2))
-        else:
-            _print(report.lines)
-        return 0
-    report = upgrade(
-        args.sysroot, download_only=args.download_only, tag=args.tag, progress=_progress(args)
-    )
-    return _finish(args, report, soft=soft, staged=True)
-
-
-def _rollback(args: argparse.Namespace) -> int:
-    from pybootc.commands.update import rollback
-
-    soft = _booted_checks(args, *_BOOTED_FLAGS)
-    return _finish(args, rollback(args.sysroot), soft=soft, staged=False)
-
-
-def _usr_overlay(args: argparse.Namespace) -> int:
-    from pybootc.commands.booted import require_booted, usr_overlay
-    from pybootc.ostree.sysroot import is_booted_root
-
-    require_booted(is_booted_root(args.sysroot), "usroverlay")
-    return usr_overlay(read_only=args.read_only)
-
-
-def _edit(args: argparse.Namespace) -> int:
-    from pybootc.commands.edit import edit
-
-    _print(edit(args.sysroot, args.filename).lines)
-    return 0
-
-
-def _install_options(args: argparse.Namespace) -> dict[str, Any]:
-    """What both install verbs take, from their shared options."""
-    from pybootc.oci.imgref import OstreeImageReference
-
-    target = args.target_imgref
-    return {
-        "source": OstreeImageReference.parse(args.source_imgref),
-        "target_imgref": OstreeImageReference.parse(target) if target else None,
-        "backend": Backend(args.backend),
-        "stateroot": args.stateroot,
-        "kargs": args.karg,
-        "disable_selinux": args.disable_selinux,
-        "decryption_key": args.decryption_key,
-        "progress": _progress(args),
-    }
-
-
-def _install(args: argparse.Namespace) -> int:
-    from pybootc.commands.install import install_to_filesystem
-
-    _print(install_to_filesystem(args.path, **_install_options(args)).lines)
-    return 0
-
-
-def _print_configuration(args: argparse.Namespace) -> int:
-    from pybootc.commands.install_config import print_configuration
-
-    # Canonical JSON, as upstream prints it: no newline after it.
-    sys.stdout.write(print_configuration(Path("/"), everything=args.all))
-    return 0
-
-
-def _install_to_disk(args: argparse.Namespace) -> int:
-    from pybootc.commands.install_disk import install_to_disk
-
-    report = install_to_disk(
-        args.device,
-        via_loopback=args.via_loopback,
-        wipe=args.wipe,
-        filesystem=args.filesystem,
-        **_install_options(args),
-    )
-    _print(report.lines)
-    return 0
-
-
-def _podman(args: argparse.Namespace) -> int:
-    from pybootc.commands.image import podman
-
-    return podman(args.sysroot, args.args)
-
-
-def _image(args: argparse.Namespace) -> int:
-    from pybootc.commands import image as image_commands
-
-    if args.image_verb == "list":
-        images = image_commands.list_images(args.sysroot, image_commands.ImageType(args.type))
-        if args.format == "json":
-            print(image_commands.images_json(images))
-        else:
-            _print_table(image_commands.images_table(images))
-        return 0
-    if args.image_verb == "copy-to-storage":
-        report = image_commands.copy_to_storage(args.sysroot, args.source, args.target)
-    elif args.image_verb == "pull-from-default-storage":
-        report = image_commands.pull_from_default_storage(args.sysroot, args.image)
-    else:
-        report = image_commands.prune(args.sysroot)
-    _print(report.lines)
-    return 0
-
-
-def _flatten(args: argparse.Namespace) -> int:
-    from pybootc.commands.flatten import Source, flatten_image
-
-    summary = flatten_image(
-        args.image, args.output, source=Source(args.source), storage_root=args.storage
-    )
-    print(summary.line())
-    return 0
-
-
-def _completion(args: argparse.Namespace) -> int:
-    from argcomplete.shell_integration import shellcode
-
-    # The script asks bootc itself (argcomplete) what fits where the cursor is: verbs,
-    # options, the values of choices, and file names where a path belongs.
-    sys.stdout.write(shellcode(["bootc"], shell=args.shell))
-    return 0
 
 
 def _add_apply(parser: argparse.ArgumentParser, what: str) -> None:
@@ -296,15 +42,6 @@ def _add_progress(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--progress-fd", type=int, metavar="N", help="write progress as JSON lines to fd N"
     )
-
-
-def _progress(args: argparse.Namespace) -> Progress:
-    from pybootc.progress import NO_PROGRESS, Progress
-
-    terminal = not args.quiet and sys.stderr.isatty()
-    if args.progress_fd is None and not terminal:
-        return NO_PROGRESS
-    return Progress(args.progress_fd, terminal=terminal)
 
 
 def _add_install_options(parser: argparse.ArgumentParser) -> None:
@@ -342,13 +79,6 @@ def _add_install_options(parser: argparse.ArgumentParser) -> None:
     _add_progress(parser)
 
 
-def _wipe_ostree(args: argparse.Namespace) -> int:
-    from pybootc.commands.state import wipe_ostree
-
-    _print(wipe_ostree(args.sysroot, yes=args.yes).lines)
-    return 0
-
-
 def _add_state(verbs: Verbs) -> None:
     state = verbs.add_parser("state", help="modify the state of the system")
     state_verbs = state.add_subparsers(dest="state_verb", required=True)
@@ -356,22 +86,7 @@ def _add_state(verbs: Verbs) -> None:
         "wipe-ostree", help="remove all ostree deployments from this system"
     )
     wipe.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
-    wipe.set_defaults(func=_wipe_ostree)
-
-
-def _container_lint(args: argparse.Namespace) -> int:
-    from pybootc.commands import lint
-
-    if args.list:
-        sys.stdout.write(lint.list_lints())
-        return 0
-    lint.lint(
-        args.rootfs,
-        fatal_warnings=args.fatal_warnings,
-        skip=args.skip,
-        truncate=not args.no_truncate,
-    )
-    return 0
+    wipe.set_defaults(func=verb.wipe_ostree)
 
 
 def _add_container(verbs: Verbs) -> None:
@@ -393,7 +108,7 @@ def _add_container(verbs: Verbs) -> None:
     checks.add_argument(
         "--no-truncate", action="store_true", help="show every item a lint lists, not five"
     )
-    checks.set_defaults(func=_container_lint)
+    checks.set_defaults(func=verb.container_lint)
 
 
 def _add_install(verbs: Verbs) -> None:
@@ -402,7 +117,7 @@ def _add_install(verbs: Verbs) -> None:
     to_fs = install_verbs.add_parser("to-filesystem", help="install into a mounted filesystem")
     _add_install_options(to_fs)
     to_fs.add_argument("path", type=Path, metavar="PATH", help="an empty mounted filesystem")
-    to_fs.set_defaults(func=_install)
+    to_fs.set_defaults(func=verb.install)
     printed = install_verbs.add_parser(
         "print-configuration",
         help="print the merged install configuration (bootc/install/*.toml) as JSON",
@@ -410,7 +125,7 @@ def _add_install(verbs: Verbs) -> None:
     printed.add_argument(
         "--all", action="store_true", help="also what bootc applies itself (kargs, karg-deletes)"
     )
-    printed.set_defaults(func=_print_configuration)
+    printed.set_defaults(func=verb.print_configuration)
     to_disk = install_verbs.add_parser(
         "to-disk", help="install to a disk image: a partition table and an ext4 root"
     )
@@ -425,7 +140,7 @@ def _add_install(verbs: Verbs) -> None:
         help="the root filesystem (default: the install configuration's root-fs-type, or ext4)",
     )
     to_disk.add_argument("device", type=Path, metavar="DEVICE", help="the disk (image file)")
-    to_disk.set_defaults(func=_install_to_disk)
+    to_disk.set_defaults(func=verb.install_to_disk)
 
 
 def _add_internals(verbs: Verbs) -> None:
@@ -445,11 +160,11 @@ def _add_internals(verbs: Verbs) -> None:
     )
     flatten.add_argument("image", help="image in any skopeo transport, e.g. oci:DIR:TAG")
     flatten.add_argument("--output", type=Path, required=True, help="directory to create")
-    flatten.set_defaults(func=_flatten)
+    flatten.set_defaults(func=verb.flatten)
     for parent, name in ((internal_verbs, "podman"), (verbs, "internal-podman")):
         podman = parent.add_parser(name, help="run podman against bootc's container storage")
         podman.add_argument("args", nargs=argparse.REMAINDER, help="podman's arguments")
-        podman.set_defaults(func=_podman)
+        podman.set_defaults(func=verb.podman)
 
 
 def _add_image(verbs: Verbs) -> None:
@@ -480,7 +195,7 @@ def _add_image(verbs: Verbs) -> None:
     )
     pull.add_argument("image", help="the image's name in the host's podman storage")
     image_verbs.add_parser("prune", help="remove images no deployment uses")
-    image.set_defaults(func=_image)
+    image.set_defaults(func=verb.image)
 
 
 # Each verb's --help ends with an example.
@@ -574,7 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument(
         "-v", "--verbose", action="store_true", help="more per deployment (signature, ...)"
     )
-    status.set_defaults(func=_status)
+    status.set_defaults(func=verb.status)
 
     switch = verbs.add_parser("switch", help="deploy another image")
     switch.add_argument(
@@ -599,7 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_apply(switch, "the new image")
     _add_progress(switch)
     switch.add_argument("image", help="the image, e.g. quay.io/example/os:latest")
-    switch.set_defaults(func=_switch)
+    switch.set_defaults(func=verb.switch)
 
     upgrade = verbs.add_parser(
         "upgrade", aliases=["update"], help="deploy the newest version of the image"
@@ -627,23 +342,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="apply a --download-only update at the next reboot, fetching nothing",
     )
     _add_progress(upgrade)
-    upgrade.set_defaults(func=_upgrade)
+    upgrade.set_defaults(func=verb.upgrade)
 
     rollback = verbs.add_parser("rollback", help="boot the previous deployment next")
     _add_apply(rollback, "the rollback deployment")
-    rollback.set_defaults(func=_rollback)
+    rollback.set_defaults(func=verb.rollback)
 
     overlay = verbs.add_parser(
         "usr-overlay", aliases=["usroverlay"], help="a transient writable overlay on /usr"
     )
     overlay.add_argument("--read-only", action="store_true", help="mount the overlay read-only")
-    overlay.set_defaults(func=_usr_overlay)
+    overlay.set_defaults(func=verb.usr_overlay)
 
     edit = verbs.add_parser("edit", help="change the host by editing its spec (YAML)")
     edit.add_argument(
         "-f", "--filename", type=Path, help="read the new host document from FILE (- for stdin)"
     )
-    edit.set_defaults(func=_edit)
+    edit.set_defaults(func=verb.edit)
 
     _add_install(verbs)
     _add_container(verbs)
@@ -652,7 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_internals(verbs)
     completion = verbs.add_parser("completion", help="print a shell completion script")
     completion.add_argument("shell", choices=["bash", "zsh", "fish", "tcsh"], help="the shell")
-    completion.set_defaults(func=_completion)
+    completion.set_defaults(func=verb.completion)
     return parser
 
 
