@@ -61,6 +61,19 @@ def remove_sysroot(sysroot: Path) -> None:
         shutil.rmtree(sysroot)
 
 
+def _unmount_with_sysroots(mount: Path) -> None:
+    """Remove the sysroots on a scratch filesystem (deployment roots are immutable),
+    then unmount it."""
+    for child in mount.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            # A mount a killed command left below stays busy; the lazy unmount
+            # detaches it with the rest.
+            with contextlib.suppress(OSError):
+                remove_sysroot(child)
+    # Lazy: libostree objects a failed test keeps alive still hold fds in it.
+    subprocess.run(["umount", "--lazy", mount], check=True)
+
+
 @contextmanager
 def scratch_tmpfs(where: Path, size: str = "512m") -> Iterator[Path]:
     """A fresh tmpfs of `size` mounted at `where` (created) for the duration."""
@@ -72,14 +85,7 @@ def scratch_tmpfs(where: Path, size: str = "512m") -> Iterator[Path]:
     try:
         yield where
     finally:
-        for child in where.iterdir():
-            if child.is_dir() and not child.is_symlink():
-                # A mount a killed command left below stays busy; the lazy unmount
-                # of the tmpfs detaches it with the rest.
-                with contextlib.suppress(OSError):
-                    remove_sysroot(child)
-        # Lazy: libostree objects a failed test keeps alive still hold fds in it.
-        subprocess.run(["umount", "--lazy", where], check=True)
+        _unmount_with_sysroots(where)
 
 
 @contextmanager
@@ -102,11 +108,7 @@ def scratch_loop_filesystem(where: Path, fstype: str, size: int = 1 << 30) -> It
         try:
             yield mount
         finally:
-            for child in mount.iterdir():
-                if child.is_dir() and not child.is_symlink():
-                    with contextlib.suppress(OSError):
-                        remove_sysroot(child)
-            subprocess.run(["umount", "--lazy", mount], check=True)
+            _unmount_with_sysroots(mount)
 
 
 def snapshot(path: Path) -> list[tuple[str, int, int]]:
