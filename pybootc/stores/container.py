@@ -14,7 +14,9 @@ import os
 import re
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent import futures
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
@@ -25,7 +27,9 @@ from pybootc.layers.flatten import BlobLayer, unpack_blob
 from pybootc.oci.auth import RegistryAuth
 from pybootc.oci.metadata import ImageMetadata, metadata_at
 from pybootc.oci.proxy import ImageProxy
+from pybootc.ostree.ext_format import blob_ref
 from pybootc.ostree.gi import OSTree
+from pybootc.ostree.repo import resolve_ref
 from pybootc.stores import Backend, bootc_storage
 from pybootc.stores.containers_storage import ContainersStorage, IncompleteImage
 from pybootc.stores.layered import LayeredImage, layer_commit
@@ -168,14 +172,14 @@ class ContainerStore:
         )
         try:
             with _watched_pull(self._storage, metadata, staging, progress):
-                name = pull()
+                name, early = self._pull_importing(pull, metadata)
         except BootcError as err:
             _explain_refused_layer(err, target, metadata, work, auth)
             raise
         # Every member name is checked here, as the ostree backend checks them while it
         # fetches: a layer is refused by both at the same point, in the same words.
         try:
-            layers = self._storage.image_layers(name)
+            layers = self._storage.image_layers(name, checked=early)
         except IncompleteImage:
             # Pulled again from scratch, it comes back whole.
             self._storage.remove(name)
@@ -201,6 +205,41 @@ class ContainerStore:
             for layer, descriptor in zip(layers, described, strict=True)
         )
         return LayeredImage(self._repo(), commits, recorded)
+
+    def _pull_importing(
+        self, pull: Callable[[], str], metadata: ImageMetadata
+    ) -> tuple[str, frozenset[str]]:
+        """Run `pull`, and meanwhile read each layer it has finished unpacking into its
+        commit: containers-storage unpacks the layers one after another, so the import
+        of one overlaps the unpacking of the next. The name `pull` stored the image
+        under, and the IDs of the storage's layers read (their member names checked).
+
+        A layer is read only once the storage lists it whole, by the digest of the blob
+        it came from (an encrypted layer's is not the manifest's: those wait for the
+        pull). If the pull fails, that is the error raised, as it would have been
+        without the early imports."""
+        repo = self._repo()
+        waiting = [
+            layer.digest
+            for layer in metadata.manifest.layers
+            if resolve_ref(repo, blob_ref(layer.digest)) is None
+        ]
+        imported: set[str] = set()
+        with ThreadPoolExecutor(1, thread_name_prefix="pull") as pool:
+            pulling = pool.submit(pull)
+            try:
+                while waiting and not pulling.done():
+                    complete = self._storage.complete_layers()
+                    for digest in [d for d in waiting if d in complete]:
+                        layer = self._storage.complete_layer(complete[digest])
+                        layer_commit(repo, digest, functools.partial(read_diff_dir, layer.diff_dir))
+                        imported.add(layer.layer_id)
+                        waiting.remove(digest)
+                    futures.wait([pulling], timeout=_WATCH_INTERVAL)
+            except BaseException:
+                if pulling.exception() is None:
+                    raise
+            return pulling.result(), frozenset(imported)
 
     def deployed_source(self, target: OriginImage, commit: str, work: Path) -> tuple[str, str]:
         name = bootc_storage.stored_name(target.imgref.imgref)

@@ -106,6 +106,7 @@ class StoredLayer:
 
     digest: str
     diff_dir: Path
+    layer_id: str
 
 
 @dataclass(frozen=True)
@@ -188,21 +189,25 @@ class ContainersStorage:
             raise BootcError(f"Reading the metadata of {self.root}: {err}") from None
         return {d for d in map(_blob_digest, layers) if d is not None}
 
-    def _records(self) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
-        """The storage's image records, and its layer records by ID: read from its own
-        metadata (images.json; layers.json and, for some layers, volatile-layers.json),
-        which containers-storage replaces atomically. Starting podman to ask costs more
-        than the rest of flattening a small image."""
+    def _records(
+        self, *, images: bool = True
+    ) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
+        """The storage's image records (none unless `images`), and its layer records by
+        ID: read from its own metadata (images.json; layers.json and, for some layers,
+        volatile-layers.json), which containers-storage replaces atomically. Starting
+        podman to ask costs more than the rest of flattening a small image."""
         layers: list[dict[str, Any]] = []
+        found: list[dict[str, Any]] = []
         try:
-            images = json.loads((self.root / "overlay-images/images.json").read_bytes())
+            if images:
+                found = json.loads((self.root / "overlay-images/images.json").read_bytes())
             for kept in ("layers.json", "volatile-layers.json"):
                 path = self.root / "overlay-layers" / kept
                 if path.exists():
                     layers += json.loads(path.read_bytes())
         except (OSError, ValueError) as err:
             raise BootcError(f"Reading the metadata of {self.root}: {err}") from None
-        return images, {layer["id"]: layer for layer in layers}
+        return found, {layer["id"]: layer for layer in layers}
 
     @staticmethod
     def _chain(image: dict[str, Any], by_id: dict[str, dict[str, Any]]) -> list[str]:
@@ -228,22 +233,46 @@ class ContainersStorage:
             raise IncompleteImage(f"Image {name} lacks the record of its layer {missing[0]}")
         return [by_id[layer] for layer in reversed(chain)]
 
-    def image_layers(self, name: str) -> list[StoredLayer]:
+    def image_layers(
+        self, name: str, *, checked: frozenset[str] = frozenset()
+    ) -> list[StoredLayer]:
         """The image's layers, lowest first, once every member name of them has passed
-        the rules the blob path applies.
+        the rules the blob path applies (`checked`: the IDs of layers that have passed
+        already, by `complete_layer`).
 
         containers-storage cleans a name such as `../x` into `x` as it unpacks, so the
         diff directory cannot show that the layer tried to escape; the tar-split data
         it keeps of each layer has the names as the layer's tar stream gave them.
         """
-        found = []
-        for layer in self._layers(name):
-            digest = _blob_digest(layer) or str(layer["id"])  # no digest: not a pulled layer
+        return [
+            self._stored_layer(layer, check=str(layer["id"]) not in checked)
+            for layer in self._layers(name)
+        ]
+
+    def _stored_layer(self, layer: dict[str, Any], *, check: bool = True) -> StoredLayer:
+        digest = _blob_digest(layer) or str(layer["id"])  # no digest: not a pulled layer
+        if check:
             with error_context(f"Layer {digest}"):
                 for member in self._member_names(str(layer["id"])):
                     split_member_name(member)
-            found.append(StoredLayer(digest, self.root / "overlay" / str(layer["id"]) / "diff"))
-        return found
+        layer_id = str(layer["id"])
+        return StoredLayer(digest, self.root / "overlay" / layer_id / "diff", layer_id)
+
+    def complete_layers(self) -> dict[str, dict[str, Any]]:
+        """The records of the layers whose unpacking has finished, by the digest of the
+        blob each was pulled from: one a pull still writes is flagged incomplete until
+        containers-storage has written the whole diff directory."""
+        _, by_id = self._records(images=False)
+        return {
+            digest: layer
+            for layer in by_id.values()
+            if not (layer.get("flags") or {}).get("incomplete")
+            and (digest := _blob_digest(layer)) is not None
+        }
+
+    def complete_layer(self, layer: dict[str, Any]) -> StoredLayer:
+        """A record of `complete_layers`, once its member names have passed the rules."""
+        return self._stored_layer(layer)
 
     def layer_diff_dirs(self, name: str) -> list[Path]:
         """The image's overlay diff directories, lowest layer first (`image_layers`)."""
