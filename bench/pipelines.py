@@ -29,6 +29,7 @@ from scratchfs import FsKind, scratch_filesystem
 from workloads import Workload
 
 from pybootc import tools
+from pybootc.ostree.sysroot import Sysroot
 from pybootc.stores.bootc_storage import bootc_storage
 from tests.support import Registry
 
@@ -129,6 +130,16 @@ def check(env: Env, mount: Path, repo: str, backend: str, layers: set[str]) -> t
     sample = _run(bootc("--sysroot", mount / "sysroot", "upgrade", "--check"))
     after, _ = blob_bytes(env.registry, layers)
     return sample, after - before
+
+
+def deploy_alone(env: Env, mount: Path, repo: str) -> Sample:
+    """`ostree admin deploy` of the commit an install deployed, again: what libostree
+    does in every update whatever changed (the deployment's checkout, the /etc merge,
+    the boot entries, the cleanup), with nothing fetched or imported."""
+    install(env, mount, env.image(repo, "v1"), "ostree")
+    sysroot = mount / "sysroot"
+    commit = Sysroot.open(sysroot).deployments()[0].checksum
+    return _run(["ostree", "admin", "deploy", f"--sysroot={sysroot}", "--os=default", commit])
 
 
 def status(env: Env, mount: Path, repo: str, backend: str) -> Sample:

@@ -41,7 +41,7 @@ BACKENDS = ("ostree", "container")
 RAM = Path("/dev/shm/pybootc-bench")
 DISK = Path("/var/tmp/pybootc-bench-disk")
 # What --again can measure anew on its own.
-AGAIN = ("large", "profiles")
+AGAIN = ("debian", "large", "profiles")
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -127,6 +127,9 @@ def debian_size(
         measurements[f"{backend} status"] = lambda b=backend: p.in_fresh_filesystem(
             env, lambda m: p.status(env, m, repo, b)
         )
+    measurements["deploy alone"] = lambda: p.in_fresh_filesystem(
+        env, lambda m: p.deploy_alone(env, m, repo)
+    )
     measurements["(a) install"] = lambda: p.in_fresh_filesystem(
         env, lambda m: p.baseline_a(env, m, env.image(repo, "v1"))
     )
@@ -226,11 +229,23 @@ def write_results(results: dict[str, object], console: Console) -> None:
     console.print(text)
 
 
-def measure_again(parts: Sequence[str], size: str, runs: int, console: Console) -> int:
+def measure_again(parts: Sequence[str], sizes: Sequence[str], runs: int, console: Console) -> int:
     """Measure `parts` (of AGAIN) again into the last results, which record which parts
     were measured when."""
     results = json.loads((RESULTS / "results.json").read_text())
     again: dict[str, str] = results.setdefault("measured_again", {})
+    size = sizes[-1]
+    if "debian" in parts:
+        discard(RAM)
+        with running_registry() as registry:
+            env = p.Env(registry, RAM)
+            for each in sizes:
+                workload = debian(each, CACHE, WORK, console.print)
+                repo = f"bench/{workload.name.lower()}"
+                console.print(f"[bold]{workload.name}[/]: {workload.description}")
+                p.push(env, workload, repo)
+                results["sizes"][each] = debian_size(env, workload, repo, runs, console.print)
+        again["debian"] = time.strftime("%Y-%m-%dT%H:%M:%S")
     if "large" in parts:
         discard(DISK)
         console.print("[bold]Large layers[/]")
@@ -259,7 +274,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Smallest first: the largest is profiled.
     sizes = sorted(args.size or SIZES, key=SIZES.__getitem__)
     if args.again:
-        return measure_again(args.again, sizes[-1], args.runs, console)
+        return measure_again(args.again, sizes, args.runs, console)
     started = time.time()
     results: dict[str, object] = {
         "environment": report.environment(),
