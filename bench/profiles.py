@@ -24,6 +24,12 @@ PHASES: tuple[tuple[str, str, str], ...] = (
     ("manifest and config", "pybootc/stores/pipeline.py", "prepare"),
     ("skopeo pull into containers-storage", "pybootc/stores/bootc_storage.py", "pull"),
     ("layers into objects, layer commits", "pybootc/stores/layered.py", "layer_commit"),
+    (
+        "merge, post-process and image commit, in memory",
+        "pybootc/stores/layered.py",
+        "commit_in_memory",
+    ),
+    # The way of an image only a checkout post-processes exactly.
     ("merge of the layers, checkout", "pybootc/stores/layered.py", "flatten"),
     ("post-process, image commit", "pybootc/stores/commit.py", "finish_import"),
     ("deploy", "pybootc/ostree/sysroot.py", "deploy"),

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from pybootc.ostree.gi import OSTree
-from pybootc.ostree.repo import commit_directory
+from pybootc.ostree.repo import CommitInfo, commit_directory
 from pybootc.ostree.sysroot import unlock_deployment_roots
 
 KERNEL_VERSION = "6.1.0-test"
@@ -50,9 +50,8 @@ def commit_bootable_tree(
     repo: OSTree.Repo, workdir: Path, version: str, files: Mapping[str, bytes] = {}
 ) -> str:
     tree = write_bootable_tree(workdir / f"tree-{version}", version, files)
-    return commit_directory(
-        repo, tree, subject=version, metadata={}, timestamp=1_700_000_000, selinux_policy=None
-    )
+    info = CommitInfo(subject=version, metadata={}, timestamp=1_700_000_000)
+    return commit_directory(repo, tree, info=info, selinux_policy=None)
 
 
 def remove_sysroot(sysroot: Path) -> None:

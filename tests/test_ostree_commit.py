@@ -13,6 +13,7 @@ from pybootc.errors import BootcError
 from pybootc.ostree.ext_format import image_ref_name, ref_escape, ref_unescape
 from pybootc.ostree.gi import Gio, GLib, OSTree
 from pybootc.ostree.repo import (
+    CommitInfo,
     commit_directory,
     commit_timestamp,
     list_refs,
@@ -35,15 +36,18 @@ def repo(tmp_path: Path) -> OSTree.Repo:
     return repo
 
 
-def commit(repo: OSTree.Repo, tree: Path, **kwargs: object) -> str:
-    options: dict[str, object] = {
-        "subject": "test",
-        "metadata": {},
-        "timestamp": 0,
-        "selinux_policy": None,
-    }
-    options.update(kwargs)
-    return commit_directory(repo, tree, **options)  # type: ignore[arg-type]
+def commit(
+    repo: OSTree.Repo,
+    tree: Path,
+    *,
+    subject: str = "test",
+    metadata: dict[str, GLib.Variant] | None = None,
+    timestamp: int = 0,
+    **kwargs: object,
+) -> str:
+    info = CommitInfo(subject, metadata or {}, timestamp)
+    options: dict[str, object] = {"selinux_policy": None, **kwargs}
+    return commit_directory(repo, tree, info=info, **options)  # type: ignore[arg-type]
 
 
 def committed_file(repo: OSTree.Repo, checksum: str, relpath: str) -> OSTree.RepoFile:

@@ -14,7 +14,7 @@ import pytest
 
 from pybootc.errors import BootcError
 from pybootc.ostree.gi import OSTree
-from pybootc.ostree.repo import commit_directory, list_refs, set_ref
+from pybootc.ostree.repo import CommitInfo, commit_directory, list_refs, set_ref
 from pybootc.ostree.sysroot import Sysroot, initialize
 from tests.sysroot_support import commit_bootable_tree, scratch_tmpfs, snapshot, write_bootable_tree
 
@@ -262,7 +262,7 @@ def test_deploy_of_a_tree_without_kernel_says_so(sysroot: Sysroot, scratch: Path
     tree = scratch / "nokernel"
     (tree / "usr/etc").mkdir(parents=True)
     checksum = commit_directory(
-        sysroot.repo, tree, subject="x", metadata={}, timestamp=0, selinux_policy=None
+        sysroot.repo, tree, info=CommitInfo("x", {}, 0), selinux_policy=None
     )
     with pytest.raises(BootcError, match="Failed to find kernel"):
         sysroot.deploy(checksum, stateroot=STATEROOT, origin=ORIGIN)
@@ -350,7 +350,7 @@ def test_a_labelled_commit_deploys_with_its_labels(sysroot: Sysroot, scratch: Pa
     tree = write_bootable_tree(scratch / "tree", "1", {"usr/bin/bash": b"bash"})
     shutil.copytree("/etc/selinux", tree / "usr/etc/selinux", symlinks=True)
     checksum = commit_directory(
-        sysroot.repo, tree, subject="1", metadata={}, timestamp=0, selinux_policy=tree
+        sysroot.repo, tree, info=CommitInfo("1", {}, 0), selinux_policy=tree
     )
     deployed = sysroot.deploy(checksum, stateroot=STATEROOT, origin=ORIGIN)
     label = os.getxattr(deployed.deployment_path / "usr/bin/bash", "security.selinux")

@@ -13,7 +13,7 @@ import contextlib
 import os
 import shutil
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,16 +40,21 @@ class PostprocessResult:
     warnings: tuple[str, ...]
 
 
-def find_kernel(root: Path) -> str:
-    """The kernel version of a bootable tree (`usr/lib/modules/<kver>/vmlinuz`)."""
-    modules = root / "usr/lib/modules"
-    found = sorted(
-        entry.name
-        for entry in (os.scandir(modules) if modules.is_dir() and not modules.is_symlink() else ())
-        if entry.is_dir(follow_symlinks=False)
-        and os.path.isfile(os.path.join(entry.path, "vmlinuz"))
-        and not os.path.islink(os.path.join(entry.path, "vmlinuz"))
-    )
+# --- the rules' checks and messages, shared with the same rules on a tree in memory
+# (ostree/tree_postprocess.py) ---------------------------------------------------------
+
+MODULES = ("usr", "lib", "modules")
+OS_RELEASES = ("usr/lib/os-release", "etc/os-release", "usr/etc/os-release")
+# Moved out of the way of the deployment's own /etc and /var (the latter only where
+# ostree is too old to seed /var from the image).
+ETC_MOVE = ("etc", ("usr", "etc"))
+VAR_MOVE = ("var", ("usr", "share", "factory", "var"))
+FACTORY_VAR = "/usr/share/factory/var"
+
+
+def the_kernel(versions: Iterable[str]) -> str:
+    """The one kernel version of `versions` (those with a regular vmlinuz)."""
+    found = sorted(versions)
     if not found:
         raise BootcError("Image is not bootable: no kernel at /usr/lib/modules/<kver>/vmlinuz")
     if len(found) > 1:
@@ -57,14 +62,68 @@ def find_kernel(root: Path) -> str:
     return found[0]
 
 
+def names_an_os(text: str) -> bool:
+    """Whether an os-release file's text says which OS it is."""
+    return any(line.startswith(("ID=", "PRETTY_NAME=")) for line in text.splitlines())
+
+
+NO_OS_RELEASE = "Image is not bootable: no ID or PRETTY_NAME in /usr/lib/os-release"
+SYSROOT_NOT_A_DIRECTORY = "/sysroot in the image is not a directory"
+
+
+def check_ostree_link(found: str | None) -> None:
+    """Refuse an image's /ostree unless it is the link post-processing would make;
+    `found` is its target, None if it is no symlink."""
+    name, target = OSTREE_LINK
+    if found is None:
+        raise BootcError(f"/{name} in the image must be a symlink to {target}")
+    if found.rstrip("/") != target:
+        raise BootcError(f"/{name} in the image must be a symlink to {target}, not {found}")
+
+
+def special_file_warning(path: str) -> str:
+    return f"Skipping {path}: a device node, FIFO or socket cannot be committed"
+
+
+def not_a_directory(source: str) -> BootcError:
+    return BootcError(f"/{source} in the image is not a directory")
+
+
+def both_there(source: str, dest: tuple[str, ...]) -> BootcError:
+    return BootcError(f"Image has both /{source} and /{'/'.join(dest)}")
+
+
+def var_tmpfiles_text(lines: Iterable[str]) -> str:
+    return (
+        "\n".join(["# The image's /var, seeded on first boot (written by pybootc)", *lines]) + "\n"
+    )
+
+
+# --- the rules on a directory ----------------------------------------------------------
+
+
+def find_kernel(root: Path) -> str:
+    """The kernel version of a bootable tree (`usr/lib/modules/<kver>/vmlinuz`)."""
+    modules = root.joinpath(*MODULES)
+    return the_kernel(
+        entry.name
+        for entry in (os.scandir(modules) if modules.is_dir() and not modules.is_symlink() else ())
+        if entry.is_dir(follow_symlinks=False)
+        and os.path.isfile(os.path.join(entry.path, "vmlinuz"))
+        and not os.path.islink(os.path.join(entry.path, "vmlinuz"))
+    )
+
+
 def _check_os_release(root: Path) -> None:
-    for candidate in ("usr/lib/os-release", "etc/os-release", "usr/etc/os-release"):
+    for candidate in OS_RELEASES:
         path = root / candidate
-        if path.is_file() and not path.is_symlink():
-            text = path.read_text(errors="replace")
-            if any(line.startswith(("ID=", "PRETTY_NAME=")) for line in text.splitlines()):
-                return
-    raise BootcError("Image is not bootable: no ID or PRETTY_NAME in /usr/lib/os-release")
+        if (
+            path.is_file()
+            and not path.is_symlink()
+            and names_an_os(path.read_text(errors="replace"))
+        ):
+            return
+    raise BootcError(NO_OS_RELEASE)
 
 
 def _empty_directory(dirs: DirectoryHandles, name: str) -> None:
@@ -96,17 +155,16 @@ def _add_sysroot(root_fd: int) -> None:
         os.mkdir(SYSROOT_DIR, 0o755, dir_fd=root_fd)
     else:
         if not stat.S_ISDIR(st.st_mode):
-            raise BootcError("/sysroot in the image is not a directory")
+            raise BootcError(SYSROOT_NOT_A_DIRECTORY)
     name, target = OSTREE_LINK
     try:
-        found = os.readlink(name, dir_fd=root_fd)
+        found: str | None = os.readlink(name, dir_fd=root_fd)
     except FileNotFoundError:
         os.symlink(target, name, dir_fd=root_fd)
+        return
     except OSError:
-        raise BootcError(f"/{name} in the image must be a symlink to {target}") from None
-    else:
-        if found.rstrip("/") != target:
-            raise BootcError(f"/{name} in the image must be a symlink to {target}, not {found}")
+        found = None  # no symlink
+    check_ostree_link(found)
 
 
 def _remove_special_files(fd: int, prefix: str) -> Iterator[str]:
@@ -133,14 +191,14 @@ def _move(dirs: DirectoryHandles, source: str, dest: tuple[str, ...]) -> bool:
     except FileNotFoundError:
         return False
     if not stat.S_ISDIR(st.st_mode):
-        raise BootcError(f"/{source} in the image is not a directory")
+        raise not_a_directory(source)
     parent = dirs.get(dest[:-1], create=True)
     try:
         os.lstat(dest[-1], dir_fd=parent)
     except FileNotFoundError:
         pass
     else:
-        raise BootcError(f"Image has both /{source} and /{'/'.join(dest)}")
+        raise both_there(source, dest)
     os.rename(source, dest[-1], src_dir_fd=dirs.root_fd, dst_dir_fd=parent)
     return True
 
@@ -160,7 +218,7 @@ def _var_tmpfiles_lines(var_root: Path, declared: frozenset[str], sub: str = "")
     Depth first in sorted name order: directory order differs by filesystem, and
     this file goes into the commit, which must be the same wherever it was made.
     """
-    factory = "/usr/share/factory/var"
+    factory = FACTORY_VAR
     for name in sorted(os.listdir(var_root / sub if sub else var_root)):
         path = f"{sub}/{name}" if sub else name
         full = var_root / path
@@ -173,11 +231,8 @@ def _var_tmpfiles_lines(var_root: Path, declared: frozenset[str], sub: str = "")
 
 
 def _write_var_tmpfiles(root: Path) -> None:
-    var_root = root / "usr/share/factory/var"
-    lines = [
-        "# The image's /var, seeded on first boot (written by pybootc)",
-        *_var_tmpfiles_lines(var_root, declared_tmpfiles_paths(root)),
-    ]
+    var_root = root / FACTORY_VAR.lstrip("/")
+    text = var_tmpfiles_text(_var_tmpfiles_lines(var_root, declared_tmpfiles_paths(root)))
     conf = root / VAR_TMPFILES
     dirs = DirectoryHandles(os.open(root, os.O_RDONLY | os.O_DIRECTORY))
     try:
@@ -190,7 +245,7 @@ def _write_var_tmpfiles(root: Path) -> None:
             conf.name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644, dir_fd=parent
         )
         with os.fdopen(fd, "w") as f:
-            f.write("\n".join(lines) + "\n")
+            f.write(text)
     finally:
         dirs.close()
         os.close(dirs.root_fd)
@@ -220,12 +275,9 @@ def postprocess_tree(root: Path, *, keep_var: bool) -> PostprocessResult:
         for name in API_DIRECTORIES:
             _empty_directory(dirs, name)
         _add_sysroot(root_fd)
-        warnings = [
-            f"Skipping {path}: a device node, FIFO or socket cannot be committed"
-            for path in _remove_special_files(root_fd, "")
-        ]
-        _move(dirs, "etc", ("usr", "etc"))
-        moved_var = not keep_var and _move(dirs, "var", ("usr", "share", "factory", "var"))
+        warnings = [special_file_warning(path) for path in _remove_special_files(root_fd, "")]
+        _move(dirs, *ETC_MOVE)
+        moved_var = not keep_var and _move(dirs, *VAR_MOVE)
         if moved_var:
             # The deployment's /var is mounted here from the stateroot.
             os.mkdir("var", 0o755, dir_fd=root_fd)

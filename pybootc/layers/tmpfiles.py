@@ -12,6 +12,7 @@ import re
 import stat
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Protocol
 
 # Where an image keeps tmpfiles.d, before post-processing (etc) and after (usr/etc).
 TMPFILES_DIRS = ("usr/lib/tmpfiles.d", "etc/tmpfiles.d", "usr/etc/tmpfiles.d")
@@ -29,7 +30,7 @@ def declared_paths(root: Path, *, ignore: Iterable[str] = ()) -> frozenset[str]:
     """The paths the tmpfiles.d files under `root` declare, but those in the files
     named in `ignore`."""
     skipped = set(ignore)
-    paths = set()
+    paths: set[str] = set()
     for directory in TMPFILES_DIRS:
         confs = root / directory
         if not confs.is_dir() or confs.is_symlink():
@@ -37,14 +38,33 @@ def declared_paths(root: Path, *, ignore: Iterable[str] = ()) -> frozenset[str]:
         for conf in sorted(confs.glob("*.conf")):
             if conf.name in skipped or not conf.is_file():
                 continue
-            for line in conf.read_text(errors="replace").splitlines():
-                fields = line.split()
-                if len(fields) >= 2 and not fields[0].startswith("#"):
-                    paths.add(os.path.normpath(unescape(fields[1])))
+            paths |= declared_in(conf.read_text(errors="replace"))
     return frozenset(paths)
 
 
-def line(path: str, st: os.stat_result, *, link: str | None, copy_from: str | None) -> str:
+def declared_in(text: str) -> set[str]:
+    """The paths the lines of one tmpfiles.d file declare."""
+    paths = set()
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) >= 2 and not fields[0].startswith("#"):
+            paths.add(os.path.normpath(unescape(fields[1])))
+    return paths
+
+
+class Owned(Protocol):
+    """What a line needs of a file: its type and mode, and its owner (an os.stat_result
+    has them, and so does a file of a tree in memory)."""
+
+    @property
+    def st_mode(self) -> int: ...
+    @property
+    def st_uid(self) -> int: ...
+    @property
+    def st_gid(self) -> int: ...
+
+
+def line(path: str, st: Owned, *, link: str | None, copy_from: str | None) -> str:
     """The line that recreates `path`: a directory with its mode and owner (`d`), a
     symlink (`L`), or a copy of `copy_from` (`C`)."""
     if stat.S_ISDIR(st.st_mode):

@@ -23,6 +23,7 @@ from pybootc.layers.tree import (
     WHITEOUT,
     Dir,
     Entry,
+    Expander,
     FileMeta,
     Leaf,
     LeafKind,
@@ -244,6 +245,41 @@ class LayerLoader:
         directory.opaque = directory.opaque or opaque_marker
 
 
+@dataclass(frozen=True)
+class MergedImage:
+    """An image merged from its layer commits, in memory: the tree (its directories read
+    from the repo by `expand` where needed), and where the layers hold placeholders of
+    special files (None: anywhere, for all that older layer commits say)."""
+
+    root: Dir
+    special: frozenset[str] | None
+    expand: Expander
+
+
+def merge_image(repo: OSTree.Repo, writer: ObjectWriter, layer_commits: list[str]) -> MergedImage:
+    """The image merged from its layer commits, lowest first."""
+    loader = LayerLoader(repo, writer)
+    layers = [loader.layer(commit) for commit in layer_commits]
+    merged = merge_layers([tree for tree, _ in layers], writer.dirmeta(ROOT_META), loader.expand)
+    special: frozenset[str] | None = frozenset()
+    for _, info in layers:
+        special = (
+            None if special is None or info.special_paths is None else special | info.special_paths
+        )
+    return MergedImage(merged, special, loader.expand)
+
+
+def tree_mtree(
+    repo: OSTree.Repo,
+    writer: ObjectWriter,
+    root: Dir,
+    counted: Callable[[int], None] = lambda done: None,
+) -> OSTree.MutableTree:
+    """A merged image's tree as libostree's mutable tree, to write."""
+    mtree, _ = _mtree(repo, root, writer, as_layer=False, counted=counted)
+    return mtree
+
+
 def merged_tree(
     repo: OSTree.Repo,
     writer: ObjectWriter,
@@ -252,20 +288,12 @@ def merged_tree(
 ) -> tuple[str, frozenset[str] | None]:
     """The image merged from its layer commits (lowest first), written as a commit (no
     ref holds it: it is only checked out); the commit, and where the layers hold
-    placeholders of special files (None: anywhere, for all that older layer commits say)."""
-    loader = LayerLoader(repo, writer)
-    layers = [loader.layer(commit) for commit in layer_commits]
-    merged = merge_layers([tree for tree, _ in layers], writer.dirmeta(ROOT_META), loader.expand)
+    placeholders of special files (MergedImage.special)."""
+    image = merge_image(repo, writer, layer_commits)
     with libostree_errors("Writing the merged tree"):
-        mtree, _ = _mtree(repo, merged, writer, as_layer=False, counted=counted)
-        _, root = repo.write_mtree(mtree, None)
+        _, root = repo.write_mtree(tree_mtree(repo, writer, image.root, counted), None)
         _, checksum = repo.write_commit_with_time(None, "merged layers", None, None, root, 0, None)
-    special: frozenset[str] | None = frozenset()
-    for _, info in layers:
-        special = (
-            None if special is None or info.special_paths is None else special | info.special_paths
-        )
-    return str(checksum), special
+    return str(checksum), image.special
 
 
 def checkout_linked(repo: OSTree.Repo, commit: str, dest: Path) -> OSTree.RepoDevInoCache:

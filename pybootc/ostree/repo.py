@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from pybootc.errors import BootcError
@@ -98,23 +99,30 @@ def transaction(repo: OSTree.Repo, what: str) -> Iterator[list[str]]:
 # leave the previous deployment a private copy. A tree checked out from objects is
 # committed with that checkout's devino cache instead, which names its objects without
 # reading or moving them.
+@dataclass(frozen=True)
+class CommitInfo:
+    """What a commit records besides its tree: its subject, its a{sv} metadata, and its
+    timestamp (seconds since the epoch: the image's created time)."""
+
+    subject: str
+    metadata: Mapping[str, GLib.Variant]
+    timestamp: int
+
+
 def commit_directory(
     repo: OSTree.Repo,
     tree: Path,
     *,
-    subject: str,
-    metadata: Mapping[str, GLib.Variant],
-    timestamp: int,
+    info: CommitInfo,
     selinux_policy: Path | None,
     parent: str | None = None,
     counted: Callable[[int], None] | None = None,
     devino: OSTree.RepoDevInoCache | None = None,
 ) -> str:
-    """Commit the directory `tree` (its root's own mode and xattrs included); return the
-    commit checksum.
+    """Commit the directory `tree` (its root's own mode and xattrs included), recording
+    `info`; return the commit checksum.
 
-    `metadata` becomes the commit's a{sv} metadata and `timestamp` (seconds since the
-    epoch, the image's created time) its timestamp. With `selinux_policy` (a root that
+    With `selinux_policy` (a root that
     holds etc/selinux or usr/etc/selinux) every path gets the label that policy gives it.
     `counted`
     is told how many paths have been committed, now and then. `devino`, the cache of the
@@ -126,17 +134,20 @@ def commit_directory(
     with transaction(repo, f"Committing {tree}") as commits:
         mtree = OSTree.MutableTree.new()
         repo.write_directory_to_mtree(Gio.File.new_for_path(str(tree)), mtree, modifier, None)
-        _, root = repo.write_mtree(mtree, None)
-        _, checksum = repo.write_commit_with_time(
-            parent,
-            subject,
-            None,
-            GLib.Variant("a{sv}", dict(metadata)),
-            root,
-            timestamp,
-            None,
-        )
-        commits.append(str(checksum))
+        commits.append(commit_mtree(repo, mtree, info, parent=parent))
+    return commits[0]
+
+
+def commit_mtree(
+    repo: OSTree.Repo, mtree: OSTree.MutableTree, info: CommitInfo, *, parent: str | None = None
+) -> str:
+    """Write `mtree` and a commit of it recording `info`, inside the caller's
+    transaction; the commit checksum."""
+    _, root = repo.write_mtree(mtree, None)
+    metadata = GLib.Variant("a{sv}", dict(info.metadata))
+    _, checksum = repo.write_commit_with_time(
+        parent, info.subject, None, metadata, root, info.timestamp, None
+    )
     return str(checksum)
 
 

@@ -15,13 +15,15 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from pybootc.errors import BootcError, error_context
-from pybootc.layers.postprocess import postprocess_tree
+from pybootc.layers.postprocess import PostprocessResult, postprocess_tree
 from pybootc.oci.imgref import OstreeImageReference
 from pybootc.oci.metadata import ImageMetadata
 from pybootc.ostree.ext_format import image_commit_metadata, image_ref
 from pybootc.ostree.gi import GLib, OSTree
-from pybootc.ostree.repo import commit_directory, set_ref
+from pybootc.ostree.repo import CommitInfo, commit_directory, set_ref
+from pybootc.ostree.tree_postprocess import NeedsCheckout
 from pybootc.progress import Progress
+from pybootc.stores.layered import LayeredImage
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +62,23 @@ def import_workdir(sysroot_path: Path, imgref: OstreeImageReference) -> Iterator
         shutil.rmtree(work, ignore_errors=True)
 
 
+def image_commit(imgref: OstreeImageReference, metadata: ImageMetadata) -> CommitInfo:
+    """What the image's commit records: ostree-ext's subject, metadata and timestamp."""
+    variants = image_commit_metadata(metadata)
+    if metadata.config.version:
+        variants["version"] = GLib.Variant("s", metadata.config.version)
+    return CommitInfo(
+        subject=f"{imgref.imgref} ({metadata.manifest_digest})",
+        metadata=variants,
+        timestamp=_timestamp(metadata.config.created),
+    )
+
+
+def _warn(result: PostprocessResult) -> None:
+    for warning in result.warnings:
+        log.warning("%s", warning)
+
+
 def finish_import(
     repo: OSTree.Repo,
     root: Path,
@@ -76,22 +95,57 @@ def finish_import(
     point the image's ref at it and return the commit."""
     with error_context(f"Importing {imgref}"):
         result = postprocess_tree(root, keep_var=ostree_seeds_var())
-    for warning in result.warnings:
-        log.warning("%s", warning)
+    _warn(result)
     with error_context(f"Importing {imgref}"), progress.step("committing") as counted:
-        variants = image_commit_metadata(metadata)
-        if metadata.config.version:
-            variants["version"] = GLib.Variant("s", metadata.config.version)
         has_policy = (root / "usr/etc/selinux/config").is_file()
         commit = commit_directory(
             repo,
             root,
-            subject=f"{imgref.imgref} ({metadata.manifest_digest})",
-            metadata=variants,
-            timestamp=_timestamp(metadata.config.created),
+            info=image_commit(imgref, metadata),
             selinux_policy=root if has_policy and not disable_selinux else None,
             counted=counted,
             devino=devino,
         )
         set_ref(repo, image_ref(imgref.imgref), commit)
+    return commit
+
+
+def import_layers(
+    image: LayeredImage,
+    work: Path,
+    imgref: OstreeImageReference,
+    *,
+    disable_selinux: bool,
+    progress: Progress,
+) -> str:
+    """Merge, post-process and commit the image, point its ref at the commit and return
+    it. In memory (ostree/tree_postprocess.py) where that is exact, which spares a
+    checkout of the whole image; else on a checkout in `work` (`finish_import`)."""
+    checkout: tuple[Path, OSTree.RepoDevInoCache] | None = None
+    with error_context(f"Importing {imgref}"), progress.step("flattening") as counted:
+        try:
+            commit, result = image.commit_in_memory(
+                image_commit(imgref, image.metadata),
+                keep_var=ostree_seeds_var(),
+                label=not disable_selinux,
+                counted=counted,
+            )
+        except NeedsCheckout as why:
+            log.debug("Post-processing %s on a checkout: %s", imgref, why)
+            checkout = (work / "root", image.flatten(work / "root", counted))
+    if checkout is not None:
+        root, devino = checkout
+        return finish_import(
+            image.repo,
+            root,
+            imgref,
+            image.metadata,
+            disable_selinux=disable_selinux,
+            progress=progress,
+            devino=devino,
+        )
+    _warn(result)
+    with progress.step("committing"):
+        # Written with the merge already: what is left is the ref.
+        set_ref(image.repo, image_ref(imgref.imgref), commit)
     return commit

@@ -5,8 +5,10 @@ A layer is read once, wherever it comes from (a blob's tar stream for the ostree
 a diff directory for the container store), its files written as objects as they are
 read and its tree kept as a commit under `ostree/container/blob/<digest>`; an update
 reads only the layers the repo lacks. The image is then merged from its layer commits
-in memory and checked out as hardlinks of their objects, which post-processing works
-on and the final commit names again through the checkout's devino cache.
+in memory, post-processed there and committed (`commit_in_memory`). An image only a
+checkout post-processes exactly is checked out as hardlinks of the layers' objects
+instead (`flatten`), which post-processing works on and the final commit names again
+through the checkout's devino cache.
 """
 
 from __future__ import annotations
@@ -17,15 +19,24 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from pybootc.layers.postprocess import PostprocessResult
 from pybootc.layers.special import SPECIAL_XATTR, special_file_kind
 from pybootc.layers.tree import LayerRead
 from pybootc.oci.metadata import ImageMetadata
 from pybootc.ostree.ext_format import blob_ref
 from pybootc.ostree.gi import OSTree
-from pybootc.ostree.layer_commit import LayerInfo, checkout_linked, merged_tree, write_layer_commit
+from pybootc.ostree.layer_commit import (
+    LayerInfo,
+    checkout_linked,
+    merge_image,
+    merged_tree,
+    tree_mtree,
+    write_layer_commit,
+)
 from pybootc.ostree.objects import ObjectWriter
-from pybootc.ostree.repo import resolve_ref, set_ref, transaction
+from pybootc.ostree.repo import CommitInfo, commit_mtree, resolve_ref, set_ref, transaction
 from pybootc.ostree.shared_data import share_with_objects
+from pybootc.ostree.tree_postprocess import postprocess_in_memory
 
 
 def restore_special_files(root: Path, candidates: Iterable[str] | None) -> None:
@@ -81,6 +92,28 @@ class LayeredImage:
     repo: OSTree.Repo
     layers: tuple[str, ...]
     metadata: ImageMetadata
+
+    def commit_in_memory(
+        self,
+        commit: CommitInfo,
+        *,
+        keep_var: bool,
+        label: bool,
+        counted: Callable[[int], None] = lambda done: None,
+    ) -> tuple[str, PostprocessResult]:
+        """Merge, post-process and commit the image with no checkout of it (see
+        ostree/tree_postprocess.py): only what the rules touch is read; the commit, and
+        what post-processing found. NeedsCheckout, and nothing written, if the image is
+        to take the checkout's way (`flatten`)."""
+        writer = ObjectWriter(self.repo)
+        with transaction(self.repo, "Committing the image") as commits:
+            merged = merge_image(self.repo, writer, list(self.layers))
+            result = postprocess_in_memory(
+                self.repo, writer, merged, keep_var=keep_var, label=label
+            )
+            mtree = tree_mtree(self.repo, writer, merged.root, counted)
+            commits.append(commit_mtree(self.repo, mtree, commit))
+        return commits[0], result
 
     def flatten(
         self, root: Path, counted: Callable[[int], None] = lambda done: None

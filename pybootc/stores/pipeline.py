@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pybootc.errors import BootcError, error_context
+from pybootc.errors import BootcError
 from pybootc.oci.auth import RegistryAuth
 from pybootc.oci.imgref import OstreeImageReference, SignatureKind
 from pybootc.oci.metadata import ImageMetadata, fetch_image_metadata
@@ -20,7 +20,7 @@ from pybootc.ostree.gi import GLib, OSTree
 from pybootc.ostree.origin import OriginImage, commit_image
 from pybootc.ostree.sysroot import DeploymentInfo, Sysroot
 from pybootc.progress import Progress
-from pybootc.stores.commit import finish_import, import_workdir
+from pybootc.stores.commit import import_layers, import_workdir
 from pybootc.stores.protocol import DeployedImages, ImageStore, LayerState, Pruned, layer_summary
 from pybootc.stores.registry import all_stores
 
@@ -107,17 +107,8 @@ def import_image(
     with import_workdir(sysroot.path, imgref) as work:
         with progress.step("pulling"), progress.fetching():
             fetched = store.fetch(prepared.target, prepared.metadata, work, auth, progress)
-        root = work / "root"
-        with error_context(f"Importing {imgref}"), progress.step("flattening") as counted:
-            devino = fetched.flatten(root, counted)
-        commit = finish_import(
-            sysroot.repo,
-            root,
-            imgref,
-            fetched.metadata,
-            disable_selinux=disable_selinux,
-            progress=progress,
-            devino=devino,
+        commit = import_layers(
+            fetched, work, imgref, disable_selinux=disable_selinux, progress=progress
         )
     return commit, fetched.metadata
 

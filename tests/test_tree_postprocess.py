@@ -1,0 +1,204 @@
+"""Post-processing in memory (ostree/tree_postprocess.py) against post-processing a
+checkout (layers/postprocess.py), on the same layer commits: the same tree, the same
+warnings, or the same error; and the images only a checkout does exactly are sent there.
+
+Both ways run on both settings of ostree's /var seeding (`keep_var`), so the tmpfiles.d
+lines that seed /var on older ostree are compared too.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pybootc.errors import BootcError
+from pybootc.layers.postprocess import postprocess_tree
+from pybootc.oci.imgref import ImageReference, OstreeImageReference, SignatureSource
+from pybootc.oci.metadata import fetch_image_metadata
+from pybootc.ostree.gi import Gio, OSTree
+from pybootc.ostree.repo import CommitInfo, commit_directory, root_tree_checksum
+from pybootc.ostree.tree_postprocess import NeedsCheckout
+from pybootc.sample.image import KERNEL_VERSION, sample_image
+from pybootc.sample.ocibuild import Entry, Kind, Layer, OciLayout, directory, file, layer, symlink
+from pybootc.stores.layered import LayeredImage
+from pybootc.stores.ostree import import_layers
+
+_INFO = CommitInfo("test", {}, 0)
+_MODULES = f"usr/lib/modules/{KERNEL_VERSION}"
+
+
+def _fifo(name: str) -> Entry:
+    return Entry(name, Kind.FIFO, mode=0o644)
+
+
+def _char(name: str) -> Entry:
+    return Entry(name, Kind.CHAR, devmajor=4, devminor=64, mode=0o620, gid=5)
+
+
+# Layers on top of the sample image.
+CASES: dict[str, tuple[Layer, ...]] = {
+    "the sample image": (),
+    "a /var to seed, some of it declared by the image": (
+        layer(
+            directory("var/lib/app", mode=0o750, uid=101, gid=102),
+            file("var/lib/app/db", "x", mode=0o600, uid=101),
+            symlink("var/lib/app/current", "db"),
+            directory("var/cache/deep/er", mode=0o700),
+            directory("var/log"),
+            file("usr/lib/tmpfiles.d/app.conf", "d /var/log 0755 root root -\n# d /var/x\n"),
+            file("etc/tmpfiles.d/local.conf", "L /var/lib/app/current - - - - db\n"),
+            file("etc/tmpfiles.d/.hidden.conf", "d /var/cache/deep 0700 - - -\n"),
+            file("etc/tmpfiles.d/notes.txt", "d /var/lib/app 0750 - - -\n"),
+            directory("usr/lib/tmpfiles.d/dir.conf"),
+        ),
+    ),
+    "an image's own pybootc-var.conf is replaced": (
+        layer(file("usr/lib/tmpfiles.d/pybootc-var.conf", "d /var/lib/sample 0700 - - -\n")),
+    ),
+    "special files, in API directories and elsewhere": (
+        layer(
+            _fifo("run/initctl"),
+            _char("dev/tty0"),
+            _char("usr/share/dev-node"),
+            _fifo("etc/fifo"),
+            _fifo("var/spool/fifo"),
+            directory("usr/share/ok"),
+        ),
+    ),
+    "a special file a higher layer replaced": (
+        layer(_char("usr/share/node")),
+        layer(file("usr/share/node", "a file now")),
+    ),
+    "API directories with content": (
+        layer(
+            file("proc/x", "x"),
+            directory("sys/y"),
+            file("sys/y/z", "z"),
+            file("run/lock/stale", "s"),
+        ),
+    ),
+    "a /sysroot with content, and the right /ostree link": (
+        layer(directory("sysroot/ostree/repo"), symlink("ostree", "sysroot/ostree/")),
+    ),
+    "an /ostree link elsewhere": (layer(symlink("ostree", "sysroot/elsewhere")),),
+    "an /ostree directory": (layer(directory("ostree")),),
+    "an /ostree file": (layer(file("ostree", "x")),),
+    "a /sysroot file": (layer(file("sysroot", "x")),),
+    "both /etc and /usr/etc": (layer(directory("usr/etc")),),
+    "/etc a symlink": (layer(Entry("etc", Kind.SYMLINK, linkname="usr/etc")),),
+    "/usr/share a file where /var must go": (layer(file("usr/share", "x")),),
+    "two kernels": (layer(file("usr/lib/modules/7.0.0/vmlinuz", "k")),),
+    "a kernel that is a symlink": (
+        layer(Entry(f"{_MODULES}/vmlinuz", Kind.SYMLINK, linkname="/boot/vmlinuz")),
+    ),
+    "a kernel that is a special file": (layer(_char(f"{_MODULES}/vmlinuz")),),
+    "no os-release ID": (layer(file("usr/lib/os-release", "NAME=x\n")),),
+    "os-release only in /etc": (
+        layer(
+            file("usr/lib/os-release", "NAME=x\n"),
+            Entry("etc/os-release", Kind.FILE, data=b"ID=etc\n", mode=0o644),
+        ),
+    ),
+    "injected files, empty and not": (
+        layer(file("etc/hostname", ""), file("etc/resolv.conf", "nameserver 1.1.1.1\n")),
+    ),
+    "an injected file that is a symlink": (layer(symlink("etc/hostname", "/run/hostname")),),
+}
+# What only a checkout post-processes exactly.
+NEEDS_CHECKOUT: dict[str, tuple[Layer, ...]] = {
+    "an SELinux policy": (layer(file("etc/selinux/config", "SELINUX=enforcing\n")),),
+    "a tmpfiles.d file that is a symlink": (
+        layer(symlink("usr/lib/tmpfiles.d/masked.conf", "/dev/null")),
+    ),
+    "/usr/lib a symlink": (
+        layer(Entry("usr/lib", Kind.SYMLINK, linkname="/usr/lib64"), directory("usr/lib64")),
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def layout(tmp_path_factory: pytest.TempPathFactory) -> OciLayout:
+    found = OciLayout(tmp_path_factory.mktemp("tree-postprocess") / "oci")
+    for index, extra in enumerate([*CASES.values(), *NEEDS_CHECKOUT.values()]):
+        found.add_image(f"case{index}", sample_image("1.0", extra=extra))
+    return found
+
+
+@pytest.fixture
+def repo(target: Path) -> Iterator[tuple[OSTree.Repo, Path]]:
+    created = OSTree.Repo.new(Gio.File.new_for_path(str(target / "repo")))
+    created.create(OSTree.RepoMode.BARE, None)
+    (target / "repo/tmp/work").mkdir()
+    try:
+        yield created, target / "repo/tmp/work"
+    finally:
+        shutil.rmtree(target / "repo")
+
+
+def _layered(repo: OSTree.Repo, work: Path, layout: OciLayout, tag: str) -> LayeredImage:
+    imgref = OstreeImageReference(SignatureSource.insecure(), ImageReference.parse(layout.ref(tag)))
+    metadata = fetch_image_metadata(imgref.imgref)
+    return import_layers(repo, imgref, metadata, work)
+
+
+def _in_memory(image: LayeredImage, keep_var: bool) -> tuple[str, frozenset[str]] | str:
+    """The tree and the warnings, or the error."""
+    try:
+        commit, result = image.commit_in_memory(_INFO, keep_var=keep_var, label=True)
+    except BootcError as err:
+        return err.message
+    return root_tree_checksum(image.repo, commit), frozenset(result.warnings)
+
+
+def _on_a_checkout(
+    image: LayeredImage, work: Path, keep_var: bool
+) -> tuple[str, frozenset[str]] | str:
+    scratch = Path(tempfile.mkdtemp(dir=work))
+    try:
+        devino = image.flatten(scratch / "root")
+        result = postprocess_tree(scratch / "root", keep_var=keep_var)
+        commit = commit_directory(
+            image.repo, scratch / "root", info=_INFO, selinux_policy=None, devino=devino
+        )
+    except BootcError as err:
+        return err.message
+    finally:
+        shutil.rmtree(scratch)
+    return root_tree_checksum(image.repo, commit), frozenset(result.warnings)
+
+
+@pytest.mark.parametrize("keep_var", [False, True], ids=["var-seeded", "var-kept"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_in_memory_and_on_a_checkout_make_the_same_tree(
+    repo: tuple[OSTree.Repo, Path], layout: OciLayout, case: str, keep_var: bool
+) -> None:
+    ostree_repo, work = repo
+    image = _layered(ostree_repo, work, layout, f"case{list(CASES).index(case)}")
+    assert _in_memory(image, keep_var) == _on_a_checkout(image, work, keep_var)
+
+
+def test_the_cases_cover_both_outcomes(repo: tuple[OSTree.Repo, Path], layout: OciLayout) -> None:
+    """Some cases deploy with warnings, some are refused: neither way is compared on
+    one outcome only."""
+    ostree_repo, work = repo
+    outcomes = [
+        _in_memory(_layered(ostree_repo, work, layout, f"case{index}"), False)
+        for index in range(len(CASES))
+    ]
+    assert any(isinstance(o, str) for o in outcomes)
+    assert any(not isinstance(o, str) and o[1] for o in outcomes)
+
+
+@pytest.mark.parametrize("case", list(NEEDS_CHECKOUT))
+def test_what_only_a_checkout_does_exactly_is_sent_there(
+    repo: tuple[OSTree.Repo, Path], layout: OciLayout, case: str
+) -> None:
+    ostree_repo, work = repo
+    index = len(CASES) + list(NEEDS_CHECKOUT).index(case)
+    image = _layered(ostree_repo, work, layout, f"case{index}")
+    with pytest.raises(NeedsCheckout):
+        image.commit_in_memory(_INFO, keep_var=False, label=True)
