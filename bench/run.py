@@ -246,6 +246,7 @@ def measure_again(parts: Sequence[str], sizes: Sequence[str], runs: int, console
                 p.push(env, workload, repo)
                 results["sizes"][each] = debian_size(env, workload, repo, runs, console.print)
         again["debian"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+        results["rss_method"] = "VmHWM"  # bootc_with_rss.py's, for every Debian figure now
     if "large" in parts:
         discard(DISK)
         console.print("[bold]Large layers[/]")

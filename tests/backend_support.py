@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -15,7 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pybootc.ostree.repo import list_refs
 from pybootc.ostree.sysroot import Sysroot
@@ -23,6 +24,10 @@ from pybootc.sample.ocibuild import ImageSpec, OciLayout, push
 from pybootc.stores.bootc_storage import bootc_storage
 from tests.support import Registry
 from tests.sysroot_support import scratch_tmpfs
+
+if TYPE_CHECKING:
+    # Not at run time: the sigstore tests import this module in a chroot without pytest.
+    import pytest
 
 _repos = itertools.count()
 
@@ -72,6 +77,30 @@ def install(
 def switch_oci(target: Path, layout: OciLayout, tag: str) -> subprocess.CompletedProcess[str]:
     """`bootc switch` of the sysroot at `target` to `tag` of an OCI layout."""
     return bootc("switch", "--transport", "oci", f"{layout.path}:{tag}", sysroot=target)
+
+
+def layout_layer_digests(layout: OciLayout, tag: str) -> list[str]:
+    """The layer digests of the layout's image `tag`, lowest first."""
+    index = json.loads((layout.path / "index.json").read_text())
+    (entry,) = [
+        m
+        for m in index["manifests"]
+        if m["annotations"]["org.opencontainers.image.ref.name"] == tag
+    ]
+    manifest = json.loads(layout.blob_path(entry["digest"]).read_text())
+    return [str(d["digest"]) for d in manifest["layers"]]
+
+
+def skopeo_in_front(bin_dir: Path, monkeypatch: pytest.MonkeyPatch, script: str) -> None:
+    """Put a skopeo on PATH, in `bin_dir`, that runs the shell `script`, where
+    {real} stands for the real skopeo."""
+    real = shutil.which("skopeo")
+    assert real is not None
+    bin_dir.mkdir()
+    wrapper = bin_dir / "skopeo"
+    wrapper.write_text("#!/bin/sh\n" + script.replace("{real}", real))
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
 
 
 def ok(proc: subprocess.CompletedProcess[str]) -> str:

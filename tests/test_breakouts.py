@@ -5,7 +5,6 @@ A `victim/` directory sits beside the output; it must stay exactly as it was.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -27,7 +26,7 @@ from pybootc.sample.ocibuild import (
     symlink,
     whiteout,
 )
-from tests.backend_support import bootc, install, one_error_line
+from tests.backend_support import bootc, install, layout_layer_digests, one_error_line
 
 SECRET = "victim secret"
 
@@ -120,17 +119,6 @@ def test_both_sources_refuse_or_contain_each_case_alike(tmp_path: Path, name: st
     assert _outcome(tmp_path, name, Source.BLOBS) == _outcome(
         tmp_path, name, Source.CONTAINERS_STORAGE
     )
-
-
-def layout_layer_digests(layout: OciLayout, tag: str) -> list[str]:
-    index = json.loads((layout.path / "index.json").read_text())
-    (entry,) = [
-        m
-        for m in index["manifests"]
-        if m["annotations"]["org.opencontainers.image.ref.name"] == tag
-    ]
-    manifest = json.loads(layout.blob_path(entry["digest"]).read_text())
-    return [str(d["digest"]) for d in manifest["layers"]]
 
 
 @pytest.mark.parametrize("backend", ["ostree", "container"])

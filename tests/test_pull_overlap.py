@@ -9,9 +9,6 @@ the test fails.
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -19,20 +16,15 @@ import pytest
 from pybootc.ostree.sysroot import Sysroot
 from pybootc.sample.image import sample_image
 from pybootc.sample.ocibuild import OciLayout, file, layer
-from tests.backend_support import install, ok, one_error_line
+from tests.backend_support import (
+    install,
+    layout_layer_digests,
+    ok,
+    one_error_line,
+    skopeo_in_front,
+)
 
 _WAIT_S = 60
-
-
-def _layer_digests(layout: OciLayout, tag: str) -> list[str]:
-    index = json.loads((layout.path / "index.json").read_text())
-    (entry,) = [
-        m
-        for m in index["manifests"]
-        if m["annotations"]["org.opencontainers.image.ref.name"] == tag
-    ]
-    manifest = json.loads(layout.blob_path(entry["digest"]).read_text())
-    return [str(d["digest"]) for d in manifest["layers"]]
 
 
 def _holding_skopeo(
@@ -41,10 +33,6 @@ def _holding_skopeo(
     """Put a skopeo on PATH whose copies into containers-storage, once the real copy is
     done, wait for `commits` layer commits in the target's repo and then touch the file
     returned; with `fail`, that copy then fails as skopeo would."""
-    real = shutil.which("skopeo")
-    assert real is not None
-    wrappers = tmp_path / "bin"
-    wrappers.mkdir()
     seen = tmp_path / "commits-seen-while-pulling"
     refs = target / "ostree/repo/refs/heads/ostree/container/blob"
     ending = (
@@ -52,17 +40,16 @@ def _holding_skopeo(
         if fail
         else "exit $status"
     )
-    script = wrappers / "skopeo"
-    script.write_text(
-        f'#!/bin/sh\n{real} "$@"; status=$?\n'
+    skopeo_in_front(
+        tmp_path / "bin",
+        monkeypatch,
+        '{real} "$@"; status=$?\n'
         'case "$*" in *" copy "*" containers-storage:"*) ;; *) exit $status;; esac\n'
         f"i=0; while [ $i -lt {_WAIT_S * 10} ]; do\n"
         f'  if [ "$(ls {refs} 2>/dev/null | wc -l)" -ge {commits} ]; then touch {seen}; break; fi\n'
         "  sleep 0.1; i=$((i + 1))\ndone\n"
-        f"{ending}\n"
+        f"{ending}\n",
     )
-    script.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{wrappers}:{os.environ['PATH']}")
     return seen
 
 
@@ -72,7 +59,7 @@ def test_layers_are_read_while_the_pull_still_runs(
     layout = OciLayout(tmp_path / "oci")
     layout.add_image("v1", sample_image("1.0", extra=(layer(file("etc/motd", "hello")),)))
     ok(install(other_target, layout.ref("v1"), backend="ostree"))
-    layers = len(_layer_digests(layout, "v1"))
+    layers = len(layout_layer_digests(layout, "v1"))
     seen = _holding_skopeo(tmp_path, monkeypatch, target, layers, fail=False)
     ok(install(target, layout.ref("v1"), backend="container"))
     assert seen.exists(), "no layer commit was made while the pull ran"
@@ -88,7 +75,7 @@ def test_a_layer_refused_while_the_pull_runs_is_refused_in_the_same_words(
 ) -> None:
     layout = OciLayout(tmp_path / "oci")
     layout.add_image("evil", sample_image("1.0", extra=(layer(file("../escape/x", "evil")),)))
-    digests = _layer_digests(layout, "evil")
+    digests = layout_layer_digests(layout, "evil")
     # Every layer below the hostile top one is read while the pull is held open.
     seen = _holding_skopeo(tmp_path, monkeypatch, target, len(digests) - 1, fail=False)
     line = one_error_line(install(target, layout.ref("evil"), backend="container"))
@@ -107,7 +94,7 @@ def test_a_pull_that_fails_is_what_is_said_even_after_a_layer_was_refused(
     """As without the early reads: the pull's failure comes first."""
     layout = OciLayout(tmp_path / "oci")
     layout.add_image("evil", sample_image("1.0", extra=(layer(file("../escape/x", "evil")),)))
-    commits = len(_layer_digests(layout, "evil")) - 1
+    commits = len(layout_layer_digests(layout, "evil")) - 1
     seen = _holding_skopeo(tmp_path, monkeypatch, target, commits, fail=True)
     line = one_error_line(install(target, layout.ref("evil"), backend="container"))
     assert seen.exists()

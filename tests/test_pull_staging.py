@@ -5,8 +5,6 @@ the sysroot's import work directory, so that a killed pull leaves nothing in the
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -15,22 +13,15 @@ import pytest
 
 from pybootc.sample.image import sample_image
 from pybootc.sample.ocibuild import OciLayout
-from tests.backend_support import bootc, install, ok, publish
+from tests.backend_support import bootc, install, ok, publish, skopeo_in_front
 from tests.support import Registry
 
 
 @pytest.fixture
 def skopeo_calls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[[], list[str]]:
     """An argv-recording skopeo in front of the real one; its pulls into a storage."""
-    real = shutil.which("skopeo")
-    assert real is not None
-    wrappers = tmp_path / "bin"
-    wrappers.mkdir()
     argv_log = tmp_path / "skopeo-argv"
-    script = wrappers / "skopeo"
-    script.write_text(f'#!/bin/sh\necho "$*" >> {argv_log}\nexec {real} "$@"\n')
-    script.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{wrappers}:{os.environ['PATH']}")
+    skopeo_in_front(tmp_path / "bin", monkeypatch, f'echo "$*" >> {argv_log}\nexec {{real}} "$@"\n')
 
     def pulls() -> list[str]:
         calls = argv_log.read_text().splitlines()
@@ -89,23 +80,18 @@ def test_an_image_that_lost_a_layer_record_is_pulled_again(
     image is removed and pulled again, whole."""
     layout = OciLayout(tmp_path / "oci")
     layout.add_image("v1", sample_image("1.0"))
-    real = shutil.which("skopeo")
-    assert real is not None
-    wrappers = tmp_path / "bin"
-    wrappers.mkdir()
     (tmp_path / "lose.py").write_text(LOSE_TOP_LAYER_RECORD)
     storage = target / "ostree/bootc/storage"
     done = tmp_path / "lost-once"
     # The first pull into the storage loses its image's top layer record afterwards.
-    script = wrappers / "skopeo"
-    script.write_text(
-        f'#!/bin/sh\n{real} "$@" || exit $?\n'
-        f'case "$*" in *" containers-storage:localhost/oci:v1")\n'
+    skopeo_in_front(
+        tmp_path / "bin",
+        monkeypatch,
+        '{real} "$@" || exit $?\n'
+        'case "$*" in *" containers-storage:localhost/oci:v1")\n'
         f"  [ -e {done} ] || {{ touch {done}; {sys.executable} {tmp_path / 'lose.py'} "
-        f"{storage} localhost/oci:v1; }};;\nesac\n"
+        f"{storage} localhost/oci:v1; }};;\nesac\n",
     )
-    script.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{wrappers}:{os.environ['PATH']}")
     ok(
         bootc(
             "install", "to-filesystem", "--backend", "container",

@@ -11,7 +11,7 @@ only the checkout handles exactly raises NeedsCheckout, and is post-processed th
 - an SELinux policy to label with (the commit of a checkout labels every file);
 - a symlink on a path the rules read (lookups in a checkout follow it);
 - layer commits that do not list their special files (made by older pybootc).
-tests/test_tree_postprocess.py checks that both ways make the same commit.
+tests/test_tree_postprocess.py checks that both ways make the same tree.
 """
 
 from __future__ import annotations
