@@ -47,7 +47,7 @@ _WHITEOUT_META = FileMeta(0, 0, stat.S_IFREG | 0o600)
 ROOT_META = FileMeta(0, 0, stat.S_IFDIR | 0o755)
 
 
-def _from_be32(value: int) -> int:
+def from_be32(value: int) -> int:
     """A dirmeta's uid, gid and mode are stored big-endian; GVariant hands them over
     as they are stored."""
     return socket.ntohl(value)
@@ -205,7 +205,7 @@ class LayerLoader:
         if overlay:
             kept = {n: v for n, v in names.items() if not is_overlay_xattr(n)}
             # uid, gid and mode are stored big-endian.
-            meta = FileMeta.of(_from_be32(uid), _from_be32(gid), _from_be32(mode), kept)
+            meta = FileMeta.of(from_be32(uid), from_be32(gid), from_be32(mode), kept)
             shown = self._writer.dirmeta(meta)
         found = self._dirmetas[checksum] = (opaque, shown)
         return found

@@ -17,7 +17,6 @@ tests/test_tree_postprocess.py checks that both ways make the same tree.
 from __future__ import annotations
 
 import fnmatch
-import socket
 import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ from pybootc.layers.paths import Parts
 from pybootc.layers.special import SPECIAL_XATTR
 from pybootc.layers.tree import Dir, Entry, FileMeta, Leaf, LeafKind
 from pybootc.ostree.gi import Gio, OSTree
-from pybootc.ostree.layer_commit import MergedImage
+from pybootc.ostree.layer_commit import MergedImage, from_be32
 from pybootc.ostree.objects import ObjectWriter
 from pybootc.ostree.repo import libostree_errors, read_stream
 
@@ -152,8 +151,7 @@ class _Image:
         with libostree_errors(f"Reading directory metadata {directory.meta}"):
             _, variant = self.repo.load_variant(OSTree.ObjectType.DIR_META, directory.meta)
         uid, gid, mode, _ = variant.unpack()
-        # A dirmeta's uid, gid and mode are stored big-endian.
-        return _Owner(socket.ntohl(mode), socket.ntohl(uid), socket.ntohl(gid))
+        return _Owner(from_be32(mode), from_be32(uid), from_be32(gid))
 
 
 class _Rules:
