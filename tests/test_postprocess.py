@@ -215,6 +215,29 @@ def test_paths_the_image_declares_in_tmpfiles_d_get_no_second_line(tmp_path: Pat
     ]
 
 
+def test_a_tmpfiles_d_symlink_is_read_inside_the_image_not_on_the_host(tmp_path: Path) -> None:
+    """Linked tmpfiles.d files name paths of the image, as systemd-tmpfiles reads them on
+    the booted host: an absolute link must not read the file of that name on the host
+    that post-processes the image."""
+    host = tmp_path / "host-only.conf"
+    host.write_text("d /var/lib/from-host 0755 - - -\n")
+    root = bootable(tmp_path / "root")
+    (root / "usr/lib/tmpfiles.d").mkdir(parents=True)
+    (root / "usr/share/pkg").mkdir(parents=True)
+    (root / "usr/share/pkg/in-image.conf").write_text("d /var/lib/in-image 0755 - - -\n")
+    os.symlink("/usr/share/pkg/in-image.conf", root / "usr/lib/tmpfiles.d/in-image.conf")
+    os.symlink("../../../usr/share/pkg/in-image.conf", root / "usr/lib/tmpfiles.d/relative.conf")
+    # The same path exists on the host; in the image it does not.
+    os.symlink(host, root / "usr/lib/tmpfiles.d/host.conf")
+    os.symlink("/../../.." + str(host), root / "usr/lib/tmpfiles.d/climbing.conf")
+    os.symlink("loop.conf", root / "usr/lib/tmpfiles.d/loop.conf")
+    for name in ("in-image", "from-host"):
+        (root / "var/lib" / name).mkdir(parents=True)
+    postprocess_tree(root, keep_var=False)
+    lines = (root / VAR_TMPFILES).read_text().splitlines()[1:]
+    assert lines == ["d /var/lib 0755 0 0 - -", "d /var/lib/from-host 0755 0 0 - -"]
+
+
 def test_sysroot_and_the_ostree_link_are_added_as_bootc_base_images_have_them(
     tmp_path: Path,
 ) -> None:

@@ -22,6 +22,8 @@ from tests.backend_support import (
     ok,
     one_error_line,
     skopeo_in_front,
+    state,
+    switch_oci,
 )
 
 _WAIT_S = 60
@@ -100,3 +102,30 @@ def test_a_pull_that_fails_is_what_is_said_even_after_a_layer_was_refused(
     assert seen.exists()
     assert line.endswith("writing blob: connection reset by peer"), line
     assert list(target.iterdir()) == []
+
+
+def test_an_update_checks_the_names_of_its_new_layers_only(tmp_path: Path, target: Path) -> None:
+    """A layer committed before passed the name rules when its commit was made, from
+    the same bytes: an update reads the tar-split data of the layers it brings, not
+    that of every layer below them again. (Garbled, v1's would fail the update.)"""
+    layout = OciLayout(tmp_path / "oci")
+    layout.add_image("v1", sample_image("1.0"))
+    ok(install(target, layout.ref("v1"), backend="container"))
+    split_data = list((target / "ostree/bootc/storage/overlay-layers").glob("*.tar-split.gz"))
+    assert len(split_data) == len(layout_layer_digests(layout, "v1"))
+    for path in split_data:
+        path.write_bytes(b"not gzip")
+    layout.add_image("v2", sample_image("1.0", extra=(layer(file("etc/motd", "v2")),)))
+    ok(switch_oci(target, layout, "v2"))
+    assert (
+        Sysroot.open(target).deployments()[0].deployment_path / "usr/etc/motd"
+    ).read_text() == "v2"
+    # A new layer's names are read all the same: one that climbs out is refused.
+    layout.add_image("evil", sample_image("1.0", extra=(layer(file("../escape/x", "evil")),)))
+    before = state(target)
+    line = one_error_line(switch_oci(target, layout, "evil"))
+    digest = layout_layer_digests(layout, "evil")[-1]
+    assert line.endswith(
+        f'Layer {digest}: Invalid path "../escape/x": ".." is not allowed in a layer'
+    ), line
+    assert state(target) == before

@@ -36,10 +36,55 @@ def declared_paths(root: Path, *, ignore: Iterable[str] = ()) -> frozenset[str]:
         if not confs.is_dir() or confs.is_symlink():
             continue
         for conf in sorted(confs.glob("*.conf")):
-            if conf.name in skipped or not conf.is_file():
-                continue
-            paths |= declared_in(conf.read_text(errors="replace"))
+            text = None if conf.name in skipped else read_in_root(root, f"{directory}/{conf.name}")
+            if text is not None:
+                paths |= declared_in(text)
     return frozenset(paths)
+
+
+# The kernel's limit too: more symlinks than this on one path fail with ELOOP.
+_MAX_SYMLINKS = 40
+
+
+def read_in_root(root: Path, rel: str) -> str | None:
+    """The text of the regular file that `rel` names in the tree at `root`, None if it
+    names none. Its symlinks resolve as on the booted image, with `root` as /: so a
+    link such as `x.conf -> /usr/share/x.conf` reads the image's file, never the file
+    at that path on the host this runs on."""
+    pending = [part for part in rel.split("/") if part not in ("", ".")]
+    resolved: list[str] = []
+    links = 0
+    while pending:
+        part = pending.pop(0)
+        if part == "..":
+            if resolved:
+                resolved.pop()
+            continue
+        path = root.joinpath(*resolved, part)
+        try:
+            st = path.lstat()
+        except OSError:
+            return None
+        if not stat.S_ISLNK(st.st_mode):
+            resolved.append(part)
+            continue
+        links += 1
+        if links > _MAX_SYMLINKS:
+            return None
+        target = os.readlink(path)
+        if target.startswith("/"):
+            resolved = []
+        pending[:0] = [part for part in target.split("/") if part not in ("", ".")]
+    path = root.joinpath(*resolved)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        return None
+    with open(fd, "rb") as file:
+        return file.read().decode(errors="replace")
 
 
 def declared_in(text: str) -> set[str]:

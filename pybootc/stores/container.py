@@ -172,14 +172,14 @@ class ContainerStore:
         )
         try:
             with _watched_pull(self._storage, metadata, staging, progress):
-                name, early = self._pull_importing(pull, metadata)
+                name, checked = self._pull_importing(pull, metadata)
         except BootcError as err:
             _explain_refused_layer(err, target, metadata, work, auth)
             raise
         # Every member name is checked here, as the ostree backend checks them while it
         # fetches: a layer is refused by both at the same point, in the same words.
         try:
-            layers = self._storage.image_layers(name, checked=early)
+            layers = self._storage.image_layers(name, checked=checked)
         except IncompleteImage:
             # Pulled again from scratch, it comes back whole.
             self._storage.remove(name)
@@ -212,19 +212,18 @@ class ContainerStore:
         """Run `pull`, and meanwhile read each layer it has finished unpacking into its
         commit: containers-storage unpacks the layers one after another, so the import
         of one overlaps the unpacking of the next. The name `pull` stored the image
-        under, and the IDs of the storage's layers read (their member names checked).
+        under, and the layers whose member names have passed: the IDs of the storage's
+        layers read here, and the blob digests of those committed before (their names
+        passed when their commits were made, from the same bytes).
 
         A layer is read only once the storage lists it whole, by the digest of the blob
         it came from (an encrypted layer's is not the manifest's: those wait for the
         pull). If the pull fails, that is the error raised, as it would have been
         without the early imports."""
         repo = self._repo()
-        waiting = [
-            layer.digest
-            for layer in metadata.manifest.layers
-            if resolve_ref(repo, blob_ref(layer.digest)) is None
-        ]
-        imported: set[str] = set()
+        digests = [layer.digest for layer in metadata.manifest.layers]
+        waiting = [d for d in digests if resolve_ref(repo, blob_ref(d)) is None]
+        passed = set(digests) - set(waiting)
         with ThreadPoolExecutor(1, thread_name_prefix="pull") as pool:
             pulling = pool.submit(pull)
             try:
@@ -233,13 +232,13 @@ class ContainerStore:
                     for digest in [d for d in waiting if d in complete]:
                         layer = self._storage.complete_layer(complete[digest])
                         layer_commit(repo, digest, functools.partial(read_diff_dir, layer.diff_dir))
-                        imported.add(layer.layer_id)
+                        passed.add(layer.layer_id)
                         waiting.remove(digest)
                     futures.wait([pulling], timeout=_WATCH_INTERVAL)
             except BaseException:
                 if pulling.exception() is None:
                     raise
-            return pulling.result(), frozenset(imported)
+            return pulling.result(), frozenset(passed)
 
     def deployed_source(self, target: OriginImage, commit: str, work: Path) -> tuple[str, str]:
         name = bootc_storage.stored_name(target.imgref.imgref)

@@ -237,15 +237,16 @@ class ContainersStorage:
         self, name: str, *, checked: frozenset[str] = frozenset()
     ) -> list[StoredLayer]:
         """The image's layers, lowest first, once every member name of them has passed
-        the rules the blob path applies (`checked`: the IDs of layers that have passed
-        already, by `complete_layer`).
+        the rules the blob path applies. `checked` names the layers that have passed
+        already: by layer ID (read by `complete_layer`), or by the digest of the blob
+        they came from.
 
         containers-storage cleans a name such as `../x` into `x` as it unpacks, so the
         diff directory cannot show that the layer tried to escape; the tar-split data
         it keeps of each layer has the names as the layer's tar stream gave them.
         """
         return [
-            self._stored_layer(layer, check=str(layer["id"]) not in checked)
+            self._stored_layer(layer, check=not {str(layer["id"]), _blob_digest(layer)} & checked)
             for layer in self._layers(name)
         ]
 
