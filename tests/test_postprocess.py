@@ -51,6 +51,27 @@ def test_etc_moves_to_usr_etc_and_var_to_the_factory(tmp_path: Path) -> None:
     assert "L /var/lib/app/link - - - - ../state" in lines
 
 
+def test_what_post_processing_makes_does_not_depend_on_the_umask(tmp_path: Path) -> None:
+    """The commit must be the same wherever it is made: on a host whose root runs
+    under umask 077 (hardened hosts do) the directories and the tmpfiles.d file that
+    post-processing adds are 0755 and 0644 all the same."""
+    listings = []
+    for umask in (0o022, 0o077):
+        root = bootable(tmp_path / f"root-{umask:o}")
+        (root / "var/lib/app").mkdir(parents=True)
+        previous = os.umask(umask)
+        try:
+            postprocess_tree(root, keep_var=False)
+        finally:
+            os.umask(previous)
+        listings.append(list_tree(root))
+    assert listings[0] == listings[1]
+    modes = {entry.path: entry.mode for entry in listings[0]}
+    assert modes["sysroot"] & 0o7777 == 0o755
+    assert modes["var"] & 0o7777 == 0o755
+    assert modes[VAR_TMPFILES] & 0o7777 == 0o644
+
+
 def test_var_is_kept_where_ostree_seeds_it(tmp_path: Path) -> None:
     root = bootable(tmp_path / "root")
     (root / "var/lib").mkdir(parents=True)

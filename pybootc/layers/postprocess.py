@@ -143,16 +143,17 @@ def _empty_directory(dirs: DirectoryHandles, name: str) -> None:
             os.unlink(entry.name, dir_fd=fd)
 
 
-def _add_sysroot(root_fd: int) -> None:
+def _add_sysroot(dirs: DirectoryHandles) -> None:
     """Give the tree /sysroot and /ostree -> sysroot/ostree, as bootc base images have.
 
     Without /sysroot ostree-prepare-root has nowhere to mount the physical root, and
     without /ostree nothing on the booted host finds the sysroot at `/`.
     """
+    root_fd = dirs.root_fd
     try:
         st = os.lstat(SYSROOT_DIR, dir_fd=root_fd)
     except FileNotFoundError:
-        os.mkdir(SYSROOT_DIR, 0o755, dir_fd=root_fd)
+        dirs.get((SYSROOT_DIR,), create=True)
     else:
         if not stat.S_ISDIR(st.st_mode):
             raise BootcError(SYSROOT_NOT_A_DIRECTORY)
@@ -244,6 +245,7 @@ def _write_var_tmpfiles(root: Path) -> None:
         fd = os.open(
             conf.name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644, dir_fd=parent
         )
+        os.fchmod(fd, 0o644)  # whatever the umask: the commit must not depend on it
         with os.fdopen(fd, "w") as f:
             f.write(text)
     finally:
@@ -274,13 +276,13 @@ def postprocess_tree(root: Path, *, keep_var: bool) -> PostprocessResult:
     try:
         for name in API_DIRECTORIES:
             _empty_directory(dirs, name)
-        _add_sysroot(root_fd)
+        _add_sysroot(dirs)
         warnings = [special_file_warning(path) for path in _remove_special_files(root_fd, "")]
         _move(dirs, *ETC_MOVE)
         moved_var = not keep_var and _move(dirs, *VAR_MOVE)
         if moved_var:
             # The deployment's /var is mounted here from the stateroot.
-            os.mkdir("var", 0o755, dir_fd=root_fd)
+            dirs.get(("var",), create=True)
         _remove_empty_injected(dirs)
         # Every deployment root looks the same, whatever the image's "." said.
         os.fchown(root_fd, 0, 0)

@@ -33,7 +33,7 @@ from pybootc.ostree.layer_commit import MergedImage, from_be32
 from pybootc.ostree.objects import ObjectWriter
 from pybootc.ostree.repo import libostree_errors, read_stream
 
-# What the checkout's post-processing makes, as root under the usual umask.
+# What post-processing makes, on a checkout too (whatever the umask).
 _NEW_DIR = FileMeta(0, 0, stat.S_IFDIR | 0o755)
 _NEW_SYMLINK = FileMeta(0, 0, stat.S_IFLNK | 0o777)
 _NEW_FILE = FileMeta(0, 0, stat.S_IFREG | 0o644)
