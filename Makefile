@@ -46,7 +46,7 @@ bench: packages $(STAMP) $(BENCH_STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check pybootc tests bench
 	$(VENV)/bin/ruff format --check pybootc tests bench
-	$(VENV)/bin/mypy pybootc
+	$(VENV)/bin/mypy pybootc tests bench
 
 clean:
 	rm -rf $(VENV) demo/work

@@ -61,7 +61,7 @@ def _called_from(stats: pstats.Stats, where: str, function: str, caller: tuple[s
     table: dict[tuple[str, int, str], tuple[int, int, float, float, dict[Any, Any]]]
     table = stats.stats  # type: ignore[attr-defined]
     return sum(
-        timing[3]
+        float(timing[3])
         for (filename, _, name), entry in table.items()
         if name == function and filename.endswith(where)
         for (caller_file, _, caller_name), timing in entry[4].items()
@@ -101,12 +101,15 @@ def profile_runs(
     """The install and the one-layer update of the Debian workload of `size`, profiled
     once per backend."""
     runs: dict[str, object] = {}
+
+    def install(backend: str) -> Callable[[Path], Sample]:
+        return lambda mount: p.install(env, mount, env.image(repo, "v1"), backend)
+
+    def update(backend: str) -> Callable[[Path], Sample]:
+        return lambda mount: p.update(env, mount, repo, backend, layers)[0]
+
     for backend in BACKENDS:
-        runs[f"{backend} install"] = _profiled(
-            env, lambda m, b=backend: p.install(env, m, env.image(repo, "v1"), b)
-        )
-        runs[f"{backend} update"] = _profiled(
-            env, lambda m, b=backend: p.update(env, m, repo, b, layers)[0]
-        )
+        runs[f"{backend} install"] = _profiled(env, install(backend))
+        runs[f"{backend} update"] = _profiled(env, update(backend))
         say(f"  profiled {backend}: install and update")
     return {"size": size, "runs": runs}

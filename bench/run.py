@@ -112,23 +112,21 @@ def debian_size(
         return run
 
     layers = image_layers(workload)
+
+    def of_backend(b: str) -> dict[str, Measurement]:
+        return {
+            f"{b} install": lambda: p.in_fresh_filesystem(
+                env, lambda m: p.install(env, m, env.image(repo, "v1"), b)
+            ),
+            f"{b} switch": lambda: p.in_fresh_filesystem(env, lambda m: p.switch(env, m, repo, b)),
+            f"{b} update": kept(f"{b} update", lambda m: p.update(env, m, repo, b, layers)),
+            f"{b} check": kept(f"{b} check", lambda m: p.check(env, m, repo, b, layers)),
+            f"{b} status": lambda: p.in_fresh_filesystem(env, lambda m: p.status(env, m, repo, b)),
+        }
+
     measurements: dict[str, Measurement] = {"floor": lambda: p.floor(workload)}
     for backend in BACKENDS:
-        measurements[f"{backend} install"] = lambda b=backend: p.in_fresh_filesystem(
-            env, lambda m: p.install(env, m, env.image(repo, "v1"), b)
-        )
-        measurements[f"{backend} switch"] = lambda b=backend: p.in_fresh_filesystem(
-            env, lambda m: p.switch(env, m, repo, b)
-        )
-        measurements[f"{backend} update"] = kept(
-            f"{backend} update", lambda m, b=backend: p.update(env, m, repo, b, layers)
-        )
-        measurements[f"{backend} check"] = kept(
-            f"{backend} check", lambda m, b=backend: p.check(env, m, repo, b, layers)
-        )
-        measurements[f"{backend} status"] = lambda b=backend: p.in_fresh_filesystem(
-            env, lambda m: p.status(env, m, repo, b)
-        )
+        measurements |= of_backend(backend)
     measurements["deploy alone"] = lambda: p.in_fresh_filesystem(
         env, lambda m: p.deploy_alone(env, m, repo)
     )

@@ -29,12 +29,13 @@ class FsKind(enum.StrEnum):
     TMPFS = "tmpfs"
 
     def mkfs(self, image: Path) -> list[str | Path]:
-        return {
+        commands: dict[FsKind, list[str | Path]] = {
             # One inode per 8 KiB: room for an image's storage and two copies of its tree.
             FsKind.EXT4: ["mkfs.ext4", "-q", "-F", "-i", "8192", image],
             FsKind.XFS: ["mkfs.xfs", "-q", "-f", "-m", "reflink=1", image],
             FsKind.BTRFS: ["mkfs.btrfs", "-q", "-f", image],
-        }[self]
+        }
+        return commands[self]
 
     @property
     def options(self) -> str:

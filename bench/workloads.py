@@ -197,8 +197,11 @@ class _Noise(io.RawIOBase):
 
 def large(kind: str, cache: Path, log: Callable[[str], None]) -> Workload:
     files = LARGE_BYTES // LARGE_FILE_BYTES if kind == "many" else 1
-    layout, _ = _cached(
-        cache, f"large-{kind}", f"large-v1 {files}", lambda out: _large_layer(out, files) or {}, log
-    )
+
+    def build(out: Path) -> dict[str, object]:
+        _large_layer(out, files)
+        return {}
+
+    layout, _ = _cached(cache, f"large-{kind}", f"large-v1 {files}", build, log)
     what = f"{files:,} files of 64 KiB" if files > 1 else "one file"
     return Workload(f"large-{kind}", f"one 4 GiB layer: {what}", layout, LARGE_BYTES)

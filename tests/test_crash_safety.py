@@ -59,7 +59,9 @@ def _phase_of(event: dict[str, object]) -> str | None:
     """The phase a progress event begins, if it begins one."""
     if event.get("type") != "ProgressSteps":
         return None
-    (subtask,) = event["subtasks"]  # type: ignore[misc]
+    subtasks = event["subtasks"]
+    assert isinstance(subtasks, list) and len(subtasks) == 1, event
+    subtask: dict[str, object] = subtasks[0]
     if subtask["completed"]:
         return "cleanup" if subtask["subtask"] == "deploying" else None
     return str(subtask["subtask"])
@@ -173,8 +175,8 @@ def deployments(target: Path) -> list[str]:
     with contextlib.redirect_stdout(shown):
         assert cli.main(["--sysroot", str(target), "status", "--json"]) == 0
     status = json.loads(shown.getvalue())["status"]
-    shown = [status["staged"], status["rollback"], *status.get("otherDeployments", [])]
-    return [entry["ostree"]["checksum"] for entry in shown if entry]
+    entries = [status["staged"], status["rollback"], *status.get("otherDeployments", [])]
+    return [entry["ostree"]["checksum"] for entry in entries if entry]
 
 
 def fsck(target: Path, when: str = "") -> None:

@@ -26,7 +26,7 @@ def run(
     env: dict[str, str] | None = None,
     stdout: int | None = None,
 ) -> subprocess.CompletedProcess[bytes]:
-    argv = [
+    argv: list[str | bytes] = [
         sys.executable,
         "-m",
         "pybootc",
