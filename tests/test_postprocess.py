@@ -246,13 +246,14 @@ def test_a_tmpfiles_d_symlink_is_read_inside_the_image_not_on_the_host(tmp_path:
     (root / "usr/lib/tmpfiles.d").mkdir(parents=True)
     (root / "usr/share/pkg").mkdir(parents=True)
     (root / "usr/share/pkg/in-image.conf").write_text("d /var/lib/in-image 0755 - - -\n")
+    (root / "usr/share/pkg/relative.conf").write_text("d /var/lib/relative 0755 - - -\n")
     os.symlink("/usr/share/pkg/in-image.conf", root / "usr/lib/tmpfiles.d/in-image.conf")
-    os.symlink("../../../usr/share/pkg/in-image.conf", root / "usr/lib/tmpfiles.d/relative.conf")
+    os.symlink("../../share/pkg/relative.conf", root / "usr/lib/tmpfiles.d/relative.conf")
     # The same path exists on the host; in the image it does not.
     os.symlink(host, root / "usr/lib/tmpfiles.d/host.conf")
     os.symlink("/../../.." + str(host), root / "usr/lib/tmpfiles.d/climbing.conf")
     os.symlink("loop.conf", root / "usr/lib/tmpfiles.d/loop.conf")
-    for name in ("in-image", "from-host"):
+    for name in ("in-image", "relative", "from-host"):
         (root / "var/lib" / name).mkdir(parents=True)
     postprocess_tree(root, keep_var=False)
     lines = (root / VAR_TMPFILES).read_text().splitlines()[1:]
