@@ -275,7 +275,9 @@ class _VersionAction(argparse.Action):
         values: object,
         option_string: str | None = None,
     ) -> None:
-        sys.stdout.write(f"bootc {_version()}\n")
+        # argparse's own printer, as its "version" action uses: a closed stdout is
+        # no error there.
+        parser._print_message(f"bootc {_version()}\n", sys.stdout)
         parser.exit()
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from pybootc.errors import BootcError
+from pybootc.layers import tmpfiles
 from pybootc.layers.listing import diff_listings, list_tree
 from pybootc.layers.postprocess import VAR_TMPFILES, postprocess_tree
 from pybootc.ostree.sysroot import Sysroot
@@ -258,6 +259,36 @@ def test_a_tmpfiles_d_symlink_is_read_inside_the_image_not_on_the_host(tmp_path:
     postprocess_tree(root, keep_var=False)
     lines = (root / VAR_TMPFILES).read_text().splitlines()[1:]
     assert lines == ["d /var/lib 0755 0 0 - -", "d /var/lib/from-host 0755 0 0 - -"]
+
+
+def test_a_tmpfiles_d_path_resolves_as_the_kernel_would_with_the_image_as_root(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "root"
+    (root / "a/b").mkdir(parents=True)
+    (root / "a/b/f.conf").write_text("F")
+    (root / "real.conf").write_text("R")
+    host = tmp_path / "host.conf"
+    host.write_text("H")
+    links = {"abs": "/a/b/f.conf", "a/rel": "b/f.conf", "dirlink": "/a/", "hostlink": str(host)}
+    links |= {"null": "/dev/null", "loop": "loop"}
+    for name, target in links.items():
+        os.symlink(target, root / name)
+    cases = {
+        "abs": "F",
+        "a/rel": "F",
+        "dirlink/b/f.conf": "F",
+        "dirlink/../real.conf": "R",  # ".." of where the link led, as the kernel
+        "../../a/b/f.conf": "F",  # ".." stops at the root
+        "a//b///f.conf": "F",
+        "real.conf/../a/b/f.conf": None,  # ENOTDIR: a file is no directory
+        "real.conf/": None,
+        "hostlink": None,
+        "null": None,  # a device is no file to read
+        "loop": None,
+        "a": None,
+    }
+    assert {rel: tmpfiles.read_in_root(root, rel) for rel in cases} == cases
 
 
 def test_sysroot_and_the_ostree_link_are_added_as_bootc_base_images_have_them(

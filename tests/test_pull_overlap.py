@@ -117,6 +117,7 @@ def test_an_update_checks_the_names_of_its_new_layers_only(tmp_path: Path, targe
         path.write_bytes(b"not gzip")
     layout.add_image("v2", sample_image("1.0", extra=(layer(file("etc/motd", "v2")),)))
     ok(switch_oci(target, layout, "v2"))
+    assert all(path.read_bytes() == b"not gzip" for path in split_data), "v1 came again"
     assert (
         Sysroot.open(target).deployments()[0].deployment_path / "usr/etc/motd"
     ).read_text() == "v2"

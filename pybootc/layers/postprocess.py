@@ -201,6 +201,8 @@ def _move(dirs: DirectoryHandles, source: str, dest: tuple[str, ...]) -> bool:
     else:
         raise both_there(source, dest)
     os.rename(source, dest[-1], src_dir_fd=dirs.root_fd, dst_dir_fd=parent)
+    # A handle kept for `source` would now be one of the tree at `dest`.
+    dirs.forget_below((source,))
     return True
 
 

@@ -46,45 +46,67 @@ def declared_paths(root: Path, *, ignore: Iterable[str] = ()) -> frozenset[str]:
 _MAX_SYMLINKS = 40
 
 
+def _components(path: str) -> list[str]:
+    """The names along `path`; a trailing "." stands for a trailing slash, which
+    asks (as the kernel does) that what the path names be a directory."""
+    parts = [part for part in path.split("/") if part not in ("", ".")]
+    if parts and (path.endswith("/") or path.endswith("/.")):
+        parts.append(".")
+    return parts
+
+
 def read_in_root(root: Path, rel: str) -> str | None:
     """The text of the regular file that `rel` names in the tree at `root`, None if it
     names none. Its symlinks resolve as on the booted image, with `root` as /: so a
     link such as `x.conf -> /usr/share/x.conf` reads the image's file, never the file
-    at that path on the host this runs on."""
-    pending = [part for part in rel.split("/") if part not in ("", ".")]
+    at that path on the host this runs on. Only a regular file is opened: no device
+    node, FIFO or terminal a link might name."""
+    pending = _components(rel)
     resolved: list[str] = []
+    found: os.stat_result | None = None
     links = 0
     while pending:
         part = pending.pop(0)
+        if part == ".":
+            continue
         if part == "..":
             if resolved:
                 resolved.pop()
+            found = None
             continue
         path = root.joinpath(*resolved, part)
         try:
-            st = path.lstat()
+            found = path.lstat()
+            target = os.readlink(path) if stat.S_ISLNK(found.st_mode) else None
         except OSError:
             return None
-        if not stat.S_ISLNK(st.st_mode):
+        if target is None:
+            # As the kernel: a name that more of the path follows is a directory.
+            if pending and not stat.S_ISDIR(found.st_mode):
+                return None
             resolved.append(part)
             continue
         links += 1
         if links > _MAX_SYMLINKS:
             return None
-        target = os.readlink(path)
         if target.startswith("/"):
             resolved = []
-        pending[:0] = [part for part in target.split("/") if part not in ("", ".")]
-    path = root.joinpath(*resolved)
+        pending[:0] = _components(target)
+        found = None
+    if found is None or not stat.S_ISREG(found.st_mode):
+        return None
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        fd = os.open(root.joinpath(*resolved), flags)
     except OSError:
         return None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):  # replaced since the lstat
+            return None
+        with open(fd, "rb", closefd=False) as file:
+            return file.read().decode(errors="replace")
+    finally:
         os.close(fd)
-        return None
-    with open(fd, "rb") as file:
-        return file.read().decode(errors="replace")
 
 
 def declared_in(text: str) -> set[str]:
