@@ -18,6 +18,7 @@ the whole run. skopeo and podman die with the command: the whole process group i
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import io
@@ -44,6 +45,8 @@ from pybootc.stores.bootc_storage import bootc_storage
 from tests.backend_support import bootc, install, ok, one_error_line
 
 KILLS = 30
+# How often a kill point that came too late is tried again, each time twice as soon.
+RETRIES = 3
 BACKENDS = ["ostree", "container"]
 # The phases of a deployment, as its progress events mark them: "start" is everything
 # before the first step (reading the manifest and config, the signature policy), and
@@ -221,25 +224,31 @@ def check_after_kill(target: Path, before: list[str], trial: Trial, when: str) -
 
 
 def kills(trial: Trial) -> Iterator[tuple[int, KillPoint, str | None]]:
-    """Run the command killed at each point until KILLS kills have landed: (attempt,
-    point, the phase it landed in or None if it had finished). Points that came too
-    late are tried again; every phase must have been hit."""
+    """Run the command killed at each point until KILLS kills have landed where they
+    were aimed: (attempt, point, the phase it landed in or None if it had finished).
+    A point that came too late (the command, or the phase it aims at, had finished:
+    a short phase can be shorter than in the run the points were taken from) is tried
+    again sooner, up to RETRIES times; every phase must have been hit."""
     trial.prepare(-1)
     command = trial.command(-1)
     points = phase_points(command) if trial.has_steps else time_points(command)
+    pending = collections.deque((point, 0) for point in points)
     landed: list[str] = []
-    for i, point in enumerate(points + points):
-        if len(landed) == KILLS:
-            break
-        trial.prepare(i)
+    attempt = 0
+    while pending and len(landed) < KILLS:
+        point, tries = pending.popleft()
+        trial.prepare(attempt)
         if trial.has_steps:
-            phase = run_watched(trial.command(i), point).killed_in
+            phase = run_watched(trial.command(attempt), point).killed_in
         else:
-            phase = "start" if run_killed(trial.command(i), point) else None
-        if phase is not None:
+            phase = "start" if run_killed(trial.command(attempt), point) else None
+        if phase == point.phase:
             landed.append(phase)
-        yield i, point, phase
-    assert len(landed) == KILLS
+        elif tries < RETRIES:
+            pending.append((KillPoint(point.phase, point.delay / 2), tries + 1))
+        yield attempt, point, phase
+        attempt += 1
+    assert len(landed) == KILLS, landed
     if trial.has_steps:
         assert set(landed) == set(PHASES), landed
 
