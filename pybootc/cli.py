@@ -281,6 +281,28 @@ class _VersionAction(argparse.Action):
         parser.exit()
 
 
+# Options of `upgrade` that upstream's parser refuses together (clap's conflicts_with),
+# each pair as (earlier, later): --download-only with --from-downloaded is a group.
+_UPGRADE_CONFLICTS = (
+    ("check", "apply"),
+    ("check", "soft_reboot"),
+    ("check", "download_only"),
+    ("check", "from_downloaded"),
+    ("apply", "download_only"),
+)
+
+
+def _refuse_conflicts(args: argparse.Namespace) -> None:
+    """Refuse options given together that do not go together, as argparse refuses a
+    group's (usage, then the error, exit 2): --check changes nothing, so it takes no
+    --apply, --download-only or --from-downloaded, and a download-only update is not
+    to be applied by the same command."""
+    for earlier, later in getattr(args, "conflicts", ()):
+        if getattr(args, earlier) and getattr(args, later):
+            flags = [f"--{name.replace('_', '-')}" for name in (later, earlier)]
+            args.verb_parser.error(f"argument {flags[0]}: not allowed with argument {flags[1]}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _VerbParser(prog="bootc", description="Image-based OS updates (pybootc)")
     parser.add_argument(
@@ -361,7 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="apply a --download-only update at the next reboot, fetching nothing",
     )
     _add_progress(upgrade)
-    upgrade.set_defaults(func=verb.upgrade)
+    upgrade.set_defaults(func=verb.upgrade, conflicts=_UPGRADE_CONFLICTS, verb_parser=upgrade)
 
     rollback = verbs.add_parser("rollback", help="boot the previous deployment next")
     _add_apply(rollback, "the rollback deployment")
@@ -428,6 +450,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # A shell asking for completions: answer and exit.
         argcomplete.autocomplete(parser)
     args = parser.parse_args(argv)
+    _refuse_conflicts(args)
     logging.basicConfig(
         level=logging.DEBUG if args.debug else logging.WARNING,
         format="%(levelname)s: %(message)s",

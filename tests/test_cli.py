@@ -173,3 +173,31 @@ def test_a_tag_replaces_the_tag_or_digest(reference: str, retagged: str) -> None
 def test_a_tag_is_refused_where_the_transport_has_none(reference: str) -> None:
     with pytest.raises(BootcError, match="--tag needs an image that has tags"):
         ImageReference.parse(reference).with_tag("42")
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        ("--check", "--apply"),
+        ("--check", "--soft-reboot=auto"),
+        ("--check", "--download-only"),
+        ("--check", "--from-downloaded"),
+        ("--apply", "--download-only"),
+        ("--download-only", "--from-downloaded"),
+    ],
+)
+def test_upgrade_refuses_options_upstream_refuses_together(
+    tmp_path: Path, first: str, second: str
+) -> None:
+    """As upstream's parser (clap's conflicts_with): usage, one error line, exit 2, and
+    nothing read or written. `--check --from-downloaded` would otherwise release a
+    held update; `--download-only --apply` would reboot away the download it holds."""
+    (tmp_path / "file").write_text("mine")
+    proc = bootc("upgrade", first, second, sysroot=tmp_path)
+    assert proc.returncode == 2, proc
+    errors = [line for line in proc.stderr.splitlines() if "error:" in line]
+    flag = second.partition("=")[0]
+    assert errors == [
+        f"bootc upgrade: error: argument {flag}: not allowed with argument {first}"
+    ], proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]

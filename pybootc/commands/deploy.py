@@ -30,7 +30,7 @@ from pybootc.ostree.kargs import (
 )
 from pybootc.ostree.origin import OriginImage, origin_image
 from pybootc.ostree.repo import libostree_errors, list_refs, read_directory, set_ref
-from pybootc.ostree.sysroot import DeploymentInfo, Sysroot, current_deployment
+from pybootc.ostree.sysroot import DeploymentInfo, Sysroot, followed_deployment
 from pybootc.progress import NO_PROGRESS, Progress
 from pybootc.stores.pipeline import Prepared, collect_garbage, import_image, prepare
 from pybootc.stores.protocol import ImageStore
@@ -198,9 +198,10 @@ def deploy_prepared(
 
 
 def followed(sysroot: Sysroot, tag: str | None = None) -> tuple[DeploymentInfo, OriginImage]:
-    """The current deployment and the image it follows; with `tag`, that image under
-    another tag (`upgrade --tag`), which the new deployment's origin then records."""
-    current = current_deployment(sysroot)
+    """The deployment the host follows (the staged one, else the running one) and its
+    image; with `tag`, that image under another tag (`upgrade --tag`), which the new
+    deployment's origin then records."""
+    current = followed_deployment(sysroot)
     image = origin_image(current) if current else None
     if current is None or image is None:
         raise BootcError("No image to upgrade: the system is not deployed via bootc")

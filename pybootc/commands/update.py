@@ -16,7 +16,7 @@ from pybootc.commands.report import Report, queued
 from pybootc.oci.imgref import OstreeImageReference
 from pybootc.ostree.ext_format import image_ref
 from pybootc.ostree.origin import OriginImage, origin_image
-from pybootc.ostree.sysroot import Sysroot, current_deployment
+from pybootc.ostree.sysroot import Sysroot, followed_deployment
 from pybootc.progress import NO_PROGRESS, Progress
 from pybootc.stores import Backend
 from pybootc.stores.pipeline import runs
@@ -33,7 +33,7 @@ def switch(
 ) -> Report:
     sysroot = Sysroot.open(sysroot_path)
     with sysroot.lock():
-        current = current_deployment(sysroot)
+        current = followed_deployment(sysroot)
         current_image = origin_image(current) if current else None
         chosen = backend or (current_image.backend if current_image else Backend.OSTREE)
         origin = OriginImage(target, chosen, decryption_key)
@@ -41,7 +41,9 @@ def switch(
         prepared = prepare_target(sysroot, origin, auth, current)
         if current_image == origin and prepared.deployed:
             tidy_up(sysroot, progress=progress)
-            return Report(("Image specification is unchanged.",), changed=False)
+            # As upstream: --apply still reboots into a deployment staged before.
+            staged = current is not None and current.is_staged
+            return Report(("Image specification is unchanged.",), changed=staged)
         stateroot = current.stateroot if current else DEFAULT_STATEROOT
         drop = not retain and current_image is not None and current_image.imgref != target
         pulled = deploy_prepared(
@@ -109,5 +111,7 @@ def apply_downloaded(sysroot_path: Path) -> Report:
 
 def rollback(sysroot_path: Path) -> Report:
     sysroot = Sysroot.open(sysroot_path)
-    sysroot.rollback()
+    if sysroot.rollback():
+        # As upstream: the booted deployment boots next again.
+        return Report(("notice: Reverting queued rollback state", "Next boot: current deployment"))
     return Report(("Next boot: rollback deployment",))

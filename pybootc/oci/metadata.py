@@ -40,8 +40,9 @@ class ImageMetadata:
     manifest: Manifest
     config_raw: bytes
     config: ImageConfig
-    # The skopeo source the signature policy judged: the manifest (or the index) the
-    # reference resolved to, by digest, for a registry; what is deployed is pulled from it.
+    # The skopeo source the signature policy judged: the manifest the reference resolved
+    # to (this machine's, from an index), by digest for a registry; what is deployed is
+    # pulled from it.
     judged_source: str | None = None
 
     @property
@@ -64,18 +65,42 @@ def _by_digest(imgref: ImageReference, digest: str) -> str:
     return f"docker://{repository}@{digest}"
 
 
-def _platform_manifest(imgref: ImageReference, index_raw: bytes) -> tuple[str, str]:
-    """Pick this machine's manifest from an index: (skopeo source of it, its digest)."""
+def _platform_manifest(imgref: ImageReference, index_raw: bytes) -> str:
+    """This machine's image in an index, by digest (a skopeo source), chosen as
+    containers/image chooses it: the first entry for linux on this architecture, in
+    the index's order; failing that, the first entry that names no platform."""
     arch = host_architecture()
     index = json.loads(index_raw)
-    for entry in index.get("manifests", []):
-        plat = entry.get("platform", {})
-        if plat.get("architecture") == arch and plat.get("os", "linux") == "linux":
-            digest = str(entry["digest"])
-            if imgref.transport is not Transport.REGISTRY:
-                raise BootcError("Multi-architecture images are supported from registries only")
-            return _by_digest(imgref, digest), digest
-    raise BootcError(f"Image has no manifest for architecture {arch}")
+    entries = [e for e in index.get("manifests") or [] if isinstance(e, dict)]
+    chosen = next(
+        (
+            entry
+            for entry in entries
+            if isinstance(plat := entry.get("platform"), dict)
+            and plat.get("architecture") == arch
+            # An entry that names no OS is not for linux (containers/image asks for
+            # an exact match).
+            and plat.get("os") == "linux"
+        ),
+        next((entry for entry in entries if entry.get("platform") is None), None),
+    )
+    if chosen is None or not isinstance(chosen.get("digest"), str):
+        raise BootcError(f"Image has no manifest for architecture {arch}")
+    if imgref.transport is not Transport.REGISTRY:
+        raise BootcError("Multi-architecture images are supported from registries only")
+    return _by_digest(imgref, chosen["digest"])
+
+
+def _is_index(raw: bytes) -> bool:
+    """Whether `raw` is an image index (a manifest list); anything else, even what is
+    no JSON, is for skopeo to judge and to say what is wrong with it."""
+    try:
+        document = json.loads(raw)
+    except ValueError:
+        return False
+    return isinstance(document, dict) and (
+        document.get("mediaType") in INDEX_MEDIA_TYPES or "manifests" in document
+    )
 
 
 def _metadata(raw: bytes, config_raw: bytes) -> ImageMetadata:
@@ -94,23 +119,26 @@ def fetch_image_metadata(
 ) -> ImageMetadata:
     """Fetch and check manifest and config of `imgref`; no layer is downloaded.
 
-    The signature policy is applied to the manifest (or index) the reference resolves
-    to, pinned by its digest (`judged_source`): what is deployed later is fetched from
-    there, so a tag that moves in between cannot swap in an image the policy never saw.
+    The signature policy is applied to the manifest the reference resolves to (from an
+    index, this machine's), pinned by its digest (`judged_source`): its config is read,
+    and what is deployed later is fetched, from there, so a tag that moves in between
+    cannot swap in an image the policy never saw.
     """
     source = imgref.to_skopeo()
     with error_context(f"Fetching manifest of {imgref}"):
         raw = _inspect(source, "--raw", auth=auth)
-        pinned = source
-        if imgref.transport is Transport.REGISTRY:
-            pinned = _by_digest(imgref, manifest_digest(raw))
-        check_policy(pinned, auth)
-        document = json.loads(raw)
-        if document.get("mediaType") in INDEX_MEDIA_TYPES or "manifests" in document:
-            source, _ = _platform_manifest(imgref, raw)
+        if _is_index(raw):
+            # The policy judges the image that is fetched, not the index: skopeo's copy
+            # of an index judges the image it picks from it, which need not be ours.
+            source = _platform_manifest(imgref, raw)
             raw = _inspect(source, "--raw", auth=auth)
+        elif imgref.transport is Transport.REGISTRY:
+            source = _by_digest(imgref, manifest_digest(raw))
+        check_policy(source, auth)
+        # The config of that manifest, by its digest too: a tag read again could name
+        # another build by now.
         metadata = _metadata(raw, _inspect(source, "--config", "--raw", auth=auth))
-    metadata = dataclasses.replace(metadata, judged_source=pinned)
+    metadata = dataclasses.replace(metadata, judged_source=source)
     expected = host_architecture()
     if check_architecture and metadata.config.architecture != expected:
         raise BootcError(

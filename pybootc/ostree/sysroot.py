@@ -373,8 +373,9 @@ class Sysroot:
             if checksum not in reachable:
                 self.repo.delete_object(OSTree.ObjectType.COMMIT, checksum, None)
 
-    def rollback(self) -> None:
-        """Swap the first two deployments in boot order; twice puts them back.
+    def rollback(self) -> bool:
+        """Swap the first two deployments in boot order; twice puts them back. Whether
+        that put the booted deployment first again (a queued rollback reverted).
 
         A staged deployment is dropped: the rollback target is what boots next.
         """
@@ -382,7 +383,10 @@ class Sysroot:
             current = [d for d in self._deployments() if not d.is_staged()]
             if len(current) < 2:
                 raise BootcError("No rollback available")
+            booted = self._sysroot.get_booted_deployment()
+            reverting = booted is not None and bool(current[1].equal(booted))
             self._write_deployments([current[1], current[0], *current[2:]])
+        return reverting
 
     def set_origin(self, index: int, origin: Origin) -> None:
         """Replace the origin of the deployment at `index` in boot order."""
@@ -418,9 +422,17 @@ class Sysroot:
 
 
 def current_deployment(sysroot: Sysroot) -> DeploymentInfo | None:
-    """The deployment an upgrade follows: the booted one, else the first in boot order."""
+    """The running deployment: the booted one, else the first in boot order."""
     deployments = sysroot.deployments()
     for deployment in deployments:
         if deployment.is_booted:
             return deployment
     return deployments[0] if deployments else None
+
+
+def followed_deployment(sysroot: Sysroot) -> DeploymentInfo | None:
+    """The deployment whose image the host follows, upstream's `spec.image`: the staged
+    one (what the next boot runs), else the running one. A switch or an upgrade
+    compares with it, so a staged switch is neither forgotten nor undone."""
+    staged = next((d for d in sysroot.deployments() if d.is_staged), None)
+    return staged or current_deployment(sysroot)

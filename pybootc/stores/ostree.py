@@ -76,7 +76,8 @@ def import_layers(
     """Make sure every layer of the image is a commit in `repo`; fetch only the missing."""
     commits: list[str] = []
     with ImageProxy(auth=auth, staging=work) as proxy:
-        opened = proxy.open_image(imgref.imgref.to_skopeo())
+        # The manifest the policy judged, by digest: its blobs, whatever the tag is now.
+        opened = proxy.open_image(metadata.judged_source or imgref.imgref.to_skopeo())
         for descriptor, diff_id in zip(
             metadata.manifest.layers, metadata.config.diff_ids, strict=True
         ):

@@ -72,7 +72,8 @@ def test_a_host_boots_updates_itself_and_rolls_back(  # noqa: PLR0915 (one story
     at_v2 = images_disk(workdir / "images-v2.img", images, {"stream": "v2"})
     at_v21 = images_disk(workdir / "images-v2.1.img", images, {"stream": "v2.1"})
 
-    # 1-2. v1 is booted; /etc and /var are written to; a switch stages v2.
+    # 1-2. v1 is booted; /etc and /var are written to; a switch stages v2 (and the same
+    # switch again finds it staged).
     _, out = boot_step(
         disk,
         workdir,
@@ -85,6 +86,7 @@ bootc status --format humanreadable > "$OUT/v1.txt"
 echo "edited on v1" > /etc/pybootc-test.conf
 mkdir -p /var/lib/pybootc-test && echo kept > /var/lib/pybootc-test/state
 bootc switch --quiet --transport oci {STREAM} > "$OUT/switch.txt"
+bootc switch --quiet --transport oci {STREAM} > "$OUT/switch-again.txt"
 readlink /usr/lib/bootc/storage > "$OUT/bootc-storage-link"
 ls /usr/lib/bootc/storage/ > "$OUT/bootc-storage-ls" 2>&1 || true
 bootc status --format json > "$OUT/switched.json"
@@ -102,6 +104,8 @@ then_ reboot
     assert version(v1["booted"]) == "1" and v1["staged"] is None
     assert out.text("v1.txt").startswith("● Booted image: oci:")
     assert out.text("switch.txt").startswith(f"Queued for next boot: {STREAM_REF}")
+    # The host follows what is staged: switching to it again changes nothing.
+    assert out.text("switch-again.txt") == "Image specification is unchanged.\n"
     switched = host_document(out, "switched.json")["status"]
     assert version(switched["staged"]) == "2" and version(switched["booted"]) == "1"
     assert out.text("finalize-active") == "active\n"
@@ -174,7 +178,7 @@ bootc status --format json > "$OUT/v21.json"
 test ! -e /usr/pybootc-overlay-test && touch "$OUT/overlay-gone"
 bootc rollback > "$OUT/rollback.txt"
 bootc status --format json > "$OUT/queued.json"
-bootc rollback
+bootc rollback > "$OUT/unrollback.txt"
 bootc status --format json > "$OUT/unqueued.json"
 then_ none
 # `auto` where the host cannot soft-reboot: a full reboot, as upstream falls back.
@@ -185,6 +189,10 @@ bootc rollback --apply --soft-reboot=auto || true
     v21 = host_document(out, "v21.json")["status"]
     assert version(v21["booted"]) == "2.1" and version(v21["rollback"]) == "2"
     assert "overlay-gone" in out.files
+    assert out.text("rollback.txt") == "Next boot: rollback deployment\n"
+    assert out.text("unrollback.txt") == (
+        "notice: Reverting queued rollback state\nNext boot: current deployment\n"
+    )
     queued = host_document(out, "queued.json")
     assert queued["status"]["rollbackQueued"] is True
     assert queued["spec"]["bootOrder"] == "rollback"
