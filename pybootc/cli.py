@@ -86,7 +86,7 @@ def _add_state(verbs: Verbs) -> None:
         "wipe-ostree", help="remove all ostree deployments from this system"
     )
     wipe.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
-    wipe.set_defaults(func=verb.wipe_ostree)
+    wipe.set_defaults(func=verb.wipe_ostree, changes_host=True)
 
 
 def _add_container(verbs: Verbs) -> None:
@@ -164,7 +164,7 @@ def _add_internals(verbs: Verbs) -> None:
     for parent, name in ((internal_verbs, "podman"), (verbs, "internal-podman")):
         podman = parent.add_parser(name, help="run podman against bootc's container storage")
         podman.add_argument("args", nargs=argparse.REMAINDER, help="podman's arguments")
-        podman.set_defaults(func=verb.podman)
+        podman.set_defaults(func=verb.podman, changes_host=True)
 
 
 def _add_image(verbs: Verbs) -> None:
@@ -195,7 +195,7 @@ def _add_image(verbs: Verbs) -> None:
     )
     pull.add_argument("image", help="the image's name in the host's podman storage")
     image_verbs.add_parser("prune", help="remove images no deployment uses")
-    image.set_defaults(func=verb.image)
+    image.set_defaults(func=verb.image, changes_host=True)
 
 
 # Each verb's --help ends with an example.
@@ -355,7 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_apply(switch, "the new image")
     _add_progress(switch)
     switch.add_argument("image", help="the image, e.g. quay.io/example/os:latest")
-    switch.set_defaults(func=verb.switch)
+    switch.set_defaults(func=verb.switch, changes_host=True)
 
     upgrade = verbs.add_parser(
         "upgrade", aliases=["update"], help="deploy the newest version of the image"
@@ -383,23 +383,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="apply a --download-only update at the next reboot, fetching nothing",
     )
     _add_progress(upgrade)
-    upgrade.set_defaults(func=verb.upgrade, conflicts=_UPGRADE_CONFLICTS, verb_parser=upgrade)
+    upgrade.set_defaults(
+        func=verb.upgrade, conflicts=_UPGRADE_CONFLICTS, verb_parser=upgrade, changes_host=True
+    )
 
     rollback = verbs.add_parser("rollback", help="boot the previous deployment next")
     _add_apply(rollback, "the rollback deployment")
-    rollback.set_defaults(func=verb.rollback)
+    rollback.set_defaults(func=verb.rollback, changes_host=True)
 
     overlay = verbs.add_parser(
         "usr-overlay", aliases=["usroverlay"], help="a transient writable overlay on /usr"
     )
     overlay.add_argument("--read-only", action="store_true", help="mount the overlay read-only")
-    overlay.set_defaults(func=verb.usr_overlay)
+    overlay.set_defaults(func=verb.usr_overlay, changes_host=True)
 
     edit = verbs.add_parser("edit", help="change the host by editing its spec (YAML)")
     edit.add_argument(
         "-f", "--filename", type=Path, help="read the new host document from FILE (- for stdin)"
     )
-    edit.set_defaults(func=verb.edit)
+    edit.set_defaults(func=verb.edit, changes_host=True)
 
     _add_install(verbs)
     _add_container(verbs)
@@ -459,6 +461,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Warnings read like bootc's: "warning: ..."
     logging.addLevelName(logging.WARNING, "warning")
     try:
+        if getattr(args, "changes_host", False):
+            from pybootc.ostree.mount_namespace import make_host_writable
+
+            # Before any thread starts (see there).
+            make_host_writable(args.sysroot)
         result: int = args.func(args)
         sys.stdout.flush()
     except BrokenPipeError:

@@ -72,6 +72,8 @@ def test_initialize_makes_a_bare_repo_and_the_stateroot(scratch: Path) -> None:
     assert (path / "ostree/deploy/test/var/run").readlink() == Path("../run")
     config = sysroot.repo.copy_config()
     assert config.get_string("sysroot", "bootloader") == "none"
+    # As upstream's install: ostree-prepare-root mounts /sysroot read-only.
+    assert config.get_string("sysroot", "readonly") == "true"
     assert sysroot.deployments() == []
     assert not sysroot.booted
 

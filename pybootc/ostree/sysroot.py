@@ -78,10 +78,14 @@ def initialize(path: Path, stateroot: str) -> None:
         sysroot.ensure_initialized(None)
         sysroot.init_osname(stateroot, None)
         _, repo = sysroot.get_repo(None)
-        # bootc install sets this: BLS entries only, never grub2-mkconfig and the like
-        # (which `auto` would run if the sysroot happened to have a grub.cfg).
+        # bootc install sets these: BLS entries only, never grub2-mkconfig and the like
+        # (which `auto` would run if the sysroot happened to have a grub.cfg); and a
+        # /sysroot that ostree-prepare-root mounts read-only, which only bootc's own
+        # commands make writable, in a mount namespace of their own
+        # (ostree/mount_namespace.py).
         config = repo.copy_config()
         config.set_string("sysroot", "bootloader", "none")
+        config.set_string("sysroot", "readonly", "true")
         repo.write_config(config)
 
 

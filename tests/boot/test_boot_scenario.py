@@ -81,12 +81,14 @@ def test_a_host_boots_updates_itself_and_rolls_back(  # noqa: PLR0915 (one story
         + STATUS_STEP
         + f"""
 if touch /usr/pybootc-ro-test 2>/dev/null; then echo rw; else echo ro; fi > "$OUT/usr"
+findmnt -no OPTIONS /sysroot > "$OUT/sysroot-mount"
 bootc status --format json > "$OUT/v1.json"
 bootc status --format humanreadable > "$OUT/v1.txt"
 echo "edited on v1" > /etc/pybootc-test.conf
 mkdir -p /var/lib/pybootc-test && echo kept > /var/lib/pybootc-test/state
 bootc switch --quiet --transport oci {STREAM} > "$OUT/switch.txt"
 bootc switch --quiet --transport oci {STREAM} > "$OUT/switch-again.txt"
+findmnt -no OPTIONS /sysroot > "$OUT/sysroot-mount-after"
 readlink /usr/lib/bootc/storage > "$OUT/bootc-storage-link"
 ls /usr/lib/bootc/storage/ > "$OUT/bootc-storage-ls" 2>&1 || true
 bootc status --format json > "$OUT/switched.json"
@@ -100,6 +102,10 @@ then_ reboot
     # ostree-prepare-root set up the deployment's root, with a read-only /usr.
     assert "ostree-booted" in out.files and "ostree=/ostree/boot." in out.text("cmdline")
     assert out.text("version") == "1\n" and out.text("usr") == "ro\n"
+    # sysroot.readonly, as upstream installs: bootc writes in a mount namespace of its
+    # own, and the host's /sysroot stays read-only.
+    for mount in ("sysroot-mount", "sysroot-mount-after"):
+        assert "ro" in out.text(mount).strip().split(","), out.text(mount)
     v1 = host_document(out, "v1.json")["status"]
     assert version(v1["booted"]) == "1" and v1["staged"] is None
     assert out.text("v1.txt").startswith("● Booted image: oci:")
