@@ -395,7 +395,9 @@ def build_parser() -> argparse.ArgumentParser:
         "usr-overlay", aliases=["usroverlay"], help="a transient writable overlay on /usr"
     )
     overlay.add_argument("--read-only", action="store_true", help="mount the overlay read-only")
-    overlay.set_defaults(func=verb.usr_overlay, changes_host=True)
+    # Not changes_host: the overlay must be mounted where the host sees it, and
+    # `ostree admin unlock` makes /sysroot writable for itself.
+    overlay.set_defaults(func=verb.usr_overlay)
 
     edit = verbs.add_parser("edit", help="change the host by editing its spec (YAML)")
     edit.add_argument(
