@@ -12,7 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,6 +101,14 @@ def skopeo_in_front(bin_dir: Path, monkeypatch: pytest.MonkeyPatch, script: str)
     wrapper.write_text("#!/bin/sh\n" + script.replace("{real}", real))
     wrapper.chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+
+
+def recording_skopeo(bin_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[[], list[str]]:
+    """An argv-recording skopeo in front of the real one (`skopeo_in_front`); what
+    reads the argv of every call so far, one line each."""
+    argv_log = bin_dir.parent / f"{bin_dir.name}-skopeo-argv"
+    skopeo_in_front(bin_dir, monkeypatch, f'echo "$*" >> {argv_log}\nexec {{real}} "$@"\n')
+    return lambda: argv_log.read_text().splitlines() if argv_log.exists() else []
 
 
 def ok(proc: subprocess.CompletedProcess[str]) -> str:

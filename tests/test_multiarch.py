@@ -19,7 +19,7 @@ from pybootc.ostree.repo import read_commit_metadata
 from pybootc.ostree.sysroot import Sysroot
 from pybootc.sample.image import sample_image
 from pybootc.sample.ocibuild import OCI_INDEX, OciLayout, push
-from tests.backend_support import install, ok, skopeo_in_front
+from tests.backend_support import install, ok, recording_skopeo
 from tests.support import Registry
 
 ARCH = host_architecture()
@@ -128,14 +128,13 @@ def test_the_image_judged_is_the_image_deployed(
     registry: Registry, target: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, backend: str
 ) -> None:
     ref, wrong, right = push_index(registry, tmp_path)
-    argv_log = tmp_path / "skopeo-argv"
-    skopeo_in_front(tmp_path / "bin", monkeypatch, f'echo "$*" >> {argv_log}\nexec {{real}} "$@"\n')
+    skopeo_calls = recording_skopeo(tmp_path / "bin", monkeypatch)
     ok(install(target, f"docker://{ref}", backend=backend))
     sysroot = Sysroot.open(target)
     deployed = read_commit_metadata(sysroot.repo, sysroot.deployments()[0].checksum)
     assert deployed[MANIFEST_DIGEST_KEY] == right != wrong
     repository = ref.rsplit(":", 1)[0]
-    calls = argv_log.read_text().splitlines()
+    calls = skopeo_calls()
     judged = [c.split()[-2] for c in calls if "pybootc-policy-check" in c]
     assert judged == [f"docker://{repository}@{right}"], calls
     # The config read from the registry is that image's too (not the tag's, again).

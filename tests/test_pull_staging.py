@@ -13,19 +13,24 @@ import pytest
 
 from pybootc.sample.image import sample_image
 from pybootc.sample.ocibuild import OciLayout
-from tests.backend_support import bootc, install, ok, publish, skopeo_in_front
+from tests.backend_support import (
+    bootc,
+    install,
+    ok,
+    publish,
+    recording_skopeo,
+    skopeo_in_front,
+)
 from tests.support import Registry
 
 
 @pytest.fixture
 def skopeo_calls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[[], list[str]]:
     """An argv-recording skopeo in front of the real one; its pulls into a storage."""
-    argv_log = tmp_path / "skopeo-argv"
-    skopeo_in_front(tmp_path / "bin", monkeypatch, f'echo "$*" >> {argv_log}\nexec {{real}} "$@"\n')
+    calls = recording_skopeo(tmp_path / "bin", monkeypatch)
 
     def pulls() -> list[str]:
-        calls = argv_log.read_text().splitlines()
-        return [c for c in calls if " copy " in c and c.split()[-1].startswith("containers-")]
+        return [c for c in calls() if " copy " in c and c.split()[-1].startswith("containers-")]
 
     return pulls
 

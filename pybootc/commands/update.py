@@ -19,7 +19,6 @@ from pybootc.ostree.origin import OriginImage, origin_image
 from pybootc.ostree.sysroot import Sysroot, followed_deployment
 from pybootc.progress import NO_PROGRESS, Progress
 from pybootc.stores import Backend
-from pybootc.stores.pipeline import runs
 
 
 def switch(
@@ -76,8 +75,8 @@ def upgrade(
         current, image = followed(sysroot, tag)
         auth = registry_auth(sysroot, current)
         prepared = prepare_target(sysroot, image, auth, current)
-        staged = next((d for d in sysroot.deployments() if d.is_staged), None)
-        if staged is not None and runs(sysroot.repo, staged, prepared.metadata):
+        # What the host follows is the staged deployment, if there is one.
+        if current.is_staged and prepared.deployed:
             if sysroot.set_finalization(locked=download_only):
                 line = (
                     "Image downloaded, but will not be applied on reboot"

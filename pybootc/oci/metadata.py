@@ -45,6 +45,10 @@ class ImageMetadata:
     # pulled from it.
     judged_source: str | None = None
 
+    def source_of(self, imgref: ImageReference) -> str:
+        """Where to read this image's blobs from: the manifest judged, else `imgref`."""
+        return self.judged_source or imgref.to_skopeo()
+
     @property
     def config_digest(self) -> str:
         """The image ID containers-storage gives this image."""

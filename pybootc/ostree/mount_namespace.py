@@ -48,8 +48,9 @@ def make_host_writable(sysroot: Path) -> None:
             raise BootcError(f"Entering a mount namespace of its own: {reason}")
         # Nothing mounted or remounted here reaches the host's namespace.
         tools.run(["mount", "--make-rprivate", "/"])
+    mounted = _mountpoints()
     for mountpoint in _WRITABLE:
-        if mountpoint in _mountpoints() and os.statvfs(mountpoint).f_flag & os.ST_RDONLY:
+        if mountpoint in mounted and os.statvfs(mountpoint).f_flag & os.ST_RDONLY:
             tools.run(["mount", "-o", "remount,rw", str(mountpoint)])
 
 

@@ -425,18 +425,19 @@ class Sysroot:
         return CleanupResult(objects_pruned=int(pruned), bytes_freed=int(freed))
 
 
+def _running(deployments: Sequence[DeploymentInfo]) -> DeploymentInfo | None:
+    booted = next((d for d in deployments if d.is_booted), None)
+    return booted or (deployments[0] if deployments else None)
+
+
 def current_deployment(sysroot: Sysroot) -> DeploymentInfo | None:
     """The running deployment: the booted one, else the first in boot order."""
-    deployments = sysroot.deployments()
-    for deployment in deployments:
-        if deployment.is_booted:
-            return deployment
-    return deployments[0] if deployments else None
+    return _running(sysroot.deployments())
 
 
 def followed_deployment(sysroot: Sysroot) -> DeploymentInfo | None:
     """The deployment whose image the host follows, upstream's `spec.image`: the staged
     one (what the next boot runs), else the running one. A switch or an upgrade
     compares with it, so a staged switch is neither forgotten nor undone."""
-    staged = next((d for d in sysroot.deployments() if d.is_staged), None)
-    return staged or current_deployment(sysroot)
+    deployments = sysroot.deployments()
+    return next((d for d in deployments if d.is_staged), None) or _running(deployments)

@@ -61,7 +61,7 @@ def _explain_refused_layer(
         tempfile.TemporaryDirectory(dir=work) as scratch,
         ImageProxy(auth=auth, staging=Path(scratch)) as proxy,
     ):
-        opened = proxy.open_image(metadata.judged_source or target.imgref.imgref.to_skopeo())
+        opened = proxy.open_image(metadata.source_of(target.imgref.imgref))
         layer = BlobLayer(
             descriptor,
             metadata.config.diff_ids[index] if index < len(metadata.config.diff_ids) else None,

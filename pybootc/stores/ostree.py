@@ -77,7 +77,7 @@ def import_layers(
     commits: list[str] = []
     with ImageProxy(auth=auth, staging=work) as proxy:
         # The manifest the policy judged, by digest: its blobs, whatever the tag is now.
-        opened = proxy.open_image(metadata.judged_source or imgref.imgref.to_skopeo())
+        opened = proxy.open_image(metadata.source_of(imgref.imgref))
         for descriptor, diff_id in zip(
             metadata.manifest.layers, metadata.config.diff_ids, strict=True
         ):
