@@ -54,6 +54,20 @@ def commit_bootable_tree(
     return commit_directory(repo, tree, info=info, selinux_policy=None)
 
 
+def unreachable_objects(repo: Path) -> int:
+    """How many objects of `repo` no ref reaches, as `ostree prune` counts them."""
+    out = subprocess.run(
+        ["ostree", "prune", f"--repo={repo}", "--refs-only", "--no-prune"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    if "No unreachable objects" in out:
+        return 0
+    _, _, rest = out.partition("Would delete: ")
+    return int(rest.split(" ", 1)[0])
+
+
 def remove_sysroot(sysroot: Path) -> None:
     if sysroot.exists():
         unlock_deployment_roots(sysroot)

@@ -43,6 +43,7 @@ from pybootc.sample.image import sample_image
 from pybootc.sample.ocibuild import OciLayout, file, layer
 from pybootc.stores.bootc_storage import bootc_storage
 from tests.backend_support import bootc, install, ok, one_error_line
+from tests.sysroot_support import unreachable_objects
 
 KILLS = 30
 # How often a kill point that came too late is tried again, each time twice as soon.
@@ -193,7 +194,9 @@ def fsck(target: Path, when: str = "") -> None:
 
 
 def nothing_half_made(target: Path) -> None:
-    """No import work directory, and no layer containers-storage left incomplete."""
+    """No import work directory, no object that no ref reaches (a prune the kill
+    interrupted has been finished), and no layer containers-storage left incomplete."""
+    assert unreachable_objects(target / "ostree/repo") == 0
     tmp = target / "ostree/repo/tmp"
     assert not [p.name for p in tmp.iterdir() if p.name.startswith("pybootc-")]
     layers_json = bootc_storage(target).root / "overlay-layers/layers.json"

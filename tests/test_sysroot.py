@@ -15,8 +15,14 @@ import pytest
 from pybootc.errors import BootcError
 from pybootc.ostree.gi import OSTree
 from pybootc.ostree.repo import CommitInfo, commit_directory, list_refs, set_ref
-from pybootc.ostree.sysroot import Sysroot, initialize
-from tests.sysroot_support import commit_bootable_tree, scratch_tmpfs, snapshot, write_bootable_tree
+from pybootc.ostree.sysroot import PRUNE_PENDING, Sysroot, initialize
+from tests.sysroot_support import (
+    commit_bootable_tree,
+    scratch_tmpfs,
+    snapshot,
+    unreachable_objects,
+    write_bootable_tree,
+)
 
 STATEROOT = "test"
 ORIGIN = {
@@ -300,6 +306,34 @@ def test_cleanup_prunes_unreferenced_commits_but_keeps_deployed_ones(
     assert sysroot.cleanup().objects_pruned == 0
     for d in sysroot.deployments():
         assert (d.deployment_path / "usr/lib/os-release").is_file()
+
+
+def test_a_prune_killed_half_way_is_finished_by_the_next_cleanup(
+    sysroot: Sysroot, scratch: Path
+) -> None:
+    kept = commit_bootable_tree(sysroot.repo, scratch, "kept")
+    sysroot.deploy(kept, stateroot=STATEROOT, origin=ORIGIN)
+    assert sysroot.cleanup().objects_pruned == 0
+    # What a kill after the commits went and before the prune did leaves: the
+    # unreachable trees and files, and the marker the cleanup wrote first.
+    gone = commit_bootable_tree(sysroot.repo, scratch, "gone", {"usr/share/big": b"y" * 4096})
+    sysroot.repo.delete_object(OSTree.ObjectType.COMMIT, gone, None)
+    orphans = unreachable_objects(sysroot.path / "ostree/repo")
+    assert orphans > 0
+    # With no commit unreachable and no marker, the cleanup does not walk the repo.
+    assert sysroot.cleanup().objects_pruned == 0
+    assert unreachable_objects(sysroot.path / "ostree/repo") == orphans
+    marker = sysroot.path / PRUNE_PENDING
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.touch()
+
+    result = sysroot.cleanup()
+
+    assert result.objects_pruned == orphans
+    assert result.bytes_freed >= 4096
+    assert unreachable_objects(sysroot.path / "ostree/repo") == 0
+    assert not marker.exists()
+    assert sysroot.repo.load_commit(kept)[0]
 
 
 def _hold_lock(
