@@ -12,10 +12,12 @@ from typing import Any
 
 import pytest
 
+from pybootc.ostree.sysroot import Sysroot
 from pybootc.sample.image import sample_image
 from pybootc.sample.ocibuild import OCI_MANIFEST, OciLayout
 from tests.backend_support import Published, bootc, install, ok, one_error_line, publish, state
 from tests.support import Registry, free_port
+from tests.sysroot_support import commit_bootable_tree
 
 pytestmark = pytest.mark.registry
 
@@ -137,4 +139,16 @@ def test_install_with_a_stateroot_that_is_no_name(
 def test_rollback_with_a_single_deployment(installed: Path) -> None:
     before = state(installed)
     assert "No rollback available" in one_error_line(bootc("rollback", sysroot=installed))
+    assert state(installed) == before
+
+
+def test_rollback_to_a_deployment_that_is_no_image(installed: Path, tmp_path: Path) -> None:
+    sysroot = Sysroot.open(installed)
+    plain = commit_bootable_tree(sysroot.repo, tmp_path, "plain")
+    sysroot.deploy(plain, stateroot="default", origin={"origin": {"refspec": "plain"}})
+    sysroot.rollback()  # the image first again, the plain commit its rollback
+    assert [d.checksum for d in sysroot.deployments()][1] == plain
+    before = state(installed)
+    line = one_error_line(bootc("rollback", sysroot=installed))
+    assert line == "error: Rollback is not container image based", line
     assert state(installed) == before

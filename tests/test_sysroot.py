@@ -5,6 +5,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import shutil
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -15,7 +16,13 @@ import pytest
 from pybootc.errors import BootcError
 from pybootc.ostree.gi import OSTree
 from pybootc.ostree.repo import CommitInfo, commit_directory, list_refs, set_ref
-from pybootc.ostree.sysroot import PRUNE_PENDING, Sysroot, initialize
+from pybootc.ostree.sysroot import (
+    PRUNE_PENDING,
+    DeploymentInfo,
+    Sysroot,
+    boot_roles,
+    initialize,
+)
 from tests.sysroot_support import (
     commit_bootable_tree,
     scratch_tmpfs,
@@ -234,6 +241,64 @@ def test_rollback_swaps_the_first_two_and_twice_restores(sysroot: Sysroot, scrat
     sysroot.rollback()
     assert [(d.checksum, d.origin) for d in sysroot.deployments()] == before
     assert default_entry(sysroot)["title"].startswith("Test OS 2")
+
+
+def test_rollback_stays_in_the_running_stateroot(sysroot: Sysroot, scratch: Path) -> None:
+    subprocess.run(["ostree", "admin", "os-init", f"--sysroot={sysroot.path}", "other"], check=True)
+    a, x, b = (commit_bootable_tree(sysroot.repo, scratch, name) for name in ("a", "x", "b"))
+    for checksum, stateroot in ((a, STATEROOT), (x, "other"), (b, STATEROOT)):
+        sysroot.deploy(checksum, stateroot=stateroot, origin=origin_for(checksum[:8]))
+    assert [d.checksum for d in sysroot.deployments()] == [b, x, a]
+    roles = boot_roles(sysroot.deployments())
+    assert roles.running and roles.rollback
+    assert (roles.running.checksum, roles.rollback.checksum) == (b, a)
+    assert [d.checksum for d in roles.other] == [x]
+
+    sysroot.rollback()
+
+    # As upstream: the rollback and the running one first, then the rest.
+    assert [d.checksum for d in sysroot.deployments()] == [a, b, x]
+
+
+def _deployment(
+    index: int, stateroot: str, *, booted: bool = False, staged: bool = False
+) -> DeploymentInfo:
+    return DeploymentInfo(
+        index=index,
+        checksum=f"{index:064x}",
+        deploy_serial=0,
+        stateroot=stateroot,
+        origin={},
+        pinned=False,
+        is_booted=booted,
+        is_staged=staged,
+        deployment_path=Path("/nowhere"),
+    )
+
+
+def test_boot_roles_are_upstreams() -> None:
+    staged, booted, foreign, older = (
+        _deployment(0, "a", staged=True),
+        _deployment(1, "a", booted=True),
+        _deployment(2, "b"),
+        _deployment(3, "a"),
+    )
+    roles = boot_roles([staged, booted, foreign, older])
+    assert (roles.running, roles.staged, roles.rollback) == (booted, staged, older)
+    assert roles.other == (foreign,)
+    assert not roles.rollback_queued
+    # Another stateroot's deployment first in boot order is no queued rollback.
+    foreign, booted, older = (
+        _deployment(0, "b"),
+        _deployment(1, "a", booted=True),
+        _deployment(2, "a"),
+    )
+    roles = boot_roles([foreign, booted, older])
+    assert (roles.rollback, roles.other, roles.rollback_queued) == (older, (foreign,), False)
+    # The rollback before the booted one is.
+    older, booted = _deployment(0, "a"), _deployment(1, "a", booted=True)
+    assert boot_roles([older, booted]).rollback_queued
+    assert boot_roles([]).running is None
 
 
 def test_rollback_without_a_second_deployment_is_refused(sysroot: Sysroot, scratch: Path) -> None:

@@ -13,10 +13,11 @@ from pybootc.commands.deploy import (
     tidy_up,
 )
 from pybootc.commands.report import Report, queued
+from pybootc.errors import BootcError
 from pybootc.oci.imgref import OstreeImageReference
 from pybootc.ostree.ext_format import image_ref
-from pybootc.ostree.origin import OriginImage, origin_image
-from pybootc.ostree.sysroot import Sysroot, followed_deployment
+from pybootc.ostree.origin import OriginImage, commit_image, origin_image
+from pybootc.ostree.sysroot import DeploymentInfo, Sysroot, followed_deployment
 from pybootc.progress import NO_PROGRESS, Progress
 from pybootc.stores import Backend
 
@@ -110,7 +111,13 @@ def apply_downloaded(sysroot_path: Path) -> Report:
 
 def rollback(sysroot_path: Path) -> Report:
     sysroot = Sysroot.open(sysroot_path)
-    if sysroot.rollback():
+
+    def container_based(target: DeploymentInfo) -> None:
+        # As upstream: bootc rolls back only to an image it deployed.
+        if commit_image(sysroot.repo, target.checksum) is None:
+            raise BootcError("Rollback is not container image based")
+
+    if sysroot.rollback(check=container_based):
         # As upstream: the booted deployment boots next again.
         return Report(("notice: Reverting queued rollback state", "Next boot: current deployment"))
     return Report(("Next boot: rollback deployment",))

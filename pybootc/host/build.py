@@ -1,7 +1,8 @@
 """Builds the Host document (`bootc status`) from a sysroot's deployments.
 
-On a sysroot that is not the running system nothing is booted: the deployment
-that boots next is `staged`, the next one `rollback`, the rest `otherDeployments`.
+The roles are upstream's (`sysroot.BootRoles`): `rollback` is the next deployment
+of the running one's stateroot. On a sysroot that is not the running system nothing
+is booted: the deployment that boots next is `staged`.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from pybootc.oci.imgref import ImageReference as ImgRef
 from pybootc.oci.imgref import OstreeImageReference, SignatureKind, SignatureSource
 from pybootc.ostree.gi import OSTree
 from pybootc.ostree.origin import CommitImage, cached_update, commit_image, origin_image
-from pybootc.ostree.sysroot import DeploymentInfo, Sysroot
+from pybootc.ostree.sysroot import DeploymentInfo, Sysroot, boot_roles
 
 
 def spec_reference(imgref: OstreeImageReference) -> ImageReference:
@@ -105,46 +106,33 @@ _USR_OVERLAYS = {
 
 def build_host(sysroot: Sysroot) -> Host:
     deployments = sysroot.deployments()
-    if not deployments:
+    roles = boot_roles(deployments)
+    if roles.running is None:
         return Host.empty()
-    repo = sysroot.repo
-    entries = [boot_entry(repo, d) for d in deployments]
-    staged = booted = rollback = None
-    others: list[BootEntry] = []
-    booted_index = next((d.index for d in deployments if d.is_booted), None)
-    if booted_index is None:
-        # Nothing runs from this sysroot: what boots next is queued, i.e. staged.
-        staged, rollback, others = (
-            entries[0],
-            (entries[1] if len(entries) > 1 else None),
-            entries[2:],
-        )
-        spec_entry = staged
-        rollback_queued = False
+    entries = [boot_entry(sysroot.repo, d) for d in deployments]
+
+    def entry(d: DeploymentInfo | None) -> BootEntry | None:
+        return None if d is None else entries[d.index]
+
+    if roles.running.is_booted:
+        booted, staged = entry(roles.running), entry(roles.staged)
     else:
-        booted = entries[booted_index]
-        staged_index = next((d.index for d in deployments if d.is_staged), None)
-        staged = entries[staged_index] if staged_index is not None else None
-        rest = [i for i in range(len(entries)) if i not in (booted_index, staged_index)]
-        rollback = entries[rest[0]] if rest else None
-        others = [entries[i] for i in rest[1:]]
-        spec_entry = staged or booted
-        # The rollback deployment is first in boot order: it boots next.
-        rollback_queued = staged_index is None and booted_index != 0
+        # Nothing runs from this sysroot: what boots next is queued, i.e. staged.
+        booted, staged = None, entry(roles.running)
+    spec_entry = staged or booted
     image = spec_entry.image.image if spec_entry and spec_entry.image else None
     return Host(
         spec=HostSpec(
-            image=image, boot_order=BootOrder.ROLLBACK if rollback_queued else BootOrder.DEFAULT
+            image=image,
+            boot_order=BootOrder.ROLLBACK if roles.rollback_queued else BootOrder.DEFAULT,
         ),
         status=HostStatus(
             staged=staged,
             booted=booted,
-            rollback=rollback,
-            other_deployments=tuple(others),
-            rollback_queued=rollback_queued,
-            usr_overlay=_USR_OVERLAYS.get(deployments[booted_index].unlocked)
-            if booted_index is not None
-            else None,
+            rollback=entry(roles.rollback),
+            other_deployments=tuple(entries[d.index] for d in roles.other),
+            rollback_queued=roles.rollback_queued,
+            usr_overlay=_USR_OVERLAYS.get(roles.running.unlocked) if booted else None,
             type=HostType.BOOTC_HOST if any(e.image for e in entries) else None,
         ),
     )

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -375,19 +375,24 @@ class Sysroot:
         checksums = (name.unpack()[0] for name in commits)
         return [checksum for checksum in checksums if checksum not in reachable]
 
-    def rollback(self) -> bool:
-        """Swap the first two deployments in boot order; twice puts them back. Whether
-        that put the booted deployment first again (a queued rollback reverted).
+    def rollback(self, check: Callable[[DeploymentInfo], None] = lambda target: None) -> bool:
+        """Put the rollback deployment (`BootRoles`) first in boot order, or, when it is
+        first already (a queued rollback), the running one back before it: upstream's
+        order, those two then the rest. Whether that reverted a queued rollback.
+        `check` may refuse the target before anything is written.
 
         A staged deployment is dropped: the rollback target is what boots next.
         """
         with self.lock(), libostree_errors("Rolling back"):
-            current = [d for d in self._deployments() if not d.is_staged()]
-            if len(current) < 2:
+            found = self._deployments()
+            roles = boot_roles([self._info(i, d) for i, d in enumerate(found)])
+            if roles.running is None or roles.rollback is None:
                 raise BootcError("No rollback available")
-            booted = self._sysroot.get_booted_deployment()
-            reverting = booted is not None and bool(current[1].equal(booted))
-            self._write_deployments([current[1], current[0], *current[2:]])
+            check(roles.rollback)
+            reverting = roles.rollback_queued
+            first = [roles.running, roles.rollback]
+            order = [*(first if reverting else reversed(first)), *roles.other]
+            self._write_deployments([found[d.index] for d in order if not d.is_staged])
         return reverting
 
     def set_origin(self, index: int, origin: Origin) -> None:
@@ -444,6 +449,41 @@ def _running(deployments: Sequence[DeploymentInfo]) -> DeploymentInfo | None:
     return booted or (deployments[0] if deployments else None)
 
 
+@dataclass(frozen=True)
+class BootRoles:
+    """The deployments in the roles upstream's status gives them. `running` is the
+    booted one (on a sysroot nothing boots from, the first in boot order); `staged`
+    and `rollback` are of its stateroot: the staged one, and the first of the rest in
+    boot order. `other` is the rest of its stateroot, then the other stateroots'."""
+
+    running: DeploymentInfo | None
+    staged: DeploymentInfo | None
+    rollback: DeploymentInfo | None
+    other: tuple[DeploymentInfo, ...]
+
+    @property
+    def rollback_queued(self) -> bool:
+        """Whether the rollback boots before the booted deployment (bootOrder
+        `rollback`)."""
+        return (
+            self.running is not None
+            and self.running.is_booted
+            and self.rollback is not None
+            and self.rollback.index < self.running.index
+        )
+
+
+def boot_roles(deployments: Sequence[DeploymentInfo]) -> BootRoles:
+    running = _running(deployments)
+    if running is None:
+        return BootRoles(None, None, None, ())
+    related = [d for d in deployments if d.stateroot == running.stateroot and d != running]
+    staged = next((d for d in related if d.is_staged), None)
+    rest = [d for d in related if d != staged]
+    foreign = [d for d in deployments if d.stateroot != running.stateroot]
+    return BootRoles(running, staged, rest[0] if rest else None, (*rest[1:], *foreign))
+
+
 def current_deployment(sysroot: Sysroot) -> DeploymentInfo | None:
     """The running deployment: the booted one, else the first in boot order."""
     return _running(sysroot.deployments())
@@ -453,5 +493,5 @@ def followed_deployment(sysroot: Sysroot) -> DeploymentInfo | None:
     """The deployment whose image the host follows, upstream's `spec.image`: the staged
     one (what the next boot runs), else the running one. A switch or an upgrade
     compares with it, so a staged switch is neither forgotten nor undone."""
-    deployments = sysroot.deployments()
-    return next((d for d in deployments if d.is_staged), None) or _running(deployments)
+    roles = boot_roles(sysroot.deployments())
+    return roles.staged or roles.running
