@@ -162,7 +162,14 @@ def _add_internals(verbs: Verbs) -> None:
     flatten.add_argument("--output", type=Path, required=True, help="directory to create")
     flatten.set_defaults(func=verb.flatten)
     for parent, name in ((internal_verbs, "podman"), (verbs, "internal-podman")):
-        podman = parent.add_parser(name, help="run podman against bootc's container storage")
+        # Every word after it is podman's, its options too (`--log-level=debug images`,
+        # `--help`), as upstream's clap takes them: no prefix character of its own.
+        podman = parent.add_parser(
+            name,
+            help="run podman against bootc's container storage",
+            prefix_chars="+",
+            add_help=False,
+        )
         podman.add_argument("args", nargs=argparse.REMAINDER, help="podman's arguments")
         podman.set_defaults(func=verb.podman, changes_host=True)
 
@@ -187,7 +194,7 @@ def _add_image(verbs: Verbs) -> None:
     copy.add_argument(
         "--source",
         help="a name in bootc's storage, or an image a deployment came from, as `image list`"
-        " shows it (default: the image the next boot runs)",
+        " shows it (default: the booted image)",
     )
     copy.add_argument("--target", help="name in the host's storage (default: localhost/bootc)")
     pull = image_verbs.add_parser(
@@ -195,6 +202,19 @@ def _add_image(verbs: Verbs) -> None:
     )
     pull.add_argument("image", help="the image's name in the host's podman storage")
     image_verbs.add_parser("prune", help="remove images no deployment uses")
+    cmd = image_verbs.add_parser("cmd", help="podman's image commands against bootc's storage")
+    cmd_verbs = cmd.add_subparsers(dest="cmd_verb", required=True)
+    for name in ("list", "build", "push"):
+        # Every word after it is podman's, as for `internals podman`.
+        wrapped = cmd_verbs.add_parser(
+            name,
+            help=f"`podman image {name}` against bootc's storage",
+            prefix_chars="+",
+            add_help=False,
+        )
+        wrapped.add_argument("args", nargs=argparse.REMAINDER, help="podman's arguments")
+    cmd_pull = cmd_verbs.add_parser("pull", help="pull images into bootc's storage")
+    cmd_pull.add_argument("args", nargs="+", metavar="image", help="image references to pull")
     image.set_defaults(func=verb.image, changes_host=True)
 
 
@@ -228,6 +248,11 @@ EXAMPLES = {
     ("image", "copy-to-storage"): "bootc image copy-to-storage --target localhost/os",
     ("image", "pull-from-default-storage"): "bootc image pull-from-default-storage localhost/os",
     ("image", "prune"): "bootc image prune",
+    ("image", "cmd"): "bootc image cmd list --quiet",
+    ("image", "cmd", "list"): "bootc image cmd list --quiet",
+    ("image", "cmd", "build"): "bootc image cmd build -t localhost/derived /srv/build",
+    ("image", "cmd", "push"): "bootc image cmd push localhost/derived oci:/srv/derived",
+    ("image", "cmd", "pull"): "bootc image cmd pull quay.io/example/app:1",
     ("internals",): "bootc internals flatten oci:/srv/layout:v1 --output /tmp/tree",
     ("internals", "flatten"): "bootc internals flatten oci:/srv/layout:v1 --output /tmp/tree",
     ("internals", "podman"): "bootc internals podman images",
@@ -321,9 +346,8 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument(
         "--format-version",
         type=int,
-        choices=[0, 1],
         default=1,
-        help="the document's version (0 and 1 are the same)",
+        help="the document's version (0 and 1 are the same, and all there is)",
     )
     status.add_argument("--json", action="store_true", help="same as --format json")
     status.add_argument("--booted", action="store_true", help="only the booted deployment")

@@ -63,6 +63,8 @@ def status(args: argparse.Namespace) -> int:
     from pybootc.host.render import render_human
     from pybootc.ostree.sysroot import Sysroot, is_ostree_sysroot
 
+    if args.format_version not in (0, 1):
+        raise BootcError(f"Status: Unsupported format version: {args.format_version}")
     if is_ostree_sysroot(args.sysroot):
         sysroot = Sysroot.open(args.sysroot)
         host, booted = build_host(sysroot), sysroot.booted
@@ -73,11 +75,13 @@ def status(args: argparse.Namespace) -> int:
         raise BootcError(f"{args.sysroot} does not exist")
     if args.booted:
         host = host.filter_to_slot(Slot.BOOTED)
-    fmt = "json" if args.json else args.format
+    # As upstream: --format wins, then --json, then what stdout is.
+    fmt = args.format or ("json" if args.json else None)
     if fmt is None:
         fmt = "humanreadable" if sys.stdout.isatty() else "yaml"
     if fmt == "json":
-        print(host.to_json())
+        # Upstream's canonical JSON: compact, keys sorted, no newline after it.
+        sys.stdout.write(host.to_canonical_json())
     elif fmt == "yaml":
         sys.stdout.write(host.to_yaml())
     else:
@@ -240,10 +244,12 @@ def image(args: argparse.Namespace) -> int:
     if args.image_verb == "list":
         images = image_commands.list_images(args.sysroot, image_commands.ImageType(args.type))
         if args.format == "json":
-            print(image_commands.images_json(images))
+            sys.stdout.write(image_commands.images_json(images))
         else:
             _print_table(image_commands.images_table(images))
         return 0
+    if args.image_verb == "cmd":
+        return image_commands.image_cmd(args.sysroot, args.cmd_verb, args.args)
     if args.image_verb == "copy-to-storage":
         report = image_commands.copy_to_storage(args.sysroot, args.source, args.target)
     elif args.image_verb == "pull-from-default-storage":

@@ -8,6 +8,8 @@ tmpfs that is a plain syncfs instead of a freeze of the machine's root filesyste
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
+import multiprocessing.synchronize
 import os
 import shutil
 import subprocess
@@ -17,7 +19,7 @@ from pathlib import Path
 
 from pybootc.ostree.gi import OSTree
 from pybootc.ostree.repo import CommitInfo, commit_directory
-from pybootc.ostree.sysroot import unlock_deployment_roots
+from pybootc.ostree.sysroot import Sysroot, unlock_deployment_roots
 
 KERNEL_VERSION = "6.1.0-test"
 
@@ -52,6 +54,31 @@ def commit_bootable_tree(
     tree = write_bootable_tree(workdir / f"tree-{version}", version, files)
     info = CommitInfo(subject=version, metadata={}, timestamp=1_700_000_000)
     return commit_directory(repo, tree, info=info, selinux_policy=None)
+
+
+def hold_lock(
+    path: str, locked: multiprocessing.synchronize.Event, done: multiprocessing.synchronize.Event
+) -> None:
+    """Hold the sysroot lock of `path` from `locked` until `done` (a spawned process)."""
+    held = Sysroot.open(Path(path))
+    with held.lock():
+        locked.set()
+        done.wait(30)
+
+
+@contextmanager
+def lock_held_elsewhere(path: Path) -> Iterator[None]:
+    """The sysroot lock of `path`, held by another process for the block."""
+    context = multiprocessing.get_context("spawn")
+    locked, done = context.Event(), context.Event()
+    holder = context.Process(target=hold_lock, args=(str(path), locked, done))
+    holder.start()
+    try:
+        assert locked.wait(30)
+        yield
+    finally:
+        done.set()
+        holder.join(30)
 
 
 def unreachable_objects(repo: Path) -> int:

@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import json
 import re
+import select
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +22,7 @@ from pybootc.sample.image import sample_image
 from pybootc.stores.containers_storage import ContainersStorage
 from tests.backend_support import Published, bootc, install, ok, publish, state
 from tests.support import Registry
+from tests.sysroot_support import lock_held_elsewhere
 
 pytestmark = pytest.mark.registry
 
@@ -154,6 +159,11 @@ def test_transport_option_and_podman_passthrough(
         )
     )
     assert f"{registry.address}/pybootc/pass:two" in images.split()
+    # podman's own options come through too, before its command as after it.
+    tags = bootc(
+        "internals", "podman", "--log-level=error", "images", "--format", "{{.Tag}}", sysroot=target
+    )
+    assert "two" in ok(tags).split()
     alias = bootc("internal-podman", "image", "exists", "no/such:image", sysroot=target)
     assert alias.returncode == 1  # podman's own exit status comes through
     listing = json.loads(ok(bootc("image", "list", "--format", "json", sysroot=target)))
@@ -233,3 +243,69 @@ def test_images_move_between_bootc_and_host_storage(
     assert pruned.startswith("Removed sha256:")
     assert "localhost/extra" not in ok(bootc("image", "list", sysroot=target))
     assert name in ok(bootc("image", "list", sysroot=target))
+
+
+def test_image_prune_waits_for_the_sysroot_lock(
+    registry: Registry, target: Path, tmp_path: Path
+) -> None:
+    image = publish(registry, tmp_path, sample_image("1.0"), repo="pybootc/prune-lock")
+    ok(install(target, image.docker, backend="container"))
+    argv = [sys.executable, "-m", "pybootc", "--sysroot", str(target), "image", "prune"]
+    with lock_held_elsewhere(target):
+        pruning = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert pruning.stderr is not None
+        ready, _, _ = select.select([pruning.stderr], [], [], 60)
+        assert ready, "image prune neither waited nor said so"
+        assert pruning.stderr.readline() == "Waiting for sysroot lock...\n"
+        # Nothing is listed, let alone removed, while a deployment may be under way.
+        time.sleep(0.5)
+        assert pruning.poll() is None
+    out, err = pruning.communicate(timeout=120)
+    assert (pruning.returncode, out, err) == (0, "No unused images.\n", "")
+
+
+def test_gc_keeps_an_image_a_container_was_made_from(
+    registry: Registry, target: Path, tmp_path: Path
+) -> None:
+    base = publish(registry, tmp_path, sample_image("1.0"), repo="pybootc/keep-base")
+    install_ok(target, base)
+    extra = publish(registry, tmp_path, sample_image("9.9"), repo="pybootc/keep-extra")
+    ok(
+        bootc(
+            "internals",
+            "podman",
+            "pull",
+            "--quiet",
+            "--tls-verify=false",
+            extra.ref,
+            sysroot=target,
+        )
+    )
+    ok(
+        bootc(
+            "internals", "podman", "create", "--name", "keeper", extra.ref, "true", sysroot=target
+        )
+    )
+
+    assert ok(bootc("image", "prune", sysroot=target)) == "No unused images.\n"
+    assert extra.ref in ok(bootc("image", "list", sysroot=target))
+    names = ok(
+        bootc("internals", "podman", "ps", "--all", "--format", "{{.Names}}", sysroot=target)
+    )
+    assert names.split() == ["keeper"]
+
+    ok(bootc("internals", "podman", "rm", "keeper", sysroot=target))
+    assert ok(bootc("image", "prune", sysroot=target)).startswith("Removed sha256:")
+    assert extra.ref not in ok(bootc("image", "list", sysroot=target))
+
+
+def test_image_cmd_is_podman_image_against_bootc_storage(
+    registry: Registry, target: Path, tmp_path: Path
+) -> None:
+    base = publish(registry, tmp_path, sample_image("1.0"), repo="pybootc/cmd-base")
+    install_ok(target, base)
+    extra = publish(registry, tmp_path, sample_image("9.9"), repo="pybootc/cmd-extra")
+    ok(bootc("image", "cmd", "pull", extra.ref, sysroot=target))
+    listed = bootc("image", "cmd", "list", "--format", "{{.Repository}}:{{.Tag}}", sysroot=target)
+    assert {base.ref, extra.ref} <= set(ok(listed).split())
+    assert extra.ref in ok(bootc("image", "list", sysroot=target))

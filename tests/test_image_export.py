@@ -80,6 +80,18 @@ def test_an_ostree_backend_image_is_exported_from_its_layer_commits(
     assert trees[0] == trees[1]
 
 
+def test_a_container_backend_image_is_copied_under_its_own_name(
+    tmp_path: Path, target: Path, host_storage: ContainersStorage
+) -> None:
+    layout = OciLayout(tmp_path / "oci")
+    layout.add_image("os", sample_image("1.0"))
+    ok(install(target, layout.ref("os"), backend="container"))
+    out = ok(bootc("image", "copy-to-storage", sysroot=target)).splitlines()
+    destination = "containers-storage:localhost/bootc"
+    assert out[0] == f"Copying local image oci:{layout.path}:os to {destination} ..."
+    assert out[1].startswith(f"Pushed: {destination} sha256:") and len(out) == 2
+
+
 def test_copy_to_storage_names_an_image_by_what_image_list_shows(
     tmp_path: Path, target: Path, host_storage: ContainersStorage
 ) -> None:

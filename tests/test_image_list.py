@@ -1,6 +1,6 @@
 """`bootc image list` as upstream prints it: the images the deployments came from
 (`host`, from the repo's image refs, for either backend) and bootc's own storage
-(`unified`), as a borderless REPOSITORY/TYPE table or a JSON list of
+(`unified`, listed with the host's images), as a borderless REPOSITORY/TYPE table or a JSON list of
 {"image_type", "image"}."""
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ TABLE = {
 HOST = f'  {{\n    "image_type": "host",\n    "image": "{IMAGE}"\n  }}'
 UNIFIED = '  {\n    "image_type": "unified",\n    "image": "localhost/fedora-bootc:41"\n  }'
 JSON = {
-    "ostree": f"[\n{HOST}\n]\n",
-    "container": f"[\n{HOST},\n{UNIFIED}\n]\n",
+    "ostree": f"[\n{HOST}\n]",
+    "container": f"[\n{HOST},\n{UNIFIED}\n]",
 }
 
 
@@ -57,6 +57,20 @@ def test_image_list_shows_host_images_and_bootc_storage(
         return shown.replace(images_dir.name, "pybootc-list-XXXXXXXX")
 
     assert image_list() == TABLE[backend]
+    # serde_json's pretty form, with no newline after it, as upstream prints it.
     assert image_list("--format", "json") == JSON[backend]
-    assert image_list("--type", "host", "--format", "json") == JSON["ostree"]
-    assert image_list("--type", "logical", "--format", "json") == "[]\n"
+    # As upstream, the host's images include those in bootc's own storage.
+    assert image_list("--type", "host", "--format", "json") == JSON[backend]
+    assert image_list("--type", "logical", "--format", "json") == "[]"
+
+
+def test_podman_on_a_sysroot_with_no_storage_yet_makes_it(target: Path, images_dir: Path) -> None:
+    layout = OciLayout(images_dir / "os")
+    layout.add_image("1", sample_image("1"))
+    ok(install(target, layout.ref("1"), backend="ostree"))
+    # As a sysroot that no bootc installed has it, or one whose storage was removed.
+    storage = target / "ostree/bootc/storage"
+    shutil.rmtree(storage)
+    assert ok(bootc("internals", "podman", "images", "--quiet", sysroot=target)) == ""
+    assert storage.is_dir()
+    assert ok(bootc("image", "list", "--format", "json", sysroot=target)).count("unified") == 0

@@ -41,6 +41,7 @@ from pybootc.host.model import (
     ImageStatus,
     Slot,
 )
+from pybootc.host.yaml_text import dump_yaml, load_yaml
 from tests.strategies import any_store, hosts
 from tests.support import FIXTURE_NAMES, SHARED_REFERENCE, UPSTREAM_FIXTURE_DIR, fixture_host
 
@@ -308,7 +309,7 @@ def test_yaml_of_an_empty_host() -> None:
     )
 
 
-def test_yaml_quotes_text_that_a_yaml_reader_would_take_for_something_else() -> None:
+def test_yaml_quotes_text_as_serde_yaml_does() -> None:
     image = ImageStatus(
         ImageReference("x", "oci"),
         DIGEST_A,
@@ -317,9 +318,37 @@ def test_yaml_quotes_text_that_a_yaml_reader_would_take_for_something_else() -> 
         timestamp="2024-01-01T00:00:00Z",
     )
     text = Host(status=HostStatus(booted=BootEntry(image=image))).to_yaml()
+    # What serde_yaml would read back as a number is quoted; a timestamp is text to it,
+    # so it is plain, as upstream's status writes it.
     assert "version: '1.10'\n" in text
-    assert "timestamp: '2024-01-01T00:00:00Z'\n" in text
-    assert yaml.safe_load(text)["status"]["booted"]["image"]["version"] == "1.10"
+    assert "timestamp: 2024-01-01T00:00:00Z\n" in text
+    assert Host.from_yaml(text) == Host(status=HostStatus(booted=BootEntry(image=image)))
+
+
+@pytest.mark.parametrize(
+    ("text", "written"),
+    [
+        ("yes", "yes"),
+        ("on", "on"),
+        ("2023-10-14T19:22:15.42Z", "2023-10-14T19:22:15.42Z"),
+        ("inf", "inf"),
+        ("1_000", "1_000"),
+        ("0o17", "'0o17'"),
+        ("-0x1F", "'-0x1F'"),
+        ("0123", "'0123'"),
+        ("1e5", "'1e5'"),
+        (".5", "'.5'"),
+        ("20231230.1", "'20231230.1'"),
+        ("true", "'true'"),
+        ("NULL", "'NULL'"),
+        ("~", "'~'"),
+        ("", "''"),
+        (".NaN", "'.NaN'"),
+    ],
+)
+def test_yaml_text_quoted_where_serde_yaml_quotes_it(text: str, written: str) -> None:
+    assert dump_yaml({"version": text}) == f"version: {written}\n"
+    assert load_yaml(dump_yaml({"version": text})) == {"version": text}
 
 
 def test_store_takes_pybootc_backend_names_too() -> None:

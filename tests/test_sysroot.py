@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import shutil
 import subprocess
@@ -25,6 +24,7 @@ from pybootc.ostree.sysroot import (
 )
 from tests.sysroot_support import (
     commit_bootable_tree,
+    lock_held_elsewhere,
     scratch_tmpfs,
     snapshot,
     unreachable_objects,
@@ -401,25 +401,11 @@ def test_a_prune_killed_half_way_is_finished_by_the_next_cleanup(
     assert sysroot.repo.load_commit(kept)[0]
 
 
-def _hold_lock(
-    path: str, locked: multiprocessing.synchronize.Event, done: multiprocessing.synchronize.Event
-) -> None:
-    held = Sysroot.open(Path(path))
-    with held.lock():
-        locked.set()
-        done.wait(30)
-
-
 def test_a_sysroot_locked_by_another_process_is_waited_for(
     sysroot: Sysroot, scratch: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
     one = commit_bootable_tree(sysroot.repo, scratch, "1")
-    context = multiprocessing.get_context("spawn")
-    locked, done = context.Event(), context.Event()
-    holder = context.Process(target=_hold_lock, args=(str(sysroot.path), locked, done))
-    holder.start()
-    try:
-        assert locked.wait(30)
+    with lock_held_elsewhere(sysroot.path):
         deploying = threading.Thread(
             target=sysroot.deploy, args=(one,), kwargs={"stateroot": STATEROOT, "origin": ORIGIN}
         )
@@ -433,9 +419,6 @@ def test_a_sysroot_locked_by_another_process_is_waited_for(
             time.sleep(0.05)
         assert waited == "Waiting for sysroot lock...\n"
         assert Sysroot.open(sysroot.path).deployments() == []
-    finally:
-        done.set()
-        holder.join(30)
     deploying.join(30)
     assert [d.checksum for d in sysroot.deployments()] == [one]
 

@@ -37,13 +37,23 @@ DEFAULT_COPY_TARGET = "localhost/bootc"
 
 
 def podman(sysroot_path: Path, args: Sequence[str]) -> int:
-    """Run podman against bootc's storage, output and exit status passed through."""
+    """Run podman against bootc's storage, output and exit status passed through; the
+    storage is made if there is none yet, as upstream's get_ensure_imgstore makes it."""
+    Sysroot.open(sysroot_path)  # an OSTree sysroot, or one clear error
     storage = bootc_storage.bootc_storage(sysroot_path)
-    if not storage.root.is_dir():
-        raise BootcError(
-            f"{storage.root} does not exist: nothing was deployed with containers-storage"
-        )
     return tools.run_passthrough(["podman", *args], env=storage.podman_env())
+
+
+def image_cmd(sysroot_path: Path, verb: str, args: Sequence[str]) -> int:
+    """Upstream's `bootc image cmd VERB ARGS`: `podman image VERB ARGS` against bootc's
+    storage; `pull` takes image references only, pulled one after the other."""
+    if verb != "pull":
+        return podman(sysroot_path, ["image", verb, *args])
+    for image in args:
+        status = podman(sysroot_path, ["image", "pull", image])
+        if status != 0:
+            return status
+    return 0
 
 
 class ImageType(enum.StrEnum):
@@ -91,12 +101,13 @@ def list_images(sysroot_path: Path, image_type: ImageType) -> list[ListedImage]:
     sysroot = Sysroot.open(sysroot_path)
     if image_type is ImageType.LOGICAL:
         return []
-    host = _host_images(sysroot)
-    return host if image_type is ImageType.HOST else host + _unified_images(sysroot_path)
+    # As upstream, the host's images are always listed with those in bootc's own storage.
+    return _host_images(sysroot) + _unified_images(sysroot_path)
 
 
 def images_json(images: Sequence[ListedImage]) -> str:
-    """Upstream's JSON: a pretty-printed list of {"image_type", "image"}."""
+    """Upstream's JSON: a pretty-printed list of {"image_type", "image"}, with no
+    newline after it (serde_json's to_writer_pretty)."""
     return json.dumps([dataclasses.asdict(image) for image in images], indent=2)
 
 
@@ -114,8 +125,9 @@ def images_table(images: Sequence[ListedImage]) -> Table:
 
 def _copy_source(sysroot: Sysroot, source: str | None, work: Path) -> tuple[str, str]:
     """(what to call the image, a skopeo source for it) for `image copy-to-storage`:
-    the image the next boot runs, or `source`: a name in bootc's storage, or an image
-    a deployment came from (as `image list` shows it)."""
+    the booted image (on a sysroot nothing boots from, the first in boot order), or
+    `source`: a name in bootc's storage, or an image a deployment came from (as
+    `image list` shows it)."""
     storage = bootc_storage.bootc_storage(sysroot.path)
     if source is None:
         current = current_deployment(sysroot)
@@ -179,7 +191,11 @@ def pull_from_default_storage(sysroot_path: Path, image: str) -> Report:
 
 
 def prune(sysroot_path: Path) -> Report:
-    removed = collect_garbage(Sysroot.open(sysroot_path)).images
+    sysroot = Sysroot.open(sysroot_path)
+    # Under the lock, as every deployment's GC: a switch holding it may be deploying an
+    # image that the list of images in use, read before, does not name yet.
+    with sysroot.lock():
+        removed = collect_garbage(sysroot).images
     if not removed:
         return Report(("No unused images.",))
     return Report(tuple(f"Removed {image_id}" for image_id in removed))

@@ -7,8 +7,12 @@ is booted: the deployment that boots next is `staged`.
 
 from __future__ import annotations
 
+import logging
+
+from pybootc.errors import BootcError
 from pybootc.host.fields import normalize_timestamp
 from pybootc.host.model import (
+    STORE_OSTREE_CONTAINER,
     BootEntry,
     BootEntryOstree,
     BootOrder,
@@ -30,6 +34,8 @@ from pybootc.ostree.gi import OSTree
 from pybootc.ostree.origin import CommitImage, cached_update, commit_image, origin_image
 from pybootc.ostree.sysroot import DeploymentInfo, Sysroot, boot_roles
 
+log = logging.getLogger(__name__)
+
 
 def spec_reference(imgref: OstreeImageReference) -> ImageReference:
     """bootc's ImageReference for an image reference: transport, name and signature."""
@@ -39,7 +45,8 @@ def spec_reference(imgref: OstreeImageReference) -> ImageReference:
     elif kind is SignatureKind.CONTAINER_POLICY:
         signature = ImageSignature.container_policy()
     else:
-        signature = ImageSignature.insecure()
+        # As upstream: an image pulled without verification names no signature.
+        signature = None
     return ImageReference(
         image=imgref.imgref.name, transport=imgref.imgref.transport.value, signature=signature
     )
@@ -58,32 +65,51 @@ def ostree_reference(reference: ImageReference) -> OstreeImageReference:
     return OstreeImageReference(sigverify, imgref)
 
 
+def _timestamp(created: str | None) -> str | None:
+    """The image's creation time as bootc writes it; none, with a warning, for text that
+    is no RFC 3339 date-time (a label is the image author's to get wrong)."""
+    if created is None:
+        return None
+    try:
+        return normalize_timestamp(created)
+    except BootcError as err:
+        log.warning("Invalid timestamp in image: %s", err)
+        return None
+
+
 def _image_status(reference: ImageReference, image: CommitImage) -> ImageStatus:
     return ImageStatus(
         image=reference,
         image_digest=image.manifest_digest,
         architecture=image.architecture,
         version=image.version,
-        timestamp=normalize_timestamp(image.created) if image.created else None,
+        timestamp=_timestamp(image.created),
     )
 
 
+# Origin groups of rpm-ostree's machine-local changes: a deployment with any of them is
+# no image bootc can stand for (upstream's origin_has_rpmostree_stuff).
+_RPM_OSTREE_GROUPS = ("rpmostree", "packages", "overrides", "modules")
+
+
 def boot_entry(repo: OSTree.Repo, deployment: DeploymentInfo) -> BootEntry:
-    origin = origin_image(deployment)
+    incompatible = any(group in deployment.origin for group in _RPM_OSTREE_GROUPS)
+    origin = None if incompatible else origin_image(deployment)
     image = cached = None
-    store = None
+    store = STORE_OSTREE_CONTAINER
     if origin is not None:
         reference = spec_reference(origin.imgref)
         committed = commit_image(repo, deployment.checksum)
         if committed is not None:
             image = _image_status(reference, committed)
             update = cached_update(repo, deployment.checksum)
-            if update is not None and update.manifest_digest != committed.manifest_digest:
-                cached = _image_status(reference, update)
+            # Kept even with the same digest, as upstream; the human form leaves it out.
+            cached = None if update is None else _image_status(reference, update)
         store = origin.backend.store
     return BootEntry(
         image=image,
         cached_update=cached,
+        incompatible=incompatible,
         pinned=deployment.pinned,
         download_only=deployment.finalization_locked,
         soft_reboot_capable=deployment.soft_reboot_capable,
@@ -114,11 +140,12 @@ def build_host(sysroot: Sysroot) -> Host:
     def entry(d: DeploymentInfo | None) -> BootEntry | None:
         return None if d is None else entries[d.index]
 
+    running = entries[roles.running.index]
     if roles.running.is_booted:
-        booted, staged = entry(roles.running), entry(roles.staged)
+        booted, staged = running, entry(roles.staged)
     else:
         # Nothing runs from this sysroot: what boots next is queued, i.e. staged.
-        booted, staged = None, entry(roles.running)
+        booted, staged = None, running
     spec_entry = staged or booted
     image = spec_entry.image.image if spec_entry and spec_entry.image else None
     return Host(
@@ -133,6 +160,7 @@ def build_host(sysroot: Sysroot) -> Host:
             other_deployments=tuple(entries[d.index] for d in roles.other),
             rollback_queued=roles.rollback_queued,
             usr_overlay=_USR_OVERLAYS.get(roles.running.unlocked) if booted else None,
-            type=HostType.BOOTC_HOST if any(e.image for e in entries) else None,
+            # As upstream: whether the running deployment is an image.
+            type=HostType.BOOTC_HOST if running.image else None,
         ),
     )

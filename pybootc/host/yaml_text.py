@@ -41,8 +41,37 @@ def _tag_signatures(value: Any) -> Any:
     return out
 
 
+_INT = re.compile(r"[+-]?(?:0x[0-9a-fA-F]+|0o[0-7]+|0b[01]+|[0-9]+)")
+# What Rust's f64 parsing takes, finite: digits with a point and an exponent, each optional.
+_FLOAT = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+_SPECIAL_FLOATS = {".inf", ".Inf", ".INF", "-.inf", "-.Inf", "-.INF", ".nan", ".NaN", ".NAN"}
+
+
+def _serde_yaml_tag(text: str) -> str:
+    """What serde_yaml would read the plain scalar `text` as (its serializer quotes a
+    string exactly when this is not `str`): null, a boolean, an integer, a float,
+    digits with a leading zero, or text. A timestamp, `yes` or `on` is text to it."""
+    if text in ("", "~", "null", "Null", "NULL"):
+        return "tag:yaml.org,2002:null"
+    if text in ("true", "True", "TRUE", "false", "False", "FALSE"):
+        return "tag:yaml.org,2002:bool"
+    if text.startswith(("++", "+-")):
+        return _STR_TAG
+    if _INT.fullmatch(text):
+        return "tag:yaml.org,2002:int"
+    if text in _SPECIAL_FLOATS or _FLOAT.fullmatch(text):
+        return "tag:yaml.org,2002:float"
+    return _STR_TAG
+
+
 class _HostYamlDumper(yaml.SafeDumper):
-    """A SafeDumper that writes _TaggedScalar as a local tag, unquoted where it can."""
+    """A SafeDumper that quotes text as serde_yaml does (what it would read as something
+    else, no more), and writes _TaggedScalar as a local tag, unquoted where it can."""
+
+    def resolve(self, kind: type[yaml.Node], value: Any, implicit: tuple[bool, bool]) -> str:
+        if kind is yaml.ScalarNode and implicit[0]:
+            return _serde_yaml_tag(value)
+        return str(super().resolve(kind, value, implicit))  # type: ignore[no-untyped-call]
 
     def choose_scalar_style(self) -> str:
         event = self.event
@@ -52,7 +81,7 @@ class _HostYamlDumper(yaml.SafeDumper):
         # PyYAML quotes every explicitly tagged scalar; serde_yaml writes plain text plainly.
         if isinstance(event, yaml.ScalarEvent) and (event.tag or "").startswith("!"):
             analysis = self.analysis = self.analysis or self.analyze_scalar(event.value)
-            implicit = self.resolve(yaml.ScalarNode, event.value, (True, False))  # type: ignore[no-untyped-call]
+            implicit = self.resolve(yaml.ScalarNode, event.value, (True, False))
             plain_text = implicit == _STR_TAG and _PRINTABLE_ASCII.fullmatch(event.value)
             if plain_text and analysis.allow_block_plain and not analysis.multiline:
                 return ""

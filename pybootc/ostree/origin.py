@@ -7,7 +7,6 @@ holds what was deployed (manifest digest, config, version).
 
 from __future__ import annotations
 
-import datetime
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from pybootc.oci.imgref import OstreeImageReference
 from pybootc.oci.model import Descriptor, Manifest
 from pybootc.ostree.ext_format import cached_update_of, image_of_commit, manifest_of_commit
 from pybootc.ostree.gi import OSTree
-from pybootc.ostree.repo import commit_timestamp, read_commit_metadata, read_detached_metadata
+from pybootc.ostree.repo import read_commit_metadata, read_detached_metadata
 from pybootc.ostree.sysroot import DeploymentInfo, Origin
 from pybootc.stores import Backend
 
@@ -71,7 +70,11 @@ class CommitImage:
         label_map = labels.get("Labels") if isinstance(labels, dict) else None
         labels_dict = label_map if isinstance(label_map, dict) else {}
         version = labels_dict.get("org.opencontainers.image.version") or labels_dict.get("version")
-        created = labels_dict.get("org.opencontainers.image.created") or config.get("created")
+        # The label when there is one, even empty (then no time at all), as upstream.
+        created_label = "org.opencontainers.image.created"
+        created = (
+            labels_dict[created_label] if created_label in labels_dict else config.get("created")
+        )
         return cls(
             manifest_digest=digest,
             architecture=str(config.get("architecture", "")),
@@ -82,14 +85,7 @@ class CommitImage:
 
 def commit_image(repo: OSTree.Repo, checksum: str) -> CommitImage | None:
     recorded = image_of_commit(read_commit_metadata(repo, checksum))
-    if recorded is None:
-        return None
-    image = CommitImage.from_config(*recorded)
-    if image.created is None:
-        timestamp = commit_timestamp(repo, checksum)
-        created = datetime.datetime.fromtimestamp(timestamp, datetime.UTC).isoformat()
-        return CommitImage(image.manifest_digest, image.architecture, image.version, created)
-    return image
+    return None if recorded is None else CommitImage.from_config(*recorded)
 
 
 def commit_layers(repo: OSTree.Repo, checksum: str) -> tuple[Descriptor, ...]:

@@ -7,6 +7,8 @@ binary with a file capability, a whiteout, an opaque directory, a zstd layer.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from pybootc.sample.ocibuild import (
     Compression,
     Entry,
@@ -70,7 +72,8 @@ def sample_image(
     architecture: str = "amd64",
     extra: tuple[Layer, ...] = (),
     compression: Compression = Compression.ZSTD,
-    created: str = "2026-01-01T00:00:00Z",
+    created: str | None = "2026-01-01T00:00:00Z",
+    labels: Mapping[str, str] = {},
 ) -> ImageSpec:
     """The sample OS at `version`: its motd and a file under /usr say which."""
     return ImageSpec(
@@ -95,6 +98,6 @@ def sample_image(
             *extra,
         ),
         architecture=architecture,
-        labels={"org.opencontainers.image.version": version},
+        labels={"org.opencontainers.image.version": version, **labels},
         created=created,
     )

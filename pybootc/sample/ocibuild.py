@@ -198,7 +198,8 @@ class ImageSpec:
     layers: tuple[Layer, ...]
     architecture: str = "amd64"
     labels: Mapping[str, str] = field(default_factory=dict)
-    created: str = "2026-01-01T00:00:00Z"
+    # None: the config says nothing of when the image was made.
+    created: str | None = "2026-01-01T00:00:00Z"
 
 
 class OciLayout:
@@ -251,7 +252,7 @@ class OciLayout:
         config = {
             "architecture": spec.architecture,
             "os": "linux",
-            "created": spec.created,
+            **({} if spec.created is None else {"created": spec.created}),
             "config": {"Labels": dict(spec.labels)} if spec.labels else {},
             "rootfs": {"type": "layers", "diff_ids": list(diff_ids)},
         }

@@ -61,6 +61,11 @@ class StoredImage:
     digests: frozenset[str] = frozenset()
 
 
+def _image_id(shown: str) -> str:
+    """An image ID as podman shows it (bare hex, or with its algorithm), with it."""
+    return shown if ":" in shown else f"sha256:{shown}"
+
+
 def list_images(storage: ContainersStorage) -> list[StoredImage]:
     if not storage.root.exists():
         return []
@@ -69,7 +74,7 @@ def list_images(storage: ContainersStorage) -> list[StoredImage]:
     for item in json.loads(out or b"[]"):
         found.append(
             StoredImage(
-                image_id=f"sha256:{item['Id']}" if ":" not in item["Id"] else item["Id"],
+                image_id=_image_id(item["Id"]),
                 names=tuple(item.get("Names") or ()),
                 digest=str(item.get("Digest", "")),
                 created=str(item.get("CreatedAt", "")),
@@ -138,12 +143,19 @@ def pull(
 
 
 def remove_unused(storage: ContainersStorage, keep: Iterable[str]) -> list[str]:
-    """Remove every image whose ID or manifest digest is not in `keep`; return their IDs."""
+    """Remove every image whose ID or manifest digest is not in `keep`, and that no
+    container was made from; return their IDs."""
     wanted = set(keep)
+    # Containers made with `internals podman create/run` are the user's: their images
+    # stay, as upstream's `podman image rm` (no --force) leaves them.
+    listed = storage.podman("ps", "--all", "--no-trunc", "--format", "{{.ImageID}}").stdout
+    wanted |= {_image_id(found) for found in listed.decode().split()}
     removed = []
     for image in list_images(storage):
         if image.image_id in wanted or image.digests & wanted:
             continue
+        # --force for an image with several names, which podman keeps otherwise; no
+        # container is left for it to remove with the image.
         storage.podman("rmi", "--force", image.image_id)
         removed.append(image.image_id)
     return removed

@@ -241,8 +241,10 @@ class ContainerStore:
             return pulling.result(), frozenset(passed)
 
     def deployed_source(self, target: OriginImage, commit: str, work: Path) -> tuple[str, str]:
+        # Named as upstream names the image it copies (`docker://...`); the image is
+        # the last fetched under that name, as upstream's export takes it too.
         name = bootc_storage.stored_name(target.imgref.imgref)
-        return name, self._storage.reference(name)
+        return str(target.imgref.imgref), self._storage.reference(name)
 
     def collect_garbage(self, deployed: DeployedImages) -> Pruned:
         return Pruned(tuple(bootc_storage.remove_unused(self._storage, deployed.manifest_digests)))
