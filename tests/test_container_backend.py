@@ -264,12 +264,19 @@ def test_image_prune_waits_for_the_sysroot_lock(
     assert (pruning.returncode, out, err) == (0, "No unused images.\n", "")
 
 
+def installed_and_another(
+    registry: Registry, target: Path, tmp_path: Path, name: str
+) -> tuple[Published, Published]:
+    """An image installed with the container backend, and another in the registry."""
+    base = publish(registry, tmp_path, sample_image("1.0"), repo=f"pybootc/{name}-base")
+    install_ok(target, base)
+    return base, publish(registry, tmp_path, sample_image("9.9"), repo=f"pybootc/{name}-extra")
+
+
 def test_gc_keeps_an_image_a_container_was_made_from(
     registry: Registry, target: Path, tmp_path: Path
 ) -> None:
-    base = publish(registry, tmp_path, sample_image("1.0"), repo="pybootc/keep-base")
-    install_ok(target, base)
-    extra = publish(registry, tmp_path, sample_image("9.9"), repo="pybootc/keep-extra")
+    _, extra = installed_and_another(registry, target, tmp_path, "keep")
     ok(
         bootc(
             "internals",
@@ -302,9 +309,7 @@ def test_gc_keeps_an_image_a_container_was_made_from(
 def test_image_cmd_is_podman_image_against_bootc_storage(
     registry: Registry, target: Path, tmp_path: Path
 ) -> None:
-    base = publish(registry, tmp_path, sample_image("1.0"), repo="pybootc/cmd-base")
-    install_ok(target, base)
-    extra = publish(registry, tmp_path, sample_image("9.9"), repo="pybootc/cmd-extra")
+    base, extra = installed_and_another(registry, target, tmp_path, "cmd")
     ok(bootc("image", "cmd", "pull", extra.ref, sysroot=target))
     listed = bootc("image", "cmd", "list", "--format", "{{.Repository}}:{{.Tag}}", sysroot=target)
     assert {base.ref, extra.ref} <= set(ok(listed).split())

@@ -5,8 +5,6 @@ never reads a half-written state."""
 from __future__ import annotations
 
 import json
-import multiprocessing
-import multiprocessing.synchronize
 import subprocess
 import sys
 from pathlib import Path
@@ -17,14 +15,7 @@ from pybootc.ostree.sysroot import Sysroot
 from pybootc.sample.image import sample_image
 from pybootc.sample.ocibuild import OciLayout
 from tests.backend_support import bootc, ok
-
-
-def _hold_lock(
-    path: str, locked: multiprocessing.synchronize.Event, done: multiprocessing.synchronize.Event
-) -> None:
-    with Sysroot.open(Path(path)).lock():
-        locked.set()
-        done.wait(60)
+from tests.sysroot_support import lock_held_elsewhere
 
 
 def test_rollback_waits_for_the_lock_and_status_does_not(target: Path, tmp_path: Path) -> None:
@@ -34,12 +25,7 @@ def test_rollback_waits_for_the_lock_and_status_does_not(target: Path, tmp_path:
     ok(bootc("install", "to-filesystem", "--source-imgref", layout.ref("v1"), str(target)))
     ok(bootc("switch", "--transport", "oci", f"{layout.path}:v2", sysroot=target))
 
-    context = multiprocessing.get_context("spawn")
-    locked, done = context.Event(), context.Event()
-    holder = context.Process(target=_hold_lock, args=(str(target), locked, done))
-    holder.start()
-    try:
-        assert locked.wait(30)
+    with lock_held_elsewhere(target):
         rollback = subprocess.Popen(
             [sys.executable, "-m", "pybootc", "--sysroot", str(target), "rollback"],
             stdout=subprocess.PIPE,
@@ -50,10 +36,7 @@ def test_rollback_waits_for_the_lock_and_status_does_not(target: Path, tmp_path:
         # Read before the holder lets go: the wait is announced while it lasts.
         assert rollback.stderr.readline() == "Waiting for sysroot lock...\n"
         status = ok(bootc("status", "--format", "json", sysroot=target))
-        assert '"version": "2.0"' in status
-    finally:
-        done.set()
-        holder.join(30)
+        assert '"version":"2.0"' in status
     out, err = rollback.communicate(timeout=60)
     assert rollback.returncode == 0, err
     assert out == "Next boot: rollback deployment\n"
