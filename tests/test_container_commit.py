@@ -8,8 +8,8 @@ from pathlib import Path
 
 import jsonschema
 import pytest
-import yaml
 
+from pybootc.host.yaml_text import load_yaml
 from pybootc.ostree.repo import commit_timestamp, list_refs, read_commit_metadata
 from pybootc.ostree.sysroot import Sysroot
 from pybootc.sample.image import sample_image
@@ -72,7 +72,9 @@ def test_status_documents_validate_against_bootcs_schema(
     _install(registry, target, tmp_path, "1.0", "pybootc/schema")
     schema = host_schema(with_container_store=True)
     as_json = json.loads(ok(bootc("status", "--format", "json", sysroot=target)))
-    as_yaml = yaml.safe_load(ok(bootc("status", "--format", "yaml", sysroot=target)))
+    # Read as serde_yaml (YAML 1.2) reads it: a YAML 1.1 reader takes the plain
+    # timestamp upstream writes for a date-time, not a string.
+    as_yaml = load_yaml(ok(bootc("status", "--format", "yaml", sysroot=target)))
     for document in (as_json, as_yaml):
         jsonschema.validate(document, schema)
     assert as_json["status"]["staged"]["store"] == "containerStorage"
