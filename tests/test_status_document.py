@@ -106,7 +106,9 @@ def test_a_cached_update_of_the_same_image_is_kept_but_not_shown(
     assert "Update" not in human
 
 
-def test_an_origin_with_rpm_ostree_changes_is_incompatible(target: Path, layout: OciLayout) -> None:
+def test_an_origin_with_rpm_ostree_changes_is_incompatible_and_not_upgraded(
+    target: Path, layout: OciLayout
+) -> None:
     staged = installed(target, layout).status.staged
     assert staged and staged.ostree
     origin = target / f"ostree/deploy/default/deploy/{staged.ostree.checksum}.0.origin"
@@ -114,6 +116,14 @@ def test_an_origin_with_rpm_ostree_changes_is_incompatible(target: Path, layout:
     again = status(target).status.staged
     assert again and again.incompatible
     assert (again.image, again.cached_update) == (None, None)
+    # Nor does bootc upgrade it, which would drop those changes.
+    before = state(target)
+    for argv in (("upgrade",), ("upgrade", "--check")):
+        assert one_error_line(bootc(*argv, sysroot=target)) == (
+            "error: Deployment contains local rpm-ostree modifications; cannot upgrade via"
+            " bootc. You can run `rpm-ostree reset` to undo the modifications."
+        )
+        assert state(target) == before
 
 
 def test_a_plain_commit_is_an_ostree_container_deployment_but_no_bootc_host(

@@ -28,7 +28,7 @@ from pybootc.ostree.kargs import (
     image_kargs,
     with_image_change,
 )
-from pybootc.ostree.origin import OriginImage, origin_image
+from pybootc.ostree.origin import OriginImage, has_rpm_ostree_changes, origin_image
 from pybootc.ostree.repo import libostree_errors, list_refs, read_directory, set_ref
 from pybootc.ostree.sysroot import DeploymentInfo, Sysroot, followed_deployment
 from pybootc.progress import NO_PROGRESS, Progress
@@ -202,6 +202,12 @@ def followed(sysroot: Sysroot, tag: str | None = None) -> tuple[DeploymentInfo, 
     image; with `tag`, that image under another tag (`upgrade --tag`), which the new
     deployment's origin then records."""
     current = followed_deployment(sysroot)
+    if current is not None and has_rpm_ostree_changes(current):
+        # As upstream: an upgrade of the image would drop those changes.
+        raise BootcError(
+            "Deployment contains local rpm-ostree modifications; cannot upgrade via bootc."
+            " You can run `rpm-ostree reset` to undo the modifications."
+        )
     image = origin_image(current) if current else None
     if current is None or image is None:
         raise BootcError("No image to upgrade: the system is not deployed via bootc")

@@ -31,7 +31,13 @@ from pybootc.host.model import SignatureKind as SpecSignatureKind
 from pybootc.oci.imgref import ImageReference as ImgRef
 from pybootc.oci.imgref import OstreeImageReference, SignatureKind, SignatureSource
 from pybootc.ostree.gi import OSTree
-from pybootc.ostree.origin import CommitImage, cached_update, commit_image, origin_image
+from pybootc.ostree.origin import (
+    CommitImage,
+    cached_update,
+    commit_image,
+    has_rpm_ostree_changes,
+    origin_image,
+)
 from pybootc.ostree.sysroot import DeploymentInfo, Sysroot, boot_roles
 
 log = logging.getLogger(__name__)
@@ -87,13 +93,8 @@ def _image_status(reference: ImageReference, image: CommitImage) -> ImageStatus:
     )
 
 
-# Origin groups of rpm-ostree's machine-local changes: a deployment with any of them is
-# no image bootc can stand for (upstream's origin_has_rpmostree_stuff).
-_RPM_OSTREE_GROUPS = ("rpmostree", "packages", "overrides", "modules")
-
-
 def boot_entry(repo: OSTree.Repo, deployment: DeploymentInfo) -> BootEntry:
-    incompatible = any(group in deployment.origin for group in _RPM_OSTREE_GROUPS)
+    incompatible = has_rpm_ostree_changes(deployment)
     origin = None if incompatible else origin_image(deployment)
     image = cached = None
     store = STORE_OSTREE_CONTAINER

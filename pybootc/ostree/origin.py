@@ -104,6 +104,16 @@ def cached_update(repo: OSTree.Repo, checksum: str) -> CommitImage | None:
     return None if recorded is None else CommitImage.from_config(*recorded)
 
 
+# Origin groups of rpm-ostree's machine-local changes (packages layered, overrides):
+# a deployment with any of them is no image bootc can stand for or update
+# (upstream's origin_has_rpmostree_stuff).
+_RPM_OSTREE_GROUPS = ("rpmostree", "packages", "overrides", "modules")
+
+
+def has_rpm_ostree_changes(deployment: DeploymentInfo) -> bool:
+    return any(group in deployment.origin for group in _RPM_OSTREE_GROUPS)
+
+
 def origin_image(deployment: DeploymentInfo) -> OriginImage | None:
     try:
         return OriginImage.from_origin(deployment.origin)
