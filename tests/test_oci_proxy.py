@@ -9,6 +9,7 @@ import json
 import os
 import random
 import signal
+import socket
 import tarfile
 import threading
 from collections.abc import Callable, Iterator
@@ -396,6 +397,35 @@ def test_leaving_the_proxy_reaps_skopeo(layout: Layout) -> None:
         os.waitpid(pid, os.WNOHANG)  # no longer our child: it was reaped
     with pytest.raises(BootcError, match="The image proxy is shut down"):
         proxy.open_image(layout.reference)
+
+
+def _interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
+
+
+def test_a_call_cut_short_still_reaps_skopeo() -> None:
+    # A registry that takes connections and never answers: OpenImage waits in skopeo.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        proxy = ImageProxy()
+        proxy.start()
+        pid = proxy.pid
+        assert pid is not None
+        previous = signal.signal(signal.SIGALRM, _interrupt)
+        signal.setitimer(signal.ITIMER_REAL, 1.0)
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                proxy.open_image(f"docker://127.0.0.1:{silent.getsockname()[1]}/os:1")
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+        proxy.close()
+    assert proxy.pid is None
+    with pytest.raises(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)  # reaped: no skopeo is left behind
+    with pytest.raises(BootcError, match="interrupted during OpenImage"):
+        proxy.open_image("oci:/nowhere:x")
 
 
 def test_skopeo_dying_while_idle_is_an_error(layout: Layout) -> None:

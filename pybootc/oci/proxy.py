@@ -212,14 +212,20 @@ class ImageProxy:
                 with suppress(OSError):  # skopeo may be gone already
                     sock.send(json.dumps({"method": "Shutdown", "args": []}).encode())
                 sock.close()
-            if proc is None or self._failure is not None:
+            if proc is None:
                 return
-            self._failure = BootcError("The image proxy is shut down")
+            # A call cut short (Ctrl-C) left skopeo in the middle of it, answering no
+            # one: it is killed, not waited for, and how it ended is no news.
+            interrupted = self._failure is not None
+            if interrupted:
+                proc.kill()
+            else:
+                self._failure = BootcError("The image proxy is shut down")
             _wait_or_kill(proc)
             try:
                 tools.reap(proc, self._argv)
             except BootcError as err:
-                if check:
+                if check and not interrupted:
                     raise err.with_context("Shutting down the image proxy") from None
                 log.debug("Image proxy failed: %s", err)
 
