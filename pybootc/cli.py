@@ -364,7 +364,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     switch.add_argument(
         "--transport",
-        choices=["registry", "oci", "oci-archive", "containers-storage", "dir", "docker-archive"],
+        # `docker` is upstream's other name for `registry`.
+        choices=[
+            "registry",
+            "docker",
+            "oci",
+            "oci-archive",
+            "containers-storage",
+            "dir",
+            "docker-archive",
+        ],
         help="how to read IMAGE (default: IMAGE is a full reference, or a registry name)",
     )
     switch.add_argument("--retain", action="store_true", help="keep the old image's ref")

@@ -115,7 +115,7 @@ def _finish(args: argparse.Namespace, report: Report, *, soft: bool, staged: boo
         soft = Sysroot.open(args.sysroot).prepare_soft_reboot(staged=staged, required=required)
     if soft:
         kind = "Staged" if staged else "Rollback"
-        print(f"{kind} deployment is soft-reboot capable, prepared for soft-reboot")
+        print(f"{kind} deployment is soft-reboot capable, preparing for soft-reboot...")
     if args.apply:
         if soft:
             booted.soft_reboot()

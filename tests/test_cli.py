@@ -140,10 +140,11 @@ def test_upgrade_tag_follows_another_tag_of_the_same_image(
     v1 = publish(registry, tmp_path, sample_image("1.0"), repo="pybootc/tagged", tag="v1")
     ok(install(target, v1.docker))
     publish(registry, tmp_path, sample_image("2.0"), repo="pybootc/tagged", tag="v2")
-    v2 = f"ostree-unverified-registry:{registry.address}/pybootc/tagged:v2"
+    v2 = f"{registry.address}/pybootc/tagged:v2"
 
+    # As upstream names them: `docker://NAME` in the check, NAME alone once queued.
     checked = ok(bootc("upgrade", "--tag", "v2", "--check", sysroot=target))
-    assert checked.startswith(f"Update available for: {v2}\n  Version: 2.0\n")
+    assert checked.startswith(f"Update available for: docker://{v2}\n  Version: 2.0\n")
     before = state(target)
     line = one_error_line(bootc("upgrade", "--tag", "no tag!", sysroot=target))
     assert line.startswith('error: Invalid tag "no tag!": it must match ')

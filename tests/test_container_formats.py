@@ -139,7 +139,7 @@ def test_gzip_zstd_and_zstd_chunked_deploy_the_same_tree(
     for name in ("zstd-chunked", "zstd"):
         out = ok(bootc("switch", refs[name], sysroot=target))
         pulled = refs[name].removeprefix("docker://")
-        assert out.startswith(f"Queued for next boot: ostree-unverified-registry:{pulled}")
+        assert out.startswith(f"Queued for next boot: {pulled}")
         seen[name] = deployed(target)
         assert staged_version(target) == "1.0"
         assert len(state(target).deployments) == 2

@@ -336,3 +336,28 @@ def test_any_text_parses_or_fails_with_bootc_error(text: str) -> None:
             assert str(err).startswith(f'Invalid image reference "{text}": ')
         else:
             assert type(parsed).parse(str(parsed)) == parsed
+
+
+@pytest.mark.parametrize(
+    ("text", "alternate", "spec_form"),
+    [
+        (
+            "ostree-unverified-registry:quay.io/x/os:1",
+            "docker://quay.io/x/os:1",
+            "quay.io/x/os:1",
+        ),
+        (
+            "ostree-image-signed:docker://quay.io/x/os:1",
+            "ostree-image-signed:docker://quay.io/x/os:1",
+            "ostree-image-signed:docker://quay.io/x/os:1",
+        ),
+        (
+            "ostree-unverified-image:oci:/srv/layout:v2",
+            "ostree-unverified-image:oci:/srv/layout:v2",
+            "ostree-unverified-image:oci:/srv/layout:v2",
+        ),
+    ],
+)
+def test_the_forms_upstream_prints(text: str, alternate: str, spec_form: str) -> None:
+    imgref = OstreeImageReference.parse(text)
+    assert (imgref.alternate(), imgref.spec_form()) == (alternate, spec_form)

@@ -136,7 +136,7 @@ def test_target_imgref_is_what_the_installed_system_follows(
             str(target),
         )
     )
-    assert out.startswith("Queued for next boot: ostree-unverified-registry:quay.io/example/os")
+    assert out.startswith("Queued for next boot: quay.io/example/os:stable\n")
     status = json.loads(ok(bootc("status", "--format", "json", sysroot=target)))
     # Unverified: no signature named, as upstream.
     assert status["spec"]["image"] == {

@@ -89,7 +89,7 @@ def test_a_mirror_serves_while_the_primary_does_not_answer(
     try:
         image = f"docker://{primary}/{repo}:latest"
         out = ok(install(target, image, backend=backend))
-        assert out.startswith(f"Queued for next boot: ostree-unverified-registry:{primary}/{repo}")
+        assert out.startswith(f"Queued for next boot: {primary}/{repo}")
     finally:
         dropin.unlink()
     assert any(f"/v2/{repo}/blobs/" in r for r in registry.requests())

@@ -327,8 +327,9 @@ def test_unverified_images_follow_the_policy_without_needing_a_signature(
 ) -> None:
     open_repo = f"pybootc/open/{signing.kind}-{backend}"
     signing.push("1.0", open_repo, "v1", sign_by=None)
-    imgref = f"ostree-unverified-registry:{signing.registry.address}/{open_repo}:v1"
-    assert install(signing, target, imgref, backend).startswith(f"Queued for next boot: {imgref}")
+    name = f"{signing.registry.address}/{open_repo}:v1"
+    queued = install(signing, target, f"ostree-unverified-registry:{name}", backend)
+    assert queued.startswith(f"Queued for next boot: {name}\n")
     # The policy still applies to what bootc does not ask to be signed.
     repo = repo_for(signing, backend, "c")
     signing.push("2.0", repo, "unsigned", sign_by=None)

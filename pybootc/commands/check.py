@@ -20,7 +20,7 @@ from pybootc.stores.protocol import layer_summary
 def check_for_update(
     sysroot_path: Path, tag: str | None = None
 ) -> tuple[Report, dict[str, object]]:
-    """`upgrade --check`: manifest and config only, kept as the cached update, and what
+    """`upgrade --check`: manifest and config only, an update kept as the cached one, and what
     an upgrade would fetch: upstream's layer diff against the deployed manifest, then
     the layers the store has already and those it needs."""
     sysroot = Sysroot.open(sysroot_path)
@@ -28,7 +28,9 @@ def check_for_update(
         current, image = followed(sysroot, tag)
         prepared = prepare_target(sysroot, image, registry_auth(sysroot, current), current)
         metadata = prepared.metadata
-        set_detached_metadata(sysroot.repo, current.checksum, cached_update_metadata(metadata))
+        if not prepared.deployed and tag is None:
+            # As ostree-ext caches it: an update, of the image the deployment follows.
+            set_detached_metadata(sysroot.repo, current.checksum, cached_update_metadata(metadata))
         deployed = commit_layers(sysroot.repo, current.checksum)
     diff = ManifestDiff.between(deployed, metadata.manifest.layers)
     present, needed, needed_size = layer_summary(prepared.layers)
@@ -48,8 +50,8 @@ def check_for_update(
         "bytesNeeded": needed_size,
     }
     if prepared.deployed:
-        return Report((f"No changes in: {image.imgref}",)), summary
-    lines = [f"Update available for: {image.imgref}"]
+        return Report((f"No changes in: {image.imgref.alternate()}",)), summary
+    lines = [f"Update available for: {image.imgref.alternate()}"]
     if metadata.config.version:
         lines.append(f"  Version: {metadata.config.version}")
     lines.append(f"  Digest: {metadata.manifest_digest}")

@@ -18,7 +18,7 @@ class Report:
 
 
 def queued(imgref: OstreeImageReference, metadata: ImageMetadata) -> Report:
-    lines = [f"Queued for next boot: {imgref}"]
+    lines = [f"Queued for next boot: {imgref.spec_form()}"]
     if metadata.config.version:
         lines.append(f"  Version: {metadata.config.version}")
     lines.append(f"  Digest: {metadata.manifest_digest}")

@@ -267,11 +267,24 @@ class OstreeImageReference:
             return cls(SignatureSource.ostree_remote(remote), imgref)
         raise _invalid(text, f'unknown scheme "{scheme}"')
 
-    def __str__(self) -> str:
-        # ostree-ext prints the common case in its short form; it parses back the same.
-        if (
+    def _unverified_registry(self) -> bool:
+        return (
             self.sigverify.kind is SignatureKind.INSECURE
             and self.imgref.transport is Transport.REGISTRY
-        ):
+        )
+
+    def __str__(self) -> str:
+        # ostree-ext prints the common case in its short form; it parses back the same.
+        if self._unverified_registry():
             return f"ostree-unverified-registry:{self.imgref.name}"
         return f"{self.sigverify}:{self.imgref}"
+
+    def alternate(self) -> str:
+        """ostree-ext's alternate form (`{:#}`), which `upgrade --check` prints: a
+        registry image pulled unverified as `docker://NAME`, anything else in full."""
+        return str(self.imgref) if self._unverified_registry() else str(self)
+
+    def spec_form(self) -> str:
+        """How upstream names the image it queued (`{:#}` of the spec's reference): a
+        registry image pulled unverified by its name alone, anything else in full."""
+        return self.imgref.name if self._unverified_registry() else str(self)

@@ -106,7 +106,7 @@ def test_a_staged_update_is_entered_by_a_soft_reboot(
     assert staged["staged"]["softRebootCapable"] is True
     assert out.text("first/apply.txt").startswith(
         "Staged update present, not changed\n"
-        "Staged deployment is soft-reboot capable, prepared for soft-reboot\n"
+        "Staged deployment is soft-reboot capable, preparing for soft-reboot...\n"
     ), out.text("first/apply.txt")
 
     # The second run of the agent: the same kernel (boot id), one soft reboot, v2 booted.
