@@ -44,9 +44,13 @@ def test_edit_switches_rolls_back_and_refuses(
 
     before = state(target)
     both = edited(target, tmp_path, {"image": {**image, "image": one.ref}, "bootOrder": "rollback"})
-    assert "at once is not supported" in one_error_line(
-        bootc("edit", "-f", str(both), sysroot=target)
+    assert one_error_line(bootc("edit", "-f", str(both), sysroot=target)) == (
+        "error: Invalid state transition: rollback and image change"
     )
+    assert state(target) == before
+    no_image = edited(target, tmp_path, {"image": None})
+    line = one_error_line(bootc("edit", "-f", str(no_image), sysroot=target))
+    assert line == "error: Missing image in specification"
     assert state(target) == before
 
     ok(

@@ -139,3 +139,8 @@ def test_a_plain_commit_is_an_ostree_container_deployment_but_no_bootc_host(
     # As upstream: the host's type is the running deployment's, here the plain commit.
     assert host.status.type is None
     assert host.status.rollback.image is not None
+    # Which names no image to upgrade.
+    before = state(target)
+    line = one_error_line(bootc("upgrade", sysroot=target))
+    assert line == "error: No image source specified"
+    assert state(target) == before

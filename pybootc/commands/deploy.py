@@ -210,7 +210,7 @@ def followed(sysroot: Sysroot, tag: str | None = None) -> tuple[DeploymentInfo, 
         )
     image = origin_image(current) if current else None
     if current is None or image is None:
-        raise BootcError("No image to upgrade: the system is not deployed via bootc")
+        raise BootcError("No image source specified")
     if tag is not None:
         retagged = OstreeImageReference(image.imgref.sigverify, image.imgref.imgref.with_tag(tag))
         image = dataclasses.replace(image, imgref=retagged)

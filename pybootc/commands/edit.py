@@ -65,10 +65,11 @@ def edit(sysroot_path: Path, filename: Path | None) -> Report:
         return Report(("Edit cancelled, no changes made.",))
     image_changed = wanted.image != host.spec.image
     order_changed = wanted.boot_order != host.spec.boot_order
+    # Upstream's checks, in its order and words.
     if image_changed and order_changed:
-        raise BootcError("Changing the image and the boot order at once is not supported")
+        raise BootcError("Invalid state transition: rollback and image change")
+    if wanted.image is None:
+        raise BootcError("Missing image in specification")
     if order_changed:
         return rollback(sysroot_path)
-    if wanted.image is None:
-        raise BootcError("Removing the image from the spec is not supported")
     return switch(sysroot_path, ostree_reference(wanted.image), retain=False)
