@@ -63,11 +63,18 @@ def test_install_switch_upgrade_rollback(registry: Registry, target: Path, tmp_p
     )
 
     assert ok(bootc("switch", v2.docker, sysroot=target)) == "Image specification is unchanged.\n"
-    assert ok(bootc("upgrade", sysroot=target)) == "No update available.\n"
+    assert ok(bootc("upgrade", sysroot=target)) == (
+        f"No changes in {v2.ref} => {v2.manifest_digest}\nNo update available.\n"
+    )
 
     publish(registry, tmp_path, sample_image("3.0"), repo="pybootc/life", tag="v2")
     out = ok(bootc("upgrade", sysroot=target))
     assert "Version: 3.0" in out
+    # Upstream's layer diff against what runs: 2.0 and 3.0 differ in one layer.
+    assert out.splitlines()[3:] == [
+        line for line in out.splitlines() if line.startswith(("Total new", "Removed", "Added"))
+    ]
+    assert re.search(r"^Added layers: +1  +Size: ", out, re.MULTILINE), out
     third = host(target)
     assert (
         third.status.staged

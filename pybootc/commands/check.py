@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from pybootc.commands.deploy import followed, prepare_target, registry_auth
-from pybootc.commands.report import Report
-from pybootc.oci.model import Descriptor
+from pybootc.commands.report import ManifestDiff, Report
 from pybootc.ostree.ext_format import cached_update_metadata
-from pybootc.ostree.gi import GLib
 from pybootc.ostree.origin import commit_layers
 from pybootc.ostree.repo import set_detached_metadata
 from pybootc.ostree.sysroot import Sysroot
@@ -58,39 +54,3 @@ def check_for_update(
     lines += diff.lines()
     lines.append(prepared.layers_line())
     return Report(tuple(lines)), summary
-
-
-@dataclass(frozen=True)
-class ManifestDiff:
-    """Upstream's ManifestDiff: the new image's layers, and those removed and added
-    against the deployed one's."""
-
-    total: int
-    total_size: int
-    removed: int
-    removed_size: int
-    added: int
-    added_size: int
-
-    @classmethod
-    def between(cls, old: Sequence[Descriptor], new: Sequence[Descriptor]) -> ManifestDiff:
-        old_digests = {d.digest for d in old}
-        new_digests = {d.digest for d in new}
-        removed = [d for d in old if d.digest not in new_digests]
-        added = [d for d in new if d.digest not in old_digests]
-        return cls(
-            len(new),
-            sum(d.size for d in new),
-            len(removed),
-            sum(d.size for d in removed),
-            len(added),
-            sum(d.size for d in added),
-        )
-
-    def lines(self) -> list[str]:
-        size = GLib.format_size
-        return [
-            f"Total new layers: {self.total:<4}  Size: {size(self.total_size)}",
-            f"Removed layers:   {self.removed:<4}  Size: {size(self.removed_size)}",
-            f"Added layers:     {self.added:<4}  Size: {size(self.added_size)}",
-        ]

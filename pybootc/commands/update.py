@@ -12,12 +12,17 @@ from pybootc.commands.deploy import (
     registry_auth,
     tidy_up,
 )
-from pybootc.commands.report import Report, queued
+from pybootc.commands.report import ManifestDiff, Report, no_changes, queued
 from pybootc.errors import BootcError
 from pybootc.oci.imgref import OstreeImageReference
 from pybootc.ostree.ext_format import image_ref
-from pybootc.ostree.origin import OriginImage, commit_image, origin_image
-from pybootc.ostree.sysroot import DeploymentInfo, Sysroot, followed_deployment
+from pybootc.ostree.origin import OriginImage, commit_image, commit_layers, origin_image
+from pybootc.ostree.sysroot import (
+    DeploymentInfo,
+    Sysroot,
+    current_deployment,
+    followed_deployment,
+)
 from pybootc.progress import NO_PROGRESS, Progress
 from pybootc.stores import Backend
 
@@ -78,18 +83,24 @@ def upgrade(
         prepared = prepare_target(sysroot, image, auth, current)
         # What the host follows is the staged deployment, if there is one.
         if current.is_staged and prepared.deployed:
+            present = no_changes(image.imgref, prepared.metadata)
             if sysroot.set_finalization(locked=download_only):
                 line = (
                     "Image downloaded, but will not be applied on reboot"
                     if download_only
                     else "Staged deployment will now be applied on reboot"
                 )
-                return Report((line,))
-            return Report(("Staged update present, not changed",))
+                return Report((present, line))
+            return Report((present, "Staged update present, not changed"))
         # Another tag of the same build is still a change: the origin follows the tag.
         if prepared.deployed and image == origin_image(current):
             tidy_up(sysroot, progress=progress)
-            return Report(("No update available.",), changed=False)
+            present = no_changes(image.imgref, prepared.metadata)
+            return Report((present, "No update available."), changed=False)
+        # As upstream, the layers that change against what runs now.
+        running = current_deployment(sysroot)
+        before = commit_layers(sysroot.repo, running.checksum) if running else ()
+        diff = ManifestDiff.between(before, prepared.metadata.manifest.layers).lines()
         pulled = deploy_prepared(
             sysroot,
             prepared,
@@ -98,7 +109,7 @@ def upgrade(
             lock_finalization=download_only,
             progress=progress,
         )
-    return queued(image.imgref, pulled)
+    return queued(image.imgref, pulled, diff)
 
 
 def apply_downloaded(sysroot_path: Path) -> Report:
