@@ -80,12 +80,18 @@ def test_an_ostree_backend_image_is_exported_from_its_layer_commits(
     assert trees[0] == trees[1]
 
 
+def installed_sample(tmp_path: Path, target: Path, backend: str) -> OciLayout:
+    """The sample OS in a layout, installed from it with `backend`."""
+    layout = OciLayout(tmp_path / "oci")
+    layout.add_image("os", sample_image("1.0"))
+    ok(install(target, layout.ref("os"), backend=backend))
+    return layout
+
+
 def test_a_container_backend_image_is_copied_under_its_own_name(
     tmp_path: Path, target: Path, host_storage: ContainersStorage
 ) -> None:
-    layout = OciLayout(tmp_path / "oci")
-    layout.add_image("os", sample_image("1.0"))
-    ok(install(target, layout.ref("os"), backend="container"))
+    layout = installed_sample(tmp_path, target, "container")
     out = ok(bootc("image", "copy-to-storage", sysroot=target)).splitlines()
     destination = "containers-storage:localhost/bootc"
     assert out[0] == f"Copying local image oci:{layout.path}:os to {destination} ..."
@@ -95,9 +101,7 @@ def test_a_container_backend_image_is_copied_under_its_own_name(
 def test_copy_to_storage_names_an_image_by_what_image_list_shows(
     tmp_path: Path, target: Path, host_storage: ContainersStorage
 ) -> None:
-    layout = OciLayout(tmp_path / "oci")
-    layout.add_image("os", sample_image("1.0"))
-    ok(install(target, layout.ref("os"), backend="ostree"))
+    layout = installed_sample(tmp_path, target, "ostree")
     ok(bootc("image", "copy-to-storage", "--source", layout.ref("os"), "--target",
              "localhost/mine:1", sysroot=target))  # fmt: skip
     assert "localhost/mine" in ok(
@@ -114,9 +118,7 @@ def test_copies_stage_in_a_work_directory_that_goes_with_them(
 ) -> None:
     """skopeo 1.9 leaves the layers it stages for containers-storage in /var/tmp: each
     copy stages in a directory of its own under the repo's tmp, removed afterwards."""
-    layout = OciLayout(tmp_path / "oci")
-    layout.add_image("os", sample_image("1.0"))
-    ok(install(target, layout.ref("os"), backend="ostree"))
+    installed_sample(tmp_path, target, "ostree")
     real = shutil.which("skopeo")
     assert real is not None
     wrappers = tmp_path / "bin"
