@@ -46,8 +46,9 @@ from tests.backend_support import bootc, install, ok, one_error_line
 from tests.sysroot_support import unreachable_objects
 
 KILLS = 30
-# How often a kill point that came too late is tried again, each time twice as soon.
-RETRIES = 3
+# How often a kill point that came too late is tried again: each time twice as soon,
+# and the last time at once as its phase begins.
+RETRIES = 4
 BACKENDS = ["ostree", "container"]
 # The phases of a deployment, as its progress events mark them: "start" is everything
 # before the first step (reading the manifest and config, the signature policy), and
@@ -230,13 +231,15 @@ def kills(trial: Trial) -> Iterator[tuple[int, KillPoint, str | None]]:
     """Run the command killed at each point until KILLS kills have landed where they
     were aimed: (attempt, point, the phase it landed in or None if it had finished).
     A point that came too late (the command, or the phase it aims at, had finished:
-    a short phase can be shorter than in the run the points were taken from) is tried
-    again sooner, up to RETRIES times; every phase must have been hit."""
+    a short phase can be shorter than in the run the points were taken from, as the
+    cleanup is when nothing is left to prune) is tried again sooner, up to RETRIES
+    times; every phase must have been hit."""
     trial.prepare(-1)
     command = trial.command(-1)
     points = phase_points(command) if trial.has_steps else time_points(command)
     pending = collections.deque((point, 0) for point in points)
     landed: list[str] = []
+    missed: list[tuple[KillPoint, str | None]] = []
     attempt = 0
     while pending and len(landed) < KILLS:
         point, tries = pending.popleft()
@@ -248,12 +251,15 @@ def kills(trial: Trial) -> Iterator[tuple[int, KillPoint, str | None]]:
         if phase == point.phase:
             landed.append(phase)
         elif tries < RETRIES:
-            pending.append((KillPoint(point.phase, point.delay / 2), tries + 1))
+            sooner = point.delay / 2 if tries < RETRIES - 1 else 0.0
+            pending.append((KillPoint(point.phase, sooner), tries + 1))
+        else:
+            missed.append((point, phase))
         yield attempt, point, phase
         attempt += 1
-    assert len(landed) == KILLS, landed
+    assert len(landed) == KILLS, (collections.Counter(landed), missed)
     if trial.has_steps:
-        assert set(landed) == set(PHASES), landed
+        assert set(landed) == set(PHASES), collections.Counter(landed)
 
 
 def kill_through(target: Path, trial: Trial) -> None:
