@@ -162,16 +162,16 @@ def _add_internals(verbs: Verbs) -> None:
     flatten.add_argument("--output", type=Path, required=True, help="directory to create")
     flatten.set_defaults(func=verb.flatten)
     for parent, name in ((internal_verbs, "podman"), (verbs, "internal-podman")):
-        # Every word after it is podman's, its options too (`--log-level=debug images`,
-        # `--help`), as upstream's clap takes them: no prefix character of its own.
-        podman = parent.add_parser(
-            name,
-            help="run podman against bootc's container storage",
-            prefix_chars="+",
-            add_help=False,
-        )
-        podman.add_argument("args", nargs=argparse.REMAINDER, help="podman's arguments")
+        podman = _add_passthrough(parent, name, "run podman against bootc's container storage")
         podman.set_defaults(func=verb.podman, changes_host=True)
+
+
+def _add_passthrough(parent: Verbs, name: str, summary: str) -> argparse.ArgumentParser:
+    """A verb whose every following word is podman's, its options too (`--log-level=debug
+    images`, `--help`), as upstream's clap takes them: no prefix character of its own."""
+    wrapped = parent.add_parser(name, help=summary, prefix_chars="+", add_help=False)
+    wrapped.add_argument("args", nargs=argparse.REMAINDER, help="podman's arguments")
+    return wrapped
 
 
 def _add_image(verbs: Verbs) -> None:
@@ -205,14 +205,7 @@ def _add_image(verbs: Verbs) -> None:
     cmd = image_verbs.add_parser("cmd", help="podman's image commands against bootc's storage")
     cmd_verbs = cmd.add_subparsers(dest="cmd_verb", required=True)
     for name in ("list", "build", "push"):
-        # Every word after it is podman's, as for `internals podman`.
-        wrapped = cmd_verbs.add_parser(
-            name,
-            help=f"`podman image {name}` against bootc's storage",
-            prefix_chars="+",
-            add_help=False,
-        )
-        wrapped.add_argument("args", nargs=argparse.REMAINDER, help="podman's arguments")
+        _add_passthrough(cmd_verbs, name, f"`podman image {name}` against bootc's storage")
     cmd_pull = cmd_verbs.add_parser("pull", help="pull images into bootc's storage")
     cmd_pull.add_argument("args", nargs="+", metavar="image", help="image references to pull")
     image.set_defaults(func=verb.image, changes_host=True)

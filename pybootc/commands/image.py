@@ -39,21 +39,28 @@ DEFAULT_COPY_TARGET = "localhost/bootc"
 def podman(sysroot_path: Path, args: Sequence[str]) -> int:
     """Run podman against bootc's storage, output and exit status passed through; the
     storage is made if there is none yet, as upstream's get_ensure_imgstore makes it."""
-    Sysroot.open(sysroot_path)  # an OSTree sysroot, or one clear error
-    storage = bootc_storage.bootc_storage(sysroot_path)
-    return tools.run_passthrough(["podman", *args], env=storage.podman_env())
+    return _podman_runs(sysroot_path, [args])
 
 
 def image_cmd(sysroot_path: Path, verb: str, args: Sequence[str]) -> int:
     """Upstream's `bootc image cmd VERB ARGS`: `podman image VERB ARGS` against bootc's
     storage; `pull` takes image references only, pulled one after the other."""
     if verb != "pull":
-        return podman(sysroot_path, ["image", verb, *args])
-    for image in args:
-        status = podman(sysroot_path, ["image", "pull", image])
+        return _podman_runs(sysroot_path, [["image", verb, *args]])
+    return _podman_runs(sysroot_path, [["image", "pull", image] for image in args])
+
+
+def _podman_runs(sysroot_path: Path, runs: Sequence[Sequence[str]]) -> int:
+    """Each podman command line in turn against bootc's storage, until one fails; the
+    exit status of the last run."""
+    Sysroot.open(sysroot_path)  # an OSTree sysroot, or one clear error
+    env = bootc_storage.bootc_storage(sysroot_path).podman_env()
+    status = 0
+    for args in runs:
+        status = tools.run_passthrough(["podman", *args], env=env)
         if status != 0:
-            return status
-    return 0
+            break
+    return status
 
 
 class ImageType(enum.StrEnum):

@@ -55,8 +55,6 @@ def _serde_yaml_tag(text: str) -> str:
         return "tag:yaml.org,2002:null"
     if text in ("true", "True", "TRUE", "false", "False", "FALSE"):
         return "tag:yaml.org,2002:bool"
-    if text.startswith(("++", "+-")):
-        return _STR_TAG
     if _INT.fullmatch(text):
         return "tag:yaml.org,2002:int"
     if text in _SPECIAL_FLOATS or _FLOAT.fullmatch(text):

@@ -146,13 +146,18 @@ def remove_unused(storage: ContainersStorage, keep: Iterable[str]) -> list[str]:
     """Remove every image whose ID or manifest digest is not in `keep`, and that no
     container was made from; return their IDs."""
     wanted = set(keep)
+    unused = [
+        i for i in list_images(storage) if i.image_id not in wanted and not i.digests & wanted
+    ]
+    if not unused:
+        return []  # the usual case after an update: no podman ps on its way
     # Containers made with `internals podman create/run` are the user's: their images
     # stay, as upstream's `podman image rm` (no --force) leaves them.
     listed = storage.podman("ps", "--all", "--no-trunc", "--format", "{{.ImageID}}").stdout
-    wanted |= {_image_id(found) for found in listed.decode().split()}
+    in_containers = {_image_id(found) for found in listed.decode().split()}
     removed = []
-    for image in list_images(storage):
-        if image.image_id in wanted or image.digests & wanted:
+    for image in unused:
+        if image.image_id in in_containers:
             continue
         # --force for an image with several names, which podman keeps otherwise; no
         # container is left for it to remove with the image.
