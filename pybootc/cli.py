@@ -310,6 +310,14 @@ _UPGRADE_CONFLICTS = (
 )
 
 
+# --mutate-in-place only rewrites an origin: upstream ignores these with it, refused
+# here so that no one waits for a reboot or a backend that never comes.
+_SWITCH_CONFLICTS = tuple(
+    ("mutate_in_place", other)
+    for other in ("apply", "soft_reboot", "retain", "backend", "decryption_key")
+)
+
+
 def _refuse_conflicts(args: argparse.Namespace) -> None:
     """Refuse options given together that do not go together, as argparse refuses a
     group's (usage, then the error, exit 2): --check changes nothing, so it takes no
@@ -319,6 +327,51 @@ def _refuse_conflicts(args: argparse.Namespace) -> None:
         if getattr(args, earlier) and getattr(args, later):
             flags = [f"--{name.replace('_', '-')}" for name in (later, earlier)]
             args.verb_parser.error(f"argument {flags[0]}: not allowed with argument {flags[1]}")
+
+
+def _add_switch(verbs: Verbs) -> None:
+    switch = verbs.add_parser("switch", help="deploy another image")
+    switch.add_argument(
+        "--backend",
+        choices=[b.value for b in Backend],
+        help="ostree or container (default: the backend of the current deployment)",
+    )
+    switch.add_argument(
+        "--transport",
+        # `docker` is upstream's other name for `registry`.
+        choices=[
+            "registry",
+            "docker",
+            "oci",
+            "oci-archive",
+            "containers-storage",
+            "dir",
+            "docker-archive",
+        ],
+        help="how to read IMAGE (default: IMAGE is a full reference, or a registry name)",
+    )
+    switch.add_argument("--retain", action="store_true", help="keep the old image's ref")
+    switch.add_argument(
+        "--enforce-container-sigpolicy",
+        action="store_true",
+        help="require containers-policy.json to verify the image (ostree-image-signed:)",
+    )
+    switch.add_argument(
+        "--decryption-key", type=Path, metavar="K", help="private key for an encrypted image"
+    )
+    switch.add_argument(
+        "--mutate-in-place",
+        action="store_true",
+        help="only make the current deployment follow IMAGE: nothing is fetched or deployed",
+    )
+    # Deprecated upstream, where it does nothing and is hidden: scripts still pass it.
+    switch.add_argument("--no-signature-verification", action="store_true", help=argparse.SUPPRESS)
+    _add_apply(switch, "the new image")
+    _add_progress(switch)
+    switch.add_argument("image", help="the image, e.g. quay.io/example/os:latest")
+    switch.set_defaults(
+        func=verb.switch, conflicts=_SWITCH_CONFLICTS, verb_parser=switch, changes_host=True
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -349,39 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     status.set_defaults(func=verb.status)
 
-    switch = verbs.add_parser("switch", help="deploy another image")
-    switch.add_argument(
-        "--backend",
-        choices=[b.value for b in Backend],
-        help="ostree or container (default: the backend of the current deployment)",
-    )
-    switch.add_argument(
-        "--transport",
-        # `docker` is upstream's other name for `registry`.
-        choices=[
-            "registry",
-            "docker",
-            "oci",
-            "oci-archive",
-            "containers-storage",
-            "dir",
-            "docker-archive",
-        ],
-        help="how to read IMAGE (default: IMAGE is a full reference, or a registry name)",
-    )
-    switch.add_argument("--retain", action="store_true", help="keep the old image's ref")
-    switch.add_argument(
-        "--enforce-container-sigpolicy",
-        action="store_true",
-        help="require containers-policy.json to verify the image (ostree-image-signed:)",
-    )
-    switch.add_argument(
-        "--decryption-key", type=Path, metavar="K", help="private key for an encrypted image"
-    )
-    _add_apply(switch, "the new image")
-    _add_progress(switch)
-    switch.add_argument("image", help="the image, e.g. quay.io/example/os:latest")
-    switch.set_defaults(func=verb.switch, changes_host=True)
+    _add_switch(verbs)
 
     upgrade = verbs.add_parser(
         "upgrade", aliases=["update"], help="deploy the newest version of the image"
@@ -429,6 +450,7 @@ def build_parser() -> argparse.ArgumentParser:
     edit.add_argument(
         "-f", "--filename", type=Path, help="read the new host document from FILE (- for stdin)"
     )
+    edit.add_argument("--quiet", action="store_true", help="draw no progress on the terminal")
     edit.set_defaults(func=verb.edit, changes_host=True)
 
     _add_install(verbs)

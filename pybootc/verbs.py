@@ -129,10 +129,13 @@ _BOOTED_FLAGS = ("--apply", "--soft-reboot")
 def switch(args: argparse.Namespace) -> int:
     from pybootc.commands import update as update_commands
 
-    soft = _booted_checks(args, *_BOOTED_FLAGS)
     # --enforce-container-sigpolicy makes the target ostree-image-signed:, which the
     # policy checks before anything is fetched.
     target = _image_argument(args.image, args.transport, args.enforce_container_sigpolicy)
+    if args.mutate_in_place:
+        _print(update_commands.switch_in_place(args.sysroot, target).lines)
+        return 0
+    soft = _booted_checks(args, *_BOOTED_FLAGS)
     report = update_commands.switch(
         args.sysroot,
         target,
@@ -182,7 +185,7 @@ def usr_overlay(args: argparse.Namespace) -> int:
 def edit(args: argparse.Namespace) -> int:
     from pybootc.commands import edit as edit_commands
 
-    _print(edit_commands.edit(args.sysroot, args.filename).lines)
+    _print(edit_commands.edit(args.sysroot, args.filename, progress=_progress(args)).lines)
     return 0
 
 
@@ -283,9 +286,11 @@ def _progress(args: argparse.Namespace) -> Progress:
     from pybootc.progress import NO_PROGRESS, Progress
 
     terminal = not args.quiet and sys.stderr.isatty()
-    if args.progress_fd is None and not terminal:
+    # edit, as upstream's, has --quiet but no --progress-fd.
+    fd = getattr(args, "progress_fd", None)
+    if fd is None and not terminal:
         return NO_PROGRESS
-    return Progress(args.progress_fd, terminal=terminal)
+    return Progress(fd, terminal=terminal)
 
 
 def wipe_ostree(args: argparse.Namespace) -> int:

@@ -321,3 +321,40 @@ def test_image_cmd_is_podman_image_against_bootc_storage(
     listed = bootc("image", "cmd", "list", "--format", "{{.Repository}}:{{.Tag}}", sysroot=target)
     assert {base.ref, extra.ref} <= set(ok(listed).split())
     assert extra.ref in ok(bootc("image", "list", sysroot=target))
+
+
+def test_switch_mutate_in_place_rewrites_the_origin_only(
+    registry: Registry, target: Path, tmp_path: Path
+) -> None:
+    """Upstream's hidden switch for installers: the deployment follows another image,
+    nothing is fetched or deployed, and the next upgrade pulls from there with the
+    deployment's own backend."""
+    local = publish(registry, tmp_path, sample_image("1.0"), repo="pybootc/mip", tag="local")
+    remote = publish(registry, tmp_path, sample_image("2.0"), repo="pybootc/mip-os", tag="stable")
+    install_ok(target, local)
+    before, asked = state(target), len(registry.requests())
+    # Options that mean nothing to an origin rewrite are refused, as upgrade's
+    # conflicting options are: usage, then the error, exit 2.
+    for flag in (["--apply"], ["--retain"], ["--backend", "ostree"]):
+        proc = bootc("switch", "--mutate-in-place", *flag, remote.docker, sysroot=target)
+        assert proc.returncode == 2 and proc.stderr.splitlines()[-1] == (
+            f"bootc switch: error: argument {flag[0]}: not allowed with argument --mutate-in-place"
+        )
+        assert state(target) == before
+
+    out = ok(bootc("switch", "--mutate-in-place", remote.docker, sysroot=target))
+    checksum = before.deployments[0][0]
+    assert out == f"Updated {checksum}.0 to pull from ostree-unverified-registry:{remote.ref}\n"
+    assert registry.requests()[asked:] == []
+    after = state(target)
+    assert [c for c, _ in after.deployments] == [c for c, _ in before.deployments]
+    assert (after.refs, after.images) == (before.refs, before.images)
+    document = host(target)
+    assert document.spec.image is not None and document.spec.image.image == remote.ref
+    staged = document.status.staged
+    assert staged is not None and staged.image is not None and staged.image.version == "1.0"
+
+    out = ok(bootc("upgrade", sysroot=target))
+    assert out.startswith(f"Queued for next boot: {remote.ref}") and "Version: 2.0" in out
+    staged = host(target).status.staged
+    assert staged is not None and staged.store == "containerStorage"

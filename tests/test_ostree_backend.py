@@ -88,6 +88,28 @@ def test_an_update_fetches_only_the_layers_that_changed(
     ok(bootc("rollback", sysroot=target))
 
 
+@pytest.mark.parametrize("backend", ["ostree", "container"])
+def test_switch_to_the_followed_spec_fetches_nothing(
+    registry: Registry, target: Path, tmp_path: Path, backend: str
+) -> None:
+    """As upstream: the spec alone decides, so a newer image under the followed name is
+    left to upgrade, and the switch asks the registry nothing."""
+    first = publish(registry, tmp_path, sample_image("1.0"), repo="pybootc/same", tag="stable")
+    ok(install(target, first.docker, backend=backend))
+    publish(registry, tmp_path, sample_image("2.0"), repo="pybootc/same", tag="stable")
+    before, asked = state(target), len(registry.requests())
+    # Upstream's deprecated --no-signature-verification is accepted and does nothing.
+    out = ok(bootc("switch", "--no-signature-verification", first.docker, sysroot=target))
+    assert out == "Image specification is unchanged.\n"
+    assert registry.requests()[asked:] == []
+    assert "--no-signature-verification" not in ok(bootc("switch", "--help"))
+    assert state(target) == before
+    # Another backend is another spec in pybootc's terms: that one is deployed.
+    other = "container" if backend == "ostree" else "ostree"
+    out = ok(bootc("switch", "--backend", other, first.docker, sysroot=target))
+    assert "Version: 2.0" in out
+
+
 def test_layer_commits_nobody_needs_are_pruned(
     registry: Registry, target: Path, tmp_path: Path
 ) -> None:

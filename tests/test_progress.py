@@ -14,10 +14,19 @@ from pathlib import Path
 
 import jsonschema
 import pytest
+import yaml
 
 from pybootc.sample.image import sample_image
 from pybootc.sample.ocibuild import ImageSpec, file, layer
-from tests.backend_support import Published, install, ok, one_error_line, publish, state
+from tests.backend_support import (
+    Published,
+    bootc,
+    install,
+    ok,
+    one_error_line,
+    publish,
+    state,
+)
 from tests.support import SHARED_REFERENCE, Registry
 
 pytestmark = pytest.mark.registry
@@ -187,6 +196,24 @@ def test_no_progress_off_a_terminal_or_with_quiet(
         check=False,
     )
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+
+
+def test_edit_draws_progress_on_a_terminal_unless_quiet(
+    registry: Registry, target: Path, tmp_path: Path
+) -> None:
+    """edit pulls as switch does, so it draws the same bars; --quiet, as upstream's
+    edit has, draws none."""
+    _, v2 = installed_with_update(registry, target, tmp_path, "ostree", "edit")
+    v3 = publish(registry, tmp_path, bulky("3.0"), repo="pybootc/edit-ostree-3")
+    for image, quiet in ((v2, ["--quiet"]), (v3, [])):
+        document = yaml.safe_load(ok(bootc("status", "--format", "yaml", sysroot=target)))
+        document["spec"]["image"]["image"] = image.ref
+        spec = tmp_path / "host.yaml"
+        spec.write_text(yaml.safe_dump(document))
+        argv = [*BOOTC, "--sysroot", str(target), "edit", *quiet, "-f", str(spec)]
+        shown = on_a_terminal(argv)
+        assert shown.rc == 0 and shown.out.startswith(f"Queued for next boot: {image.ref}")
+        assert ("Fetched layers: " in shown.screen) == (not quiet), shown.screen
 
 
 def test_a_bad_progress_fd_changes_nothing(

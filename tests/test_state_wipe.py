@@ -12,7 +12,7 @@ import pytest
 from pybootc.ostree.sysroot import Sysroot
 from pybootc.sample.image import sample_image
 from pybootc.sample.ocibuild import OciLayout
-from tests.backend_support import install, ok, state, switch_oci
+from tests.backend_support import bootc, install, ok, one_error_line, state, switch_oci
 
 QUESTION = "? Nothing will boot from it until an image is installed again. [y/N] "
 
@@ -55,6 +55,11 @@ def test_yes_removes_every_deployment(installed: Path) -> None:
     assert proc.stdout == "Removed 2 deployments\n"
     assert Sysroot.open(installed).deployments() == []
     assert list((installed / "boot/loader/entries").glob("*.conf")) == []
+    # With no deployment, switch --mutate-in-place has no origin to rewrite.
+    before = state(installed)
+    mutate = bootc("switch", "--mutate-in-place", "quay.io/example/os:1", sysroot=installed)
+    assert one_error_line(mutate) == "error: Failed to find a deployment"
+    assert state(installed) == before
 
 
 def test_yes_on_the_command_line_asks_nothing(installed: Path) -> None:

@@ -21,6 +21,7 @@ from pybootc.errors import BootcError
 from pybootc.host.build import build_host, ostree_reference
 from pybootc.host.model import Host
 from pybootc.ostree.sysroot import Sysroot
+from pybootc.progress import NO_PROGRESS, Progress
 
 
 def _edited_in_editor(host: Host) -> str:
@@ -48,7 +49,7 @@ def _utf8(raw: bytes, where: str) -> str:
         ) from None
 
 
-def edit(sysroot_path: Path, filename: Path | None) -> Report:
+def edit(sysroot_path: Path, filename: Path | None, *, progress: Progress = NO_PROGRESS) -> Report:
     host = build_host(Sysroot.open(sysroot_path))
     if filename is None:
         text = _edited_in_editor(host)
@@ -72,4 +73,4 @@ def edit(sysroot_path: Path, filename: Path | None) -> Report:
         raise BootcError("Missing image in specification")
     if order_changed:
         return rollback(sysroot_path)
-    return switch(sysroot_path, ostree_reference(wanted.image), retain=False)
+    return switch(sysroot_path, ostree_reference(wanted.image), retain=False, progress=progress)

@@ -16,7 +16,13 @@ from pybootc.commands.report import ManifestDiff, Report, no_changes, queued
 from pybootc.errors import BootcError
 from pybootc.oci.imgref import OstreeImageReference
 from pybootc.ostree.ext_format import image_ref
-from pybootc.ostree.origin import OriginImage, commit_image, commit_layers, origin_image
+from pybootc.ostree.origin import (
+    ORIGIN_GROUP,
+    OriginImage,
+    commit_image,
+    commit_layers,
+    origin_image,
+)
 from pybootc.ostree.sysroot import (
     DeploymentInfo,
     Sysroot,
@@ -42,13 +48,16 @@ def switch(
         current_image = origin_image(current) if current else None
         chosen = backend or (current_image.backend if current_image else Backend.OSTREE)
         origin = OriginImage(target, chosen, decryption_key)
-        auth = registry_auth(sysroot, current)
-        prepared = prepare_target(sysroot, origin, auth, current)
-        if current_image == origin and prepared.deployed:
+        if current_image == origin:
+            # As upstream, the spec alone decides: nothing is fetched, and a newer image
+            # under the same name is upgrade's job. The cleanup still runs, so a retry
+            # of a switch killed in its cleanup finishes it.
             tidy_up(sysroot, progress=progress)
             # As upstream: --apply still reboots into a deployment staged before.
             staged = current is not None and current.is_staged
             return Report(("Image specification is unchanged.",), changed=staged)
+        auth = registry_auth(sysroot, current)
+        prepared = prepare_target(sysroot, origin, auth, current)
         stateroot = current.stateroot if current else DEFAULT_STATEROOT
         drop = not retain and current_image is not None and current_image.imgref != target
         pulled = deploy_prepared(
@@ -60,6 +69,30 @@ def switch(
             progress=progress,
         )
     return queued(target, pulled)
+
+
+def switch_in_place(sysroot_path: Path, target: OstreeImageReference) -> Report:
+    """`switch --mutate-in-place`: the followed deployment's origin names `target` from
+    now on, with nothing fetched or deployed; the next upgrade pulls from it. Upstream
+    keeps it for installers that deployed from a local copy of the image (Anaconda's
+    %post) and must point the host at the registry."""
+    sysroot = Sysroot.open(sysroot_path)
+    with sysroot.lock():
+        current = followed_deployment(sysroot)
+        if current is None:
+            raise BootcError("Failed to find a deployment")
+        image = origin_image(current)
+        backend = image.backend if image else Backend.OSTREE
+        key = image.decryption_key if image else None
+        # Upstream writes an origin of the image alone; the other groups (kernel
+        # arguments kept by libostree, say) stay.
+        origin = {
+            **{g: keys for g, keys in current.origin.items() if g != ORIGIN_GROUP},
+            **OriginImage(target, backend, key).to_origin(),
+        }
+        sysroot.set_origin(current.index, origin)
+    deployid = f"{current.checksum}.{current.deploy_serial}"
+    return Report((f"Updated {deployid} to pull from {target}",), changed=False)
 
 
 def upgrade(
