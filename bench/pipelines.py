@@ -19,6 +19,7 @@ import re
 import shlex
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -132,14 +133,44 @@ def check(env: Env, mount: Path, repo: str, backend: str, layers: set[str]) -> t
     return sample, after - before
 
 
-def deploy_alone(env: Env, mount: Path, repo: str) -> Sample:
+def deploy_alone(env: Env, mount: Path, repo: str) -> tuple[Sample, Sample]:
     """`ostree admin deploy` of the commit an install deployed, again: what libostree
     does in every update whatever changed (the deployment's checkout, the /etc merge,
-    the boot entries, the cleanup), with nothing fetched or imported."""
+    the boot entries), with nothing fetched or imported. Without its prune of the repo:
+    pybootc prunes only when something became unreachable, in a phase of its own.
+
+    Also one pass of GLib's SHA-256 over the deployment's kernel and initramfs, timed
+    alone: libostree 2022.7 (and upstream's today) hashes them for the boot checksum as
+    it checks a deployment out, and again for every deployment each time it writes new
+    boot entries, as an update from one deployment to two does: three passes."""
     install(env, mount, env.image(repo, "v1"), "ostree")
     sysroot = mount / "sysroot"
-    commit = Sysroot.open(sysroot).deployments()[0].checksum
-    return _run(["ostree", "admin", "deploy", f"--sysroot={sysroot}", "--os=default", commit])
+    deployed = Sysroot.open(sysroot).deployments()[0]
+    deploy = _run(
+        [
+            "ostree", "admin", "deploy", "--no-prune", f"--sysroot={sysroot}",
+            "--os=default", deployed.checksum,
+        ]
+    )  # fmt: skip
+    return deploy, kernel_hash(deployed.deployment_path)
+
+
+def kernel_hash(deployment: Path) -> Sample:
+    """One pass of GLib's SHA-256, as libostree reads them, over the kernel and
+    initramfs in `deployment`'s usr/lib/modules."""
+    from pybootc.ostree.gi import GLib
+
+    modules = next(deployment.glob("usr/lib/modules/*/vmlinuz")).parent
+    files = [modules / "vmlinuz", *(p for p in modules.glob("initramfs*") if p.is_file())]
+    checksum = GLib.Checksum.new(GLib.ChecksumType.SHA256)
+    start_cpu, start = time.process_time(), time.perf_counter()
+    for path in files:
+        with path.open("rb") as stream:
+            while chunk := stream.read(1 << 16):
+                checksum.update(chunk)
+    checksum.get_string()
+    seconds, cpu = time.perf_counter() - start, time.process_time() - start_cpu
+    return Sample(seconds, cpu, 0, None, f"{sum(p.stat().st_size for p in files)}\n")
 
 
 def status(env: Env, mount: Path, repo: str, backend: str) -> Sample:

@@ -127,9 +127,14 @@ def debian_size(
     measurements: dict[str, Measurement] = {"floor": lambda: p.floor(workload)}
     for backend in BACKENDS:
         measurements |= of_backend(backend)
-    measurements["deploy alone"] = lambda: p.in_fresh_filesystem(
-        env, lambda m: p.deploy_alone(env, m, repo)
-    )
+    hashes: list[Sample] = []
+
+    def deploy_alone(mount: Path) -> Sample:
+        deploy, kernel_hash = p.deploy_alone(env, mount, repo)
+        hashes.append(kernel_hash)
+        return deploy
+
+    measurements["deploy alone"] = lambda: p.in_fresh_filesystem(env, deploy_alone)
     measurements["(a) install"] = lambda: p.in_fresh_filesystem(
         env, lambda m: p.baseline_a(env, m, env.image(repo, "v1"))
     )
@@ -144,6 +149,8 @@ def debian_size(
         env, lambda m: p.baseline_b(env, m, workload, "v2")
     )
     series = rounds(runs, measurements, say)
+    # Taken with each deploy alone; the first is the warm-up's.
+    series["kernel hash"] = Series(tuple(hashes[1:]))
     update_layer = workload.layers("v2")[-1]
     return {
         "workload": workload.name,
