@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pybootc.commands.edit import BACKUP_EDITORS, editor_command
+from pybootc.errors import BootcError
 from pybootc.sample.image import sample_image
 from tests.backend_support import bootc, install, ok, one_error_line, publish, state
 from tests.support import Registry
@@ -77,3 +79,20 @@ def test_edit_in_the_editor(registry: Registry, target: Path, tmp_path: Path) ->
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith(f"Queued for next boot: {two.ref}\n")
+
+
+def test_the_editor_is_chosen_as_upstream_chooses(tmp_path: Path) -> None:
+    """$EDITOR (its words), else the first of nano, vim and vi in /usr/bin (a
+    directory of the test's here); $VISUAL is not read, as upstream does not."""
+    assert editor_command({"EDITOR": "sed -i s/a/b/", "VISUAL": "vim"}) == [
+        "sed", "-i", "s/a/b/",
+    ]  # fmt: skip
+    for name in ("vi", "vim"):
+        (tmp_path / name).touch()
+    assert editor_command({"VISUAL": "sed"}, tmp_path) == [str(tmp_path / "vim")]
+    (tmp_path / "nano").touch()
+    assert editor_command({"EDITOR": ""}, tmp_path) == [str(tmp_path / "nano")]
+    for name in BACKUP_EDITORS:
+        (tmp_path / name).unlink()
+    with pytest.raises(BootcError, match=r"^\$EDITOR is unset, and no backup editor found$"):
+        editor_command({}, tmp_path)

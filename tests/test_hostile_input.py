@@ -172,12 +172,10 @@ def test_yaml_that_does_not_parse_is_one_error_line(installed: Path, tmp_path: P
 
 
 def test_a_missing_editor_is_named(installed: Path) -> None:
-    env = {"VISUAL": "", "EDITOR": "/nonexistent/editor --wait"}
+    env = {"EDITOR": "/nonexistent/editor --wait"}
     before = state(installed)
     line = assert_one_line_or_quiet(run("--sysroot", str(installed), "edit", env=env), exit=1)
-    assert line == (
-        "error: The editor '/nonexistent/editor --wait' ($VISUAL, $EDITOR or vi) was not found"
-    )
+    assert line == "error: The editor '/nonexistent/editor --wait' ($EDITOR) was not found"
     assert state(installed) == before
 
 

@@ -12,6 +12,7 @@ import shlex
 import shutil
 import sys
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 from pybootc import tools
@@ -23,15 +24,31 @@ from pybootc.host.model import Host
 from pybootc.ostree.sysroot import Sysroot
 from pybootc.progress import NO_PROGRESS, Progress
 
+# Upstream's choice when $EDITOR is unset (systemd's list): the first of these in /usr/bin.
+BACKUP_EDITORS = ("nano", "vim", "vi")
 
-def _edited_in_editor(host: Host) -> str:
-    editor = os.environ.get("VISUAL") or os.environ.get("EDITOR") or "vi"
+
+def editor_command(environ: Mapping[str, str], bin_dir: Path = Path("/usr/bin")) -> list[str]:
+    """The editor to run, as upstream picks it: $EDITOR (its words), else a backup
+    editor found in `bin_dir`."""
+    editor = environ.get("EDITOR", "")
+    if not editor:
+        found = next((bin_dir / name for name in BACKUP_EDITORS if (bin_dir / name).exists()), None)
+        if found is None:
+            raise BootcError("$EDITOR is unset, and no backup editor found")
+        return [str(found)]
     try:
         words = shlex.split(editor)
     except ValueError as err:
         raise BootcError(f"The editor {editor!r}: {err}") from None
     if not words or shutil.which(words[0]) is None:
-        raise BootcError(f"The editor {editor!r} ($VISUAL, $EDITOR or vi) was not found")
+        raise BootcError(f"The editor {editor!r} ($EDITOR) was not found")
+    return words
+
+
+def _edited_in_editor(host: Host) -> str:
+    words = editor_command(os.environ)
+    editor = shlex.join(words)
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix="bootc-edit-") as draft:
         draft.write(host.to_yaml())
         draft.flush()
