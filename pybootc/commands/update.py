@@ -84,8 +84,8 @@ def switch_in_place(sysroot_path: Path, target: OstreeImageReference) -> Report:
         image = origin_image(current)
         backend = image.backend if image else Backend.OSTREE
         key = image.decryption_key if image else None
-        # Upstream writes an origin of the image alone; the other groups (kernel
-        # arguments kept by libostree, say) stay.
+        # The image's group is written as upstream writes it; the origin's other
+        # groups (rpm-ostree's, say) stay, where upstream starts a fresh origin.
         origin = {
             **{g: keys for g, keys in current.origin.items() if g != ORIGIN_GROUP},
             **OriginImage(target, backend, key).to_origin(),
