@@ -170,7 +170,7 @@ def kernel_hash(deployment: Path) -> Sample:
                 checksum.update(chunk)
     checksum.get_string()
     seconds, cpu = time.perf_counter() - start, time.process_time() - start_cpu
-    return Sample(seconds, cpu, 0, None, f"{sum(p.stat().st_size for p in files)}\n")
+    return Sample(seconds, cpu, 0, None, "")
 
 
 def status(env: Env, mount: Path, repo: str, backend: str) -> Sample:

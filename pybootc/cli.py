@@ -37,8 +37,12 @@ def _add_apply(parser: argparse.ArgumentParser, what: str) -> None:
     )
 
 
-def _add_progress(parser: argparse.ArgumentParser) -> None:
+def _add_quiet(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="draw no progress on the terminal")
+
+
+def _add_progress(parser: argparse.ArgumentParser) -> None:
+    _add_quiet(parser)
     parser.add_argument(
         "--progress-fd", type=int, metavar="N", help="write progress as JSON lines to fd N"
     )
@@ -450,8 +454,9 @@ def build_parser() -> argparse.ArgumentParser:
     edit.add_argument(
         "-f", "--filename", type=Path, help="read the new host document from FILE (- for stdin)"
     )
-    edit.add_argument("--quiet", action="store_true", help="draw no progress on the terminal")
-    edit.set_defaults(func=verb.edit, changes_host=True)
+    # As upstream's edit: --quiet, but no --progress-fd.
+    _add_quiet(edit)
+    edit.set_defaults(func=verb.edit, progress_fd=None, changes_host=True)
 
     _add_install(verbs)
     _add_container(verbs)

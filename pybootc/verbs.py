@@ -286,11 +286,9 @@ def _progress(args: argparse.Namespace) -> Progress:
     from pybootc.progress import NO_PROGRESS, Progress
 
     terminal = not args.quiet and sys.stderr.isatty()
-    # edit, as upstream's, has --quiet but no --progress-fd.
-    fd = getattr(args, "progress_fd", None)
-    if fd is None and not terminal:
+    if args.progress_fd is None and not terminal:
         return NO_PROGRESS
-    return Progress(fd, terminal=terminal)
+    return Progress(args.progress_fd, terminal=terminal)
 
 
 def wipe_ostree(args: argparse.Namespace) -> int:
