@@ -25,6 +25,9 @@ Argv = Sequence[str | Path]
 
 # Go programs (skopeo, podman) log their fatal error as `level=fatal msg="..."`.
 _GO_FATAL = re.compile(r'level=(?:fatal|error) msg="((?:[^"\\]|\\.)*)"')
+# A Go program that crashed says why on the line its runtime starts with, before the
+# goroutines' stacks: the last line is then only a stack frame.
+_GO_PANIC = re.compile(r"^(?:panic|fatal error): .+$", re.MULTILINE)
 
 
 def _argv(cmd: Argv) -> list[str]:
@@ -36,6 +39,9 @@ def failure_reason(stderr: str) -> str:
     found = _GO_FATAL.findall(stderr)
     if found:
         return str(found[-1]).encode().decode("unicode_escape")
+    crashed = _GO_PANIC.search(stderr)
+    if crashed:
+        return crashed.group(0).strip()
     lines = [line.strip() for line in stderr.splitlines() if line.strip()]
     if not lines:
         return ""

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from pybootc import tools
 from pybootc.cli import build_parser
 from pybootc.errors import BootcError
 from pybootc.oci.imgref import ImageReference
@@ -216,3 +217,26 @@ def test_upgrade_refuses_options_upstream_refuses_together(
         f"bootc upgrade: error: argument {flag}: not allowed with argument {first}"
     ], proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+# A Go runtime panic as skopeo would print it, shortened: the reason, then the
+# goroutines' stacks. (skopeo 1.9.3 crashed so once in a partial pull under load, in a
+# full run of this suite; the error then named only the frame decoder.go:238, its
+# last line, so its reason is not known. This one stands in for it.)
+_SKOPEO_PANIC = """\
+panic: runtime error: slice bounds out of range [:-1]
+
+goroutine 83 [running]:
+github.com/klauspost/compress/zstd.(*Decoder).Reset(0xc000, {0x0, 0x0})
+\tgithub.com/klauspost/compress/zstd/decoder.go:238 +0x6be
+"""
+
+
+def test_a_crashed_tool_is_named_by_its_runtime_s_reason_not_a_stack_frame() -> None:
+    assert tools.failure_reason(_SKOPEO_PANIC) == (
+        "panic: runtime error: slice bounds out of range [:-1]"
+    )
+    # A Go program's own fatal log line still comes first; other tools' last line stays.
+    logged = 'time="x" level=fatal msg="manifest unknown"\n' + _SKOPEO_PANIC
+    assert tools.failure_reason(logged) == "manifest unknown"
+    assert tools.failure_reason("warning: x\nError: it broke\n") == "it broke"
