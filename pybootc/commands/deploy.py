@@ -28,6 +28,7 @@ from pybootc.ostree.kargs import (
     image_kargs,
     with_image_change,
 )
+from pybootc.ostree.merged_image import MERGED_REF_PREFIX
 from pybootc.ostree.origin import OriginImage, has_rpm_ostree_changes, origin_image
 from pybootc.ostree.repo import libostree_errors, list_refs, read_directory, set_ref
 from pybootc.ostree.sysroot import DeploymentInfo, Sysroot, followed_deployment
@@ -69,14 +70,21 @@ def prepare_target(
     return prepare(store_of(where, target), target, auth, repo=repo, current=current)
 
 
+def _import_refs(sysroot: Sysroot) -> dict[str, str]:
+    """The refs an import sets: images, layers, and the merges kept of them."""
+    return list_refs(sysroot.repo, CONTAINER_REF_PREFIX) | list_refs(
+        sysroot.repo, MERGED_REF_PREFIX
+    )
+
+
 @contextmanager
 def _undo_on_failure(sysroot: Sysroot) -> Iterator[None]:
     """Put refs and bootc's storage back as they were if the body fails."""
-    refs_before = list_refs(sysroot.repo, CONTAINER_REF_PREFIX)
+    refs_before = _import_refs(sysroot)
     try:
         yield
     except BaseException:
-        for ref, checksum in list_refs(sysroot.repo, CONTAINER_REF_PREFIX).items():
+        for ref, checksum in _import_refs(sysroot).items():
             if refs_before.get(ref) != checksum:
                 set_ref(sysroot.repo, ref, refs_before.get(ref))
         collect_garbage(sysroot)

@@ -1,5 +1,6 @@
-"""Layer trees in the repo: each layer a commit of its own, as ostree-ext keeps them, and
-the merged image tree written from the layers' objects and checked out.
+"""Layer trees in the repo: each layer a commit of its own, as ostree-ext keeps them, read
+back where a merge needs them; a merged tree written from the layers' objects, and
+checked out.
 
 A layer commit keeps a whiteout as an empty `.wh.NAME` file and an opaque directory
 with overlayfs's xattr on it, as overlay diff directories have them; its metadata names
@@ -23,12 +24,10 @@ from pybootc.layers.tree import (
     WHITEOUT,
     Dir,
     Entry,
-    Expander,
     FileMeta,
     Leaf,
     LeafKind,
     StoredDir,
-    merge_layers,
     whiteout_name,
 )
 from pybootc.ostree.ext_format import BLOB_DIGEST_KEY
@@ -245,30 +244,6 @@ class LayerLoader:
         directory.opaque = directory.opaque or opaque_marker
 
 
-@dataclass(frozen=True)
-class MergedImage:
-    """An image merged from its layer commits, in memory: the tree (its directories read
-    from the repo by `expand` where needed), and where the layers hold placeholders of
-    special files (None: anywhere, for all that older layer commits say)."""
-
-    root: Dir
-    special: frozenset[str] | None
-    expand: Expander
-
-
-def merge_image(repo: OSTree.Repo, writer: ObjectWriter, layer_commits: list[str]) -> MergedImage:
-    """The image merged from its layer commits, lowest first."""
-    loader = LayerLoader(repo, writer)
-    layers = [loader.layer(commit) for commit in layer_commits]
-    merged = merge_layers([tree for tree, _ in layers], writer.dirmeta(ROOT_META), loader.expand)
-    special: frozenset[str] | None = frozenset()
-    for _, info in layers:
-        special = (
-            None if special is None or info.special_paths is None else special | info.special_paths
-        )
-    return MergedImage(merged, special, loader.expand)
-
-
 def tree_mtree(
     repo: OSTree.Repo,
     writer: ObjectWriter,
@@ -278,22 +253,6 @@ def tree_mtree(
     """A merged image's tree as libostree's mutable tree, to write."""
     mtree, _ = _mtree(repo, root, writer, as_layer=False, counted=counted)
     return mtree
-
-
-def merged_tree(
-    repo: OSTree.Repo,
-    writer: ObjectWriter,
-    layer_commits: list[str],
-    counted: Callable[[int], None] = lambda done: None,
-) -> tuple[str, frozenset[str] | None]:
-    """The image merged from its layer commits (lowest first), written as a commit (no
-    ref holds it: it is only checked out); the commit, and where the layers hold
-    placeholders of special files (MergedImage.special)."""
-    image = merge_image(repo, writer, layer_commits)
-    with libostree_errors("Writing the merged tree"):
-        _, root = repo.write_mtree(tree_mtree(repo, writer, image.root, counted), None)
-        _, checksum = repo.write_commit_with_time(None, "merged layers", None, None, root, 0, None)
-    return str(checksum), image.special
 
 
 def checkout_linked(repo: OSTree.Repo, commit: str, dest: Path) -> OSTree.RepoDevInoCache:

@@ -29,7 +29,8 @@ from pybootc.layers.paths import Parts
 from pybootc.layers.special import SPECIAL_XATTR
 from pybootc.layers.tree import Dir, Entry, FileMeta, Leaf, LeafKind
 from pybootc.ostree.gi import Gio, OSTree
-from pybootc.ostree.layer_commit import MergedImage, from_be32
+from pybootc.ostree.layer_commit import from_be32
+from pybootc.ostree.merged_image import MergedImage
 from pybootc.ostree.objects import ObjectWriter
 from pybootc.ostree.repo import libostree_errors, read_stream
 

@@ -25,14 +25,8 @@ from pybootc.layers.tree import LayerRead
 from pybootc.oci.metadata import ImageMetadata
 from pybootc.ostree.ext_format import blob_ref
 from pybootc.ostree.gi import OSTree
-from pybootc.ostree.layer_commit import (
-    LayerInfo,
-    checkout_linked,
-    merge_image,
-    merged_tree,
-    tree_mtree,
-    write_layer_commit,
-)
+from pybootc.ostree.layer_commit import LayerInfo, checkout_linked, tree_mtree, write_layer_commit
+from pybootc.ostree.merged_image import keep_merges, merge_image, merged_tree
 from pybootc.ostree.objects import ObjectWriter
 from pybootc.ostree.repo import CommitInfo, commit_mtree, resolve_ref, set_ref, transaction
 from pybootc.ostree.shared_data import share_with_objects
@@ -108,11 +102,15 @@ class LayeredImage:
         writer = ObjectWriter(self.repo)
         with transaction(self.repo, "Committing the image") as commits:
             merged = merge_image(self.repo, writer, list(self.layers))
+            kept = keep_merges(self.repo, writer, merged)
             result = postprocess_in_memory(
                 self.repo, writer, merged, keep_var=keep_var, label=label
             )
             mtree = tree_mtree(self.repo, writer, merged.root, counted)
             commits.append(commit_mtree(self.repo, mtree, commit))
+            commits.extend(checksum for _, checksum in kept)
+        for ref, checksum in kept:
+            set_ref(self.repo, ref, checksum)
         return commits[0], result
 
     def flatten(

@@ -26,6 +26,7 @@ from pybootc.oci.metadata import ImageMetadata
 from pybootc.oci.proxy import ImageProxy
 from pybootc.ostree.ext_format import BLOB_REF_PREFIX, blob_digest_of_commit, blob_ref
 from pybootc.ostree.gi import OSTree
+from pybootc.ostree.merged_image import prune_merged_refs
 from pybootc.ostree.repo import list_refs, read_commit_metadata, resolve_ref, set_ref
 from pybootc.stores import Backend
 from pybootc.stores.export import export_image
@@ -150,7 +151,11 @@ class OstreeStore:
     def collect_garbage(self, deployed: DeployedImages) -> Pruned:
         if self._repo is None:
             return Pruned()
-        return Pruned(layers=len(prune_layer_refs(self._repo, set(deployed.layer_digests))))
+        # The layer commits of both backends are the repo's, and so are the merges kept
+        # of them: pruned here, whichever store made them.
+        layers = prune_layer_refs(self._repo, set(deployed.layer_digests))
+        prune_merged_refs(self._repo)
+        return Pruned(layers=len(layers))
 
     def reset(self) -> None:
         """The layer commits live in the repo, which goes with the failed install."""
