@@ -169,6 +169,22 @@ def test_upgrade_tag_follows_another_tag_of_the_same_image(
     assert ok(bootc("upgrade", sysroot=target)).endswith("\nNo update available.\n")
 
 
+def test_upgrade_tag_to_the_same_image_is_no_update(
+    registry: Registry, target: Path, tmp_path: Path
+) -> None:
+    v1 = publish(registry, tmp_path, sample_image("1.0"), repo="pybootc/same", tag="v1")
+    ok(install(target, v1.docker))
+    stable = publish(registry, tmp_path, sample_image("1.0"), repo="pybootc/same", tag="stable")
+    assert stable.manifest_digest == v1.manifest_digest
+    before = state(target)
+    # As upstream: the digest is the one deployed, whatever the tag is called, so
+    # nothing is deployed and the host keeps following v1.
+    assert ok(bootc("upgrade", "--tag", "stable", sysroot=target)).endswith(
+        "\nNo update available.\n"
+    )
+    assert state(target) == before
+
+
 @pytest.mark.parametrize(
     ("reference", "retagged"),
     [

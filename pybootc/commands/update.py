@@ -125,8 +125,9 @@ def upgrade(
                 )
                 return Report((present, line))
             return Report((present, "Staged update present, not changed"))
-        # Another tag of the same build is still a change: the origin follows the tag.
-        if prepared.deployed and image == origin_image(current):
+        # As upstream, the image is what counts, not its name: another tag of the same
+        # build (`--tag`) is no update either, and the host keeps following its tag.
+        if prepared.deployed and (tag is not None or image == origin_image(current)):
             tidy_up(sysroot, progress=progress)
             present = no_changes(image.imgref, prepared.metadata)
             return Report((present, "No update available."), changed=False)
