@@ -363,11 +363,8 @@ def _add_switch(verbs: Verbs) -> None:
     switch.add_argument(
         "--decryption-key", type=Path, metavar="K", help="private key for an encrypted image"
     )
-    switch.add_argument(
-        "--mutate-in-place",
-        action="store_true",
-        help="only make the current deployment follow IMAGE: nothing is fetched or deployed",
-    )
+    # For installers (Anaconda's %post): hidden from help and completion, as upstream's.
+    switch.add_argument("--mutate-in-place", action="store_true", help=argparse.SUPPRESS)
     # Deprecated upstream, where it does nothing and is hidden: scripts still pass it.
     switch.add_argument("--no-signature-verification", action="store_true", help=argparse.SUPPRESS)
     _add_apply(switch, "the new image")

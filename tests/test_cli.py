@@ -144,6 +144,11 @@ def test_switch_help_ends_as_written() -> None:
     )
 
 
+def test_switch_hides_what_upstream_hides() -> None:
+    text = ok(bootc("switch", "--help"))
+    assert "--mutate-in-place" not in text and "--no-signature-verification" not in text
+
+
 def test_upgrade_tag_follows_another_tag_of_the_same_image(
     registry: Registry, target: Path, tmp_path: Path
 ) -> None:
