@@ -1,7 +1,9 @@
 """Merges kept for the next import (ostree/merged_image.py): an import that starts from
 the kept merge of its lowest layers makes the tree a merge of every layer makes, on
 random layer stacks against the kernel, and through the CLI against a fresh install;
-and a kept merge goes when its layers do.
+and a kept merge goes when its layers do. And the lines that seed /var, taken from the
+image before where its /var and its tmpfiles.d declarations are the same
+(ostree/tree_postprocess.py): only then, and to the same tree.
 """
 
 from __future__ import annotations
@@ -135,6 +137,10 @@ def _image_tree(sysroot: Path) -> str:
     return root_tree_checksum(repo, commit)
 
 
+def _deployed_file(sysroot: Path, path: str) -> str:
+    return (Sysroot.open(sysroot).deployments()[0].deployment_path / path).read_text()
+
+
 @pytest.mark.parametrize("backend", ["ostree", "container"])
 @pytest.mark.parametrize("update", UPDATES)
 def test_an_update_from_a_kept_merge_makes_the_tree_of_a_fresh_install(
@@ -176,3 +182,41 @@ def test_kept_merges_go_with_their_layers(tmp_path: Path, target: Path) -> None:
     repo = Sysroot.open(target).repo
     assert set(list_refs(repo, MERGED_REF_PREFIX)) == kept[1] | kept[2]
     assert all(resolve_ref(repo, ref) is None for ref in kept[0])
+
+
+# A /var to seed (on this ostree, older than 2024.3, tmpfiles.d lines seed it).
+_VAR = layer(
+    directory("var/lib/app", mode=0o750),
+    file("var/lib/app/db", "x", mode=0o600),
+    directory("var/cache/app"),
+)
+VAR_UPDATES = {
+    # /var as it was: its lines are the image before's.
+    "the same /var": (layer(file("usr/share/app/more", "more\n")), True),
+    # The same /var, but a tmpfiles.d line of the image's own declares a path of it,
+    # which the seed lines then leave out.
+    "a path of /var declared": (
+        layer(file("usr/lib/tmpfiles.d/app.conf", "d /var/lib/app 0750 root root -\n")),
+        False,
+    ),
+}
+
+
+@pytest.mark.parametrize("backend", ["ostree", "container"])
+@pytest.mark.parametrize("update", VAR_UPDATES)
+def test_an_update_reuses_the_var_seed_of_the_same_var_only(
+    tmp_path: Path, target: Path, other_target: Path, backend: str, update: str
+) -> None:
+    top, reused = VAR_UPDATES[update]
+    layout = OciLayout(tmp_path / "oci")
+    layout.add_image("os", sample_image("1", extra=(_VAR,)))
+    ok(install(target, layout.ref("os"), backend=backend))
+    layout.add_image("os", sample_image("1", extra=(_VAR, top)))
+    proc = bootc("--debug", "upgrade", "--quiet", sysroot=target)
+    ok(proc)
+    assert ("Seeding /var as image commit" in proc.stderr) == reused
+    ok(install(other_target, layout.ref("os"), backend=backend))
+    assert _image_tree(target) == _image_tree(other_target)
+    seed = "usr/lib/tmpfiles.d/pybootc-var.conf"
+    assert "/var/lib/app/db" in _deployed_file(target, seed)
+    assert ("d /var/lib/app " in _deployed_file(target, seed)) == reused

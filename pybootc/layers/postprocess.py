@@ -38,6 +38,10 @@ class PostprocessResult:
     kernel_version: str
     # Paths left out because a commit cannot hold them, one message each.
     warnings: tuple[str, ...]
+    # Where /var is seeded by tmpfiles.d lines, the paths the image's tmpfiles.d
+    # declares (left out of them); post-processing in memory records what the lines
+    # were made from in the commit (ostree/tree_postprocess.py).
+    var_declared: frozenset[str] | None = None
 
 
 # --- the rules' checks and messages, shared with the same rules on a tree in memory

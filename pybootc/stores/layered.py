@@ -28,9 +28,16 @@ from pybootc.ostree.gi import OSTree
 from pybootc.ostree.layer_commit import LayerInfo, checkout_linked, tree_mtree, write_layer_commit
 from pybootc.ostree.merged_image import keep_merges, merge_image, merged_tree
 from pybootc.ostree.objects import ObjectWriter
-from pybootc.ostree.repo import CommitInfo, commit_mtree, resolve_ref, set_ref, transaction
+from pybootc.ostree.repo import (
+    CommitInfo,
+    commit_mtree,
+    libostree_errors,
+    resolve_ref,
+    set_ref,
+    transaction,
+)
 from pybootc.ostree.shared_data import share_with_objects
-from pybootc.ostree.tree_postprocess import postprocess_in_memory
+from pybootc.ostree.tree_postprocess import postprocess_in_memory, record_var_source
 
 
 def restore_special_files(root: Path, candidates: Iterable[str] | None) -> None:
@@ -107,6 +114,9 @@ class LayeredImage:
                 self.repo, writer, merged, keep_var=keep_var, label=label
             )
             mtree = tree_mtree(self.repo, writer, merged.root, counted)
+            with libostree_errors("Writing the image's tree"):
+                self.repo.write_mtree(mtree, None)
+            commit = record_var_source(mtree, result.var_declared, commit)
             commits.append(commit_mtree(self.repo, mtree, commit))
             commits.extend(checksum for _, checksum in kept)
         for ref, checksum in kept:
