@@ -54,6 +54,17 @@ def _prefix_refs(layer_commits: Sequence[str]) -> list[str]:
     return refs
 
 
+def _longest_kept(repo: OSTree.Repo, layer_commits: Sequence[str]) -> tuple[int, str | None]:
+    """How many of the lowest layers the longest kept merge of them stands for, and its
+    commit; (0, None) if none is kept."""
+    kept = list_refs(repo, MERGED_REF_PREFIX)
+    refs = _prefix_refs(layer_commits)
+    for count in range(len(refs), 0, -1):
+        if refs[count - 1] in kept:
+            return count, kept[refs[count - 1]]
+    return 0, None
+
+
 def _special(infos: Sequence[LayerInfo]) -> frozenset[str] | None:
     """Where the layers hold placeholders of special files; None: anywhere, for all that
     an older layer commit says."""
@@ -87,15 +98,7 @@ def merge_image(repo: OSTree.Repo, writer: ObjectWriter, layer_commits: list[str
     """The image merged from its layer commits, lowest first, from the longest run of its
     lowest layers that a kept merge stands for."""
     loader = LayerLoader(repo, writer)
-    kept = list_refs(repo, MERGED_REF_PREFIX)
-    reused, base = next(
-        (
-            (count, kept[ref])
-            for count, ref in reversed(list(enumerate(_prefix_refs(layer_commits), 1)))
-            if ref in kept
-        ),
-        (0, None),
-    )
+    reused, base = _longest_kept(repo, layer_commits)
     if base is not None:
         log.debug(
             "Merging %d layers over the kept merge of the lowest %d",
@@ -127,47 +130,45 @@ def keep_merges(
     tree, the merges of `image` that no kept one is yet: of all its layers, and of all
     but the top one. Their refs and commits, for the caller to set once the transaction
     has landed."""
-    count = len(image.layers)
+    total = len(image.layers)
     refs = _prefix_refs(image.layers)
     kept = list_refs(repo, MERGED_REF_PREFIX)
     new = []
-    for layers, tree, special in (
-        (count, image.root, image.special),
-        (count - 1, image.below_top, image.below_top_special),
+    for count, tree, special in (
+        (total, image.root, image.special),
+        (total - 1, image.below_top, image.below_top_special),
     ):
         # A single layer is its own merge. A merge the import started from is kept;
         # one below it was never made.
-        if layers < 2 or layers <= image.reused or refs[layers - 1] in kept:
+        if count < 2 or count <= image.reused or refs[count - 1] in kept:
             continue
-        new.append((refs[layers - 1], _write(repo, writer, tree, image.layers[:layers], special)))
+        layers = image.layers[:count]
+        metadata = {
+            MERGED_LAYERS_KEY: GLib.Variant("as", list(layers)),
+            MARKED_DIRS_KEY: GLib.Variant("as", []),
+            SPECIAL_FILES_KEY: GLib.Variant("b", special is None or bool(special)),
+        }
+        if special is not None:
+            metadata[SPECIAL_PATHS_KEY] = GLib.Variant("as", sorted(special))
+        checksum = _commit_tree(repo, writer, tree, f"{count} layers merged", metadata)
+        new.append((refs[count - 1], checksum))
     return new
 
 
-def _write(
+def _commit_tree(
     repo: OSTree.Repo,
     writer: ObjectWriter,
     tree: Dir,
-    layers: Sequence[str],
-    special: frozenset[str] | None,
+    subject: str,
+    metadata: dict[str, GLib.Variant] | None,
+    *,
+    counted: Callable[[int], None] = lambda done: None,
 ) -> str:
-    metadata = {
-        MERGED_LAYERS_KEY: GLib.Variant("as", list(layers)),
-        MARKED_DIRS_KEY: GLib.Variant("as", []),
-        SPECIAL_FILES_KEY: GLib.Variant("b", special is None or bool(special)),
-    }
-    if special is not None:
-        metadata[SPECIAL_PATHS_KEY] = GLib.Variant("as", sorted(special))
-    with libostree_errors(f"Keeping the merge of {len(layers)} layers"):
-        _, root = repo.write_mtree(tree_mtree(repo, writer, tree), None)
-        _, checksum = repo.write_commit_with_time(
-            None,
-            f"{len(layers)} layers merged",
-            None,
-            GLib.Variant("a{sv}", metadata),
-            root,
-            0,
-            None,
-        )
+    """A merged tree written as a commit (epoch 0) in the caller's transaction."""
+    with libostree_errors(f"Writing {subject}"):
+        _, root = repo.write_mtree(tree_mtree(repo, writer, tree, counted), None)
+        variant = None if metadata is None else GLib.Variant("a{sv}", metadata)
+        _, checksum = repo.write_commit_with_time(None, subject, None, variant, root, 0, None)
     return str(checksum)
 
 
@@ -181,10 +182,8 @@ def merged_tree(
     ref holds it: it is only checked out); the commit, and where the layers hold
     placeholders of special files (MergedImage.special)."""
     image = merge_image(repo, writer, layer_commits)
-    with libostree_errors("Writing the merged tree"):
-        _, root = repo.write_mtree(tree_mtree(repo, writer, image.root, counted), None)
-        _, checksum = repo.write_commit_with_time(None, "merged layers", None, None, root, 0, None)
-    return str(checksum), image.special
+    checksum = _commit_tree(repo, writer, image.root, "merged layers", None, counted=counted)
+    return checksum, image.special
 
 
 def prune_merged_refs(repo: OSTree.Repo) -> list[str]:

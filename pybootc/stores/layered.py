@@ -114,6 +114,8 @@ class LayeredImage:
                 self.repo, writer, merged, keep_var=keep_var, label=label
             )
             mtree = tree_mtree(self.repo, writer, merged.root, counted)
+            # Written before the commit, which records what its /var seed lines were
+            # made from: /var's tree as written (commit_mtree does not write it again).
             with libostree_errors("Writing the image's tree"):
                 self.repo.write_mtree(mtree, None)
             commit = record_var_source(mtree, result.var_declared, commit)
