@@ -9,41 +9,44 @@ image before where its /var and its tmpfiles.d declarations are the same
 from __future__ import annotations
 
 import dataclasses
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
-from pybootc.layers.listing import diff_listings, list_tree
-from pybootc.oci.imgref import ImageReference, OstreeImageReference, SignatureSource
-from pybootc.oci.metadata import fetch_image_metadata
-from pybootc.ostree.gi import Gio, OSTree
+from pybootc.ostree.gi import OSTree
 from pybootc.ostree.merged_image import MERGED_REF_PREFIX, keep_merges, merge_image
 from pybootc.ostree.objects import ObjectWriter
 from pybootc.ostree.repo import list_refs, resolve_ref, root_tree_checksum, set_ref, transaction
 from pybootc.ostree.sysroot import Sysroot
 from pybootc.sample.image import sample_image
-from pybootc.sample.ocibuild import Layer, OciLayout, directory, file, layer, opaque, whiteout
-from pybootc.stores.ostree import import_layers
+from pybootc.sample.ocibuild import (
+    ImageSpec,
+    Layer,
+    OciLayout,
+    directory,
+    file,
+    layer,
+    opaque,
+    whiteout,
+)
 from tests.backend_support import bootc, install, ok
+from tests.layer_stack_support import (
+    assert_kernel_view,
+    bare_repo,
+    imported_stack,
+    stack_settings,
+)
 from tests.strategies import layers
 from tests.support import Oracle
 
 
 @pytest.fixture(scope="module")
 def repo() -> Iterator[tuple[OSTree.Repo, Path]]:
-    where = Path(tempfile.mkdtemp(prefix="pybootc-merged-repo-", dir="/var/tmp"))
-    created = OSTree.Repo.new(Gio.File.new_for_path(str(where / "repo")))
-    created.create(OSTree.RepoMode.BARE, None)
-    (where / "work").mkdir()
-    try:
-        yield created, where / "work"
-    finally:
-        shutil.rmtree(where)
+    with bare_repo("pybootc-merged-repo-") as found:
+        yield found
 
 
 def _keep_merges_of(repo: OSTree.Repo, layer_commits: list[str]) -> None:
@@ -57,45 +60,26 @@ def _keep_merges_of(repo: OSTree.Repo, layer_commits: list[str]) -> None:
 
 
 @pytest.mark.oracle
-@settings(
-    max_examples=60,
-    deadline=None,
-    derandomize=True,
-    suppress_health_check=[
-        HealthCheck.too_slow,
-        HealthCheck.data_too_large,
-        HealthCheck.function_scoped_fixture,
-    ],
-)
+@stack_settings(60)
 @given(stack=st.lists(layers(), min_size=3, max_size=6), data=st.data())
 def test_a_merge_from_a_kept_one_is_the_kernel_view(
     oracle: Oracle, repo: tuple[OSTree.Repo, Path], stack: list[Layer], data: st.DataObject
 ) -> None:
-    tag = oracle.add(stack)
-    kernel = oracle.kernel_view(tag)
-    if isinstance(kernel, str):
-        return  # refused by containers-storage: the blobs source's refusal is tested elsewhere
-    ostree_repo, work = repo
-    imgref = OstreeImageReference(
-        SignatureSource.insecure(), ImageReference.parse(oracle.layout.ref(tag))
-    )
-    scratch = Path(tempfile.mkdtemp(dir=work))
-    try:
-        imported = import_layers(ostree_repo, imgref, fetch_image_metadata(imgref.imgref), scratch)
+    ostree_repo = repo[0]
+    with imported_stack(oracle, *repo, stack) as imported:
+        if imported is None:
+            return
+        kernel, image, scratch = imported
         # An image imported before had the lowest `below` layers and maybe one more
         # (kept: its merge, and the merge of all but its top layer).
         below = data.draw(st.integers(2, len(stack) - 1), label="layers shared")
-        _keep_merges_of(ostree_repo, list(imported.layers[: below + data.draw(st.booleans())]))
+        _keep_merges_of(ostree_repo, list(image.layers[: below + data.draw(st.booleans())]))
         writer = ObjectWriter(ostree_repo)
         with transaction(ostree_repo, "Merging"):
-            reused = merge_image(ostree_repo, writer, list(imported.layers)).reused
+            reused = merge_image(ostree_repo, writer, list(image.layers)).reused
         assert reused >= below
-        imported.flatten(scratch / "root")
-        ours = [dataclasses.replace(e, link_group=None) for e in list_tree(scratch / "root")]
-        want = [dataclasses.replace(e, link_group=None) for e in kernel]
-        assert not diff_listings(want, ours), "\n".join(diff_listings(want, ours))
-    finally:
-        shutil.rmtree(scratch)
+        image.flatten(scratch / "root")
+        assert_kernel_view(kernel, scratch / "root")
 
 
 # Over the sample image: files, a directory the update makes opaque, and one whose file
@@ -137,6 +121,24 @@ def _image_tree(sysroot: Path) -> str:
     return root_tree_checksum(repo, commit)
 
 
+def _update_against_a_fresh_install(
+    tmp_path: Path, sysroots: tuple[Path, Path], backend: str, before: ImageSpec, after: ImageSpec
+) -> str:
+    """Install `before` in the first sysroot and upgrade it to `after`, install `after`
+    in the second (with no kept merge to start from), and check that both committed
+    the same tree; the upgrade's debug log."""
+    updated, fresh = sysroots
+    layout = OciLayout(tmp_path / "oci")
+    layout.add_image("os", before)
+    ok(install(updated, layout.ref("os"), backend=backend))
+    layout.add_image("os", after)
+    proc = bootc("--debug", "upgrade", "--quiet", sysroot=updated)
+    ok(proc)
+    ok(install(fresh, layout.ref("os"), backend=backend))
+    assert _image_tree(updated) == _image_tree(fresh)
+    return proc.stderr
+
+
 def _deployed_file(sysroot: Path, path: str) -> str:
     return (Sysroot.open(sysroot).deployments()[0].deployment_path / path).read_text()
 
@@ -147,17 +149,8 @@ def test_an_update_from_a_kept_merge_makes_the_tree_of_a_fresh_install(
     tmp_path: Path, target: Path, other_target: Path, backend: str, update: str
 ) -> None:
     before, after = UPDATES[update]
-    layout = OciLayout(tmp_path / "oci")
-    layout.add_image("os", before)
-    ok(install(target, layout.ref("os"), backend=backend))
-    layout.add_image("os", after)
-    shared = len(after.layers) - 1
-    proc = bootc("--debug", "upgrade", "--quiet", sysroot=target)
-    ok(proc)
-    assert f"over the kept merge of the lowest {shared}" in proc.stderr
-    ok(install(other_target, layout.ref("os"), backend=backend))
-    # The fresh install merged every layer: no kept merge was there to start from.
-    assert _image_tree(target) == _image_tree(other_target)
+    log = _update_against_a_fresh_install(tmp_path, (target, other_target), backend, before, after)
+    assert f"over the kept merge of the lowest {len(after.layers) - 1}" in log
 
 
 def test_kept_merges_go_with_their_layers(tmp_path: Path, target: Path) -> None:
@@ -208,15 +201,9 @@ def test_an_update_reuses_the_var_seed_of_the_same_var_only(
     tmp_path: Path, target: Path, other_target: Path, backend: str, update: str
 ) -> None:
     top, reused = VAR_UPDATES[update]
-    layout = OciLayout(tmp_path / "oci")
-    layout.add_image("os", sample_image("1", extra=(_VAR,)))
-    ok(install(target, layout.ref("os"), backend=backend))
-    layout.add_image("os", sample_image("1", extra=(_VAR, top)))
-    proc = bootc("--debug", "upgrade", "--quiet", sysroot=target)
-    ok(proc)
-    assert ("Seeding /var as image commit" in proc.stderr) == reused
-    ok(install(other_target, layout.ref("os"), backend=backend))
-    assert _image_tree(target) == _image_tree(other_target)
+    before, after = sample_image("1", extra=(_VAR,)), sample_image("1", extra=(_VAR, top))
+    log = _update_against_a_fresh_install(tmp_path, (target, other_target), backend, before, after)
+    assert ("Seeding /var as image commit" in log) == reused
     seed = "usr/lib/tmpfiles.d/pybootc-var.conf"
     assert "/var/lib/app/db" in _deployed_file(target, seed)
     assert ("d /var/lib/app " in _deployed_file(target, seed)) == reused
