@@ -132,15 +132,15 @@ def keep_merges(
     has landed."""
     total = len(image.layers)
     refs = _prefix_refs(image.layers)
-    kept = list_refs(repo, MERGED_REF_PREFIX)
     new = []
     for count, tree, special in (
         (total, image.root, image.special),
         (total - 1, image.below_top, image.below_top_special),
     ):
-        # A single layer is its own merge. A merge the import started from is kept;
-        # one below it was never made.
-        if count < 2 or count <= image.reused or refs[count - 1] in kept:
+        # A single layer is its own merge. The merge the import started from is the
+        # longest kept one (merge_image looked), so any longer one is new; one below
+        # it was never made.
+        if count < 2 or count <= image.reused:
             continue
         layers = image.layers[:count]
         metadata = {
