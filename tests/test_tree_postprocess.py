@@ -1,6 +1,8 @@
 """Post-processing in memory (ostree/tree_postprocess.py) against post-processing a
 checkout (layers/postprocess.py), on the same layer commits: the same tree, the same
 warnings, or the same error; and the images only a checkout does exactly are sent there.
+The tree includes the SELinux labels, where the image has a policy: in memory they are
+given by selinux_labels.py, on a checkout by libostree's commit.
 
 Both ways run on both settings of ostree's /var seeding (`keep_var`), so the tmpfiles.d
 lines that seed /var on older ostree are compared too.
@@ -26,6 +28,7 @@ from pybootc.sample.image import KERNEL_VERSION, sample_image
 from pybootc.sample.ocibuild import Entry, Kind, Layer, OciLayout, directory, file, layer, symlink
 from pybootc.stores.layered import LayeredImage
 from pybootc.stores.ostree import import_layers
+from tests.selinux_support import policy_layer, policy_type
 
 _INFO = CommitInfo("test", {}, 0)
 _MODULES = f"usr/lib/modules/{KERNEL_VERSION}"
@@ -38,6 +41,33 @@ def _fifo(name: str) -> Entry:
 def _char(name: str) -> Entry:
     return Entry(name, Kind.CHAR, devmajor=4, devminor=64, mode=0o620, gid=5)
 
+
+_CAPABILITY = bytes.fromhex("0100000200200000000000000000000000000000")
+# Files whose xattrs the labels must keep, replace or leave in their order.
+_XATTR_ENTRIES = (
+    Entry("usr/bin/capable", Kind.FILE, b"c", 0o755, xattrs={"security.capability": _CAPABILITY}),
+    Entry("usr/share/noted", Kind.FILE, b"n", 0o644, xattrs={"user.note": b"kept"}),
+    Entry(
+        "usr/share/both",
+        Kind.FILE,
+        b"b",
+        0o644,
+        xattrs={"user.a": b"1", "security.capability": _CAPABILITY},
+    ),
+    Entry(
+        "usr/share/mislabelled",
+        Kind.FILE,
+        b"m",
+        0o644,
+        xattrs={"security.selinux": b"system_u:object_r:tmp_t:s0\0"},
+    ),
+    Entry("usr/share/labelled-dir", Kind.DIR, mode=0o750, xattrs={"user.dir": b"d"}),
+    file("usr/share/labelled-dir/empty", ""),
+    Entry("usr/share/labelled-dir/same", Kind.HARDLINK, linkname="usr/share/noted"),
+    symlink("usr/share/labelled-dir/link", "../noted"),
+    file("etc/app.conf", "x=1\n"),
+    directory("var/lib/labelled"),
+)
 
 # Layers on top of the sample image.
 CASES: dict[str, tuple[Layer, ...]] = {
@@ -107,10 +137,21 @@ CASES: dict[str, tuple[Layer, ...]] = {
         layer(file("etc/hostname", ""), file("etc/resolv.conf", "nameserver 1.1.1.1\n")),
     ),
     "an injected file that is a symlink": (layer(symlink("etc/hostname", "/run/hostname")),),
+    "an SELinux config that names no policy": (
+        layer(file("etc/selinux/config", "SELINUX=enforcing\n")),
+    ),
+    "the host's SELinux policy": (policy_layer(), layer(*_XATTR_ENTRIES)),
+    "the host's SELinux policy, disabled": (
+        policy_layer(),
+        layer(file("etc/selinux/config", f"SELINUX=disabled\nSELINUXTYPE={policy_type()}\n")),
+    ),
 }
 # What only a checkout post-processes exactly.
 NEEDS_CHECKOUT: dict[str, tuple[Layer, ...]] = {
-    "an SELinux policy": (layer(file("etc/selinux/config", "SELINUX=enforcing\n")),),
+    "an SELinux config that is a symlink": (
+        policy_layer(),
+        layer(symlink("etc/selinux/config", "config.d/real")),
+    ),
     "a tmpfiles.d file that is a symlink": (
         layer(symlink("usr/lib/tmpfiles.d/masked.conf", "/dev/null")),
     ),
@@ -161,8 +202,14 @@ def _on_a_checkout(
     try:
         devino = image.flatten(scratch / "root")
         result = postprocess_tree(scratch / "root", keep_var=keep_var)
+        # As stores/commit.py's finish_import labels a checkout.
+        labelled = (scratch / "root/usr/etc/selinux/config").is_file()
         commit = commit_directory(
-            image.repo, scratch / "root", info=_INFO, selinux_policy=None, devino=devino
+            image.repo,
+            scratch / "root",
+            info=_INFO,
+            selinux_policy=scratch / "root" if labelled else None,
+            devino=devino,
         )
     except BootcError as err:
         return err.message

@@ -132,7 +132,17 @@ class ObjectWriter:
         hardlink can change the owner, mode and xattrs of the file it links)."""
         with libostree_errors(f"Reading object {checksum}"):
             _, stream, info, _ = self.repo.load_file(checksum, None)
-            size = info.get_size()
+        return self.rewritten(stream, meta, info.get_size())
+
+    def rewritten(self, stream: Gio.InputStream | None, meta: FileMeta, size: int) -> str:
+        """The regular file whose content `stream` (of `size` bytes, from load_file) is,
+        with `meta`; the stream is closed."""
+        if stream is None:  # what load_file gives for an empty file
+            return self.regular_from_bytes(meta, b"")
+        try:
+            if isinstance(stream, Gio.UnixInputStream):
+                # A bare repo's object, opened: its content is the file's own.
+                return self.regular_from_fd(meta, stream.get_fd(), size)
             if size <= _IN_MEMORY:
                 return self.regular_from_bytes(meta, read_stream(stream))
             # A large file is read through a scratch file, never whole into memory.
@@ -140,9 +150,10 @@ class ObjectWriter:
             with tempfile.TemporaryFile(dir=scratch_dir) as scratch:
                 while chunk := stream.read_bytes(_IN_MEMORY, None).get_data():
                     scratch.write(chunk)
-                stream.close(None)
                 scratch.flush()
                 return self.regular_from_fd(meta, scratch.fileno(), size)
+        finally:
+            stream.close(None)
 
     def symlink(self, meta: FileMeta, target: str) -> str:
         """A symlink to `target`; its checksum."""

@@ -52,16 +52,38 @@ def _commit_modifier(
     # The filter costs a call into Python per path: only when someone is watching.
     each_path = _counting_filter(counted) if counted is not None else None
     modifier = OSTree.RepoCommitModifier.new(flags, each_path, None)
-    if selinux_policy is not None:
-        # SePolicy reads etc/selinux/config, else usr/etc/selinux/config, under the root.
-        # A policy that is absent or SELINUX=disabled has no name and labels nothing,
-        # which is what ostree-ext does with such an image too. Loading one sets
-        # libselinux's policy root for the whole process.
-        with libostree_errors(f"Loading the SELinux policy in {selinux_policy}"):
-            policy = OSTree.SePolicy.new(Gio.File.new_for_path(str(selinux_policy)), None)
-        if policy.get_name():
-            modifier.set_sepolicy(policy)
+    policy = load_sepolicy(selinux_policy) if selinux_policy is not None else None
+    if policy is not None:
+        modifier.set_sepolicy(policy)
     return modifier
+
+
+def load_sepolicy(root: Path) -> OSTree.SePolicy | None:
+    """The SELinux policy of the tree at `root`, None if it names none.
+
+    SePolicy reads etc/selinux/config, else usr/etc/selinux/config, under the root. A
+    policy that is absent or SELINUX=disabled has no name and labels nothing, which is
+    what ostree-ext does with such an image too. Loading one sets libselinux's policy
+    root for the whole process."""
+    config = root / "etc/selinux/config"
+    if not (root / "etc/selinux").exists():
+        config = root / "usr/etc/selinux/config"
+    if config.is_file():
+        # libostree 2022.7 (and upstream's today) dereferences a NULL policy root for
+        # a config that enables SELinux with no SELINUXTYPE: the process dies.
+        lines = config.read_text(errors="replace").splitlines()
+        enabled = any(
+            line.startswith("SELINUX=") and line[8:].lower().startswith(("enforcing", "permissive"))
+            for line in lines
+        )
+        if enabled and not any(line.startswith("SELINUXTYPE=") for line in lines):
+            raise BootcError(_NO_POLICY_TYPE)
+    with libostree_errors(f"Loading the SELinux policy in {root}"):
+        policy = OSTree.SePolicy.new(Gio.File.new_for_path(str(root)), None)
+    return policy if policy.get_name() else None
+
+
+_NO_POLICY_TYPE = "The image's /etc/selinux/config enables SELinux, but names no SELINUXTYPE"
 
 
 @contextmanager

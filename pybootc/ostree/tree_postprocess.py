@@ -8,8 +8,8 @@ other subtree goes into the image's commit as the layers stored it.
 
 The rules, their order and their messages are postprocess.py's. An image whose shape
 only the checkout handles exactly raises NeedsCheckout, and is post-processed there:
-- an SELinux policy to label with (the commit of a checkout labels every file);
-- a symlink on a path the rules read (lookups in a checkout follow it);
+- a symlink on a path the rules read (lookups in a checkout follow it), the SELinux
+  policy's config among them (its labels are given in memory: selinux_labels.py);
 - layer commits that do not list their special files (made by older pybootc).
 tests/test_tree_postprocess.py checks that both ways make the same tree.
 """
@@ -395,8 +395,10 @@ def postprocess_in_memory(
     if moved_var:
         image.children(image.root)["var"] = Dir(writer.dirmeta(_NEW_DIR), {})
     do.remove_empty_injected()
-    if label and image.lookup(_POLICY) is not None:
-        raise NeedsCheckout("an SELinux policy to label the files with")
+    policy = image.lookup(_POLICY) if label else None
+    if policy is not None and not (isinstance(policy, Leaf) and image.file(policy).regular):
+        # A checkout's is_file() would follow a symlink to it, wherever it points.
+        raise NeedsCheckout(f"{_path(_POLICY)} is not a regular file")
     # The merged root is 0755 root already (layer_commit.ROOT_META), as a deployment's is.
     declared = do.write_var_tmpfiles() if moved_var else None
     return rules.PostprocessResult(kernel, tuple(warnings), declared)

@@ -36,6 +36,7 @@ from pybootc.ostree.repo import (
     set_ref,
     transaction,
 )
+from pybootc.ostree.selinux_labels import label_image
 from pybootc.ostree.shared_data import share_with_objects
 from pybootc.ostree.tree_postprocess import postprocess_in_memory, record_var_source
 
@@ -113,13 +114,24 @@ class LayeredImage:
             result = postprocess_in_memory(
                 self.repo, writer, merged, keep_var=keep_var, label=label
             )
-            mtree = tree_mtree(self.repo, writer, merged.root, counted)
+            labelled = (
+                label_image(self.repo, writer, merged.root, lambda d: d.entries(merged.expand))
+                if label
+                else None
+            )
+            root = merged.root if labelled is None else labelled.root
+            mtree = tree_mtree(self.repo, writer, root, counted)
             # Written before the commit, which records what its /var seed lines were
             # made from: /var's tree as written (commit_mtree does not write it again).
             with libostree_errors("Writing the image's tree"):
                 self.repo.write_mtree(mtree, None)
             commit = record_var_source(mtree, result.var_declared, commit)
             commits.append(commit_mtree(self.repo, mtree, commit))
+            if labelled is not None:
+                with libostree_errors("Writing the image commit's detached metadata"):
+                    self.repo.write_commit_detached_metadata(
+                        commits[0], labelled.detached_metadata, None
+                    )
             commits.extend(checksum for _, checksum in kept)
         for ref, checksum in kept:
             set_ref(self.repo, ref, checksum)
