@@ -10,6 +10,7 @@ lines that seed /var on older ostree are compared too.
 
 from __future__ import annotations
 
+import logging
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -21,8 +22,9 @@ from pybootc.errors import BootcError
 from pybootc.layers.postprocess import postprocess_tree
 from pybootc.oci.imgref import ImageReference, OstreeImageReference, SignatureSource
 from pybootc.oci.metadata import fetch_image_metadata
+from pybootc.ostree.ext_format import image_ref_name
 from pybootc.ostree.gi import Gio, OSTree
-from pybootc.ostree.repo import CommitInfo, commit_directory, root_tree_checksum
+from pybootc.ostree.repo import CommitInfo, commit_directory, root_tree_checksum, set_ref
 from pybootc.ostree.tree_postprocess import NeedsCheckout
 from pybootc.sample.image import KERNEL_VERSION, sample_image
 from pybootc.sample.ocibuild import Entry, Kind, Layer, OciLayout, directory, file, layer, symlink
@@ -161,11 +163,26 @@ NEEDS_CHECKOUT: dict[str, tuple[Layer, ...]] = {
 }
 
 
+# An image with a policy, and its update: files added (one the same object as a file
+# before, at a path labelled otherwise), one changed, one with other xattrs.
+_LABELLED_BEFORE = (policy_layer(), layer(*_XATTR_ENTRIES))
+_LABELLED_UPDATE = layer(
+    file("usr/bin/added", "a", mode=0o755),
+    file("usr/bin/empty-too", ""),
+    file("usr/share/noted", "changed"),
+    Entry("usr/share/both", Kind.FILE, b"b", 0o644, xattrs={"user.a": b"2"}),
+)
+
+
 @pytest.fixture(scope="module")
 def layout(tmp_path_factory: pytest.TempPathFactory) -> OciLayout:
     found = OciLayout(tmp_path_factory.mktemp("tree-postprocess") / "oci")
     for index, extra in enumerate([*CASES.values(), *NEEDS_CHECKOUT.values()]):
         found.add_image(f"case{index}", sample_image("1.0", extra=extra))
+    found.add_image("labelled-before", sample_image("1.0", extra=_LABELLED_BEFORE))
+    found.add_image(
+        "labelled-after", sample_image("1.0", extra=(*_LABELLED_BEFORE, _LABELLED_UPDATE))
+    )
     return found
 
 
@@ -249,3 +266,23 @@ def test_what_only_a_checkout_does_exactly_is_sent_there(
     image = _layered(ostree_repo, work, layout, f"case{index}")
     with pytest.raises(NeedsCheckout):
         image.commit_in_memory(_INFO, keep_var=False, label=True)
+
+
+def test_an_update_labels_anew_only_the_files_it_changed(
+    repo: tuple[OSTree.Repo, Path], layout: OciLayout, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The files the image before labelled are taken over from it, and the tree is still
+    the one a checkout's commit labels."""
+    ostree_repo, work = repo
+    before = _layered(ostree_repo, work, layout, "labelled-before")
+    commit, _ = before.commit_in_memory(_INFO, keep_var=False, label=True)
+    # What an import does next: the image's ref, where the next import finds its labels.
+    set_ref(ostree_repo, image_ref_name(layout.ref("labelled-before")), commit)
+    after = _layered(ostree_repo, work, layout, "labelled-after")
+    with caplog.at_level(logging.DEBUG, logger="pybootc.ostree.selinux_labels"):
+        in_memory = _in_memory(after, False)
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Labelled")]
+    # The four files of the update; the rest, the /var seed lines too, were labelled.
+    assert line.endswith(" of them anew") and int(line.split()[3]) == 4, line
+    assert int(line.split()[1]) > 20
+    assert in_memory == _on_a_checkout(after, work, False)
