@@ -8,10 +8,12 @@ whose xattrs that changes is a new object, its content hashed again. A commit of
 checkout must first check the whole image out, and hashes every such file through GLib;
 here each is hashed (OpenSSL) from the object the repo keeps.
 
-A labelled file is a function of its unlabelled object and its label. The image commit
-keeps that pairing, for every file it labelled, in its detached metadata
-(LABELLED_KEY); an update labels a file the image before had, with the same label,
-without reading it again.
+A labelled file is a function of its unlabelled object and its label; a labelled
+directory, of its path, its unlabelled tree and the policy. The image commit keeps both
+in its detached metadata (LABELLED_KEY, LABELLED_TREES_KEY): an update takes over every
+directory whose unlabelled tree an image in the repo had at the same path under the
+same policy, without reading anything below it, and every file an image labelled the
+same, without reading it again.
 """
 
 from __future__ import annotations
@@ -25,10 +27,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from pybootc.layers.tree import Dir, Entry, FileMeta, Leaf
+from pybootc.layers.tree import Dir, Entry, FileMeta, Leaf, StoredDir
 from pybootc.ostree.ext_format import IMAGE_REF_PREFIX
 from pybootc.ostree.gi import Gio, GLib, OSTree
-from pybootc.ostree.layer_commit import from_be32
+from pybootc.ostree.layer_commit import ay_checksum, from_be32
 from pybootc.ostree.objects import ObjectWriter
 from pybootc.ostree.repo import libostree_errors, list_refs, load_sepolicy, read_stream
 
@@ -38,8 +40,12 @@ POLICY_DIR = ("usr", "etc", "selinux")
 # The image commit's detached metadata: its labelled files, each as the key of its
 # unlabelled object and label (_KEY_BYTES of _pair_key) then its own checksum (raw).
 LABELLED_KEY = "pybootc.labelled"
+# And its labelled directories: (path, _tree_key, labelled contents, labelled metadata).
+LABELLED_TREES_KEY = "pybootc.labelled-trees"
 _KEY_BYTES = 16
 _ENTRY_BYTES = _KEY_BYTES + 32
+# Part of every _tree_key: a change to how labels are given must change it.
+_LABELS_FORMAT = "pybootc labels 1"
 
 log = logging.getLogger(__name__)
 
@@ -66,14 +72,56 @@ def _pair_key(unlabelled: str, label: str) -> bytes:
     return hashlib.sha256(f"{unlabelled}\0{label}".encode()).digest()[:_KEY_BYTES]
 
 
+def _tree_key(policy: str, path: str, contents: str, meta: str) -> bytes:
+    text = f"{_LABELS_FORMAT}\0{policy}\0{path}\0{contents}\0{meta}"
+    return hashlib.sha256(text.encode()).digest()[:_KEY_BYTES]
+
+
+def _raw(checksum: str) -> bytes:
+    return bytes.fromhex(checksum)
+
+
+def dirtree_checksum(files: list[tuple[str, str]], dirs: list[tuple[str, str, str]]) -> str:
+    """The checksum OSTree gives the directory-tree object of `files` (name, content
+    checksum) and `dirs` (name, contents and metadata checksums): of its a(say)a(sayay),
+    names sorted. (Only ever a cache key here: a tree whose key is computed and one
+    whose key was stored meet only if the two agree.)"""
+    variant = GLib.Variant(
+        "(a(say)a(sayay))",
+        (
+            [(name, _raw(checksum)) for name, checksum in sorted(files)],
+            [(name, _raw(contents), _raw(meta)) for name, contents, meta in sorted(dirs)],
+        ),
+    )
+    return hashlib.sha256(variant.get_data_as_bytes().get_data()).hexdigest()
+
+
+@dataclass(frozen=True)
+class LabelledTree:
+    """A labelled directory an image commit keeps, for the imports after it."""
+
+    path: str
+    key: bytes  # _tree_key of its unlabelled tree
+    contents: str
+    meta: str
+
+
+@dataclass(frozen=True)
+class LoadedPolicy:
+    """An image's policy, and what names it: its files' paths and objects."""
+
+    sepolicy: OSTree.SePolicy
+    identity: str
+
+
 @contextmanager
 def loaded_policy(
     repo: OSTree.Repo, root: Dir, children: ChildrenOf
-) -> Iterator[OSTree.SePolicy | None]:
+) -> Iterator[LoadedPolicy | None]:
     """The policy in /usr/etc/selinux of the image `root`, for the block; None if it
-    names none (SELINUX=disabled or no type: nothing is labelled, as with a checkout).
-    SePolicy reads files: the policy's directory is written out (a few MB) to a
-    scratch directory in the repo's tmp while it is loaded."""
+    names none (SELINUX=disabled, or not said: nothing is labelled, as with a
+    checkout). SePolicy reads files: the policy's directory is written out (a few MB)
+    to a scratch directory in the repo's tmp while it is loaded."""
     scratch_parent = os.path.join(repo.get_path().get_path(), "tmp")
     with tempfile.TemporaryDirectory(dir=scratch_parent, prefix="pybootc-sepolicy-") as scratch:
         entry: Entry = root
@@ -81,18 +129,26 @@ def loaded_policy(
             assert isinstance(entry, Dir), "the caller found the policy's config"
             entry = children(entry)[name]
         assert isinstance(entry, Dir)
-        _write_out(repo, entry, Path(scratch).joinpath(*POLICY_DIR), children)
-        yield load_sepolicy(Path(scratch))
+        written: list[str] = []
+        _write_out(repo, entry, Path(scratch).joinpath(*POLICY_DIR), children, written)
+        sepolicy = load_sepolicy(Path(scratch))
+        identity = hashlib.sha256("\0".join(written).encode()).hexdigest()
+        yield None if sepolicy is None else LoadedPolicy(sepolicy, identity)
 
 
-def _write_out(repo: OSTree.Repo, directory: Dir, dest: Path, children: ChildrenOf) -> None:
-    """The files of `directory` below `dest`: contents and symlinks, no owners."""
+def _write_out(
+    repo: OSTree.Repo, directory: Dir, dest: Path, children: ChildrenOf, written: list[str]
+) -> None:
+    """The files of `directory` below `dest`: contents and symlinks, no owners. Each
+    file's path and object go to `written`."""
     dest.mkdir(parents=True, exist_ok=True)
-    for name, entry in children(directory).items():
+    for name, entry in sorted(children(directory).items()):
         path = dest / name
         if isinstance(entry, Dir):
-            _write_out(repo, entry, path, children)
+            written.append(f"{path}/")
+            _write_out(repo, entry, path, children, written)
             continue
+        written.append(f"{path} {entry.checksum}")
         with libostree_errors(f"Reading object {entry.checksum}"):
             _, stream, info, _ = repo.load_file(entry.checksum, None)
         if info.get_file_type() == Gio.FileType.SYMBOLIC_LINK:
@@ -101,29 +157,61 @@ def _write_out(repo: OSTree.Repo, directory: Dir, dest: Path, children: Children
             path.write_bytes(read_stream(stream))
 
 
-def known_labelled(repo: OSTree.Repo) -> dict[bytes, str]:
-    """The labelled files of the images in the repo (LABELLED_KEY), by pair key."""
-    found: dict[bytes, str] = {}
-    for commit in set(list_refs(repo, IMAGE_REF_PREFIX).values()):
-        with libostree_errors(f"Reading the detached metadata of {commit}"):
-            _, detached = repo.read_commit_detached_metadata(commit, None)
-        value = None if detached is None else detached.lookup_value(LABELLED_KEY, None)
-        if value is None:
-            continue
-        blob = memoryview(value.get_data_as_bytes().get_data())
-        for offset in range(0, len(blob) - _ENTRY_BYTES + 1, _ENTRY_BYTES):
-            key = bytes(blob[offset : offset + _KEY_BYTES])
-            found[key] = bytes(blob[offset + _KEY_BYTES : offset + _ENTRY_BYTES]).hex()
-    return found
+@dataclass
+class KnownLabels:
+    """What the images in the repo labelled (their commits' detached metadata)."""
+
+    files: dict[bytes, str]  # by _pair_key: the labelled object
+    trees: dict[bytes, tuple[str, LabelledTree]]  # by key: its image commit, the tree
+    by_commit: dict[str, list[LabelledTree]]
+
+    @classmethod
+    def of(cls, repo: OSTree.Repo) -> KnownLabels:
+        known = cls({}, {}, {})
+        for commit in set(list_refs(repo, IMAGE_REF_PREFIX).values()):
+            with libostree_errors(f"Reading the detached metadata of {commit}"):
+                _, detached = repo.read_commit_detached_metadata(commit, None)
+            if detached is None:
+                continue
+            files = detached.lookup_value(LABELLED_KEY, None)
+            if files is not None:
+                blob = memoryview(files.get_data_as_bytes().get_data())
+                for offset in range(0, len(blob) - _ENTRY_BYTES + 1, _ENTRY_BYTES):
+                    key = bytes(blob[offset : offset + _KEY_BYTES])
+                    value = bytes(blob[offset + _KEY_BYTES : offset + _ENTRY_BYTES])
+                    known.files[key] = value.hex()
+            trees = detached.lookup_value(LABELLED_TREES_KEY, None)
+            kept = known.by_commit[commit] = []
+            for index in range(trees.n_children() if trees is not None else 0):
+                entry = trees.get_child_value(index)
+                tree = LabelledTree(
+                    entry.get_child_value(0).get_string(),
+                    entry.get_child_value(1).get_data_as_bytes().get_data(),
+                    ay_checksum(entry.get_child_value(2)),
+                    ay_checksum(entry.get_child_value(3)),
+                )
+                kept.append(tree)
+                known.trees[tree.key] = (commit, tree)
+        return known
+
+    def below(self, commit: str, path: str) -> Iterator[LabelledTree]:
+        """The trees `commit` keeps below `path` (a directory it keeps): they are part of
+        the tree it keeps there."""
+        prefix = path.rstrip("/") + "/"
+        return (tree for tree in self.by_commit[commit] if tree.path.startswith(prefix))
 
 
 @dataclass(frozen=True)
 class LabelledImage:
     """An image's tree with its labels, and what its commit keeps of them (the commit's
-    detached metadata)."""
+    detached metadata, once `trees` has the labelled directories' checksums)."""
 
     root: Dir
-    detached_metadata: GLib.Variant
+    labeller: Labeller
+
+    def detached_metadata(self, mtree: OSTree.MutableTree) -> GLib.Variant:
+        """What the commit of `mtree` (the tree of `root`, written) keeps of its labels."""
+        return self.labeller.detached_metadata(mtree)
 
 
 def label_image(
@@ -141,9 +229,14 @@ def label_image(
         if policy is None:
             return None
         labeller = Labeller(repo, writer, policy, children)
-        labelled = labeller.label(root)
-        log.debug("Labelled %d files, %d of them anew", len(labeller.made), labeller.written)
-        return LabelledImage(labelled, labeller.detached_metadata())
+        labelled, _, _ = labeller.label(root)
+        log.debug(
+            "Labelled %d files, %d of them anew; took %d directories over labelled",
+            len(labeller.made),
+            labeller.written,
+            labeller.taken_over,
+        )
+        return LabelledImage(labelled, labeller)
 
 
 class Labeller:
@@ -153,33 +246,59 @@ class Labeller:
         self,
         repo: OSTree.Repo,
         writer: ObjectWriter,
-        policy: OSTree.SePolicy,
+        policy: LoadedPolicy,
         children: ChildrenOf,
     ) -> None:
         self._repo = repo
         self._writer = writer
         self._policy = policy
         self._children = children
-        self._known = known_labelled(repo)
+        self._known = KnownLabels.of(repo)
         self.made: dict[bytes, str] = {}  # what this tree's files became
         self.written = 0  # of them, how many were not known labelled
+        self.taken_over = 0  # directories known labelled
+        # This tree's labelled directories: taken over, or labelled now (their
+        # checksums are the written tree's).
+        self._trees: dict[bytes, LabelledTree] = {}
+        self._labelled_now: list[tuple[str, bytes]] = []
         self._dirmetas: dict[tuple[str, str], str] = {}
 
     def _label(self, path: str, mode: int) -> str | None:
-        _, label = self._policy.get_label(path, mode, None)
+        _, label = self._policy.sepolicy.get_label(path, mode, None)
         return None if label is None else str(label)
 
-    def label(self, directory: Dir, path: str = "/") -> Dir:
-        """`directory` (at `path`) and all below it, labelled."""
+    def label(self, directory: Dir, path: str = "/") -> tuple[Dir, str, str]:
+        """`directory` (at `path`) and all below it, labelled; and the checksums of its
+        unlabelled tree (contents, metadata)."""
+        stored = directory.stored
+        if directory.children is None and stored is not None:
+            key = _tree_key(self._policy.identity, path, stored.contents, stored.meta)
+            known = self._known.trees.get(key)
+            if known is not None:
+                commit, tree = known
+                self.taken_over += 1
+                self._trees[key] = tree
+                for below in self._known.below(commit, path):
+                    self._trees.setdefault(below.key, below)
+                kept = StoredDir(path.lstrip("/"), tree.contents, tree.meta, frozenset())
+                return Dir(tree.meta, None, stored=kept), stored.contents, stored.meta
         children: dict[str, Entry] = {}
+        files: list[tuple[str, str]] = []
+        dirs: list[tuple[str, str, str]] = []
         prefix = path if path.endswith("/") else f"{path}/"
         for name, entry in self._children(directory).items():
             child = prefix + name
             if isinstance(entry, Dir):
-                children[name] = self.label(entry, child)
+                children[name], contents, meta = self.label(entry, child)
+                dirs.append((name, contents, meta))
             else:
                 children[name] = self._leaf(entry, child)
-        return Dir(self._dirmeta(directory.meta, path), children)
+                files.append((name, entry.checksum))
+        contents = dirtree_checksum(files, dirs)
+        self._labelled_now.append(
+            (path, _tree_key(self._policy.identity, path, contents, directory.meta))
+        )
+        return Dir(self._dirmeta(directory.meta, path), children), contents, directory.meta
 
     def _dirmeta(self, meta: str, path: str) -> str:
         with libostree_errors(f"Reading directory metadata {meta}"):
@@ -208,7 +327,7 @@ class Labeller:
                 stream.close(None)
             return leaf
         key = _pair_key(leaf.checksum, label)
-        found = self._known.get(key) or self.made.get(key)
+        found = self._known.files.get(key) or self.made.get(key)
         if found is None:
             meta = FileMeta(
                 info.get_attribute_uint32("unix::uid"),
@@ -228,14 +347,27 @@ class Labeller:
         self.made[key] = found
         return Leaf(leaf.kind, found)
 
-    def detached_metadata(self) -> GLib.Variant:
-        """What the image commit keeps of its labelled files (known_labelled)."""
-        blob = b"".join(key + bytes.fromhex(value) for key, value in sorted(self.made.items()))
+    def detached_metadata(self, mtree: OSTree.MutableTree) -> GLib.Variant:
+        """What the commit of `mtree` (the labelled tree, written) keeps of its labels:
+        its files, and its directories with the checksums libostree gave them."""
+        for path, key in self._labelled_now:
+            found = mtree
+            for name in path.strip("/").split("/") if path != "/" else ():
+                _, _, found = found.lookup(name)
+            self._trees[key] = LabelledTree(
+                path, key, found.get_contents_checksum(), found.get_metadata_checksum()
+            )
+        files = b"".join(key + _raw(value) for key, value in sorted(self.made.items()))
+        trees = [
+            (tree.path, tree.key, _raw(tree.contents), _raw(tree.meta))
+            for tree in sorted(self._trees.values(), key=lambda tree: tree.path)
+        ]
         return GLib.Variant(
             "a{sv}",
             {
                 LABELLED_KEY: GLib.Variant.new_from_bytes(
-                    GLib.VariantType.new("ay"), GLib.Bytes.new(blob), True
-                )
+                    GLib.VariantType.new("ay"), GLib.Bytes.new(files), True
+                ),
+                LABELLED_TREES_KEY: GLib.Variant("a(sayayay)", trees),
             },
         )

@@ -130,7 +130,7 @@ class LayeredImage:
             if labelled is not None:
                 with libostree_errors("Writing the image commit's detached metadata"):
                     self.repo.write_commit_detached_metadata(
-                        commits[0], labelled.detached_metadata, None
+                        commits[0], labelled.detached_metadata(mtree), None
                     )
             commits.extend(checksum for _, checksum in kept)
         for ref, checksum in kept:
