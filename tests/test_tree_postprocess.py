@@ -11,6 +11,7 @@ lines that seed /var on older ostree are compared too.
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -30,7 +31,7 @@ from pybootc.sample.image import KERNEL_VERSION, sample_image
 from pybootc.sample.ocibuild import Entry, Kind, Layer, OciLayout, directory, file, layer, symlink
 from pybootc.stores.layered import LayeredImage
 from pybootc.stores.ostree import import_layers
-from tests.selinux_support import policy_layer, policy_type
+from tests.selinux_support import file_contexts, policy_layer, policy_type
 
 _INFO = CommitInfo("test", {}, 0)
 _MODULES = f"usr/lib/modules/{KERNEL_VERSION}"
@@ -163,15 +164,46 @@ NEEDS_CHECKOUT: dict[str, tuple[Layer, ...]] = {
 }
 
 
-# An image with a policy, and its update: files added (one the same object as a file
-# before, at a path labelled otherwise), one changed, one with other xattrs.
-_LABELLED_BEFORE = (policy_layer(), layer(*_XATTR_ENTRIES))
+# An image with a policy, and its updates: files added (one the same object as a file
+# before, at a path labelled otherwise), one changed, one with other xattrs; then one
+# more file, deep in a directory the update before took over; and the policy's own file
+# contexts changed (for paths nothing else changes).
+_LABELLED_BEFORE = (
+    policy_layer(),
+    layer(*_XATTR_ENTRIES),
+    layer(
+        file("usr/share/deep/a/x", "x"),
+        file("usr/share/deep/b/y", "y"),
+        # The same tree at two paths the policy labels otherwise.
+        file("usr/share/twin/t", "t"),
+        file("usr/lib/twin/t", "t"),
+    ),
+)
 _LABELLED_UPDATE = layer(
     file("usr/bin/added", "a", mode=0o755),
     file("usr/bin/empty-too", ""),
     file("usr/share/noted", "changed"),
     Entry("usr/share/both", Kind.FILE, b"b", 0o644, xattrs={"user.a": b"2"}),
 )
+_LABELLED_UPDATES = {
+    "labelled-before": _LABELLED_BEFORE,
+    "labelled-after": (*_LABELLED_BEFORE, _LABELLED_UPDATE),
+    "labelled-after-2": (
+        *_LABELLED_BEFORE,
+        _LABELLED_UPDATE,
+        layer(file("usr/share/deep/a/z", "z")),
+    ),
+    "labelled-other-policy": (
+        *_LABELLED_BEFORE,
+        layer(
+            file(
+                str(file_contexts().relative_to("/")),
+                file_contexts().read_text()
+                + "/usr/lib/modules(/.*)?\tsystem_u:object_r:bin_t:s0\n",
+            )
+        ),
+    ),
+}
 
 
 @pytest.fixture(scope="module")
@@ -179,10 +211,8 @@ def layout(tmp_path_factory: pytest.TempPathFactory) -> OciLayout:
     found = OciLayout(tmp_path_factory.mktemp("tree-postprocess") / "oci")
     for index, extra in enumerate([*CASES.values(), *NEEDS_CHECKOUT.values()]):
         found.add_image(f"case{index}", sample_image("1.0", extra=extra))
-    found.add_image("labelled-before", sample_image("1.0", extra=_LABELLED_BEFORE))
-    found.add_image(
-        "labelled-after", sample_image("1.0", extra=(*_LABELLED_BEFORE, _LABELLED_UPDATE))
-    )
+    for tag, extra in _LABELLED_UPDATES.items():
+        found.add_image(tag, sample_image("1.0", extra=extra))
     return found
 
 
@@ -268,21 +298,56 @@ def test_what_only_a_checkout_does_exactly_is_sent_there(
         image.commit_in_memory(_INFO, keep_var=False, label=True)
 
 
-def test_an_update_labels_anew_only_the_files_it_changed(
-    repo: tuple[OSTree.Repo, Path], layout: OciLayout, caplog: pytest.LogCaptureFixture
-) -> None:
-    """The files the image before labelled are taken over from it, and the tree is still
-    the one a checkout's commit labels."""
-    ostree_repo, work = repo
-    before = _layered(ostree_repo, work, layout, "labelled-before")
-    commit, _ = before.commit_in_memory(_INFO, keep_var=False, label=True)
-    # What an import does next: the image's ref, where the next import finds its labels.
-    set_ref(ostree_repo, image_ref_name(layout.ref("labelled-before")), commit)
-    after = _layered(ostree_repo, work, layout, "labelled-after")
+def _labelled_in_memory(
+    image: LayeredImage, caplog: pytest.LogCaptureFixture
+) -> tuple[str, tuple[str, frozenset[str]], tuple[int, int]]:
+    """The commit made in memory, its tree and warnings (as _in_memory), and how many
+    files its labels wrote anew and how many directories they took over labelled."""
+    caplog.clear()
     with caplog.at_level(logging.DEBUG, logger="pybootc.ostree.selinux_labels"):
-        in_memory = _in_memory(after, False)
+        commit, result = image.commit_in_memory(_INFO, keep_var=False, label=True)
     (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Labelled")]
-    # The four files of the update; the rest, the /var seed lines too, were labelled.
-    assert line.endswith(" of them anew") and int(line.split()[3]) == 4, line
-    assert int(line.split()[1]) > 20
-    assert in_memory == _on_a_checkout(after, work, False)
+    match = re.fullmatch(r"Labelled \d+ files, (\d+) of them anew; took (\d+) directories .*", line)
+    assert match is not None, line
+    tree = (root_tree_checksum(image.repo, commit), frozenset(result.warnings))
+    return commit, tree, (int(match[1]), int(match[2]))
+
+
+@pytest.mark.parametrize(
+    ("updates", "expected"),
+    [
+        # The four files of the update; the rest, the /var seed lines too, taken over.
+        (["labelled-after"], (4, True)),
+        # One file, where the image before took most of its labels over itself: with
+        # the first image gone, what it labelled is known through the second.
+        (["labelled-after", "labelled-after-2"], (1, True)),
+        # Another policy: no directory is taken over. Files are, where their label is
+        # the same: new are the file contexts, and the kernel and initramfs below
+        # /usr/lib/modules, which it labels otherwise.
+        (["labelled-other-policy"], (3, False)),
+    ],
+    ids=["an update", "two updates", "another policy"],
+)
+def test_an_update_labels_anew_only_what_it_changed(
+    repo: tuple[OSTree.Repo, Path],
+    layout: OciLayout,
+    caplog: pytest.LogCaptureFixture,
+    updates: list[str],
+    expected: tuple[int, bool],
+) -> None:
+    """The files and directories the image before labelled are taken over from it, and
+    the tree is still the one a checkout's commit labels."""
+    ostree_repo, work = repo
+    previous = None
+    for tag in ["labelled-before", *updates]:
+        image = _layered(ostree_repo, work, layout, tag)
+        commit, in_memory, (written, taken_over) = _labelled_in_memory(image, caplog)
+        assert in_memory == _on_a_checkout(image, work, False)
+        # What an import does next: the image's ref, where the next one finds its labels;
+        # and, as on a host with one image before, no ref for the image before that.
+        set_ref(ostree_repo, image_ref_name(layout.ref(tag)), commit)
+        if previous is not None:
+            set_ref(ostree_repo, image_ref_name(layout.ref(previous)), None)
+        previous = tag
+    # Files labelled anew, and whether directories were taken over.
+    assert (written, taken_over > 0) == expected

@@ -130,25 +130,32 @@ def loaded_policy(
             entry = children(entry)[name]
         assert isinstance(entry, Dir)
         written: list[str] = []
-        _write_out(repo, entry, Path(scratch).joinpath(*POLICY_DIR), children, written)
+        _write_out(repo, entry, Path(scratch).joinpath(*POLICY_DIR), children, written=written)
         sepolicy = load_sepolicy(Path(scratch))
         identity = hashlib.sha256("\0".join(written).encode()).hexdigest()
         yield None if sepolicy is None else LoadedPolicy(sepolicy, identity)
 
 
 def _write_out(
-    repo: OSTree.Repo, directory: Dir, dest: Path, children: ChildrenOf, written: list[str]
+    repo: OSTree.Repo,
+    directory: Dir,
+    dest: Path,
+    children: ChildrenOf,
+    *,
+    written: list[str],
+    relative: str = "",
 ) -> None:
     """The files of `directory` below `dest`: contents and symlinks, no owners. Each
-    file's path and object go to `written`."""
+    entry's path below the policy's directory (`relative`: this one's), and a file's
+    object, go to `written`."""
     dest.mkdir(parents=True, exist_ok=True)
     for name, entry in sorted(children(directory).items()):
-        path = dest / name
+        path, below = dest / name, f"{relative}/{name}"
         if isinstance(entry, Dir):
-            written.append(f"{path}/")
-            _write_out(repo, entry, path, children, written)
+            written.append(f"{below}/")
+            _write_out(repo, entry, path, children, written=written, relative=below)
             continue
-        written.append(f"{path} {entry.checksum}")
+        written.append(f"{below} {entry.checksum}")
         with libostree_errors(f"Reading object {entry.checksum}"):
             _, stream, info, _ = repo.load_file(entry.checksum, None)
         if info.get_file_type() == Gio.FileType.SYMBOLIC_LINK:
@@ -159,15 +166,17 @@ def _write_out(
 
 @dataclass
 class KnownLabels:
-    """What the images in the repo labelled (their commits' detached metadata)."""
+    """What the images in the repo labelled (their commits' detached metadata), where
+    the labelled objects are still in the repo. Each image commit keeps all of it, so
+    what an image took over stays known after that image is gone."""
 
+    repo: OSTree.Repo
     files: dict[bytes, str]  # by _pair_key: the labelled object
-    trees: dict[bytes, tuple[str, LabelledTree]]  # by key: its image commit, the tree
-    by_commit: dict[str, list[LabelledTree]]
+    trees: dict[bytes, LabelledTree]  # by _tree_key
 
     @classmethod
     def of(cls, repo: OSTree.Repo) -> KnownLabels:
-        known = cls({}, {}, {})
+        known = cls(repo, {}, {})
         for commit in set(list_refs(repo, IMAGE_REF_PREFIX).values()):
             with libostree_errors(f"Reading the detached metadata of {commit}"):
                 _, detached = repo.read_commit_detached_metadata(commit, None)
@@ -181,7 +190,6 @@ class KnownLabels:
                     value = bytes(blob[offset + _KEY_BYTES : offset + _ENTRY_BYTES])
                     known.files[key] = value.hex()
             trees = detached.lookup_value(LABELLED_TREES_KEY, None)
-            kept = known.by_commit[commit] = []
             for index in range(trees.n_children() if trees is not None else 0):
                 entry = trees.get_child_value(index)
                 tree = LabelledTree(
@@ -190,15 +198,36 @@ class KnownLabels:
                     ay_checksum(entry.get_child_value(2)),
                     ay_checksum(entry.get_child_value(3)),
                 )
-                kept.append(tree)
-                known.trees[tree.key] = (commit, tree)
+                known.trees[tree.key] = tree
         return known
 
-    def below(self, commit: str, path: str) -> Iterator[LabelledTree]:
-        """The trees `commit` keeps below `path` (a directory it keeps): they are part of
-        the tree it keeps there."""
-        prefix = path.rstrip("/") + "/"
-        return (tree for tree in self.by_commit[commit] if tree.path.startswith(prefix))
+    def _has(self, kind: OSTree.ObjectType, checksum: str) -> bool:
+        with libostree_errors(f"Looking for object {checksum}"):
+            _, found = self.repo.has_object(kind, checksum, None)
+        return bool(found)
+
+    def file(self, key: bytes) -> str | None:
+        """The labelled file of `key`, if it is known and still in the repo (a pruned
+        image takes its own files with it, and the pairing can outlive them)."""
+        found = self.files.get(key)
+        return found if found is not None and self._has(OSTree.ObjectType.FILE, found) else None
+
+    def tree(self, key: bytes) -> LabelledTree | None:
+        """The labelled directory of `key`, if it is known and still in the repo. (A tree
+        in the repo has all of its objects: pruning removes what no commit reaches.)"""
+        found = self.trees.get(key)
+        if found is None:
+            return None
+        kept = self._has(OSTree.ObjectType.DIR_TREE, found.contents) and self._has(
+            OSTree.ObjectType.DIR_META, found.meta
+        )
+        return found if kept else None
+
+    def still_there(self) -> tuple[dict[bytes, str], dict[bytes, LabelledTree]]:
+        """All that is known, less what the repo no longer has."""
+        files = {key: value for key, value in self.files.items() if self.file(key) is not None}
+        trees = {key: tree for key, tree in self.trees.items() if self.tree(key) is not None}
+        return files, trees
 
 
 @dataclass(frozen=True)
@@ -257,9 +286,7 @@ class Labeller:
         self.made: dict[bytes, str] = {}  # what this tree's files became
         self.written = 0  # of them, how many were not known labelled
         self.taken_over = 0  # directories known labelled
-        # This tree's labelled directories: taken over, or labelled now (their
-        # checksums are the written tree's).
-        self._trees: dict[bytes, LabelledTree] = {}
+        # The directories labelled now, whose checksums the written tree will have.
         self._labelled_now: list[tuple[str, bytes]] = []
         self._dirmetas: dict[tuple[str, str], str] = {}
 
@@ -273,13 +300,9 @@ class Labeller:
         stored = directory.stored
         if directory.children is None and stored is not None:
             key = _tree_key(self._policy.identity, path, stored.contents, stored.meta)
-            known = self._known.trees.get(key)
-            if known is not None:
-                commit, tree = known
+            tree = self._known.tree(key)
+            if tree is not None:
                 self.taken_over += 1
-                self._trees[key] = tree
-                for below in self._known.below(commit, path):
-                    self._trees.setdefault(below.key, below)
                 kept = StoredDir(path.lstrip("/"), tree.contents, tree.meta, frozenset())
                 return Dir(tree.meta, None, stored=kept), stored.contents, stored.meta
         children: dict[str, Entry] = {}
@@ -327,7 +350,7 @@ class Labeller:
                 stream.close(None)
             return leaf
         key = _pair_key(leaf.checksum, label)
-        found = self._known.files.get(key) or self.made.get(key)
+        found = self.made.get(key) or self._known.file(key)
         if found is None:
             meta = FileMeta(
                 info.get_attribute_uint32("unix::uid"),
@@ -350,17 +373,20 @@ class Labeller:
     def detached_metadata(self, mtree: OSTree.MutableTree) -> GLib.Variant:
         """What the commit of `mtree` (the labelled tree, written) keeps of its labels:
         its files, and its directories with the checksums libostree gave them."""
+        known_files, known_trees = self._known.still_there()
+        made = known_files | self.made
+        trees = dict(known_trees)
         for path, key in self._labelled_now:
             found = mtree
             for name in path.strip("/").split("/") if path != "/" else ():
                 _, _, found = found.lookup(name)
-            self._trees[key] = LabelledTree(
+            trees[key] = LabelledTree(
                 path, key, found.get_contents_checksum(), found.get_metadata_checksum()
             )
-        files = b"".join(key + _raw(value) for key, value in sorted(self.made.items()))
-        trees = [
+        files = b"".join(key + _raw(value) for key, value in sorted(made.items()))
+        entries = [
             (tree.path, tree.key, _raw(tree.contents), _raw(tree.meta))
-            for tree in sorted(self._trees.values(), key=lambda tree: tree.path)
+            for tree in sorted(trees.values(), key=lambda tree: (tree.path, tree.key))
         ]
         return GLib.Variant(
             "a{sv}",
@@ -368,6 +394,6 @@ class Labeller:
                 LABELLED_KEY: GLib.Variant.new_from_bytes(
                     GLib.VariantType.new("ay"), GLib.Bytes.new(files), True
                 ),
-                LABELLED_TREES_KEY: GLib.Variant("a(sayayay)", trees),
+                LABELLED_TREES_KEY: GLib.Variant("a(sayayay)", entries),
             },
         )
