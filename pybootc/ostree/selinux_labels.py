@@ -10,10 +10,13 @@ here each is hashed (OpenSSL) from the object the repo keeps.
 
 A labelled file is a function of its unlabelled object and its label; a labelled
 directory, of its path, its unlabelled tree and the policy. The image commit keeps both
-in its detached metadata (LABELLED_KEY, LABELLED_TREES_KEY): an update takes over every
-directory whose unlabelled tree an image in the repo had at the same path under the
-same policy, without reading anything below it, and every file an image labelled the
-same, without reading it again.
+in its detached metadata (LABELLED_KEY, LABELLED_TREES_KEY), with all that the images
+before it kept and the repo still has. An update takes over every directory whose
+unlabelled tree an image labelled before at the same path under the same policy,
+without reading anything below it, and every file an image labelled the same, without
+reading it again. The unlabelled trees are named by their checksums: the caller writes
+the unlabelled tree first (its objects are the layers' and the kept merge's, but for
+the few directories post-processing changed).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import hashlib
 import logging
 import os
 import tempfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,20 +33,20 @@ from pathlib import Path
 from pybootc.layers.tree import Dir, Entry, FileMeta, Leaf, StoredDir
 from pybootc.ostree.ext_format import IMAGE_REF_PREFIX
 from pybootc.ostree.gi import Gio, GLib, OSTree
-from pybootc.ostree.layer_commit import ay_checksum, from_be32
+from pybootc.ostree.layer_commit import from_be32
 from pybootc.ostree.objects import ObjectWriter
 from pybootc.ostree.repo import libostree_errors, list_refs, load_sepolicy, read_stream
 
 LABEL_XATTR = "security.selinux"
 # Where the policy is once /etc has moved; SePolicy looks there below a root.
 POLICY_DIR = ("usr", "etc", "selinux")
-# The image commit's detached metadata: its labelled files, each as the key of its
-# unlabelled object and label (_KEY_BYTES of _pair_key) then its own checksum (raw).
+# The image commit's detached metadata: its labelled files, each the key of its
+# unlabelled object and label (_pair_key) then its own checksum; and its labelled
+# directories, each the key of its unlabelled tree (_tree_key) then its own contents and
+# metadata checksums. Raw bytes, one entry after another.
 LABELLED_KEY = "pybootc.labelled"
-# And its labelled directories: (path, _tree_key, labelled contents, labelled metadata).
 LABELLED_TREES_KEY = "pybootc.labelled-trees"
 _KEY_BYTES = 16
-_ENTRY_BYTES = _KEY_BYTES + 32
 # Part of every _tree_key: a change to how labels are given must change it.
 _LABELS_FORMAT = "pybootc labels 1"
 
@@ -81,29 +84,27 @@ def _raw(checksum: str) -> bytes:
     return bytes.fromhex(checksum)
 
 
-def dirtree_checksum(files: list[tuple[str, str]], dirs: list[tuple[str, str, str]]) -> str:
-    """The checksum OSTree gives the directory-tree object of `files` (name, content
-    checksum) and `dirs` (name, contents and metadata checksums): of its a(say)a(sayay),
-    names sorted. (Only ever a cache key here: a tree whose key is computed and one
-    whose key was stored meet only if the two agree.)"""
-    variant = GLib.Variant(
-        "(a(say)a(sayay))",
-        (
-            [(name, _raw(checksum)) for name, checksum in sorted(files)],
-            [(name, _raw(contents), _raw(meta)) for name, contents, meta in sorted(dirs)],
-        ),
-    )
-    return hashlib.sha256(variant.get_data_as_bytes().get_data()).hexdigest()
-
-
 @dataclass(frozen=True)
 class LabelledTree:
     """A labelled directory an image commit keeps, for the imports after it."""
 
-    path: str
-    key: bytes  # _tree_key of its unlabelled tree
     contents: str
     meta: str
+
+
+def _entries(variant: GLib.Variant | None, checksums: int) -> Iterator[tuple[bytes, list[str]]]:
+    """The entries of a LABELLED_KEY or LABELLED_TREES_KEY value: keys, and checksums."""
+    blob = memoryview(variant.get_data_as_bytes().get_data() if variant is not None else b"")
+    size = _KEY_BYTES + 32 * checksums
+    for offset in range(0, len(blob) - size + 1, size):
+        key = bytes(blob[offset : offset + _KEY_BYTES])
+        start = offset + _KEY_BYTES
+        yield key, [blob[start + 32 * i : start + 32 * (i + 1)].hex() for i in range(checksums)]
+
+
+def _blob(entries: dict[bytes, list[str]]) -> GLib.Variant:
+    data = b"".join(key + b"".join(map(_raw, entries[key])) for key in sorted(entries))
+    return GLib.Variant.new_from_bytes(GLib.VariantType.new("ay"), GLib.Bytes.new(data), True)
 
 
 @dataclass(frozen=True)
@@ -182,23 +183,11 @@ class KnownLabels:
                 _, detached = repo.read_commit_detached_metadata(commit, None)
             if detached is None:
                 continue
-            files = detached.lookup_value(LABELLED_KEY, None)
-            if files is not None:
-                blob = memoryview(files.get_data_as_bytes().get_data())
-                for offset in range(0, len(blob) - _ENTRY_BYTES + 1, _ENTRY_BYTES):
-                    key = bytes(blob[offset : offset + _KEY_BYTES])
-                    value = bytes(blob[offset + _KEY_BYTES : offset + _ENTRY_BYTES])
-                    known.files[key] = value.hex()
+            for key, (labelled,) in _entries(detached.lookup_value(LABELLED_KEY, None), 1):
+                known.files[key] = labelled
             trees = detached.lookup_value(LABELLED_TREES_KEY, None)
-            for index in range(trees.n_children() if trees is not None else 0):
-                entry = trees.get_child_value(index)
-                tree = LabelledTree(
-                    entry.get_child_value(0).get_string(),
-                    entry.get_child_value(1).get_data_as_bytes().get_data(),
-                    ay_checksum(entry.get_child_value(2)),
-                    ay_checksum(entry.get_child_value(3)),
-                )
-                known.trees[tree.key] = tree
+            for key, (contents, meta) in _entries(trees, 2):
+                known.trees[key] = LabelledTree(contents, meta)
         return known
 
     def _has(self, kind: OSTree.ObjectType, checksum: str) -> bool:
@@ -223,9 +212,16 @@ class KnownLabels:
         )
         return found if kept else None
 
-    def still_there(self) -> tuple[dict[bytes, str], dict[bytes, LabelledTree]]:
-        """All that is known, less what the repo no longer has."""
-        files = {key: value for key, value in self.files.items() if self.file(key) is not None}
+    def still_there(
+        self, checked: Mapping[bytes, str]
+    ) -> tuple[dict[bytes, str], dict[bytes, LabelledTree]]:
+        """All that is known, less what the repo no longer has (files in `checked` were
+        found already)."""
+        files = {
+            key: value
+            for key, value in self.files.items()
+            if key in checked or self.file(key) is not None
+        }
         trees = {key: tree for key, tree in self.trees.items() if self.tree(key) is not None}
         return files, trees
 
@@ -244,11 +240,17 @@ class LabelledImage:
 
 
 def label_image(
-    repo: OSTree.Repo, writer: ObjectWriter, root: Dir, children: ChildrenOf
+    repo: OSTree.Repo,
+    writer: ObjectWriter,
+    root: Dir,
+    unlabelled: OSTree.MutableTree,
+    children: ChildrenOf,
 ) -> LabelledImage | None:
     """The post-processed image `root` with the labels of its own policy; None if it has
-    no policy that names a type. (The caller made sure that /usr/etc/selinux/config is
-    a regular file where it is there, as a checkout's is_file() would find it.)"""
+    no policy that names a type. `unlabelled` is `root`'s tree, written, whose
+    checksums name each directory as it is before labels. (The caller made sure that
+    /usr/etc/selinux/config is a regular file where it is there, as a checkout's
+    is_file() would find it.)"""
     entry: Entry | None = root
     for name in (*POLICY_DIR, "config"):
         entry = children(entry).get(name) if isinstance(entry, Dir) else None
@@ -258,7 +260,7 @@ def label_image(
         if policy is None:
             return None
         labeller = Labeller(repo, writer, policy, children)
-        labelled, _, _ = labeller.label(root)
+        labelled = labeller.label(root, unlabelled)
         log.debug(
             "Labelled %d files, %d of them anew; took %d directories over labelled",
             len(labeller.made),
@@ -294,34 +296,32 @@ class Labeller:
         _, label = self._policy.sepolicy.get_label(path, mode, None)
         return None if label is None else str(label)
 
-    def label(self, directory: Dir, path: str = "/") -> tuple[Dir, str, str]:
-        """`directory` (at `path`) and all below it, labelled; and the checksums of its
-        unlabelled tree (contents, metadata)."""
-        stored = directory.stored
-        if directory.children is None and stored is not None:
-            key = _tree_key(self._policy.identity, path, stored.contents, stored.meta)
-            tree = self._known.tree(key)
-            if tree is not None:
-                self.taken_over += 1
-                kept = StoredDir(path.lstrip("/"), tree.contents, tree.meta, frozenset())
-                return Dir(tree.meta, None, stored=kept), stored.contents, stored.meta
+    def label(self, directory: Dir, unlabelled: OSTree.MutableTree, path: str = "/") -> Dir:
+        """`directory` (at `path`, whose tree `unlabelled` is) and all below it,
+        labelled: taken over whole where an image labelled the same tree at the same
+        path under the same policy."""
+        key = _tree_key(
+            self._policy.identity,
+            path,
+            unlabelled.get_contents_checksum(),
+            unlabelled.get_metadata_checksum(),
+        )
+        tree = self._known.tree(key)
+        if tree is not None:
+            self.taken_over += 1
+            kept = StoredDir(path.lstrip("/"), tree.contents, tree.meta, frozenset())
+            return Dir(tree.meta, None, stored=kept)
         children: dict[str, Entry] = {}
-        files: list[tuple[str, str]] = []
-        dirs: list[tuple[str, str, str]] = []
         prefix = path if path.endswith("/") else f"{path}/"
         for name, entry in self._children(directory).items():
             child = prefix + name
             if isinstance(entry, Dir):
-                children[name], contents, meta = self.label(entry, child)
-                dirs.append((name, contents, meta))
+                _, _, below = unlabelled.lookup(name)
+                children[name] = self.label(entry, below, child)
             else:
                 children[name] = self._leaf(entry, child)
-                files.append((name, entry.checksum))
-        contents = dirtree_checksum(files, dirs)
-        self._labelled_now.append(
-            (path, _tree_key(self._policy.identity, path, contents, directory.meta))
-        )
-        return Dir(self._dirmeta(directory.meta, path), children), contents, directory.meta
+        self._labelled_now.append((path, key))
+        return Dir(self._dirmeta(directory.meta, path), children)
 
     def _dirmeta(self, meta: str, path: str) -> str:
         with libostree_errors(f"Reading directory metadata {meta}"):
@@ -372,28 +372,14 @@ class Labeller:
 
     def detached_metadata(self, mtree: OSTree.MutableTree) -> GLib.Variant:
         """What the commit of `mtree` (the labelled tree, written) keeps of its labels:
-        its files, and its directories with the checksums libostree gave them."""
-        known_files, known_trees = self._known.still_there()
-        made = known_files | self.made
-        trees = dict(known_trees)
+        all that is known labelled and still in the repo, and what was labelled now
+        (its directories with the checksums libostree gave them)."""
+        known_files, known_trees = self._known.still_there(self.made)
+        files = {key: [value] for key, value in (known_files | self.made).items()}
+        trees = {key: [tree.contents, tree.meta] for key, tree in known_trees.items()}
         for path, key in self._labelled_now:
             found = mtree
             for name in path.strip("/").split("/") if path != "/" else ():
                 _, _, found = found.lookup(name)
-            trees[key] = LabelledTree(
-                path, key, found.get_contents_checksum(), found.get_metadata_checksum()
-            )
-        files = b"".join(key + _raw(value) for key, value in sorted(made.items()))
-        entries = [
-            (tree.path, tree.key, _raw(tree.contents), _raw(tree.meta))
-            for tree in sorted(trees.values(), key=lambda tree: (tree.path, tree.key))
-        ]
-        return GLib.Variant(
-            "a{sv}",
-            {
-                LABELLED_KEY: GLib.Variant.new_from_bytes(
-                    GLib.VariantType.new("ay"), GLib.Bytes.new(files), True
-                ),
-                LABELLED_TREES_KEY: GLib.Variant("a(sayayay)", entries),
-            },
-        )
+            trees[key] = [found.get_contents_checksum(), found.get_metadata_checksum()]
+        return GLib.Variant("a{sv}", {LABELLED_KEY: _blob(files), LABELLED_TREES_KEY: _blob(trees)})

@@ -114,18 +114,23 @@ class LayeredImage:
             result = postprocess_in_memory(
                 self.repo, writer, merged, keep_var=keep_var, label=label
             )
-            labelled = (
-                label_image(self.repo, writer, merged.root, lambda d: d.entries(merged.expand))
-                if label
-                else None
-            )
-            root = merged.root if labelled is None else labelled.root
-            mtree = tree_mtree(self.repo, writer, root, counted)
+            mtree = tree_mtree(self.repo, writer, merged.root, counted)
             # Written before the commit, which records what its /var seed lines were
-            # made from: /var's tree as written (commit_mtree does not write it again).
+            # made from: /var's tree as written, unlabelled, as the next import reads it
+            # (commit_mtree does not write it again). Labels name their directories by
+            # it too.
             with libostree_errors("Writing the image's tree"):
                 self.repo.write_mtree(mtree, None)
             commit = record_var_source(mtree, result.var_declared, commit)
+            labelled = (
+                label_image(
+                    self.repo, writer, merged.root, mtree, lambda d: d.entries(merged.expand)
+                )
+                if label
+                else None
+            )
+            if labelled is not None:
+                mtree = tree_mtree(self.repo, writer, labelled.root)
             commits.append(commit_mtree(self.repo, mtree, commit))
             if labelled is not None:
                 with libostree_errors("Writing the image commit's detached metadata"):
