@@ -28,7 +28,17 @@ from pybootc.ostree.gi import Gio, OSTree
 from pybootc.ostree.repo import CommitInfo, commit_directory, root_tree_checksum, set_ref
 from pybootc.ostree.tree_postprocess import NeedsCheckout
 from pybootc.sample.image import KERNEL_VERSION, sample_image
-from pybootc.sample.ocibuild import Entry, Kind, Layer, OciLayout, directory, file, layer, symlink
+from pybootc.sample.ocibuild import (
+    Entry,
+    Kind,
+    Layer,
+    OciLayout,
+    directory,
+    file,
+    layer,
+    symlink,
+    whiteout,
+)
 from pybootc.stores.layered import LayeredImage
 from pybootc.stores.ostree import import_layers
 from tests.selinux_support import file_contexts, policy_layer, policy_type
@@ -193,6 +203,14 @@ _LABELLED_UPDATES = {
         _LABELLED_UPDATE,
         layer(file("usr/share/deep/a/z", "z")),
     ),
+    # A file only the first image has, gone in the second, back in the third.
+    "labelled-with-gone": (*_LABELLED_BEFORE, layer(file("usr/share/gone", "g"))),
+    "labelled-without-gone": (
+        *_LABELLED_BEFORE,
+        layer(file("usr/share/gone", "g")),
+        layer(whiteout("usr/share/gone")),
+    ),
+    "labelled-with-gone-again": (*_LABELLED_BEFORE, layer(file("usr/share/gone", "g"))),
     "labelled-other-policy": (
         *_LABELLED_BEFORE,
         layer(
@@ -351,3 +369,27 @@ def test_an_update_labels_anew_only_what_it_changed(
         previous = tag
     # Files labelled anew, and whether directories were taken over.
     assert (written, taken_over > 0) == expected
+
+
+def test_what_was_labelled_is_taken_over_only_while_the_repo_has_it(
+    repo: tuple[OSTree.Repo, Path], layout: OciLayout, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A labelled file the image that made it took with it, when it was pruned, is
+    labelled anew: the image after it still lists it, and the repo no longer has it."""
+    ostree_repo, work = repo
+    refs = []
+    for tag in ("labelled-with-gone", "labelled-without-gone"):
+        image = _layered(ostree_repo, work, layout, tag)
+        commit, _, _ = _labelled_in_memory(image, caplog)
+        refs.append(image_ref_name(layout.ref(tag)))
+        set_ref(ostree_repo, refs[-1], commit)
+    set_ref(ostree_repo, refs[0], None)
+    # What GC does once the first image is not deployed any more.
+    ostree_repo.prune(OSTree.RepoPruneFlags.REFS_ONLY, 0, None)
+    image = _layered(ostree_repo, work, layout, "labelled-with-gone-again")
+    commit, in_memory, (written, _) = _labelled_in_memory(image, caplog)
+    assert written == 1
+    assert in_memory == _on_a_checkout(image, work, False)
+    _, tree, _ = ostree_repo.read_commit(commit, None)
+    gone = tree.resolve_relative_path("usr/share/gone")
+    assert gone.query_exists(None), "the labelled file's object is in the repo"
