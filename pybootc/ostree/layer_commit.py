@@ -52,7 +52,7 @@ def from_be32(value: int) -> int:
     return socket.ntohl(value)
 
 
-def ay_checksum(value: GLib.Variant) -> str:
+def _ay_checksum(value: GLib.Variant) -> str:
     """A checksum kept as a variant's `ay`, as hex."""
     return str(OSTree.checksum_from_bytes(value.get_data_as_bytes().get_data()))
 
@@ -181,8 +181,8 @@ class LayerLoader:
         )
         with libostree_errors(f"Reading layer commit {commit}"):
             _, variant, _ = self._repo.load_commit(commit)
-        contents = ay_checksum(variant.get_child_value(6))
-        meta = ay_checksum(variant.get_child_value(7))
+        contents = _ay_checksum(variant.get_child_value(6))
+        meta = _ay_checksum(variant.get_child_value(7))
         stored = StoredDir("", contents, meta, info.marked)
         opaque, shown = self._dirmeta(meta)
         return Dir(shown, None, opaque=opaque, stored=stored), info
@@ -228,12 +228,12 @@ class LayerLoader:
             elif name.startswith(WHITEOUT_PREFIX):
                 whiteouts.append(name[len(WHITEOUT_PREFIX) :])
             else:
-                children[name] = Leaf(LeafKind.REGULAR, ay_checksum(entry.get_child_value(1)))
+                children[name] = Leaf(LeafKind.REGULAR, _ay_checksum(entry.get_child_value(1)))
         for index in range(dirs.n_children()):
             entry = dirs.get_child_value(index)
             name = entry.get_child_value(0).get_string()
             child = stored.child(
-                name, ay_checksum(entry.get_child_value(1)), ay_checksum(entry.get_child_value(2))
+                name, _ay_checksum(entry.get_child_value(1)), _ay_checksum(entry.get_child_value(2))
             )
             opaque, shown = self._dirmeta(child.meta)
             children[name] = Dir(shown, None, opaque=opaque, stored=child)

@@ -228,8 +228,9 @@ class KnownLabels:
 
 @dataclass(frozen=True)
 class LabelledImage:
-    """An image's tree with its labels, and what its commit keeps of them (the commit's
-    detached metadata, once `trees` has the labelled directories' checksums)."""
+    """An image's tree with its labels; its labeller makes what the image's commit keeps
+    of them once that tree is written (the labelled directories' checksums are then
+    known)."""
 
     root: Dir
     labeller: Labeller
