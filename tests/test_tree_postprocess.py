@@ -392,4 +392,6 @@ def test_what_was_labelled_is_taken_over_only_while_the_repo_has_it(
     assert in_memory == _on_a_checkout(image, work, False)
     _, tree, _ = ostree_repo.read_commit(commit, None)
     gone = tree.resolve_relative_path("usr/share/gone")
-    assert gone.query_exists(None), "the labelled file's object is in the repo"
+    gone.ensure_resolved()
+    _, found = ostree_repo.has_object(OSTree.ObjectType.FILE, gone.get_checksum(), None)
+    assert found, "the labelled file's object is in the repo"
