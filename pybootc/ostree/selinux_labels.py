@@ -328,16 +328,15 @@ class Labeller:
         with libostree_errors(f"Reading directory metadata {meta}"):
             _, variant = self._repo.load_variant(OSTree.ObjectType.DIR_META, meta)
         uid, gid, mode, xattrs = variant.unpack()
-        label = self._label(path, from_be32(mode))
+        # uid, gid and mode are stored big-endian.
+        owner = (from_be32(uid), from_be32(gid), from_be32(mode))
+        label = self._label(path, owner[2])
         if label is None:
             return meta
         key = (meta, label)
         found = self._dirmetas.get(key)
         if found is None:
-            owner = FileMeta(from_be32(uid), from_be32(gid), from_be32(mode))
-            labelled = FileMeta(
-                owner.uid, owner.gid, owner.mode, labelled_xattrs(_xattrs_of(xattrs), label)
-            )
+            labelled = FileMeta(*owner, labelled_xattrs(_xattrs_of(xattrs), label))
             found = self._dirmetas[key] = self._writer.dirmeta(labelled)
         return found
 
