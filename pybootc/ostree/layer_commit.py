@@ -11,7 +11,6 @@ tree whose directories are only loaded where a merge needs to look inside them.
 
 from __future__ import annotations
 
-import socket
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,7 +31,7 @@ from pybootc.layers.tree import (
 )
 from pybootc.ostree.ext_format import BLOB_DIGEST_KEY
 from pybootc.ostree.gi import GLib, OSTree
-from pybootc.ostree.objects import ObjectWriter
+from pybootc.ostree.objects import ObjectWriter, read_dirmeta
 from pybootc.ostree.repo import libostree_errors, read_commit_metadata
 
 SPECIAL_FILES_KEY = "pybootc.special-files"
@@ -44,12 +43,6 @@ MARKED_DIRS_KEY = "pybootc.marked-dirs"
 _WHITEOUT_META = FileMeta(0, 0, stat.S_IFREG | 0o600)
 # The root of a merged image, before post-processing makes it the deployment's.
 ROOT_META = FileMeta(0, 0, stat.S_IFDIR | 0o755)
-
-
-def from_be32(value: int) -> int:
-    """A dirmeta's uid, gid and mode are stored big-endian; GVariant hands them over
-    as they are stored."""
-    return socket.ntohl(value)
 
 
 def _ay_checksum(value: GLib.Variant) -> str:
@@ -192,19 +185,14 @@ class LayerLoader:
         found = self._dirmetas.get(checksum)
         if found is not None:
             return found
-        with libostree_errors(f"Reading directory metadata {checksum}"):
-            _, variant = self._repo.load_variant(OSTree.ObjectType.DIR_META, checksum)
-        uid, gid, mode, xattrs = variant.unpack()
-        names = {
-            bytes(n).rstrip(b"\0").decode(errors="surrogateescape"): bytes(v) for n, v in xattrs
-        }
+        stored = read_dirmeta(self._repo, checksum)
+        names = dict(stored.xattrs)
         opaque = names.get(OPAQUE_XATTR) == b"y"
         overlay = [name for name in names if is_overlay_xattr(name)]
         shown = checksum
         if overlay:
             kept = {n: v for n, v in names.items() if not is_overlay_xattr(n)}
-            # uid, gid and mode are stored big-endian.
-            meta = FileMeta.of(from_be32(uid), from_be32(gid), from_be32(mode), kept)
+            meta = FileMeta.of(stored.uid, stored.gid, stored.mode, kept)
             shown = self._writer.dirmeta(meta)
         found = self._dirmetas[checksum] = (opaque, shown)
         return found

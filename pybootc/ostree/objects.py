@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
 import stat
 import tempfile
+from collections.abc import Iterable
 
 from pybootc.errors import BootcError
 from pybootc.layers.tree import FileMeta
@@ -24,6 +26,29 @@ from pybootc.ostree.repo import libostree_errors, read_stream
 # Files up to this size are read into memory and written from there; larger ones are
 # hashed a buffer of this size at a time and handed to libostree as the open file.
 _IN_MEMORY = 1 << 20
+
+
+def xattrs_of(pairs: Iterable[tuple[bytes, bytes]]) -> tuple[tuple[str, bytes], ...]:
+    """An unpacked a(ayay) (an object's xattrs) as FileMeta keeps them: names without
+    their NUL, in its order."""
+    return tuple(
+        (bytes(name).rstrip(b"\0").decode(errors="surrogateescape"), bytes(value))
+        for name, value in pairs
+    )
+
+
+def _from_be32(value: int) -> int:
+    """A dirmeta's uid, gid and mode are stored big-endian; GVariant hands them over
+    as they are stored."""
+    return socket.ntohl(value)
+
+
+def read_dirmeta(repo: OSTree.Repo, checksum: str) -> FileMeta:
+    """A directory-metadata object: owner, mode and xattrs (in their order)."""
+    with libostree_errors(f"Reading directory metadata {checksum}"):
+        _, variant = repo.load_variant(OSTree.ObjectType.DIR_META, checksum)
+    uid, gid, mode, xattrs = variant.unpack()
+    return FileMeta(_from_be32(uid), _from_be32(gid), _from_be32(mode), xattrs_of(xattrs))
 
 
 def _xattrs_variant(meta: FileMeta) -> GLib.Variant:

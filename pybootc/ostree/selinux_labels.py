@@ -21,11 +21,12 @@ the few directories post-processing changed).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
 import tempfile
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,8 +34,7 @@ from pathlib import Path
 from pybootc.layers.tree import Dir, Entry, FileMeta, Leaf, StoredDir
 from pybootc.ostree.ext_format import IMAGE_REF_PREFIX
 from pybootc.ostree.gi import Gio, GLib, OSTree
-from pybootc.ostree.layer_commit import from_be32
-from pybootc.ostree.objects import ObjectWriter
+from pybootc.ostree.objects import ObjectWriter, read_dirmeta, xattrs_of
 from pybootc.ostree.repo import libostree_errors, list_refs, load_sepolicy, read_stream
 
 LABEL_XATTR = "security.selinux"
@@ -54,14 +54,6 @@ log = logging.getLogger(__name__)
 
 Xattrs = tuple[tuple[str, bytes], ...]
 ChildrenOf = Callable[[Dir], dict[str, Entry]]
-
-
-def _xattrs_of(pairs: Iterable[tuple[bytes, bytes]]) -> Xattrs:
-    """An unpacked a(ayay) as (name, value) pairs, in its order; names without NUL."""
-    return tuple(
-        (bytes(name).rstrip(b"\0").decode(errors="surrogateescape"), bytes(value))
-        for name, value in pairs
-    )
 
 
 def labelled_xattrs(xattrs: Xattrs, label: str) -> Xattrs:
@@ -117,21 +109,16 @@ class LoadedPolicy:
 
 @contextmanager
 def loaded_policy(
-    repo: OSTree.Repo, root: Dir, children: ChildrenOf
+    repo: OSTree.Repo, policy_dir: Dir, children: ChildrenOf
 ) -> Iterator[LoadedPolicy | None]:
-    """The policy in /usr/etc/selinux of the image `root`, for the block; None if it
-    names none (SELINUX=disabled, or not said: nothing is labelled, as with a
+    """The policy in an image's /usr/etc/selinux, `policy_dir`, for the block; None if
+    it names none (SELINUX=disabled, or not said: nothing is labelled, as with a
     checkout). SePolicy reads files: the policy's directory is written out (a few MB)
     to a scratch directory in the repo's tmp while it is loaded."""
     scratch_parent = os.path.join(repo.get_path().get_path(), "tmp")
     with tempfile.TemporaryDirectory(dir=scratch_parent, prefix="pybootc-sepolicy-") as scratch:
-        entry: Entry = root
-        for name in POLICY_DIR:
-            assert isinstance(entry, Dir), "the caller found the policy's config"
-            entry = children(entry)[name]
-        assert isinstance(entry, Dir)
         written: list[str] = []
-        _write_out(repo, entry, Path(scratch).joinpath(*POLICY_DIR), children, written=written)
+        _write_out(repo, policy_dir, Path(scratch).joinpath(*POLICY_DIR), children, written=written)
         sepolicy = load_sepolicy(Path(scratch))
         identity = hashlib.sha256("\0".join(written).encode()).hexdigest()
         yield None if sepolicy is None else LoadedPolicy(sepolicy, identity)
@@ -252,12 +239,12 @@ def label_image(
     checksums name each directory as it is before labels. (The caller made sure that
     /usr/etc/selinux/config is a regular file where it is there, as a checkout's
     is_file() would find it.)"""
-    entry: Entry | None = root
-    for name in (*POLICY_DIR, "config"):
-        entry = children(entry).get(name) if isinstance(entry, Dir) else None
-    if entry is None:
+    policy_dir: Entry | None = root
+    for name in POLICY_DIR:
+        policy_dir = children(policy_dir).get(name) if isinstance(policy_dir, Dir) else None
+    if not isinstance(policy_dir, Dir) or "config" not in children(policy_dir):
         return None
-    with loaded_policy(repo, root, children) as policy:
+    with loaded_policy(repo, policy_dir, children) as policy:
         if policy is None:
             return None
         labeller = Labeller(repo, writer, policy, children)
@@ -325,18 +312,14 @@ class Labeller:
         return Dir(self._dirmeta(directory.meta, path), children)
 
     def _dirmeta(self, meta: str, path: str) -> str:
-        with libostree_errors(f"Reading directory metadata {meta}"):
-            _, variant = self._repo.load_variant(OSTree.ObjectType.DIR_META, meta)
-        uid, gid, mode, xattrs = variant.unpack()
-        # uid, gid and mode are stored big-endian.
-        owner = (from_be32(uid), from_be32(gid), from_be32(mode))
-        label = self._label(path, owner[2])
+        stored = read_dirmeta(self._repo, meta)
+        label = self._label(path, stored.mode)
         if label is None:
             return meta
         key = (meta, label)
         found = self._dirmetas.get(key)
         if found is None:
-            labelled = FileMeta(*owner, labelled_xattrs(_xattrs_of(xattrs), label))
+            labelled = dataclasses.replace(stored, xattrs=labelled_xattrs(stored.xattrs, label))
             found = self._dirmetas[key] = self._writer.dirmeta(labelled)
         return found
 
@@ -356,7 +339,7 @@ class Labeller:
                 info.get_attribute_uint32("unix::uid"),
                 info.get_attribute_uint32("unix::gid"),
                 mode,
-                labelled_xattrs(_xattrs_of(xattrs.unpack() if xattrs is not None else ()), label),
+                labelled_xattrs(xattrs_of(xattrs.unpack() if xattrs is not None else ()), label),
             )
             self.written += 1
             # The file's own type: a leaf read from a stored tree does not know it.

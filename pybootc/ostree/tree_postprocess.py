@@ -33,9 +33,8 @@ from pybootc.layers.special import SPECIAL_XATTR
 from pybootc.layers.tree import Dir, Entry, FileMeta, Leaf, LeafKind
 from pybootc.ostree.ext_format import IMAGE_REF_PREFIX
 from pybootc.ostree.gi import Gio, GLib, OSTree
-from pybootc.ostree.layer_commit import from_be32
 from pybootc.ostree.merged_image import MergedImage
-from pybootc.ostree.objects import ObjectWriter
+from pybootc.ostree.objects import ObjectWriter, read_dirmeta, xattrs_of
 from pybootc.ostree.repo import (
     CommitInfo,
     libostree_errors,
@@ -172,8 +171,7 @@ class _Image:
                 stream.close(None)
             symlink = info.get_file_type() == Gio.FileType.SYMBOLIC_LINK
             names = frozenset(
-                bytes(name).rstrip(b"\0").decode(errors="surrogateescape")
-                for name, _ in (xattrs.unpack() if xattrs is not None else ())
+                name for name, _ in xattrs_of(xattrs.unpack() if xattrs is not None else ())
             )
             owner = _Owner(
                 info.get_attribute_uint32("unix::mode"),
@@ -202,10 +200,8 @@ class _Image:
             return read_stream(stream)
 
     def dir_owner(self, directory: Dir) -> _Owner:
-        with libostree_errors(f"Reading directory metadata {directory.meta}"):
-            _, variant = self.repo.load_variant(OSTree.ObjectType.DIR_META, directory.meta)
-        uid, gid, mode, _ = variant.unpack()
-        return _Owner(from_be32(mode), from_be32(uid), from_be32(gid))
+        meta = read_dirmeta(self.repo, directory.meta)
+        return _Owner(meta.mode, meta.uid, meta.gid)
 
 
 class _Rules:
