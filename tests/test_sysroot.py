@@ -14,9 +14,8 @@ import pytest
 
 from pybootc.errors import BootcError
 from pybootc.ostree.gi import OSTree
-from pybootc.ostree.repo import CommitInfo, commit_directory, list_refs, set_ref
+from pybootc.ostree.repo import CommitInfo, commit_directory, list_refs, prune_marker, set_ref
 from pybootc.ostree.sysroot import (
-    PRUNE_PENDING,
     DeploymentInfo,
     Sysroot,
     boot_roles,
@@ -388,9 +387,10 @@ def test_a_prune_killed_half_way_is_finished_by_the_next_cleanup(
     # With no commit unreachable and no marker, the cleanup does not walk the repo.
     assert sysroot.cleanup().objects_pruned == 0
     assert unreachable_objects(sysroot.path / "ostree/repo") == orphans
-    marker = sysroot.path / PRUNE_PENDING
+    marker = prune_marker(sysroot.repo)
     marker.parent.mkdir(parents=True, exist_ok=True)
     marker.touch()
+    assert (sysroot.path / "ostree/bootc/prune-pending").exists()
 
     result = sysroot.cleanup()
 

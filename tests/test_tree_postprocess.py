@@ -25,7 +25,13 @@ from pybootc.oci.imgref import ImageReference, OstreeImageReference, SignatureSo
 from pybootc.oci.metadata import fetch_image_metadata
 from pybootc.ostree.ext_format import image_ref_name
 from pybootc.ostree.gi import Gio, OSTree
-from pybootc.ostree.repo import CommitInfo, commit_directory, root_tree_checksum, set_ref
+from pybootc.ostree.repo import (
+    CommitInfo,
+    commit_directory,
+    prune_marker,
+    root_tree_checksum,
+    set_ref,
+)
 from pybootc.ostree.tree_postprocess import NeedsCheckout
 from pybootc.sample.image import KERNEL_VERSION, sample_image
 from pybootc.sample.ocibuild import (
@@ -395,3 +401,45 @@ def test_what_was_labelled_is_taken_over_only_while_the_repo_has_it(
     gone.ensure_resolved()
     _, found = ostree_repo.has_object(OSTree.ObjectType.FILE, gone.get_checksum(), None)
     assert found, "the labelled file's object is in the repo"
+
+
+def _labelled_gone(repo: OSTree.Repo, commit: str) -> str:
+    _, tree, _ = repo.read_commit(commit, None)
+    gone = tree.resolve_relative_path("usr/share/gone")
+    gone.ensure_resolved()
+    return str(gone.get_checksum())
+
+
+def test_no_directory_is_taken_over_while_a_prune_is_owed(
+    repo: tuple[OSTree.Repo, Path], layout: OciLayout, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A prune that a kill interrupted can leave an image's labelled directory in the
+    repo without a file it names. Until the next cleanup finishes the prune, nothing
+    is taken over whole, and the image that has that directory again gets the file."""
+    ostree_repo, work = repo
+    refs, commits = [], []
+    for tag in ("labelled-with-gone", "labelled-without-gone"):
+        image = _layered(ostree_repo, work, layout, tag)
+        commit, _, _ = _labelled_in_memory(image, caplog)
+        refs.append(image_ref_name(layout.ref(tag)))
+        commits.append(commit)
+        set_ref(ostree_repo, refs[-1], commit)
+    gone = _labelled_gone(ostree_repo, commits[0])
+    # What a cleanup killed half-way through leaves once the first image is not
+    # deployed: its commit deleted, the marker written, and the prune, deleting in
+    # directory order, past the labelled file and not yet at the trees that name it.
+    set_ref(ostree_repo, refs[0], None)
+    ostree_repo.delete_object(OSTree.ObjectType.COMMIT, commits[0], None)
+    ostree_repo.delete_object(OSTree.ObjectType.FILE, gone, None)
+    marker = prune_marker(ostree_repo)
+    marker.parent.mkdir(parents=True)
+    marker.touch()
+
+    image = _layered(ostree_repo, work, layout, "labelled-with-gone-again")
+    commit, in_memory, (_, taken_over) = _labelled_in_memory(image, caplog)
+
+    assert _labelled_gone(ostree_repo, commit) == gone
+    _, found = ostree_repo.has_object(OSTree.ObjectType.FILE, gone, None)
+    assert found, "the labelled file's object is in the repo again"
+    assert taken_over == 0
+    assert in_memory == _on_a_checkout(image, work, False)

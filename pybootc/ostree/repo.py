@@ -287,6 +287,15 @@ def root_tree_checksum(repo: OSTree.Repo, commit: str) -> str:
     return str(checksum)
 
 
+def prune_marker(repo: OSTree.Repo) -> Path:
+    """Where a sysroot's cleanup marks a prune it has begun and not finished (beside the
+    repo, in bootc's own directory). While it is there, an object that no ref reaches
+    may have lost objects it names: a prune deletes in directory order."""
+    # Through "..", not Path.parent: a sysroot's repo is named by its fd
+    # (/proc/self/fd/N), whose parent only the kernel knows.
+    return Path(repo.get_path().get_path(), "../bootc/prune-pending")
+
+
 def checkout(repo: OSTree.Repo, commit: str, dest: Path) -> None:
     """Check `commit` out at `dest` (which must not exist), as hardlinks into the repo
     where it can: the files are the repo's objects and must never be changed in place."""

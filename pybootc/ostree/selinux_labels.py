@@ -35,7 +35,13 @@ from pybootc.layers.tree import Dir, Entry, FileMeta, Leaf, StoredDir
 from pybootc.ostree.ext_format import IMAGE_REF_PREFIX
 from pybootc.ostree.gi import Gio, GLib, OSTree
 from pybootc.ostree.objects import ObjectWriter, read_dirmeta, xattrs_of
-from pybootc.ostree.repo import libostree_errors, list_refs, load_sepolicy, read_stream
+from pybootc.ostree.repo import (
+    libostree_errors,
+    list_refs,
+    load_sepolicy,
+    prune_marker,
+    read_stream,
+)
 
 LABEL_XATTR = "security.selinux"
 # Where the policy is once /etc has moved; SePolicy looks there below a root.
@@ -165,6 +171,12 @@ class KnownLabels:
     @classmethod
     def of(cls, repo: OSTree.Repo) -> KnownLabels:
         known = cls(repo, {}, {})
+        # A directory is taken over whole, its objects unread: that holds only while
+        # a tree in the repo has all of them. A prune that a kill interrupted can
+        # leave an unreachable tree without some, until the next cleanup finishes it;
+        # until then, every directory is labelled anew. (A file is one object: one in
+        # the repo is whole.)
+        trust_trees = not prune_marker(repo).exists()
         for commit in set(list_refs(repo, IMAGE_REF_PREFIX).values()):
             with libostree_errors(f"Reading the detached metadata of {commit}"):
                 _, detached = repo.read_commit_detached_metadata(commit, None)
@@ -172,7 +184,7 @@ class KnownLabels:
                 continue
             for key, (labelled,) in _entries(detached.lookup_value(LABELLED_KEY, None), 1):
                 known.files[key] = labelled
-            trees = detached.lookup_value(LABELLED_TREES_KEY, None)
+            trees = detached.lookup_value(LABELLED_TREES_KEY, None) if trust_trees else None
             for key, (contents, meta) in _entries(trees, 2):
                 known.trees[key] = LabelledTree(contents, meta)
         return known
@@ -190,7 +202,7 @@ class KnownLabels:
 
     def tree(self, key: bytes) -> LabelledTree | None:
         """The labelled directory of `key`, if it is known and still in the repo. (A tree
-        in the repo has all of its objects: pruning removes what no commit reaches.)"""
+        in the repo has all of its objects while no prune is owed: see `of`.)"""
         found = self.trees.get(key)
         if found is None:
             return None

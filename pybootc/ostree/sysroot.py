@@ -18,16 +18,12 @@ from pybootc import tools
 from pybootc.errors import BootcError
 from pybootc.ostree.gi import Gio, GLib, OSTree
 from pybootc.ostree.kargs import split as split_kargs
-from pybootc.ostree.repo import libostree_errors
+from pybootc.ostree.repo import libostree_errors, prune_marker
 
 OSTREE_BOOTED = Path("/run/ostree-booted")
 # ostree-finalize-staged.service leaves the staged deployment alone while this exists.
 STAGED_LOCKED = Path("/run/ostree/staged-deployment-locked")
 Origin = Mapping[str, Mapping[str, str]]
-# Says a prune was begun and not finished. The cleanup prunes only when a commit has
-# become unreachable, and deletes those commits before the prune; so after a kill
-# half-way, what is left unreachable names no commit, and only this says so.
-PRUNE_PENDING = Path("ostree/bootc/prune-pending")
 
 
 @dataclass(frozen=True)
@@ -424,7 +420,11 @@ class Sysroot:
             # set, and with that NULL it deletes every object in the repo.
             self._sysroot.prepare_cleanup(None)
             unreachable = self._unreachable_commits()
-            pending = self.path / PRUNE_PENDING
+            # The marker says a prune was begun and not finished. The cleanup prunes
+            # only when a commit has become unreachable, and deletes those commits
+            # before the prune; so after a kill half-way, what is left unreachable
+            # names no commit, and only the marker says so.
+            pending = prune_marker(self.repo)
             if not unreachable and not pending.exists():
                 # Objects become unreachable with their commits: a transaction lands
                 # its objects and the ref to them together (a kill inside that can
