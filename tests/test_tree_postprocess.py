@@ -25,6 +25,7 @@ from pybootc.oci.imgref import ImageReference, OstreeImageReference, SignatureSo
 from pybootc.oci.metadata import fetch_image_metadata
 from pybootc.ostree.ext_format import image_ref_name
 from pybootc.ostree.gi import Gio, OSTree
+from pybootc.ostree.objects import xattrs_of
 from pybootc.ostree.repo import (
     CommitInfo,
     commit_directory,
@@ -217,6 +218,16 @@ _LABELLED_UPDATES = {
         layer(whiteout("usr/share/gone")),
     ),
     "labelled-with-gone-again": (*_LABELLED_BEFORE, layer(file("usr/share/gone", "g"))),
+    # More lookups than make a second thread worth it, most of them (in the order the
+    # labeller asks) before /usr/bin/sh, a symlink whose label is not a file's.
+    "labelled-many": (
+        policy_layer(),
+        layer(
+            *(file(f"etc/many/{index // 50}/conf{index}", str(index)) for index in range(600)),
+            symlink("usr/bin/sh", "dash"),
+        ),
+        layer(file("usr/bin/dash", "#!", mode=0o755)),
+    ),
     "labelled-other-policy": (
         *_LABELLED_BEFORE,
         layer(
@@ -324,17 +335,22 @@ def test_what_only_a_checkout_does_exactly_is_sent_there(
 
 def _labelled_in_memory(
     image: LayeredImage, caplog: pytest.LogCaptureFixture
-) -> tuple[str, tuple[str, frozenset[str]], tuple[int, int]]:
+) -> tuple[str, tuple[str, frozenset[str]], tuple[int, int, int]]:
     """The commit made in memory, its tree and warnings (as _in_memory), and how many
-    files its labels wrote anew and how many directories they took over labelled."""
+    files its labels wrote anew, how many directories they took over labelled, and how
+    many labels the lookahead's thread gave."""
     caplog.clear()
     with caplog.at_level(logging.DEBUG, logger="pybootc.ostree.selinux_labels"):
         commit, result = image.commit_in_memory(_INFO, keep_var=False, label=True)
     (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Labelled")]
-    match = re.fullmatch(r"Labelled \d+ files, (\d+) of them anew; took (\d+) directories .*", line)
+    match = re.fullmatch(
+        r"Labelled \d+ files, (\d+) of them anew; took (\d+) directories over labelled; "
+        r"(\d+) labels looked up ahead",
+        line,
+    )
     assert match is not None, line
     tree = (root_tree_checksum(image.repo, commit), frozenset(result.warnings))
-    return commit, tree, (int(match[1]), int(match[2]))
+    return commit, tree, (int(match[1]), int(match[2]), int(match[3]))
 
 
 @pytest.mark.parametrize(
@@ -365,7 +381,7 @@ def test_an_update_labels_anew_only_what_it_changed(
     previous = None
     for tag in ["labelled-before", *updates]:
         image = _layered(ostree_repo, work, layout, tag)
-        commit, in_memory, (written, taken_over) = _labelled_in_memory(image, caplog)
+        commit, in_memory, (written, taken_over, _) = _labelled_in_memory(image, caplog)
         assert in_memory == _on_a_checkout(image, work, False)
         # What an import does next: the image's ref, where the next one finds its labels;
         # and, as on a host with one image before, no ref for the image before that.
@@ -375,6 +391,22 @@ def test_an_update_labels_anew_only_what_it_changed(
         previous = tag
     # Files labelled anew, and whether directories were taken over.
     assert (written, taken_over > 0) == expected
+
+
+def test_a_large_tree_is_labelled_from_both_ends(
+    repo: tuple[OSTree.Repo, Path], layout: OciLayout, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A second thread looks labels up from the end of the walk: the tree is still the
+    one a checkout's commit labels, /usr/bin/sh a symlink's label included."""
+    ostree_repo, work = repo
+    image = _layered(ostree_repo, work, layout, "labelled-many")
+    commit, in_memory, (_, _, ahead) = _labelled_in_memory(image, caplog)
+    assert ahead > 0
+    assert in_memory == _on_a_checkout(image, work, False)
+    _, tree, _ = ostree_repo.read_commit(commit, None)
+    sh = tree.resolve_relative_path("usr/bin/sh")
+    _, xattrs = sh.get_xattrs(None)
+    assert b":bin_t:" in dict(xattrs_of(xattrs.unpack()))["security.selinux"]
 
 
 def test_what_was_labelled_is_taken_over_only_while_the_repo_has_it(
@@ -393,7 +425,7 @@ def test_what_was_labelled_is_taken_over_only_while_the_repo_has_it(
     # What GC does once the first image is not deployed any more.
     ostree_repo.prune(OSTree.RepoPruneFlags.REFS_ONLY, 0, None)
     image = _layered(ostree_repo, work, layout, "labelled-with-gone-again")
-    commit, in_memory, (written, _) = _labelled_in_memory(image, caplog)
+    commit, in_memory, (written, _, _) = _labelled_in_memory(image, caplog)
     assert written == 1
     assert in_memory == _on_a_checkout(image, work, False)
     _, tree, _ = ostree_repo.read_commit(commit, None)
@@ -436,7 +468,7 @@ def test_no_directory_is_taken_over_while_a_prune_is_owed(
     marker.touch()
 
     image = _layered(ostree_repo, work, layout, "labelled-with-gone-again")
-    commit, in_memory, (_, taken_over) = _labelled_in_memory(image, caplog)
+    commit, in_memory, (_, taken_over, _) = _labelled_in_memory(image, caplog)
 
     assert _labelled_gone(ostree_repo, commit) == gone
     _, found = ostree_repo.has_object(OSTree.ObjectType.FILE, gone, None)

@@ -25,15 +25,17 @@ import dataclasses
 import hashlib
 import logging
 import os
+import stat
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from pybootc.layers.tree import Dir, Entry, FileMeta, Leaf, StoredDir
+from pybootc.layers.tree import Dir, Entry, FileMeta, Leaf, LeafKind, StoredDir
 from pybootc.ostree.ext_format import IMAGE_REF_PREFIX
 from pybootc.ostree.gi import Gio, GLib, OSTree
+from pybootc.ostree.labels_ahead import LabelsAhead
 from pybootc.ostree.objects import ObjectWriter, read_dirmeta, xattrs_of
 from pybootc.ostree.repo import (
     libostree_errors,
@@ -262,10 +264,12 @@ def label_image(
         labeller = Labeller(repo, writer, policy, children)
         labelled = labeller.label(root, unlabelled)
         log.debug(
-            "Labelled %d files, %d of them anew; took %d directories over labelled",
+            "Labelled %d files, %d of them anew; took %d directories over labelled; "
+            "%d labels looked up ahead",
             len(labeller.made),
             labeller.written,
             labeller.taken_over,
+            labeller.looked_up_ahead,
         )
         return LabelledImage(labelled, labeller)
 
@@ -291,16 +295,37 @@ class Labeller:
         # The directories labelled now, whose checksums the written tree will have.
         self._labelled_now: list[tuple[str, bytes]] = []
         self._dirmetas: dict[tuple[str, str], str] = {}
+        # Each directory's _tree_key, and those taken over, by path (found by _plan).
+        self._keys: dict[str, bytes] = {}
+        self._taken: dict[str, LabelledTree] = {}
+        self._ahead = LabelsAhead(policy.sepolicy, ())
+        self.looked_up_ahead = 0  # labels the lookahead's thread gave
 
     def _label(self, path: str, mode: int) -> str | None:
-        _, label = self._policy.sepolicy.get_label(path, mode, None)
-        return None if label is None else str(label)
+        return self._ahead.label(path, mode)
 
-    def label(self, directory: Dir, unlabelled: OSTree.MutableTree, path: str = "/") -> Dir:
-        """`directory` (at `path`, whose tree `unlabelled` is) and all below it,
-        labelled: taken over whole where an image labelled the same tree at the same
-        path under the same policy."""
-        key = _tree_key(
+    def label(self, root: Dir, unlabelled: OSTree.MutableTree) -> Dir:
+        """The image's tree `root` (whose tree `unlabelled` is), labelled: taken over
+        whole wherever an image labelled the same tree at the same path under the same
+        policy. What is left is planned first, so that the labels it needs are looked
+        up from both ends at once."""
+        planned: list[tuple[str, int]] = []
+        self._plan(root, unlabelled, "/", planned)
+        with LabelsAhead(self._policy.sepolicy, planned) as self._ahead:
+            labelled = self._labelled(root, "/")
+        self.looked_up_ahead = self._ahead.taken
+        return labelled
+
+    def _plan(
+        self,
+        directory: Dir,
+        unlabelled: OSTree.MutableTree,
+        path: str,
+        planned: list[tuple[str, int]],
+    ) -> None:
+        """Which directories at and below `path` are taken over, and the path and type
+        of every label the rest needs, in the order `_labelled` asks for them."""
+        key = self._keys[path] = _tree_key(
             self._policy.identity,
             path,
             unlabelled.get_contents_checksum(),
@@ -308,19 +333,36 @@ class Labeller:
         )
         tree = self._known.tree(key)
         if tree is not None:
+            self._taken[path] = tree
+            return
+        prefix = path if path.endswith("/") else f"{path}/"
+        for name, entry in sorted(self._children(directory).items()):
+            if isinstance(entry, Dir):
+                _, _, below = unlabelled.lookup(name)
+                self._plan(entry, below, prefix + name, planned)
+            else:
+                # A leaf read back from a stored tree says "regular" whatever it is; a
+                # symlink among those is looked up again once its type is known.
+                kind = stat.S_IFLNK if entry.kind is LeafKind.SYMLINK else stat.S_IFREG
+                planned.append((prefix + name, kind))
+        planned.append((path, stat.S_IFDIR))
+
+    def _labelled(self, directory: Dir, path: str) -> Dir:
+        """`directory` (at `path`) and all below it, labelled as `_plan` planned."""
+        tree = self._taken.get(path)
+        if tree is not None:
             self.taken_over += 1
             kept = StoredDir(path.lstrip("/"), tree.contents, tree.meta, frozenset())
             return Dir(tree.meta, None, stored=kept)
         children: dict[str, Entry] = {}
         prefix = path if path.endswith("/") else f"{path}/"
-        for name, entry in self._children(directory).items():
+        for name, entry in sorted(self._children(directory).items()):
             child = prefix + name
             if isinstance(entry, Dir):
-                _, _, below = unlabelled.lookup(name)
-                children[name] = self.label(entry, below, child)
+                children[name] = self._labelled(entry, child)
             else:
                 children[name] = self._leaf(entry, child)
-        self._labelled_now.append((path, key))
+        self._labelled_now.append((path, self._keys[path]))
         return Dir(self._dirmeta(directory.meta, path), children)
 
     def _dirmeta(self, meta: str, path: str) -> str:
