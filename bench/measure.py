@@ -144,6 +144,23 @@ def measure_pair(runs: int, ours: Trial, baseline: Trial) -> tuple[Series, Serie
     return Series(tuple(samples[0])), Series(tuple(samples[1]))
 
 
+Measurement = Callable[[], Sample]
+
+
+def rounds(
+    runs: int, measurements: dict[str, Measurement], say: Callable[[str], None]
+) -> dict[str, Series]:
+    """A warm-up of each, then `runs` rounds that take each in turn."""
+    samples: dict[str, list[Sample]] = {name: [] for name in measurements}
+    for index in range(runs + 1):
+        for name, measure in measurements.items():
+            sample = measure()
+            if index:
+                samples[name].append(sample)
+            say(f"  {'warm-up' if not index else f'run {index}'} {name}: {sample.seconds:.2f} s")
+    return {name: Series(tuple(found)) for name, found in samples.items()}
+
+
 def repeat(runs: int, once: Callable[[], Sample]) -> Series:
     """One warm-up, then `runs` measured runs of `once`."""
     once()

@@ -191,7 +191,8 @@ _COMMIT_AND_DEPLOY = """
 mkdir -p "$work/extra/usr" && cp -a "$tree/etc" "$work/extra/usr/etc"
 printf '/dev\n/etc\n' > "$work/skip"  # devices ostree cannot commit; /etc goes to /usr/etc
 commit=$(ostree commit --repo="$sysroot/ostree/repo" --orphan --skip-list="$work/skip" \\
-    --tree=dir="$tree" --tree=dir="$work/extra" --subject=bench)
+    --tree=dir="$tree" --tree=dir="$work/extra" --subject=bench \\
+    ${policy:+--selinux-policy="$policy"})
 ostree admin deploy --sysroot="$sysroot" --os=default "$commit" >/dev/null
 """
 
@@ -226,15 +227,22 @@ def baseline_a(env: Env, mount: Path, image: str, *, update_from: str | None = N
         tools.run(["rm", "-rf", runroot], check=False)
 
 
-def baseline_b(env: Env, mount: Path, workload: Workload, tag: str) -> Sample:
-    """(b): umoci raw unpack of the layout, /etc to /usr/etc, ostree commit, deploy."""
+def baseline_b(
+    env: Env, mount: Path, workload: Workload, tag: str, *, labelled: bool = False
+) -> Sample:
+    """(b): umoci raw unpack of the layout, /etc to /usr/etc, ostree commit, deploy.
+    `labelled`: the commit labels with the image's own policy (`--selinux-policy`, the
+    commit modifier ostree-ext labels through)."""
     sysroot = mount / "sysroot"
     _ostree_sysroot(sysroot)
     script = (
         "set -euo pipefail\n"
         f"sysroot={shlex.quote(str(sysroot))} work=$(mktemp -d -p {shlex.quote(str(mount))})\n"
         'tree="$work/rootfs"\n'
-        'umoci raw unpack --image "$1" "$tree"\n' + _COMMIT_AND_DEPLOY + 'rm -rf "$work"\n'
+        + ('policy="$tree"\n' if labelled else "policy=\n")
+        + 'umoci raw unpack --image "$1" "$tree"\n'
+        + _COMMIT_AND_DEPLOY
+        + 'rm -rf "$work"\n'
     )
     return run_measured(["bash", "-c", script, "bash", workload.umoci_ref(tag)])
 

@@ -299,6 +299,8 @@ def markdown(results: Mapping[str, Any]) -> str:
         lines += ["", f"Measured again in a run of their own (`--again`): {told}."]
     if "signatures" in results:
         lines += ["", "## Signature verification", "", *results["signatures"]["lines"]]
+    if "labelled" in results:
+        lines += ["", "## An image with an SELinux policy", "", *results["labelled"]["lines"]]
     if "partial" in results:
         lines += ["", "## Partial pulls (zstd:chunked)", "", *results["partial"]["lines"]]
     if "fsck" in results:

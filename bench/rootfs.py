@@ -319,6 +319,25 @@ def build_layout(
     return written
 
 
+def add_files(
+    layout: Path, tag: str, base: list[WrittenLayer], files: dict[str, tuple[bytes, int]]
+) -> WrittenLayer:
+    """Tag, as `tag`, the image of `base` plus one layer of `files` (path: content and
+    mode), each with its parent directories."""
+    with open_layers(layout, 1) as (outputs, written):
+        (out,) = outputs
+        made: set[str] = set()
+        for path, (data, mode) in sorted(files.items()):
+            parents = Path(path).parents
+            for parent in reversed([str(p) for p in parents if str(p) != "."]):
+                if parent not in made:
+                    out.tar.addfile(_info(parent, tarfile.DIRTYPE, 0o755))
+                    made.add(parent)
+            out.tar.addfile(_info(path, tarfile.REGTYPE, mode, size=len(data)), io.BytesIO(data))
+    tag_image(layout, tag, [*base, *written])
+    return written[0]
+
+
 def add_update(layout: Path, tag: str, base: list[WrittenLayer], size: int) -> WrittenLayer:
     """Tag, as `tag`, the image of `base` plus one layer of `size` bytes that do not
     compress (and a changed file): what a one-layer update brings."""

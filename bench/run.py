@@ -1,6 +1,6 @@
 """`make bench`: pybootc's install, switch, update, check and status against the tool
-pipelines it is made of, on the Debian workload at three sizes; the disk each backend
-uses on ext4, XFS and btrfs; the two 4 GiB layers.
+pipelines it is made of, on the Debian workload at three sizes; the same image with an
+SELinux policy; the disk each backend uses on ext4, XFS and btrfs; the two 4 GiB layers.
 
 Every figure is a median of --runs runs (after one warm-up), taken in rounds that visit
 each measurement in turn, so that drift in the machine's load falls on all alike.
@@ -22,13 +22,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import pipelines as p
 import report
-from measure import Sample, Series
+from labelled import labelled_cost
+from measure import Measurement, Sample, Series, rounds
 from partial import partial_pulls
 from profiles import profile_runs
 from rich.console import Console
 from scratchfs import FsKind, discard, used_bytes
 from signatures import signature_cost
-from workloads import SIZES, Workload, debian, large
+from workloads import SIZES, Workload, debian, labelled, large
 
 import pybootc
 from pybootc import tools
@@ -43,7 +44,7 @@ BACKENDS = ("ostree", "container")
 RAM = Path("/dev/shm/pybootc-bench")
 DISK = Path("/var/tmp/pybootc-bench-disk")
 # What --again can measure anew on its own.
-AGAIN = ("debian", "large", "profiles")
+AGAIN = ("debian", "large", "profiles", "labelled")
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -59,6 +60,9 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         "--no-signatures", action="store_true", help="skip the cost of verifying signatures"
     )
     parser.add_argument(
+        "--no-labelled", action="store_true", help="skip the image with an SELinux policy"
+    )
+    parser.add_argument(
         "--again",
         action="append",
         choices=AGAIN,
@@ -66,23 +70,6 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         " report; the other figures stay as they were",
     )
     return parser.parse_args(argv)
-
-
-Measurement = Callable[[], Sample]
-
-
-def rounds(
-    runs: int, measurements: dict[str, Measurement], say: Callable[[str], None]
-) -> dict[str, Series]:
-    """A warm-up of each, then `runs` rounds that take each in turn."""
-    samples: dict[str, list[Sample]] = {name: [] for name in measurements}
-    for index in range(runs + 1):
-        for name, measure in measurements.items():
-            sample = measure()
-            if index:
-                samples[name].append(sample)
-            say(f"  {'warm-up' if not index else f'run {index}'} {name}: {sample.seconds:.2f} s")
-    return {name: Series(tuple(found)) for name, found in samples.items()}
 
 
 def image_layers(workload: Workload) -> set[str]:
@@ -218,6 +205,17 @@ def large_layers(runs: int, say: Callable[[str], None]) -> dict[str, object]:
     return found
 
 
+def labelled_image(env: p.Env, runs: int, say: Callable[[str], None]) -> dict[str, object]:
+    """The Debian workload at M with and without an SELinux policy, each pushed."""
+    pushed = []
+    for workload in (debian("M", CACHE, WORK, say), labelled(CACHE, WORK, say)):
+        repo = f"bench/{workload.name.lower()}"
+        p.push(env, workload, repo)
+        pushed.append((workload, repo))
+    say(f"[bold]An image with an SELinux policy[/], {pushed[1][0].description}")
+    return labelled_cost(env, pushed[0], pushed[1], runs, say)
+
+
 def profiled(env: p.Env, size: str, say: Callable[[str], None]) -> dict[str, object]:
     """Where an install's and an update's time goes at `size` (pushed already)."""
     workload = debian(size, CACHE, WORK, say)
@@ -259,6 +257,11 @@ def measure_again(parts: Sequence[str], sizes: Sequence[str], runs: int, console
         console.print("[bold]Large layers[/]")
         results["large"] = large_layers(runs, console.print)
         again["large"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+    if "labelled" in parts:
+        discard(RAM)
+        with running_registry() as registry:
+            results["labelled"] = labelled_image(p.Env(registry, RAM), runs, console.print)
+        again["labelled"] = time.strftime("%Y-%m-%dT%H:%M:%S")
     if "profiles" in parts:
         discard(RAM)
         with running_registry() as registry:
@@ -315,6 +318,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.no_signatures:
             say("[bold]Signature verification[/]")
             results["signatures"] = signature_cost(env, args.runs, say)
+        if not args.no_labelled:
+            results["labelled"] = labelled_image(env, args.runs, say)
         if not args.no_disk:
             size = "M" if "M" in sizes else sizes[0]
             say(f"[bold]Disk use[/], debian-{size}")

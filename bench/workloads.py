@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import shutil
 import tarfile
 from collections.abc import Callable
@@ -25,7 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import rootfs
-from layout_writer import open_plain_layer
+from layout_writer import WrittenLayer, open_plain_layer
+
+from pybootc import tools
+from tests.selinux_support import policy_files
 
 # Unpacked sizes of the three Debian images, in MB (of regular files). The kernel and
 # its initramfs alone are about 45 MB: the smallest image is twice that.
@@ -66,6 +70,13 @@ class Workload:
         layers = self.manifest(tag)["layers"]
         assert isinstance(layers, list)
         return layers
+
+    def written_layers(self, tag: str = "v1") -> list[WrittenLayer]:
+        """The image's layers, with their diff_ids: to build another image on."""
+        config = self.manifest(tag)["config"]
+        assert isinstance(config, dict)
+        diff_ids = json.loads(self.blob(config["digest"]).read_text())["rootfs"]["diff_ids"]
+        return [WrittenLayer(d, i) for d, i in zip(self.layers(tag), diff_ids, strict=True)]
 
 
 def _cached(
@@ -128,6 +139,59 @@ def debian(size: str, cache: Path, work: Path, log: Callable[[str], None]) -> Wo
     return Workload(
         f"debian-{size}",
         f"Debian {rootfs.SUITE}, about {SIZES[size]} MB unpacked, 4 layers",
+        layout,
+        int(str(facts["unpacked_bytes"])),
+    )
+
+
+# libostree runs the deployment's own `semodule` (through bwrap) when it deploys a
+# labelled image over another. The trimmed tree may keep no shell to run a script, so the
+# stand-in is a static program that does nothing (its `--help` names no
+# --rebuild-if-modules-changed, and libostree then rebuilds nothing).
+_SEMODULE_C = "int main(void) { return 0; }\n"
+
+
+def _semodule(work: Path) -> bytes:
+    source, program = work / "semodule.c", work / "semodule"
+    source.write_text(_SEMODULE_C)
+    tools.run(["gcc", "-static", "-Os", "-o", program, source])
+    return program.read_bytes()
+
+
+def _link_blobs(source: str, dest: str) -> None:
+    if Path(source).parent.name == "sha256":
+        os.link(source, dest)
+    else:
+        shutil.copy2(source, dest)
+
+
+def labelled(cache: Path, work: Path, log: Callable[[str], None]) -> Workload:
+    """The Debian workload at M with an SELinux policy, as every Fedora and CentOS bootc
+    image has one: the host's reference policy (what libostree's SePolicy reads of it)
+    in one more layer. Tags `v1` and `v2` as the workload's, with that layer."""
+    plain = debian("M", cache, work, log)
+    policy = {str(path.relative_to("/")): (path.read_bytes(), 0o644) for path in policy_files()}
+    recipe = hashlib.sha256(
+        b"".join(name.encode() + data for name, (data, _) in sorted(policy.items()))
+    ).hexdigest()
+
+    def build(layout: Path) -> dict[str, object]:
+        # The blobs never change once written, so they are linked; index.json is
+        # rewritten in place as tags move, so it is copied.
+        shutil.copytree(plain.layout, layout, copy_function=_link_blobs)
+        base = plain.written_layers()
+        work.mkdir(parents=True, exist_ok=True)
+        files = {**policy, "usr/bin/semodule": (_semodule(work), 0o755)}
+        layer = rootfs.add_files(layout, "v1", base, files)
+        rootfs.add_update(layout, "v2", [*base, layer], UPDATE_BYTES)
+        added = sum(len(data) for data, _ in files.values())
+        return {"unpacked_bytes": plain.unpacked_bytes + added}
+
+    name = "debian-M-labelled"
+    layout, facts = _cached(cache, name, f"{rootfs.RECIPE} M labelled-1 {recipe}", build, log)
+    return Workload(
+        name,
+        f"{plain.description}, and the host's SELinux policy in a fifth",
         layout,
         int(str(facts["unpacked_bytes"])),
     )

@@ -3,10 +3,10 @@ which the labeller asks for them.
 
 A label lookup is libselinux matching the path against the policy's file contexts, one
 regular expression after another: 120-300 µs a path with Debian's reference policy and
-libselinux 3.4, and most of the time a fresh labelled import takes beyond an unlabelled
-one. The labeller walks the tree in an order known before it starts, so a thread takes
-that order from its end while the labeller takes it from its start, and they meet about
-half-way. The lookup gives up the GIL while libselinux matches, so the two run at once.
+libselinux 3.4, a large part of what labels add to a fresh import. The labeller walks
+the tree in an order known before it starts, so a thread takes that order from its end
+while the labeller takes it from its start, and they meet about half-way. PyGObject
+gives the GIL up around each call into C, so the two run at once.
 
 A label depends on the path and the file type only: libselinux masks the mode with
 S_IFMT (3.4 and 3.8 alike) before it compares it with a rule's. So the thread looks up
@@ -22,9 +22,9 @@ import threading
 from collections.abc import Sequence
 from types import TracebackType
 
-from pybootc.ostree.gi import OSTree
+from pybootc.ostree.gi import GLib, OSTree
 
-# Below this many lookups a second thread saves less than it costs to start.
+# A few lookups (an update that takes most directories over) are the labeller's alone.
 _WORTH_A_THREAD = 256
 
 
@@ -77,7 +77,12 @@ class LabelsAhead:
             if self._stop or index < self._next:
                 return
             path, kind = self._planned[index]
-            self._found[index] = lookup(self._sepolicy, path, kind)
+            try:
+                self._found[index] = lookup(self._sepolicy, path, kind)
+            except GLib.Error:
+                # The labeller meets the same failure when it gets there, and reports it
+                # as any lookup's.
+                return
 
     def label(self, path: str, mode: int) -> str | None:
         """The label of `path` of `mode`: the thread's answer where it has made it for

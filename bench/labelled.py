@@ -1,0 +1,80 @@
+"""What an SELinux policy costs: the Debian workload at M with the host's reference
+policy (workloads.labelled) against the same image without it, in one run. Both
+backends' install and one-layer update, and baseline (b) labelling through
+`ostree commit --selinux-policy`: the commit modifier ostree-ext labels with.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pipelines as p
+from measure import Measurement, Sample, rounds
+from report import series_json
+from workloads import Workload
+
+BACKENDS = ("ostree", "container")
+
+
+def labelled_cost(
+    env: p.Env,
+    plain: tuple[Workload, str],
+    labelled: tuple[Workload, str],
+    runs: int,
+    say: Callable[[str], None],
+) -> dict[str, object]:
+    """Each workload with the registry repo it was pushed to."""
+    (plain_workload, plain_repo), (workload, repo) = plain, labelled
+    layers = {str(layer["digest"]) for tag in ("v1", "v2") for layer in workload.layers(tag)}
+
+    def fresh(run: Callable[[Path], Sample]) -> Measurement:
+        return lambda: p.in_fresh_filesystem(env, run)
+
+    def of_backend(b: str) -> dict[str, Measurement]:
+        return {
+            f"{b} install": fresh(lambda m: p.install(env, m, env.image(repo, "v1"), b)),
+            f"{b} install, no policy": fresh(
+                lambda m: p.install(env, m, env.image(plain_repo, "v1"), b)
+            ),
+            f"{b} update": fresh(lambda m: p.update(env, m, repo, b, layers)[0]),
+        }
+
+    measurements: dict[str, Measurement] = {}
+    for backend in BACKENDS:
+        measurements |= of_backend(backend)
+    measurements["(b) install"] = fresh(
+        lambda m: p.baseline_b(env, m, workload, "v1", labelled=True)
+    )
+    measurements["(b) install, no policy"] = fresh(
+        lambda m: p.baseline_b(env, m, plain_workload, "v1")
+    )
+    series = rounds(runs, measurements, say)
+    times = {name: series_json(s) for name, s in series.items()}
+    return {"workload": workload.name, "times": times, "lines": _lines(times, runs)}
+
+
+def _lines(times: dict[str, dict[str, object]], runs: int) -> list[str]:
+    def t(name: str) -> float:
+        return float(str(times[name]["median_s"]))
+
+    b, b_plain = t("(b) install"), t("(b) install, no policy")
+    lines = [
+        "The Debian workload at M with the host's reference policy in one more layer (every "
+        "Fedora and CentOS bootc image carries a policy), against the same image without it; "
+        f"medians of {runs}, seconds. (b) labels with `ostree commit --selinux-policy`, the "
+        f"commit modifier ostree-ext labels through: {b:.2f} s, {b_plain:.2f} s without the "
+        f"policy ({b - b_plain:+.2f} s).",
+        "",
+        "| backend | install | without the policy | the policy costs | install/(b) | update "
+        "| update/install |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for backend in BACKENDS:
+        install, plain = t(f"{backend} install"), t(f"{backend} install, no policy")
+        update = t(f"{backend} update")
+        lines.append(
+            f"| {backend} | {install:.2f} | {plain:.2f} | {install - plain:+.2f} s | "
+            f"{install / b:.2f} | {update:.2f} | {update / install:.0%} |"
+        )
+    return lines
