@@ -8,7 +8,7 @@ import stat
 
 import pytest
 
-from pybootc.ostree.gi import OSTree
+from pybootc.ostree.gi import GLib, OSTree
 from pybootc.ostree.labels_ahead import LabelsAhead, lookup
 from pybootc.ostree.repo import load_sepolicy
 from tests.selinux_support import HOST_SELINUX, policy_files
@@ -110,3 +110,18 @@ def test_the_thread_stops_with_the_block(sepolicy: OSTree.SePolicy) -> None:
         pass
     looked_up = sum(isinstance(label, str) for label in ahead._found)
     assert looked_up < len(planned) // 2
+
+
+def test_a_lookup_that_fails_ahead_is_left_to_the_labeller(sepolicy: OSTree.SePolicy) -> None:
+    """The thread stops at a lookup libselinux refuses (an empty path), and leaves it and
+    all before it to the labeller, which meets the failure as any lookup's."""
+    planned = [*_planned(stat.S_IFREG), ("", stat.S_IFREG)]
+    ahead = LabelsAhead(sepolicy, planned)
+    ahead._look_ahead()
+
+    labels = [ahead.label(path, stat.S_IFREG) for path, _ in planned[:-1]]
+
+    assert labels == [lookup(sepolicy, path, stat.S_IFREG) for path, _ in planned[:-1]]
+    assert ahead.taken == 0
+    with pytest.raises(GLib.Error, match="selabel_lookup"):
+        ahead.label("", stat.S_IFREG)
