@@ -19,13 +19,13 @@ from pathlib import Path
 
 import pytest
 
+from pybootc import tools
 from pybootc.errors import BootcError
 from pybootc.layers.postprocess import postprocess_tree
 from pybootc.oci.imgref import ImageReference, OstreeImageReference, SignatureSource
 from pybootc.oci.metadata import fetch_image_metadata
 from pybootc.ostree.ext_format import image_ref_name
 from pybootc.ostree.gi import Gio, OSTree
-from pybootc.ostree.objects import xattrs_of
 from pybootc.ostree.repo import (
     CommitInfo,
     commit_directory,
@@ -34,6 +34,7 @@ from pybootc.ostree.repo import (
     set_ref,
 )
 from pybootc.ostree.tree_postprocess import NeedsCheckout
+from pybootc.ostree.xattrs import xattrs_of
 from pybootc.sample.image import KERNEL_VERSION, sample_image
 from pybootc.sample.ocibuild import (
     Entry,
@@ -308,6 +309,25 @@ def test_in_memory_and_on_a_checkout_make_the_same_tree(
     ostree_repo, work = repo
     image = _layered(ostree_repo, work, layout, f"case{list(CASES).index(case)}")
     assert _in_memory(image, keep_var) == _on_a_checkout(image, work, keep_var)
+
+
+@pytest.mark.parametrize("way", ["in memory", "on a checkout"])
+def test_labelled_objects_pass_ostree_fsck(
+    repo: tuple[OSTree.Repo, Path], layout: OciLayout, way: str
+) -> None:
+    """Files whose other xattrs sort after security.selinux (user.*) keep their xattrs
+    sorted with the label among them, as libostree reads them back: libostree 2022.7's
+    own commit with a policy appends the label, and its fsck then calls the object
+    corrupt (ostree#3343)."""
+    ostree_repo, work = repo
+    case = "the host's SELinux policy"
+    image = _layered(ostree_repo, work, layout, f"case{list(CASES).index(case)}")
+    made = _in_memory(image, False) if way == "in memory" else _on_a_checkout(image, work, False)
+    assert not isinstance(made, str), made
+
+    fsck = tools.run(["ostree", "fsck", f"--repo={ostree_repo.get_path().get_path()}"], check=False)
+
+    assert fsck.returncode == 0, fsck.stderr.decode()
 
 
 def test_the_cases_cover_both_outcomes(repo: tuple[OSTree.Repo, Path], layout: OciLayout) -> None:

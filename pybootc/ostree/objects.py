@@ -16,25 +16,16 @@ import os
 import socket
 import stat
 import tempfile
-from collections.abc import Iterable
 
 from pybootc.errors import BootcError
 from pybootc.layers.tree import FileMeta
 from pybootc.ostree.gi import Gio, GLib, OSTree
 from pybootc.ostree.repo import libostree_errors, read_stream
+from pybootc.ostree.xattrs import encode, xattrs_of
 
 # Files up to this size are read into memory and written from there; larger ones are
 # hashed a buffer of this size at a time and handed to libostree as the open file.
 _IN_MEMORY = 1 << 20
-
-
-def xattrs_of(pairs: Iterable[tuple[bytes, bytes]]) -> tuple[tuple[str, bytes], ...]:
-    """An unpacked a(ayay) (an object's xattrs) as FileMeta keeps them: names without
-    their NUL, in its order."""
-    return tuple(
-        (bytes(name).rstrip(b"\0").decode(errors="surrogateescape"), bytes(value))
-        for name, value in pairs
-    )
 
 
 def _from_be32(value: int) -> int:
@@ -49,11 +40,6 @@ def read_dirmeta(repo: OSTree.Repo, checksum: str) -> FileMeta:
         _, variant = repo.load_variant(OSTree.ObjectType.DIR_META, checksum)
     uid, gid, mode, xattrs = variant.unpack()
     return FileMeta(_from_be32(uid), _from_be32(gid), _from_be32(mode), xattrs_of(xattrs))
-
-
-def _xattrs_variant(meta: FileMeta) -> GLib.Variant:
-    # Names are NUL-terminated bytestrings in OSTree's a(ayay).
-    return GLib.Variant("a(ayay)", [(n.encode() + b"\0", v) for n, v in meta.xattrs])
 
 
 def _file_info(meta: FileMeta, size: int, symlink_target: str | None = None) -> Gio.FileInfo:
@@ -83,7 +69,7 @@ class ObjectWriter:
     def _xattrs_of(self, meta: FileMeta) -> GLib.Variant:
         found = self._xattrs.get(meta)
         if found is None:
-            found = self._xattrs[meta] = _xattrs_variant(meta)
+            found = self._xattrs[meta] = encode(meta.xattrs)
         return found
 
     def header(self, meta: FileMeta, symlink_target: str | None, *, cache: bool = True) -> bytes:
@@ -196,7 +182,7 @@ class ObjectWriter:
         info.set_attribute_uint32("unix::uid", meta.uid)
         info.set_attribute_uint32("unix::gid", meta.gid)
         info.set_attribute_uint32("unix::mode", stat.S_IFDIR | stat.S_IMODE(meta.mode))
-        variant = OSTree.create_directory_metadata(info, _xattrs_variant(meta))
+        variant = OSTree.create_directory_metadata(info, encode(meta.xattrs))
         with libostree_errors("Writing directory metadata"):
             _, raw = self.repo.write_metadata(OSTree.ObjectType.DIR_META, None, variant, None)
         checksum = str(OSTree.checksum_from_bytes(raw))

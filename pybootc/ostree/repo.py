@@ -14,6 +14,7 @@ from pathlib import Path
 
 from pybootc.errors import BootcError
 from pybootc.ostree.gi import Gio, GLib, OSTree
+from pybootc.ostree.xattrs import labelling_callback
 
 
 @contextmanager
@@ -46,7 +47,7 @@ def _counting_filter(
 
 
 def _commit_modifier(
-    selinux_policy: Path | None, counted: Callable[[int], None] | None
+    tree: Path, selinux_policy: Path | None, counted: Callable[[int], None] | None
 ) -> OSTree.RepoCommitModifier:
     flags = OSTree.RepoCommitModifierFlags.NONE
     # The filter costs a call into Python per path: only when someone is watching.
@@ -54,7 +55,9 @@ def _commit_modifier(
     modifier = OSTree.RepoCommitModifier.new(flags, each_path, None)
     policy = load_sepolicy(selinux_policy) if selinux_policy is not None else None
     if policy is not None:
-        modifier.set_sepolicy(policy)
+        # Not set_sepolicy(): libostree 2022.7 then appends the label to the other
+        # xattrs unsorted, and `ostree fsck` calls the object corrupt (see xattrs.py).
+        modifier.set_xattr_callback(labelling_callback(tree, policy), None)
     return modifier
 
 
@@ -150,7 +153,7 @@ def commit_directory(
     is told how many paths have been committed, now and then. `devino`, the cache of the
     checkout the tree was made from, names the objects of the files it still has.
     """
-    modifier = _commit_modifier(selinux_policy, counted)
+    modifier = _commit_modifier(tree, selinux_policy, counted)
     if devino is not None:
         modifier.set_devino_cache(devino)
     with transaction(repo, f"Committing {tree}") as commits:

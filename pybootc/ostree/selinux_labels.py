@@ -36,7 +36,7 @@ from pybootc.layers.tree import Dir, Entry, FileMeta, Leaf, LeafKind, StoredDir
 from pybootc.ostree.ext_format import IMAGE_REF_PREFIX
 from pybootc.ostree.gi import Gio, GLib, OSTree
 from pybootc.ostree.labels_ahead import LabelsAhead
-from pybootc.ostree.objects import ObjectWriter, read_dirmeta, xattrs_of
+from pybootc.ostree.objects import ObjectWriter, read_dirmeta
 from pybootc.ostree.repo import (
     libostree_errors,
     list_refs,
@@ -44,8 +44,8 @@ from pybootc.ostree.repo import (
     prune_marker,
     read_stream,
 )
+from pybootc.ostree.xattrs import with_label, xattrs_of
 
-LABEL_XATTR = "security.selinux"
 # Where the policy is once /etc has moved; SePolicy looks there below a root.
 POLICY_DIR = ("usr", "etc", "selinux")
 # The image commit's detached metadata: its labelled files, each the key of its
@@ -55,24 +55,18 @@ POLICY_DIR = ("usr", "etc", "selinux")
 LABELLED_KEY = "pybootc.labelled"
 LABELLED_TREES_KEY = "pybootc.labelled-trees"
 _KEY_BYTES = 16
-# Part of every _tree_key: a change to how labels are given must change it.
-_LABELS_FORMAT = "pybootc labels 1"
+# Part of every key: a change to how labels are given must change it. (2: xattrs
+# sorted, the label among them; 1 appended it, as libostree 2022.7's commit does.)
+_LABELS_FORMAT = "pybootc labels 2"
 
 log = logging.getLogger(__name__)
 
-Xattrs = tuple[tuple[str, bytes], ...]
 ChildrenOf = Callable[[Dir], dict[str, Entry]]
 
 
-def labelled_xattrs(xattrs: Xattrs, label: str) -> Xattrs:
-    """`xattrs` as libostree's commit makes them for `label`."""
-    kept = tuple((name, value) for name, value in xattrs if name != LABEL_XATTR)
-    # g_variant_new_bytestring keeps the label's terminating NUL in the value.
-    return (*kept, (LABEL_XATTR, label.encode() + b"\0"))
-
-
 def _pair_key(unlabelled: str, label: str) -> bytes:
-    return hashlib.sha256(f"{unlabelled}\0{label}".encode()).digest()[:_KEY_BYTES]
+    text = f"{_LABELS_FORMAT}\0{unlabelled}\0{label}"
+    return hashlib.sha256(text.encode()).digest()[:_KEY_BYTES]
 
 
 def _tree_key(policy: str, path: str, contents: str, meta: str) -> bytes:
@@ -373,7 +367,7 @@ class Labeller:
         key = (meta, label)
         found = self._dirmetas.get(key)
         if found is None:
-            labelled = dataclasses.replace(stored, xattrs=labelled_xattrs(stored.xattrs, label))
+            labelled = dataclasses.replace(stored, xattrs=with_label(stored.xattrs, label))
             found = self._dirmetas[key] = self._writer.dirmeta(labelled)
         return found
 
@@ -393,7 +387,7 @@ class Labeller:
                 info.get_attribute_uint32("unix::uid"),
                 info.get_attribute_uint32("unix::gid"),
                 mode,
-                labelled_xattrs(xattrs_of(xattrs.unpack() if xattrs is not None else ()), label),
+                with_label(xattrs_of(xattrs.unpack() if xattrs is not None else ()), label),
             )
             self.written += 1
             # The file's own type: a leaf read from a stored tree does not know it.

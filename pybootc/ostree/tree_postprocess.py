@@ -34,7 +34,7 @@ from pybootc.layers.tree import Dir, Entry, FileMeta, Leaf, LeafKind
 from pybootc.ostree.ext_format import IMAGE_REF_PREFIX
 from pybootc.ostree.gi import Gio, GLib, OSTree
 from pybootc.ostree.merged_image import MergedImage
-from pybootc.ostree.objects import ObjectWriter, read_dirmeta, xattrs_of
+from pybootc.ostree.objects import ObjectWriter, read_dirmeta
 from pybootc.ostree.repo import (
     CommitInfo,
     libostree_errors,
@@ -43,6 +43,7 @@ from pybootc.ostree.repo import (
     read_directory,
     read_stream,
 )
+from pybootc.ostree.xattrs import xattrs_of
 
 # What post-processing makes, on a checkout too (whatever the umask).
 _NEW_DIR = FileMeta(0, 0, stat.S_IFDIR | 0o755)

@@ -1,0 +1,65 @@
+"""Extended attributes as OSTree keeps them in an object: a(ayay), each name a
+NUL-terminated bytestring, sorted by name.
+
+Sorted, because that is how libostree reads an object's xattrs back: `ostree fsck`
+hashes them so. Since 2024.10 libostree also sorts them whenever it makes an object
+(ostree#3343). Before that, its commit with an SELinux policy appended the label after
+the entry's other xattrs, and fsck called every object with a name that sorts after
+"security.selinux" (any `user.` or `trusted.` xattr) corrupt. pybootc makes them sorted
+on either: in memory, and through the commit of a checkout.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from pybootc.ostree.gi import Gio, GLib, OSTree
+from pybootc.ostree.labels_ahead import lookup
+
+LABEL_XATTR = "security.selinux"
+# Names without their NUL, and values.
+Xattrs = tuple[tuple[str, bytes], ...]
+
+
+def xattrs_of(pairs: Iterable[tuple[bytes, bytes]]) -> Xattrs:
+    """An unpacked a(ayay) (an object's xattrs): names without their NUL, in its order."""
+    return tuple(
+        (bytes(name).rstrip(b"\0").decode(errors="surrogateescape"), bytes(value))
+        for name, value in pairs
+    )
+
+
+def encode(xattrs: Xattrs) -> GLib.Variant:
+    """`xattrs` as an object keeps them: sorted, names NUL-terminated."""
+    return GLib.Variant(
+        "a(ayay)",
+        [(name.encode(errors="surrogateescape") + b"\0", value) for name, value in sorted(xattrs)],
+    )
+
+
+def with_label(xattrs: Xattrs, label: str) -> Xattrs:
+    """`xattrs` with `label` instead of any they had, sorted."""
+    kept = [(name, value) for name, value in xattrs if name != LABEL_XATTR]
+    # g_variant_new_bytestring keeps the label's terminating NUL in the value.
+    return tuple(sorted([*kept, (LABEL_XATTR, label.encode() + b"\0")]))
+
+
+def labelling_callback(
+    root: Path, sepolicy: OSTree.SePolicy
+) -> Callable[[OSTree.Repo, str, Gio.FileInfo], GLib.Variant]:
+    """A commit modifier's xattr callback for the tree at `root`: each path's own xattrs
+    with the label `sepolicy` gives it, sorted (what libostree's commit gives since
+    2024.10; its SePolicy on the modifier, in 2022.7, would append the label)."""
+
+    def xattrs(_repo: OSTree.Repo, relpath: str, info: Gio.FileInfo, *_: object) -> GLib.Variant:
+        path = root / relpath.lstrip("/")
+        own = tuple(
+            (name, os.getxattr(path, name, follow_symlinks=False))
+            for name in os.listxattr(path, follow_symlinks=False)
+        )
+        label = lookup(sepolicy, relpath, info.get_attribute_uint32("unix::mode"))
+        return encode(own if label is None else with_label(own, label))
+
+    return xattrs
