@@ -265,24 +265,24 @@ class FsckTally:
 FSCK = FsckTally()
 
 
-def _fsck(mount: Path) -> None:
+def _fsck(mount: Path, tally: FsckTally) -> None:
     repo = mount / "sysroot/ostree/repo"
     if not repo.is_dir():
         return
-    FSCK.checked += 1
+    tally.checked += 1
     if tools.run(["ostree", "fsck", "--quiet", f"--repo={repo}"], check=False).returncode:
-        FSCK.failed.append(str(repo))
+        tally.failed.append(str(repo))
 
 
 def in_fresh_filesystem(
-    env: Env, run: Callable[[Path], Sample], fs: FsKind | None = None
+    env: Env, run: Callable[[Path], Sample], fs: FsKind | None = None, tally: FsckTally = FSCK
 ) -> Sample:
     """`run` on a new scratch filesystem, which goes afterwards; its repo is checked by
-    `ostree fsck` first (not timed)."""
+    `ostree fsck` first (not timed), into `tally`."""
     with env.filesystem(fs) as mount:
         try:
             sample = run(mount)
-            _fsck(mount)
+            _fsck(mount, tally)
             return sample
         finally:
             reset_storage(mount / "sysroot")
