@@ -197,10 +197,17 @@ ostree admin deploy --sysroot="$sysroot" --os=default "$commit" >/dev/null
 """
 
 
-def baseline_a(env: Env, mount: Path, image: str, *, update_from: str | None = None) -> Sample:
+def _policy(labelled: bool) -> str:
+    """The script line that has _COMMIT_AND_DEPLOY label with the tree's own policy."""
+    return 'policy="$tree"\n' if labelled else "policy=\n"
+
+
+def baseline_a(
+    env: Env, mount: Path, image: str, *, update_from: str | None = None, labelled: bool = False
+) -> Sample:
     """(a): skopeo copy into containers-storage, podman image mount, ostree commit of
     the mount, deploy. With `update_from`, that image is done first, untimed, so the
-    copy reuses its layers."""
+    copy reuses its layers. `labelled`: as baseline_b's."""
     sysroot = mount / "sysroot"
     _ostree_sysroot(sysroot)
     runroot = Path(tempfile.mkdtemp(prefix="bench-rr-", dir="/run"))
@@ -211,6 +218,7 @@ def baseline_a(env: Env, mount: Path, image: str, *, update_from: str | None = N
         f"sysroot={shlex.quote(str(sysroot))} work=$(mktemp -d -p {shlex.quote(str(mount))})\n"
         f'skopeo --tmpdir "$work" copy --quiet "$1" "containers-storage:[{storage}]bench:latest"\n'
         f"tree=$({podman} image mount bench:latest)\n"
+        + _policy(labelled)
         + _COMMIT_AND_DEPLOY
         + f"{podman} image unmount --all >/dev/null\n"
         'rm -rf "$work"\n'
@@ -239,7 +247,7 @@ def baseline_b(
         "set -euo pipefail\n"
         f"sysroot={shlex.quote(str(sysroot))} work=$(mktemp -d -p {shlex.quote(str(mount))})\n"
         'tree="$work/rootfs"\n'
-        + ('policy="$tree"\n' if labelled else "policy=\n")
+        + _policy(labelled)
         + 'umoci raw unpack --image "$1" "$tree"\n'
         + _COMMIT_AND_DEPLOY
         + 'rm -rf "$work"\n'
