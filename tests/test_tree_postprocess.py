@@ -426,7 +426,7 @@ def test_a_large_tree_is_labelled_from_both_ends(
     _, tree, _ = ostree_repo.read_commit(commit, None)
     sh = tree.resolve_relative_path("usr/bin/sh")
     _, xattrs = sh.get_xattrs(None)
-    assert b":bin_t:" in dict(xattrs_of(xattrs.unpack()))["security.selinux"]
+    assert b":bin_t:" in dict(xattrs_of(xattrs))["security.selinux"]
 
 
 def test_what_was_labelled_is_taken_over_only_while_the_repo_has_it(

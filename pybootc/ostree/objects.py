@@ -38,8 +38,8 @@ def read_dirmeta(repo: OSTree.Repo, checksum: str) -> FileMeta:
     """A directory-metadata object: owner, mode and xattrs (in their order)."""
     with libostree_errors(f"Reading directory metadata {checksum}"):
         _, variant = repo.load_variant(OSTree.ObjectType.DIR_META, checksum)
-    uid, gid, mode, xattrs = variant.unpack()
-    return FileMeta(_from_be32(uid), _from_be32(gid), _from_be32(mode), xattrs_of(xattrs))
+    uid, gid, mode = (_from_be32(variant.get_child_value(i).get_uint32()) for i in range(3))
+    return FileMeta(uid, gid, mode, xattrs_of(variant.get_child_value(3)))
 
 
 def _file_info(meta: FileMeta, size: int, symlink_target: str | None = None) -> Gio.FileInfo:

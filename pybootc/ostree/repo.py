@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pybootc.errors import BootcError
 from pybootc.ostree.gi import Gio, GLib, OSTree
-from pybootc.ostree.xattrs import labelling_callback
+from pybootc.ostree.xattrs import bytes_of, labelling_callback
 
 
 @contextmanager
@@ -199,9 +199,8 @@ def resolve_ref(repo: OSTree.Repo, ref: str) -> str | None:
 
 
 def _value(variant: GLib.Variant) -> object:
-    # unpack() turns `ay` into a list of ints; bytes say what it is.
     if variant.get_type_string() == "ay":
-        return bytes(variant.unpack())
+        return bytes_of(variant)
     return variant.unpack()
 
 

@@ -387,7 +387,7 @@ class Labeller:
                 info.get_attribute_uint32("unix::uid"),
                 info.get_attribute_uint32("unix::gid"),
                 mode,
-                with_label(xattrs_of(xattrs.unpack() if xattrs is not None else ()), label),
+                with_label(xattrs_of(xattrs), label),
             )
             self.written += 1
             # The file's own type: a leaf read from a stored tree does not know it.

@@ -171,9 +171,7 @@ class _Image:
             if stream is not None:
                 stream.close(None)
             symlink = info.get_file_type() == Gio.FileType.SYMBOLIC_LINK
-            names = frozenset(
-                name for name, _ in xattrs_of(xattrs.unpack() if xattrs is not None else ())
-            )
+            names = frozenset(name for name, _ in xattrs_of(xattrs))
             owner = _Owner(
                 info.get_attribute_uint32("unix::mode"),
                 info.get_attribute_uint32("unix::uid"),

@@ -12,7 +12,7 @@ on either: in memory, and through the commit of a checkout.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 
 from pybootc.ostree.gi import Gio, GLib, OSTree
@@ -23,11 +23,24 @@ LABEL_XATTR = "security.selinux"
 Xattrs = tuple[tuple[str, bytes], ...]
 
 
-def xattrs_of(pairs: Iterable[tuple[bytes, bytes]]) -> Xattrs:
-    """An unpacked a(ayay) (an object's xattrs): names without their NUL, in its order."""
+def bytes_of(value: GLib.Variant) -> bytes:
+    """An `ay` as bytes. Not Variant.unpack(): that makes it a list of ints, one call
+    into GLib per byte, and on Debian 13's GLib each of those calls over a variant
+    libostree built warns (`g_bytes_ref: assertion 'bytes != NULL' failed`)."""
+    return value.get_data_as_bytes().get_data() or b"" if value.get_size() else b""
+
+
+def xattrs_of(variant: GLib.Variant | None) -> Xattrs:
+    """An object's a(ayay) (None: none): names without their NUL, in its order."""
+    if variant is None:
+        return ()
+    pairs = (variant.get_child_value(index) for index in range(variant.n_children()))
     return tuple(
-        (bytes(name).rstrip(b"\0").decode(errors="surrogateescape"), bytes(value))
-        for name, value in pairs
+        (
+            bytes_of(pair.get_child_value(0)).rstrip(b"\0").decode(errors="surrogateescape"),
+            bytes_of(pair.get_child_value(1)),
+        )
+        for pair in pairs
     )
 
 
