@@ -19,6 +19,7 @@ import pytest
 
 from pybootc.ostree.gi import Gio
 from pybootc.ostree.sysroot import Sysroot
+from pybootc.ostree.xattrs import xattrs_of
 from pybootc.sample.image import sample_image
 from tests.backend_support import install, ok, publish
 from tests.selinux_support import file_contexts, policy_layer
@@ -43,10 +44,8 @@ def commit_labels(sysroot: Path) -> dict[str, tuple[int, str | None]]:
         path, node = pending.pop()
         info = node.query_info("unix::mode", NOFOLLOW, None)
         _, xattrs = node.get_xattrs(None)
-        label = None
-        for name, value in xattrs.unpack() if xattrs is not None else ():
-            if bytes(name).rstrip(b"\0").decode() == LABEL:
-                label = bytes(value).rstrip(b"\0").decode()
+        value = dict(xattrs_of(xattrs)).get(LABEL)
+        label = None if value is None else value.rstrip(b"\0").decode()
         mode = info.get_attribute_uint32("unix::mode")
         found[path] = (mode, label)
         if stat.S_ISDIR(mode):
