@@ -292,8 +292,8 @@ class Labeller:
         # Each directory's _tree_key, and those taken over, by path (found by _plan).
         self._keys: dict[str, bytes] = {}
         self._taken: dict[str, LabelledTree] = {}
+        # The walk's lookahead, set up once the walk is planned.
         self._ahead = LabelsAhead(policy.sepolicy, ())
-        self.looked_up_ahead = 0  # labels the lookahead's thread gave
 
     def _label(self, path: str, mode: int) -> str | None:
         return self._ahead.label(path, mode)
@@ -306,9 +306,12 @@ class Labeller:
         planned: list[tuple[str, int]] = []
         self._plan(root, unlabelled, "/", planned)
         with LabelsAhead(self._policy.sepolicy, planned) as self._ahead:
-            labelled = self._labelled(root, "/")
-        self.looked_up_ahead = self._ahead.taken
-        return labelled
+            return self._labelled(root, "/")
+
+    @property
+    def looked_up_ahead(self) -> int:
+        """Labels the lookahead's thread gave."""
+        return self._ahead.taken
 
     def _plan(
         self,

@@ -27,7 +27,9 @@ def bytes_of(value: GLib.Variant) -> bytes:
     """An `ay` as bytes. Not Variant.unpack(): that makes it a list of ints, one call
     into GLib per byte, and on Debian 13's GLib each of those calls over a variant
     libostree built warns (`g_bytes_ref: assertion 'bytes != NULL' failed`)."""
-    return value.get_data_as_bytes().get_data() or b"" if value.get_size() else b""
+    if not value.get_size():
+        return b""
+    return bytes(value.get_data_as_bytes().get_data())
 
 
 def xattrs_of(variant: GLib.Variant | None) -> Xattrs:
