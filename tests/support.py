@@ -167,10 +167,17 @@ def make_server_certificate(workdir: Path) -> ServerCertificate:
         workdir / name for name in ("ca.key", "ca.crt", "server.key", "server.csr", "server.crt")
     )
     ext = workdir / "server.ext"
-    ext.write_text("subjectAltName = IP:127.0.0.1\n")
+    # Python 3.13's default context (VERIFY_X509_STRICT) wants more than Go's TLS: the
+    # CA's key usage, and the leaf's key identifier of the CA that signed it.
+    ext.write_text(
+        "subjectAltName = IP:127.0.0.1\n"
+        "basicConstraints = critical, CA:FALSE\n"
+        "authorityKeyIdentifier = keyid, issuer\n"
+    )
     argvs: list[list[str | Path]] = [
         ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-         "-subj", "/CN=pybootc test CA", "-keyout", ca_key, "-out", ca],
+         "-subj", "/CN=pybootc test CA", "-addext", "keyUsage = critical, keyCertSign, cRLSign",
+         "-keyout", ca_key, "-out", ca],
         ["openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
          "-keyout", key, "-out", csr],
         ["openssl", "x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key,

@@ -30,7 +30,12 @@ pytestmark = pytest.mark.registry
 
 GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
 ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
-CHUNKED_ANNOTATION = "io.containers.zstd-chunked.manifest-checksum"
+# The annotation that makes a zstd layer zstd:chunked: containers-storage 1.43 (Debian
+# 12) names it io.containers..., 1.57 (Debian 13) io.github.containers....
+CHUNKED_ANNOTATIONS = (
+    "io.containers.zstd-chunked.manifest-checksum",
+    "io.github.containers.zstd-chunked.manifest-checksum",
+)
 # skopeo's --dest-compress-format for each variant; gzip is what ocibuild writes.
 FORMATS = {"gzip": None, "zstd": "zstd", "zstd-chunked": "zstd:chunked"}
 
@@ -46,7 +51,7 @@ def pushed_manifest(docker_ref: str) -> dict[str, object]:
 
 def chunked(layer: dict[str, object]) -> bool:
     annotations = layer.get("annotations")
-    return isinstance(annotations, dict) and CHUNKED_ANNOTATION in annotations
+    return isinstance(annotations, dict) and any(key in annotations for key in CHUNKED_ANNOTATIONS)
 
 
 def layers_of(manifest: dict[str, object]) -> list[dict[str, object]]:

@@ -11,6 +11,7 @@ import json
 import os
 import random
 import re
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -72,13 +73,15 @@ def partial_pulls(request: pytest.FixtureRequest) -> Iterator[bool]:
 
 
 def pulled_partially(target: Path) -> set[bool]:
-    """For each layer in bootc's storage: was it pulled partially? (Only those keep the
-    table of contents, and no tar-split data.)"""
+    """For each layer in bootc's storage: was it pulled partially? Only those keep the
+    table of contents, and have no digest of the compressed blob, which the storage
+    never had whole. (Tar-split data tells nothing: containers-storage 1.43 keeps none
+    of a partial pull, 1.57 makes it from the blob's.)"""
     root = bootc_storage(target).root / "overlay-layers"
     layers = json.loads((root / "layers.json").read_bytes())
     return {
         "zstd-chunked-manifest" in layer.get("big-data-names", ())
-        and not (root / f"{layer['id']}.tar-split.gz").exists()
+        and "compressed-diff-digest" not in layer
         for layer in layers
     }
 
@@ -114,4 +117,43 @@ def test_an_update_fetches_the_changed_layer_whole_or_by_ranges(
     ostree_fetched = update(registry, other_target, images, "ostree")
     assert sum(size for _, size in ostree_fetched) > FILES * FILE_BYTES
     commits = {Sysroot.open(t).deployments()[0].checksum for t in (target, other_target)}
-    assert len(commits) == 1
+    if partial_pulls and _podman_major() >= 5:
+        # containers-storage 1.57 (podman 5, Debian 13) makes each directory that a
+        # partially pulled layer only implies (the sample image's /usr, /usr/bin, ...)
+        # mode 0000: one of the wrong trees the README gives as why partial pulls are
+        # off. All else is the ostree backend's.
+        ours, theirs = _listing(target), _listing(other_target)
+        assert ours.keys() == theirs.keys()
+        differ = {path for path in ours if ours[path] != theirs[path]}
+        assert {"/usr", "/usr/bin", "/usr/share/big"} <= differ
+        assert all(
+            ours[path] == theirs[path].replace("d00755", "d00000", 1)
+            and theirs[path].startswith("d00755")
+            for path in differ
+        ), {path: (ours[path], theirs[path]) for path in differ}
+    else:
+        assert len(commits) == 1
+
+
+def _podman_major() -> int:
+    out = subprocess.run(["podman", "--version"], capture_output=True, text=True, check=True)
+    return int(out.stdout.split()[-1].split(".")[0])
+
+
+def _listing(sysroot: Path) -> dict[str, str]:
+    """Each path of the deployed commit: `ostree ls -RC`'s mode, owner, size, and
+    for what is not a directory its checksum (and a symlink's target); a directory's
+    checksums, which change with what is below it, are left out."""
+    checksum = Sysroot.open(sysroot).deployments()[0].checksum
+    out = subprocess.run(
+        ["ostree", f"--repo={sysroot}/ostree/repo", "ls", "-R", "-C", checksum],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    listing = {}
+    for line in out.splitlines():
+        mode, uid, gid, size, *rest = line.split()
+        if mode.startswith("d"):
+            listing[rest[-1]] = f"{mode} {uid} {gid} {size}"
+        else:
+            listing[rest[1]] = line
+    return listing
