@@ -17,6 +17,7 @@ import pytest
 
 from pybootc.host.model import Host
 from pybootc.oci.imgref import OstreeImageReference
+from pybootc.oci.model import TOC_DIGEST_ANNOTATIONS
 from pybootc.ostree.ext_format import blob_ref, image_ref
 from pybootc.ostree.origin import commit_layer_digests
 from pybootc.ostree.repo import read_commit_metadata, resolve_ref, root_tree_checksum
@@ -30,12 +31,6 @@ pytestmark = pytest.mark.registry
 
 GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
 ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
-# The annotation that makes a zstd layer zstd:chunked: containers-storage 1.43 (Debian
-# 12) names it io.containers..., 1.57 (Debian 13) io.github.containers....
-CHUNKED_ANNOTATIONS = (
-    "io.containers.zstd-chunked.manifest-checksum",
-    "io.github.containers.zstd-chunked.manifest-checksum",
-)
 # skopeo's --dest-compress-format for each variant; gzip is what ocibuild writes.
 FORMATS = {"gzip": None, "zstd": "zstd", "zstd-chunked": "zstd:chunked"}
 
@@ -51,7 +46,7 @@ def pushed_manifest(docker_ref: str) -> dict[str, object]:
 
 def chunked(layer: dict[str, object]) -> bool:
     annotations = layer.get("annotations")
-    return isinstance(annotations, dict) and any(key in annotations for key in CHUNKED_ANNOTATIONS)
+    return isinstance(annotations, dict) and any(k in annotations for k in TOC_DIGEST_ANNOTATIONS)
 
 
 def layers_of(manifest: dict[str, object]) -> list[dict[str, object]]:

@@ -11,12 +11,15 @@ import json
 import os
 import random
 import re
+import shlex
+import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from pybootc.errors import BootcError
 from pybootc.ostree.sysroot import Sysroot
 from pybootc.sample.image import sample_image
 from pybootc.sample.ocibuild import OciLayout, file, layer
@@ -103,10 +106,14 @@ def test_an_update_fetches_the_changed_layer_whole_or_by_ranges(
     partial_pulls: bool,
 ) -> None:
     fetched = update(registry, target, images, "container")
+    # Each layer is known to be there, pulled partially or not: nothing is left to fetch.
+    check = json.loads(ok(bootc("upgrade", "--check", "--format", "json", sysroot=target)))
+    assert (check["layersNeeded"], check["bytesNeeded"]) == (0, 0), check
     if partial_pulls:
         # The table of contents, then what the storage lacks, by ranges. How much that
-        # is varies from run to run with containers-storage 1.43 (some runs it fetches
-        # every file again): bench/partial.py measures it.
+        # is varies from run to run: containers-storage 1.43 fetches every file again in
+        # some runs (bench/partial.py measures it), and 1.57 fails some partial pulls,
+        # which are then made again whole (the last test below).
         assert any(status == 206 for status, _ in fetched), fetched
         assert True in pulled_partially(target)
     else:
@@ -125,7 +132,7 @@ def test_an_update_fetches_the_changed_layer_whole_or_by_ranges(
         ours, theirs = _listing(target), _listing(other_target)
         assert ours.keys() == theirs.keys()
         differ = {path for path in ours if ours[path] != theirs[path]}
-        assert {"/usr", "/usr/bin", "/usr/share/big"} <= differ
+        assert "/usr/bin" in differ  # implied by the sample image's second layer alone
         assert all(
             ours[path] == theirs[path].replace("d00755", "d00000", 1)
             and theirs[path].startswith("d00755")
@@ -157,3 +164,62 @@ def _listing(sysroot: Path) -> dict[str, str]:
         else:
             listing[rest[1]] = line
     return listing
+
+
+# What skopeo says when containers-storage 1.57 fails a partial pull partway.
+_PARTIAL_FAILURE = (
+    "partial pull of blob sha256:00: staging a partially-pulled layer: copy content to"
+    " /usr/share/big/1: openat2 /usr/share/big/1: no such file or directory"
+)
+FALLBACK_CASES = {
+    # (partial pulls on, what the first skopeo fails with): pulled again whole?
+    "partial pull failed": (True, _PARTIAL_FAILURE, True),
+    "other failure": (True, "unauthorized: authentication required", False),
+    "partial pulls off": (False, _PARTIAL_FAILURE, False),
+}
+
+
+@pytest.mark.parametrize("case", FALLBACK_CASES)
+def test_a_failed_partial_pull_is_made_again_whole_and_nothing_else_is(
+    target: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    case: str,
+) -> None:
+    """containers-storage 1.57 fails about one partial pull in four (the [on] case
+    above, on Debian 13). A skopeo that fails once as it does, then runs the real
+    one, records the pull options of each run."""
+    partial, failure, again = FALLBACK_CASES[case]
+    real = shutil.which("skopeo")
+    bin_dir, runs = tmp_path / "bin", tmp_path / "runs"
+    bin_dir.mkdir()
+    said = f'time="x" level=fatal msg="{failure}"'
+    (bin_dir / "skopeo").write_text(
+        "#!/bin/sh\n"
+        f'grep -o "enable_partial_images = \\"[a-z]*\\"" "$CONTAINERS_STORAGE_CONF" >> {runs}\n'
+        f"if [ ! -e {tmp_path}/failed ]; then\n"
+        f"  touch {tmp_path}/failed\n"
+        f"  echo {shlex.quote(said)} >&2\n"
+        "  exit 1\n"
+        "fi\n"
+        f'exec {real} "$@"\n'
+    )
+    (bin_dir / "skopeo").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.setenv(PARTIAL_PULLS_ENV, "1" if partial else "0")
+    layout = OciLayout(tmp_path / "oci")
+    layout.add_image("v1", sample_image("1"))
+    storage = bootc_storage(target)
+    first = f'enable_partial_images = "{"true" if partial else "false"}"'
+    if again:
+        storage.pull(layout.ref("v1"), "localhost/fallback:v1")
+        assert runs.read_text().splitlines() == [first, 'enable_partial_images = "false"']
+        assert storage.podman("image", "exists", "localhost/fallback:v1").returncode == 0
+        warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+        assert len(warnings) == 1 and "pulling whole layers instead" in warnings[0]
+    else:
+        with pytest.raises(BootcError) as err:
+            storage.pull(layout.ref("v1"), "localhost/fallback:v1")
+        assert runs.read_text().splitlines() == [first]
+        assert str(err.value) == f"skopeo: {failure}"

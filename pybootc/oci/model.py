@@ -140,6 +140,15 @@ def _string(obj: Mapping[str, object], key: str, what: str, *, required: bool = 
     return value
 
 
+# The annotation with the digest of a zstd:chunked layer's table of contents: named
+# io.github.containers... by containers-storage 1.57 (Debian 13), io.containers... by
+# 1.43 (Debian 12).
+TOC_DIGEST_ANNOTATIONS = (
+    "io.github.containers.zstd-chunked.manifest-checksum",
+    "io.containers.zstd-chunked.manifest-checksum",
+)
+
+
 @dataclass(frozen=True)
 class Descriptor:
     """A pointer to a blob: its media type, digest and size (OCI descriptor)."""
@@ -175,6 +184,20 @@ class Descriptor:
     @property
     def compression(self) -> LayerCompression:
         return self.layer_format.compression
+
+    @property
+    def toc_digest(self) -> str | None:
+        """The digest of a zstd:chunked layer's table of contents, by which
+        containers-storage 1.57 knows a layer it pulled partially; None for others."""
+        return next(
+            (self.annotations[k] for k in TOC_DIGEST_ANNOTATIONS if k in self.annotations), None
+        )
+
+    @property
+    def known_as(self) -> frozenset[str]:
+        """The digests a store may know this layer by: its blob's, and its table of
+        contents' if it has one."""
+        return frozenset(d for d in (self.digest, self.toc_digest) if d is not None)
 
 
 @dataclass(frozen=True)

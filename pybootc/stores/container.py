@@ -99,12 +99,12 @@ def _watched_pull(
     def watch() -> None:
         while not stop.wait(_WATCH_INTERVAL):
             try:
-                stored = storage.stored_blob_digests()
+                stored = storage.stored_layer_digests()
             except BootcError:
                 continue  # read again at the next look; the pull itself says what failed
             in_flight = _staged_bytes(staging)
             for layer in metadata.manifest.layers:
-                if layer.digest in stored:
+                if layer.known_as & stored:
                     progress.fetched(layer.digest, layer.size)
                 elif in_flight > 0:
                     share = min(in_flight, layer.size)
@@ -145,8 +145,8 @@ class ContainerStore:
             raise BootcError(f"{target.imgref}: the image is encrypted; use --decryption-key")
 
     def layer_states(self, metadata: ImageMetadata) -> tuple[LayerState, ...]:
-        stored = self._storage.stored_blob_digests()
-        return tuple(LayerState(d, d.digest in stored) for d in metadata.manifest.layers)
+        stored = self._storage.stored_layer_digests()
+        return tuple(LayerState(d, bool(d.known_as & stored)) for d in metadata.manifest.layers)
 
     def fetch(
         self,
@@ -216,24 +216,30 @@ class ContainerStore:
         layers read here, and the blob digests of those committed before (their names
         passed when their commits were made, from the same bytes).
 
-        A layer is read only once the storage lists it whole, by the digest of the blob
-        it came from (an encrypted layer's is not the manifest's: those wait for the
-        pull). If the pull fails, that is the error raised, as it would have been
+        A layer is read only once the storage lists it whole, by a digest it is known
+        by (`Descriptor.known_as`: an encrypted layer's blob is not the manifest's, and
+        those wait for the pull). If the pull fails, that is the error raised, as it would have been
         without the early imports."""
         repo = self._repo()
-        digests = [layer.digest for layer in metadata.manifest.layers]
-        waiting = [d for d in digests if resolve_ref(repo, blob_ref(d)) is None]
-        passed = set(digests) - set(waiting)
+        layers = metadata.manifest.layers
+        waiting = [d for d in layers if resolve_ref(repo, blob_ref(d.digest)) is None]
+        passed = {d.digest for d in layers} - {d.digest for d in waiting}
         with ThreadPoolExecutor(1, thread_name_prefix="pull") as pool:
             pulling = pool.submit(pull)
             try:
                 while waiting and not pulling.done():
                     complete = self._storage.complete_layers()
-                    for digest in [d for d in waiting if d in complete]:
-                        layer = self._storage.complete_layer(complete[digest])
-                        layer_commit(repo, digest, functools.partial(read_diff_dir, layer.diff_dir))
+                    for descriptor in list(waiting):
+                        record = next(
+                            (complete[k] for k in descriptor.known_as if k in complete), None
+                        )
+                        if record is None:
+                            continue
+                        layer = self._storage.complete_layer(record)
+                        read = functools.partial(read_diff_dir, layer.diff_dir)
+                        layer_commit(repo, descriptor.digest, read)
                         passed.add(layer.layer_id)
-                        waiting.remove(digest)
+                        waiting.remove(descriptor)
                     futures.wait([pulling], timeout=_WATCH_INTERVAL)
             except BaseException:
                 if pulling.exception() is None:

@@ -13,6 +13,7 @@ import functools
 import gzip
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -27,6 +28,8 @@ from pybootc import tools
 from pybootc.errors import BootcError, error_context
 from pybootc.layers.paths import split_member_name
 from pybootc.oci.sigpolicy import policy_options
+
+log = logging.getLogger(__name__)
 
 # Where the runroots of pybootc's storages live: podman's database and locks, one
 # directory per storage, while the storage exists.
@@ -66,8 +69,18 @@ def _remove_orphan_runroots() -> None:
 PARTIAL_PULLS_ENV = "PYBOOTC_EXPERIMENTAL_PARTIAL_PULLS"
 
 
-def _pull_options() -> str:
-    enabled = "true" if os.environ.get(PARTIAL_PULLS_ENV) == "1" else "false"
+# How skopeo names a layer that containers-storage failed to pull partially: 1.57 fails
+# some (an `openat2 ...: no such file or directory` while it copies a file it already
+# has from another layer, in about one update in four of tests/test_partial_pulls.py).
+_PARTIAL_PULL_FAILED = "partial pull of blob"
+
+
+def partial_pulls_enabled() -> bool:
+    return os.environ.get(PARTIAL_PULLS_ENV) == "1"
+
+
+def _pull_options(partial: bool) -> str:
+    enabled = "true" if partial else "false"
     # Never hardlinked from other layers: a diff directory's files stay its own.
     return (
         f'[storage.options]\npull_options = {{enable_partial_images = "{enabled}", '
@@ -85,13 +98,20 @@ def _big_data_file(key: str) -> str:
     return "=" + base64.b64encode(key.encode()).decode()
 
 
-def _blob_digest(layer: dict[str, object]) -> str | None:
-    """The digest of the blob a layer record (layers.json) was pulled from, which names
-    it as the blob path names it; None for a layer no blob made (a container's). A
-    layer pulled partially has no compressed digest: its diff digest is the blob's
-    (containers-storage 1.43 cannot know the tar stream's)."""
-    digest = layer.get("compressed-diff-digest") or layer.get("diff-digest")
-    return digest if isinstance(digest, str) else None
+def _known_as(layer: dict[str, object]) -> tuple[str, ...]:
+    """The digests a layer record (layers.json) names its layer by, as a manifest's
+    descriptor does (`Descriptor.known_as`), the blob's first; none for a layer no
+    blob made (a container's). A layer pulled partially has no compressed digest:
+    then its diff digest is the blob's (containers-storage 1.43 cannot know the tar
+    stream's), or the record has its table of contents' (1.57, whose diff digest is
+    the tar stream's)."""
+    found = tuple(
+        digest
+        for key in ("compressed-diff-digest", "toc-digest")
+        if isinstance(digest := layer.get(key), str) and digest
+    )
+    diff_digest = layer.get("diff-digest")
+    return found or ((diff_digest,) if isinstance(diff_digest, str) and diff_digest else ())
 
 
 class IncompleteImage(BootcError):
@@ -128,8 +148,9 @@ class ContainersStorage:
         """The skopeo transport string for `name` in this storage."""
         return f"containers-storage:[overlay@{self.root}+{self.runroot}]{name}"
 
-    def podman_env(self) -> dict[str, str]:
-        """The environment that points podman at this storage.
+    def podman_env(self, *, partial: bool | None = None) -> dict[str, str]:
+        """The environment that points podman at this storage; pulls in it are partial
+        where `partial` says so (default: `partial_pulls_enabled()`).
 
         Not `podman --root`: with it podman keeps its database in ROOT/libpod and
         records ROOT there, so a storage made under an install-time mount fails
@@ -141,7 +162,8 @@ class ContainersStorage:
         files = {
             "storage.conf": (
                 f'[storage]\ndriver = "overlay"\ngraphroot = "{self.root}"\n'
-                f'runroot = "{self.runroot}"\n{_pull_options()}'
+                f'runroot = "{self.runroot}"\n'
+                f"{_pull_options(partial_pulls_enabled() if partial is None else partial)}"
             ),
             "containers.conf": (
                 f'[engine]\nstatic_dir = "{libpod}"\ntmp_dir = "{libpod}/tmp"\n'
@@ -172,22 +194,37 @@ class ContainersStorage:
     ) -> None:
         """Copy `source` (any skopeo transport) into this storage as `name`, under the
         signature policy every pull of pybootc's gets. skopeo stages blobs in `tmpdir`
-        (default /var/tmp), where a killed pull leaves them."""
+        (default /var/tmp), where a killed pull leaves them.
+
+        A pull with partial pulls on that containers-storage fails partway through a
+        layer is made again whole, with a warning: the switch is there to save bytes,
+        never to fail an update that a whole pull makes."""
         staging = ["--tmpdir", str(tmpdir)] if tmpdir is not None else []
-        argv = ["skopeo", *policy_options(), *staging, "copy", "--quiet", *extra]
         # The storage as the default one of storage.conf, not `reference`: a store named
         # in the reference gets none of its pull options.
-        tools.run([*argv, source, f"containers-storage:{name}"], env=self.podman_env())
+        argv = [
+            "skopeo", *policy_options(), *staging, "copy", "--quiet", *extra,
+            source, f"containers-storage:{name}",
+        ]  # fmt: skip
+        partial = partial_pulls_enabled()
+        try:
+            tools.run(argv, env=self.podman_env(partial=partial))
+        except BootcError as err:
+            if not partial or _PARTIAL_PULL_FAILED not in err.message:
+                raise
+            log.warning("A partial pull failed; pulling whole layers instead (%s)", err)
+            tools.run(argv, env=self.podman_env(partial=False))
 
-    def stored_blob_digests(self) -> set[str]:
-        """Digests of the layer blobs this storage has unpacked: a pull skips them."""
+    def stored_layer_digests(self) -> set[str]:
+        """The digests of the layers this storage has unpacked (`_known_as`): a pull
+        skips them."""
         try:
             layers = json.loads((self.root / "overlay-layers/layers.json").read_bytes())
         except FileNotFoundError:
             return set()
         except (OSError, ValueError) as err:
             raise BootcError(f"Reading the metadata of {self.root}: {err}") from None
-        return {d for d in map(_blob_digest, layers) if d is not None}
+        return set().union(*map(_known_as, layers))
 
     def _records(
         self, *, images: bool = True
@@ -246,12 +283,12 @@ class ContainersStorage:
         it keeps of each layer has the names as the layer's tar stream gave them.
         """
         return [
-            self._stored_layer(layer, check=not {str(layer["id"]), _blob_digest(layer)} & checked)
+            self._stored_layer(layer, check=not {str(layer["id"]), *_known_as(layer)} & checked)
             for layer in self._layers(name)
         ]
 
     def _stored_layer(self, layer: dict[str, Any], *, check: bool = True) -> StoredLayer:
-        digest = _blob_digest(layer) or str(layer["id"])  # no digest: not a pulled layer
+        digest = next(iter(_known_as(layer)), str(layer["id"]))  # none: not a pulled layer
         if check:
             with error_context(f"Layer {digest}"):
                 for member in self._member_names(str(layer["id"])):
@@ -260,15 +297,15 @@ class ContainersStorage:
         return StoredLayer(digest, self.root / "overlay" / layer_id / "diff", layer_id)
 
     def complete_layers(self) -> dict[str, dict[str, Any]]:
-        """The records of the layers whose unpacking has finished, by the digest of the
-        blob each was pulled from: one a pull still writes is flagged incomplete until
+        """The records of the layers whose unpacking has finished, by each digest they
+        are known by (`_known_as`): one a pull still writes is flagged incomplete until
         containers-storage has written the whole diff directory."""
         _, by_id = self._records(images=False)
         return {
             digest: layer
             for layer in by_id.values()
             if not (layer.get("flags") or {}).get("incomplete")
-            and (digest := _blob_digest(layer)) is not None
+            for digest in _known_as(layer)
         }
 
     def complete_layer(self, layer: dict[str, Any]) -> StoredLayer:
