@@ -217,9 +217,9 @@ class ContainerStore:
         passed when their commits were made, from the same bytes).
 
         A layer is read only once the storage lists it whole, by a digest it is known
-        by (`Descriptor.known_as`: an encrypted layer's blob is not the manifest's, and
-        those wait for the pull). If the pull fails, that is the error raised, as it would have been
-        without the early imports."""
+        by (`Descriptor.known_as`; an encrypted layer's blob is not the manifest's, and
+        those wait for the pull). If the pull fails, that is the error raised, as it
+        would have been without the early imports."""
         repo = self._repo()
         layers = metadata.manifest.layers
         waiting = [d for d in layers if resolve_ref(repo, blob_ref(d.digest)) is None]

@@ -121,8 +121,8 @@ class IncompleteImage(BootcError):
 
 @dataclass(frozen=True)
 class StoredLayer:
-    """One layer of an image in the storage: the digest of the blob it was pulled from,
-    and its overlay diff directory."""
+    """One layer of an image in the storage: the first digest it is known by (the blob
+    it was pulled from, where the storage knows that), and its overlay diff directory."""
 
     digest: str
     diff_dir: Path
