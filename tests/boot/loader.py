@@ -11,6 +11,7 @@ import functools
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -30,6 +31,12 @@ FAILURE_MARKERS = (
     "Entering emergency mode",
 )
 AGENT_START = "PYBOOTC-AGENT: start"
+# What the kernel prints as it hands over to the initramfs. A kernel that stops printing
+# before that has hung in its own start-up under TCG (seen once, on a Debian 13 host: a
+# forky kernel silent after "hpet0: 3 comparators" until the 900 s bound). Nothing of the
+# guest has run then, so its disks are as they were, and that boot is made again, once.
+KERNEL_HANDED_OVER = "Run /init as init process"
+KERNEL_STALL_SECONDS = 180.0
 _AGENT_RC = re.compile(r"PYBOOTC-AGENT: rc=(\d+)")
 _AGENT_UPTIME = re.compile(r"PYBOOTC-AGENT: (start|rc=\d+) \(uptime ([0-9.]+)\)")
 _TAIL_LINES = 50
@@ -70,6 +77,10 @@ class BootResult:
 
 class BootFailed(BootTestError):
     """The guest did not boot to the agent, or did not finish in time."""
+
+
+class KernelHung(BootFailed):
+    """The guest's kernel stopped printing before it started the initramfs."""
 
 
 def parse_entry(filename: str, text: str) -> BootEntry:
@@ -276,7 +287,7 @@ def boot(
             " ".join(options),
             *_drive_args([disk, *([agent_disk] if agent_disk else []), *extra_disks]),
         ]
-        result = _run_qemu(argv, files.entry, log, timeout)
+        result = run_qemu_again_if_hung(argv, files.entry, log, timeout)
         if require_agent and AGENT_START not in log.read_text(errors="replace"):
             raise BootFailed(
                 f"{files.entry.filename}: the guest stopped before the agent started"
@@ -299,19 +310,45 @@ def _drive_args(disks: Sequence[Path]) -> list[str]:
     return args
 
 
-def _run_qemu(argv: list[str], entry: BootEntry, log: Path, timeout: float) -> BootResult:
+def run_qemu_again_if_hung(
+    argv: list[str],
+    entry: BootEntry,
+    log: Path,
+    timeout: float,
+    stall_seconds: float = KERNEL_STALL_SECONDS,
+) -> BootResult:
+    """Run qemu (`_run_qemu`); if the kernel hung before the initramfs, once more."""
+    try:
+        return _run_qemu(argv, entry, log, timeout, stall_seconds)
+    except KernelHung as hung:
+        print(f"[boot] {str(hung).splitlines()[0]}; booting again", file=sys.stderr)
+        return _run_qemu(argv, entry, log, timeout, stall_seconds)
+
+
+def _run_qemu(
+    argv: list[str], entry: BootEntry, log: Path, timeout: float, stall_seconds: float
+) -> BootResult:
     log.write_text("")
-    started = time.monotonic()
+    started = last_change = time.monotonic()
+    size = 0
     proc = subprocess.Popen(
         argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
     failure = ""
+    hung = False
     try:
         while proc.poll() is None:
-            if time.monotonic() - started > timeout:
+            now = time.monotonic()
+            if now - started > timeout:
                 failure = f"timed out after {timeout:.0f} s"
                 break
             text = log.read_text(errors="replace")
+            if len(text) != size:
+                size, last_change = len(text), now
+            elif now - last_change > stall_seconds and KERNEL_HANDED_OVER not in text:
+                failure = f"the kernel printed nothing for {stall_seconds:.0f} s before /init"
+                hung = True
+                break
             marker = next((m for m in FAILURE_MARKERS if m in text), None)
             if marker is not None:
                 # Give the console a moment to show why, then stop: this boot is lost.
@@ -329,7 +366,7 @@ def _run_qemu(argv: list[str], entry: BootEntry, log: Path, timeout: float) -> B
     if not failure and proc.returncode != 0:
         failure = f"qemu exited with {proc.returncode}: {qemu_output.strip()}"
     if failure:
-        raise BootFailed(
+        raise (KernelHung if hung else BootFailed)(
             f"{entry.filename} ({entry.title}): {failure}\n+ {describe(argv)}" + _tail_text(tail)
         )
     rcs = _AGENT_RC.findall(text)
