@@ -17,7 +17,7 @@ import pytest
 
 from pybootc.host.model import Host
 from pybootc.oci.imgref import OstreeImageReference
-from pybootc.oci.model import TOC_DIGEST_ANNOTATIONS
+from pybootc.oci.model import Descriptor
 from pybootc.ostree.ext_format import blob_ref, image_ref
 from pybootc.ostree.origin import commit_layer_digests
 from pybootc.ostree.repo import read_commit_metadata, resolve_ref, root_tree_checksum
@@ -45,8 +45,7 @@ def pushed_manifest(docker_ref: str) -> dict[str, object]:
 
 
 def chunked(layer: dict[str, object]) -> bool:
-    annotations = layer.get("annotations")
-    return isinstance(annotations, dict) and any(k in annotations for k in TOC_DIGEST_ANNOTATIONS)
+    return Descriptor.from_json(layer, "layer").toc_digest is not None
 
 
 def layers_of(manifest: dict[str, object]) -> list[dict[str, object]]:

@@ -125,7 +125,6 @@ def test_an_update_fetches_the_changed_layer_whole_or_by_ranges(
         assert pulled_partially(target) == {False}
     ostree_fetched = update(registry, other_target, images, "ostree")
     assert sum(size for _, size in ostree_fetched) > FILES * FILE_BYTES
-    commits = {Sysroot.open(t).deployments()[0].checksum for t in (target, other_target)}
     if partial_pulls and _podman_major() >= 5:
         # containers-storage 1.57 (podman 5, Debian 13) makes each directory that a
         # partially pulled layer only implies (the sample image's /usr, /usr/bin, ...)
@@ -141,6 +140,7 @@ def test_an_update_fetches_the_changed_layer_whole_or_by_ranges(
             for path in differ
         ), {path: (ours[path], theirs[path]) for path in differ}
     else:
+        commits = {Sysroot.open(t).deployments()[0].checksum for t in (target, other_target)}
         assert len(commits) == 1
 
 
