@@ -106,6 +106,35 @@ def test_symlinks_and_directories_get_libostree_s_checksums(
     assert mtree.get_subdirs()["d"].get_metadata_checksum() == dirmeta
 
 
+def test_one_writer_writes_each_object_whole_whatever_it_wrote_before(
+    repo: OSTree.Repo, tmp_path: Path
+) -> None:
+    """Every object goes through the writer's one scratch file: a small object after a
+    large one must hold its own bytes only, and a file larger than memory takes the
+    open file's way (17 MiB)."""
+    writer = ObjectWriter(repo)
+    meta = FileMeta.of(0, 0, stat.S_IFREG | 0o644, {})
+    contents = [os.urandom(n) for n in (5 << 20, 10, 0, 600 << 10, 9, 3 << 20, 1, 17 << 20, 7)]
+    repo.prepare_transaction(None)
+    checksums = []
+    for data in contents:
+        if len(data) > 16 << 20:
+            path = tmp_path / "large"
+            path.write_bytes(data)
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                checksums.append(writer.regular_from_fd(meta, fd, len(data)))
+            finally:
+                os.close(fd)
+        else:
+            checksums.append(writer.regular_from_bytes(meta, data))
+    repo.commit_transaction(None)
+    for data, checksum in zip(contents, checksums, strict=True):
+        obj = tmp_path / "repo/objects" / checksum[:2] / f"{checksum[2:]}.file"
+        assert obj.read_bytes() == data
+        assert libostree_checksum(obj) == checksum
+
+
 def test_an_object_the_repo_has_is_never_replaced(repo: OSTree.Repo, tmp_path: Path) -> None:
     """The deployments hardlink the repo's objects: rewriting one must keep its inode."""
     writer = ObjectWriter(repo)
@@ -121,7 +150,7 @@ def test_an_object_the_repo_has_is_never_replaced(repo: OSTree.Repo, tmp_path: P
     assert obj.stat().st_ino == inode
 
 
-@pytest.mark.parametrize("size", [4096, 3 << 20], ids=["in-memory", "via-scratch"])
+@pytest.mark.parametrize("size", [4096, 17 << 20], ids=["in-memory", "via-scratch"])
 def test_a_rewrite_is_the_same_content_with_the_new_metadata(
     repo: OSTree.Repo, tmp_path: Path, size: int
 ) -> None:
