@@ -109,17 +109,18 @@ def test_symlinks_and_directories_get_libostree_s_checksums(
 def test_one_writer_writes_each_object_whole_whatever_it_wrote_before(
     repo: OSTree.Repo, tmp_path: Path
 ) -> None:
-    """A writer reuses what it made for one object (headers, xattrs) for the next: a
-    small object after a large one must hold its own bytes only, whether it came from
-    memory or from an open file (17 MiB)."""
+    """A writer keeps what it made for one object (headers, xattrs) for the next: each
+    object, large or small, from memory or from an open file (a file over 1 MiB is
+    streamed), holds its own bytes and nothing of the one before."""
     writer = ObjectWriter(repo)
     meta = FileMeta.of(0, 0, stat.S_IFREG | 0o644, {})
-    contents = [os.urandom(n) for n in (5 << 20, 10, 0, 600 << 10, 9, 3 << 20, 1, 17 << 20, 7)]
+    sizes = (5 << 20, 10, 0, 600 << 10, 9, 3 << 20, 1, 7, 2 << 20, 4)
+    contents = [os.urandom(n) for n in sizes]
     repo.prepare_transaction(None)
     checksums = []
-    for data in contents:
-        if len(data) > 16 << 20:
-            path = tmp_path / "large"
+    for index, data in enumerate(contents):
+        if index % 2:
+            path = tmp_path / f"file{index}"
             path.write_bytes(data)
             fd = os.open(path, os.O_RDONLY)
             try:
