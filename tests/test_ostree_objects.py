@@ -30,6 +30,15 @@ def libostree_checksum(path: Path) -> str:
     return str(OSTree.checksum_from_bytes(raw))
 
 
+def from_file(writer: ObjectWriter, meta: FileMeta, path: Path) -> str:
+    """`path`'s content written through `regular_from_fd`, as a diff directory's is."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return writer.regular_from_fd(meta, fd, path.stat().st_size)
+    finally:
+        os.close(fd)
+
+
 def meta_of(path: Path) -> FileMeta:
     st_ = path.lstat()
     xattrs = {
@@ -71,11 +80,7 @@ def test_regular_files_get_libostree_s_checksums(
     writer = ObjectWriter(repo)
     repo.prepare_transaction(None)
     from_bytes = writer.regular_from_bytes(meta, data)
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        from_fd = writer.regular_from_fd(meta, fd, len(data))
-    finally:
-        os.close(fd)
+    from_fd = from_file(writer, meta, path)
     repo.commit_transaction(None)
     assert from_bytes == from_fd == libostree_checksum(path)
     # What was written is what libostree reads back as that object.
@@ -122,11 +127,7 @@ def test_one_writer_writes_each_object_whole_whatever_it_wrote_before(
         if index % 2:
             path = tmp_path / f"file{index}"
             path.write_bytes(data)
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                checksums.append(writer.regular_from_fd(meta, fd, len(data)))
-            finally:
-                os.close(fd)
+            checksums.append(from_file(writer, meta, path))
         else:
             checksums.append(writer.regular_from_bytes(meta, data))
     repo.commit_transaction(None)
