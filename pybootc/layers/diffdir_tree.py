@@ -5,6 +5,10 @@ The diff directory is what containers-storage unpacked, so the layer rules were 
 there; it is read as diffdir.py reads it (whiteouts as 0:0 character devices or `.wh.`
 files, opaque directories by xattr or marker file), and overlayfs's own xattrs are left
 out of what the objects record. Names that share an inode are hashed once.
+
+The files are hashed and written on two threads (file_writers.py): reading and hashing
+release the GIL, and so does libostree while it writes, which allows several writers
+in one transaction.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import stat
 from pathlib import Path
 
 from pybootc.layers.diffdir import list_layer_directory
+from pybootc.layers.file_writers import FileWriters
 from pybootc.layers.special import is_image_xattr, placeholder
 from pybootc.layers.tree import (
     WHITEOUT,
@@ -37,10 +42,10 @@ def _meta(path: str, st: os.stat_result) -> FileMeta:
 
 
 class _DiffDirReader:
-    def __init__(self, objects: ObjectSink) -> None:
+    def __init__(self, objects: ObjectSink, files: FileWriters) -> None:
         self._objects = objects
-        self._inodes: dict[tuple[int, int], str] = {}
-        self.sources: list[tuple[str, str]] = []
+        self._files = files
+        self._inodes: dict[tuple[int, int], Leaf] = {}
         self.marked: set[str] = set()
 
     def directory(self, path: str, relative: str) -> tuple[FileMeta, dict[str, Entry], bool]:
@@ -59,7 +64,7 @@ class _DiffDirReader:
                 children[name] = finished_dir(self._objects, meta, grandchildren, opaque=opaque)
                 marked = marked or child in self.marked
             elif stat.S_ISREG(st.st_mode):
-                children[name] = Leaf(LeafKind.REGULAR, self._regular(entry.path, st))
+                children[name] = self._regular(entry.path, st)
             elif stat.S_ISLNK(st.st_mode):
                 target = os.readlink(entry.path)
                 children[name] = Leaf(
@@ -71,19 +76,14 @@ class _DiffDirReader:
             self.marked.add(relative)
         return _meta(path, os.lstat(path)), children, listing.opaque
 
-    def _regular(self, path: str, st: os.stat_result) -> str:
-        """The file's object; a file hardlinked within the layer is written once."""
+    def _regular(self, path: str, st: os.stat_result) -> Leaf:
+        """The file's leaf, its checksum filled in once the writers are done; a file
+        hardlinked within the layer is written once, and its names share the leaf."""
         key = (st.st_dev, st.st_ino)
-        checksum = self._inodes.get(key)
-        if checksum is None:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-            try:
-                checksum = self._objects.regular_from_fd(_meta(path, st), fd, st.st_size)
-            finally:
-                os.close(fd)
-            self._inodes[key] = checksum
-            self.sources.append((path, checksum))
-        return checksum
+        leaf = self._inodes.get(key)
+        if leaf is None:
+            leaf = self._inodes[key] = self._files.add(path, _meta(path, st), st.st_size)
+        return leaf
 
     def _placeholder(self, st: os.stat_result) -> Leaf:
         """A device node, FIFO or socket, as the ostree store keeps one."""
@@ -95,7 +95,9 @@ class _DiffDirReader:
 def read_diff_dir(diff_dir: Path, objects: ObjectSink) -> LayerRead:
     """Read a containers-storage diff directory into a layer tree, writing its content
     to `objects`."""
-    reader = _DiffDirReader(objects)
-    meta, children, opaque = reader.directory(str(diff_dir), "")
-    tree = finished_dir(objects, meta, children, opaque=opaque)
-    return LayerRead(tree, reader.marked, tuple(reader.sources))
+    with FileWriters(objects) as files:
+        reader = _DiffDirReader(objects, files)
+        meta, children, opaque = reader.directory(str(diff_dir), "")
+        tree = finished_dir(objects, meta, children, opaque=opaque)
+        sources = files.finish()
+    return LayerRead(tree, reader.marked, sources)
