@@ -14,8 +14,9 @@ import pytest
 from pybootc.errors import BootcError
 from pybootc.layers.file_writers import FileWriters
 from pybootc.layers.tree import FileMeta
-from pybootc.ostree.gi import Gio, OSTree
+from pybootc.ostree.gi import OSTree
 from pybootc.ostree.objects import ObjectWriter
+from tests.object_support import bare_repo, libostree_checksum
 
 pytestmark = pytest.mark.root  # owners as the files have them
 
@@ -24,9 +25,7 @@ META = FileMeta(0, 0, 0o100644)
 
 @pytest.fixture
 def repo(tmp_path: Path) -> OSTree.Repo:
-    created = OSTree.Repo.new(Gio.File.new_for_path(str(tmp_path / "repo")))
-    created.create(OSTree.RepoMode.BARE, None)
-    return created
+    return bare_repo(tmp_path / "repo")
 
 
 class Recording(ObjectWriter):
@@ -56,11 +55,6 @@ def files(tmp_path: Path, count: int) -> list[Path]:
         path.write_bytes(f"file {i}".encode() * (1 + i * 997 % 5000))
         made.append(path)
     return made
-
-
-def libostree_checksum(path: Path) -> str:
-    _, raw = OSTree.checksum_file(Gio.File.new_for_path(str(path)), OSTree.ObjectType.FILE, None)
-    return str(OSTree.checksum_from_bytes(raw))
 
 
 def test_both_threads_write_and_every_object_is_libostrees(

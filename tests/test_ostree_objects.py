@@ -14,20 +14,14 @@ from hypothesis import strategies as st
 from pybootc.layers.tree import FileMeta
 from pybootc.ostree.gi import Gio, OSTree
 from pybootc.ostree.objects import ObjectWriter
+from tests.object_support import bare_repo, libostree_checksum
 
 pytestmark = pytest.mark.root  # owners and trusted xattrs
 
 
 @pytest.fixture
 def repo(tmp_path: Path) -> OSTree.Repo:
-    created = OSTree.Repo.new(Gio.File.new_for_path(str(tmp_path / "repo")))
-    created.create(OSTree.RepoMode.BARE, None)
-    return created
-
-
-def libostree_checksum(path: Path) -> str:
-    _, raw = OSTree.checksum_file(Gio.File.new_for_path(str(path)), OSTree.ObjectType.FILE, None)
-    return str(OSTree.checksum_from_bytes(raw))
+    return bare_repo(tmp_path / "repo")
 
 
 def from_file(writer: ObjectWriter, meta: FileMeta, path: Path) -> str:

@@ -1,0 +1,19 @@
+"""A bare repo to write objects into, and libostree's own checksum of a file: what
+pybootc's object writes are checked against."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pybootc.ostree.gi import Gio, OSTree
+
+
+def bare_repo(path: Path) -> OSTree.Repo:
+    created = OSTree.Repo.new(Gio.File.new_for_path(str(path)))
+    created.create(OSTree.RepoMode.BARE, None)
+    return created
+
+
+def libostree_checksum(path: Path) -> str:
+    _, raw = OSTree.checksum_file(Gio.File.new_for_path(str(path)), OSTree.ObjectType.FILE, None)
+    return str(OSTree.checksum_from_bytes(raw))
