@@ -5,8 +5,8 @@ to libostree. All three run without the GIL (pread, OpenSSL's SHA-256 over more 
 2 KiB, and every libostree call through PyGObject), and libostree takes several writers
 in one transaction (its own pull writes objects from a pool of threads). So a helper
 thread writes the files the reader queues as it walks, and the reader joins in once
-its walk is done: after a pull, when the second core is free, that takes about a
-quarter off a layer's import.
+its walk is done: after a pull, when the second core is free, that takes about 30%
+off a layer's import.
 
 A thread, not a process: the objects go into the caller's transaction, which a second
 process could not write into.
