@@ -16,10 +16,11 @@ from hypothesis import HealthCheck, settings
 from pybootc.layers.listing import diff_listings, list_tree
 from pybootc.oci.imgref import ImageReference, OstreeImageReference, SignatureSource
 from pybootc.oci.metadata import fetch_image_metadata
-from pybootc.ostree.gi import Gio, OSTree
+from pybootc.ostree.gi import OSTree
 from pybootc.sample.ocibuild import Layer
 from pybootc.stores.layered import LayeredImage
 from pybootc.stores.ostree import import_layers
+from tests.object_support import new_bare_repo
 from tests.support import Oracle, Tree
 
 
@@ -27,8 +28,7 @@ from tests.support import Oracle, Tree
 def bare_repo(prefix: str) -> Iterator[tuple[OSTree.Repo, Path]]:
     """A new bare repo (no sysroot: nothing is deployed from it), and a work directory."""
     where = Path(tempfile.mkdtemp(prefix=prefix, dir="/var/tmp"))
-    created = OSTree.Repo.new(Gio.File.new_for_path(str(where / "repo")))
-    created.create(OSTree.RepoMode.BARE, None)
+    created = new_bare_repo(where / "repo")
     (where / "work").mkdir()
     try:
         yield created, where / "work"

@@ -8,7 +8,7 @@ from pathlib import Path
 from pybootc.ostree.gi import Gio, OSTree
 
 
-def bare_repo(path: Path) -> OSTree.Repo:
+def new_bare_repo(path: Path) -> OSTree.Repo:
     created = OSTree.Repo.new(Gio.File.new_for_path(str(path)))
     created.create(OSTree.RepoMode.BARE, None)
     return created

@@ -16,7 +16,7 @@ from pybootc.layers.file_writers import FileWriters
 from pybootc.layers.tree import FileMeta
 from pybootc.ostree.gi import OSTree
 from pybootc.ostree.objects import ObjectWriter
-from tests.object_support import bare_repo, libostree_checksum
+from tests.object_support import libostree_checksum, new_bare_repo
 
 pytestmark = pytest.mark.root  # owners as the files have them
 
@@ -25,7 +25,7 @@ META = FileMeta(0, 0, 0o100644)
 
 @pytest.fixture
 def repo(tmp_path: Path) -> OSTree.Repo:
-    return bare_repo(tmp_path / "repo")
+    return new_bare_repo(tmp_path / "repo")
 
 
 class Recording(ObjectWriter):

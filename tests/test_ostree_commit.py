@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from pybootc.errors import BootcError
 from pybootc.ostree.ext_format import image_ref_name, ref_escape, ref_unescape
-from pybootc.ostree.gi import Gio, GLib, OSTree
+from pybootc.ostree.gi import GLib, OSTree
 from pybootc.ostree.repo import (
     CommitInfo,
     commit_directory,
@@ -24,6 +24,7 @@ from pybootc.ostree.repo import (
     set_detached_metadata,
     set_ref,
 )
+from tests.object_support import new_bare_repo
 from tests.sysroot_support import write_bootable_tree
 
 SELINUX_POLICY = Path("/etc/selinux/default")
@@ -31,9 +32,7 @@ SELINUX_POLICY = Path("/etc/selinux/default")
 
 @pytest.fixture
 def repo(tmp_path: Path) -> OSTree.Repo:
-    repo = OSTree.Repo.new(Gio.File.new_for_path(str(tmp_path / "repo")))
-    repo.create(OSTree.RepoMode.BARE, None)
-    return repo
+    return new_bare_repo(tmp_path / "repo")
 
 
 def commit(

@@ -14,14 +14,14 @@ from hypothesis import strategies as st
 from pybootc.layers.tree import FileMeta
 from pybootc.ostree.gi import Gio, OSTree
 from pybootc.ostree.objects import ObjectWriter
-from tests.object_support import bare_repo, libostree_checksum
+from tests.object_support import libostree_checksum, new_bare_repo
 
 pytestmark = pytest.mark.root  # owners and trusted xattrs
 
 
 @pytest.fixture
 def repo(tmp_path: Path) -> OSTree.Repo:
-    return bare_repo(tmp_path / "repo")
+    return new_bare_repo(tmp_path / "repo")
 
 
 def from_file(writer: ObjectWriter, meta: FileMeta, path: Path) -> str:

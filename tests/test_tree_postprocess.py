@@ -25,7 +25,7 @@ from pybootc.layers.postprocess import postprocess_tree
 from pybootc.oci.imgref import ImageReference, OstreeImageReference, SignatureSource
 from pybootc.oci.metadata import fetch_image_metadata
 from pybootc.ostree.ext_format import image_ref_name
-from pybootc.ostree.gi import Gio, OSTree
+from pybootc.ostree.gi import OSTree
 from pybootc.ostree.repo import (
     CommitInfo,
     commit_directory,
@@ -49,6 +49,7 @@ from pybootc.sample.ocibuild import (
 )
 from pybootc.stores.layered import LayeredImage
 from pybootc.stores.ostree import import_layers
+from tests.object_support import new_bare_repo
 from tests.selinux_support import file_contexts, policy_layer, policy_type
 
 _INFO = CommitInfo("test", {}, 0)
@@ -254,8 +255,7 @@ def layout(tmp_path_factory: pytest.TempPathFactory) -> OciLayout:
 
 @pytest.fixture
 def repo(target: Path) -> Iterator[tuple[OSTree.Repo, Path]]:
-    created = OSTree.Repo.new(Gio.File.new_for_path(str(target / "repo")))
-    created.create(OSTree.RepoMode.BARE, None)
+    created = new_bare_repo(target / "repo")
     (target / "repo/tmp/work").mkdir()
     try:
         yield created, target / "repo/tmp/work"

@@ -53,7 +53,8 @@ class ObjectSink(Protocol):
         """A regular file holding `data`; its checksum."""
 
     def regular_from_fd(self, meta: FileMeta, fd: int, size: int) -> str:
-        """A regular file holding the first `size` bytes of the open file `fd`."""
+        """A regular file holding the first `size` bytes of the open file `fd`. Called
+        from two threads at once (file_writers.py)."""
 
     def symlink(self, meta: FileMeta, target: str) -> str:
         """A symlink to `target`."""

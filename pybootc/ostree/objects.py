@@ -58,7 +58,9 @@ def _file_info(meta: FileMeta, size: int, symlink_target: str | None = None) -> 
 
 
 class ObjectWriter:
-    """Writes objects into `repo`, inside a transaction the caller holds."""
+    """Writes objects into `repo`, inside a transaction the caller holds. Several
+    threads may write at once: libostree's writes allow it, and two threads that miss
+    in a cache at the same moment only store equal values."""
 
     def __init__(self, repo: OSTree.Repo) -> None:
         self.repo = repo
