@@ -14,8 +14,6 @@ from measure import Measurement, Sample, rounds
 from report import series_json
 from workloads import Workload
 
-BACKENDS = ("ostree", "container")
-
 
 def labelled_cost(
     env: p.Env,
@@ -47,7 +45,7 @@ def labelled_cost(
         }
 
     measurements: dict[str, Measurement] = {}
-    for backend in BACKENDS:
+    for backend in p.BACKENDS:
         measurements |= of_backend(backend)
     measurements["(b) install"] = fresh(
         lambda m: p.baseline_b(env, m, workload, "v1", labelled=True), baseline_fsck
@@ -99,7 +97,7 @@ def _lines(times: dict[str, dict[str, object]], runs: int) -> list[str]:
     ]
     # Each backend against the baseline it is made of, as in the fresh installs above.
     baselines = {"ostree": "(b)", "container": "(a)"}
-    for backend in BACKENDS:
+    for backend in p.BACKENDS:
         install, plain = t(f"{backend} install"), t(f"{backend} install, no policy")
         update, baseline = t(f"{backend} update"), baselines[backend]
         lines.append(

@@ -35,6 +35,7 @@ from pybootc.stores.bootc_storage import bootc_storage
 from tests.support import Registry
 
 BENCH_DIR = Path(__file__).resolve().parent
+BACKENDS = ("ostree", "container")
 _BLOB_GET = re.compile(r'"GET /v2/[^ ]*/blobs/(sha256:[0-9a-f]+) HTTP/[0-9.]+" (200|206) (\d+)')
 
 

@@ -19,7 +19,6 @@ from typing import Any
 import pipelines as p
 from measure import Sample
 
-BACKENDS = ("ostree", "container")
 # (what the report calls it, the file it is in, the function); none calls another.
 PHASES: tuple[tuple[str, str, str], ...] = (
     ("manifest and config", "pybootc/stores/pipeline.py", "prepare"),
@@ -108,7 +107,7 @@ def profile_runs(
     def update(backend: str) -> Callable[[Path], Sample]:
         return lambda mount: p.update(env, mount, repo, backend, layers)[0]
 
-    for backend in BACKENDS:
+    for backend in p.BACKENDS:
         runs[f"{backend} install"] = _profiled(env, install(backend))
         runs[f"{backend} update"] = _profiled(env, update(backend))
         say(f"  profiled {backend}: install and update")

@@ -19,7 +19,6 @@ from pybootc.errors import BootcError
 from tests.test_signatures import Signing, signing_setup
 from tests.toolbox import Toolbox
 
-BACKENDS = ("ostree", "container")
 POLICY_ENV = "CONTAINERS_POLICY_JSON"
 
 
@@ -81,7 +80,7 @@ def signature_cost(env: p.Env, runs: int, say: Callable[[str], None]) -> dict[st
         os.environ[POLICY_ENV] = str(_policy(signing))
         os.environ.update(signing.env)
         try:
-            for backend in BACKENDS:
+            for backend in p.BACKENDS:
                 medians = {}
                 for signed in (False, True):
                     seconds = sorted(

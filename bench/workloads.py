@@ -21,6 +21,7 @@ import json
 import os
 import shutil
 import tarfile
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,8 +32,9 @@ from layout_writer import WrittenLayer, open_plain_layer
 from pybootc import tools
 from tests.selinux_support import policy_files
 
-# Unpacked sizes of the three Debian images, in MB (of regular files). The kernel and
-# its initramfs alone are about 45 MB: the smallest image is twice that.
+# What the three Debian trees are trimmed to, in MB of regular files (their images are
+# smaller: the top layer deletes some). The kernel and its initramfs alone are about
+# 45 MB: the smallest tree is twice that.
 SIZES = {"S": 100, "M": 250, "L": 800}
 UPDATE_BYTES = 10 << 20
 LARGE_BYTES = 4 << 30
@@ -44,6 +46,8 @@ class Workload:
     name: str
     description: str
     layout: Path
+    # The v1 image's regular files, each inode once, as it unpacks: what the disk
+    # figures are a multiple of.
     unpacked_bytes: int
 
     def ref(self, tag: str = "v1") -> str:
@@ -131,17 +135,36 @@ def debian(size: str, cache: Path, work: Path, log: Callable[[str], None]) -> Wo
             base = rootfs.build_layout(tree, layout, "v1")
             rootfs.add_update(layout, "v2", base, UPDATE_BYTES)
             rootfs.build_layout(tree, layout, "other", rootfs.OTHER_SPLIT)
-            return {"unpacked_bytes": rootfs.unpacked_size(tree)}
+            return {}
         finally:
             shutil.rmtree(tree, ignore_errors=True)
 
-    layout, facts = _cached(cache, f"debian-{size}", f"{rootfs.RECIPE} {size}", build, log)
+    name = f"debian-{size}"
+    layout, facts = _cached(cache, name, f"{rootfs.RECIPE} {size}", build, log)
     return Workload(
-        f"debian-{size}",
-        f"Debian {rootfs.SUITE}, about {SIZES[size]} MB unpacked, 4 layers",
+        name,
+        f"Debian {rootfs.SUITE}, trimmed to about {SIZES[size]} MB of files, 4 layers",
         layout,
-        int(str(facts["unpacked_bytes"])),
+        _image_bytes(cache / name, facts, log),
     )
+
+
+def _image_bytes(home: Path, facts: dict[str, object], log: Callable[[str], None]) -> int:
+    """The unpacked size of the v1 image in `home`: its regular files, each inode once,
+    as `umoci raw unpack` lays the image out. Measured once, into the layout's facts.
+
+    Not the size of the tree the layers were made from: the top layer deletes some of
+    its files, as a build step does, and the image holds 6%, 9% and 16% fewer bytes than
+    its tree at S, M and L.
+    """
+    if "image_bytes" not in facts:
+        log(f"Unpacking {home.name}:v1 to measure its size")
+        with tempfile.TemporaryDirectory(dir=home) as scratch:
+            tree = Path(scratch) / "rootfs"
+            tools.run(["umoci", "raw", "unpack", "--image", f"{home / 'layout'}:v1", tree])
+            facts["image_bytes"] = rootfs.unpacked_size(tree)
+        (home / "facts.json").write_text(json.dumps(facts))
+    return int(str(facts["image_bytes"]))
 
 
 # libostree runs the deployment's own `semodule` (through bwrap) when it deploys a
@@ -184,8 +207,7 @@ def labelled(cache: Path, work: Path, log: Callable[[str], None]) -> Workload:
         files = {**policy, "usr/bin/semodule": (_semodule(work), 0o755)}
         layer = rootfs.add_files(layout, "v1", base, files)
         rootfs.add_update(layout, "v2", [*base, layer], UPDATE_BYTES)
-        added = sum(len(data) for data, _ in files.values())
-        return {"unpacked_bytes": plain.unpacked_bytes + added}
+        return {}
 
     name = "debian-M-labelled"
     layout, facts = _cached(cache, name, f"{rootfs.RECIPE} M labelled-1 {recipe}", build, log)
@@ -193,7 +215,7 @@ def labelled(cache: Path, work: Path, log: Callable[[str], None]) -> Workload:
         name,
         f"{plain.description}, and the host's SELinux policy in a fifth",
         layout,
-        int(str(facts["unpacked_bytes"])),
+        _image_bytes(cache / name, facts, log),
     )
 
 
