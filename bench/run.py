@@ -254,10 +254,6 @@ def measure_again(parts: Sequence[str], sizes: Sequence[str], runs: int, console
         with running_registry() as registry:
             results["disk"] = disk_figures(p.Env(registry, RAM), sizes, console.print)
         again["disk"] = time.strftime("%Y-%m-%dT%H:%M:%S")
-    # What each size's image unpacks to is a fact of the workload, not a measurement:
-    # kept up to date for every size whatever was measured again.
-    for each, found in results["sizes"].items():
-        found["unpacked_bytes"] = debian(each, CACHE, WORK, console.print).unpacked_bytes
     results["fsck"] = {
         "checked": results["fsck"]["checked"] + p.FSCK.checked,
         "failed": results["fsck"]["failed"] + p.FSCK.failed,
