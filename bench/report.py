@@ -237,7 +237,8 @@ def _disk_parts(disk: Mapping[str, Any]) -> list[str]:
         "",
         f"The file objects hold {some['file_bytes'] / MB:.0f} MB of data, the image's files "
         f"{disk['unpacked_bytes'] / MB:.0f} MB: the {shadowed / MB:.0f} MB between them are the "
-        "lower layers' versions of the files a higher layer deletes or rewrites. Every store "
+        "lower layers' versions of the files a higher layer deletes or rewrites (less what "
+        "the repo saves by storing equal files once). Every store "
         "that keeps an image's layers keeps them (containers-storage alone does), and the "
         "layer commits that let an update fetch and write only its new layers are such a "
         "store. The other objects are the layer commits' and the image's directory trees, "

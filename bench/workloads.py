@@ -163,7 +163,9 @@ def _image_bytes(home: Path, facts: dict[str, object], log: Callable[[str], None
             tree = Path(scratch) / "rootfs"
             tools.run(["umoci", "raw", "unpack", "--image", f"{home / 'layout'}:v1", tree])
             facts["image_bytes"] = rootfs.unpacked_size(tree)
-        (home / "facts.json").write_text(json.dumps(facts))
+        # Whole or not at all: a facts.json cut short would stop every later run.
+        (home / "facts.json.new").write_text(json.dumps(facts))
+        (home / "facts.json.new").replace(home / "facts.json")
     return int(str(facts["image_bytes"]))
 
 
