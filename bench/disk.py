@@ -104,19 +104,21 @@ def _container_parts(env: p.Env, fs: FsKind, repo: str) -> dict[str, int]:
         p.retag(env, repo, "v1", "stream")
         p.install(env, mount, env.image(repo, "stream"), "container")
         sysroot = mount / "sysroot"
-        parts = {"install": _settled_used(mount) - empty}
-        parts.update(_objects(sysroot / "ostree/repo/objects"))
-        before = _settled_used(mount)
+        installed = _settled_used(mount)
+        parts = {"install": installed - empty, **_objects(sysroot / "ostree/repo/objects")}
         p.reset_storage(sysroot)
         tools.run(["rm", "-rf", sysroot / "ostree/bootc/storage"])
-        parts["storage_own"] = before - _settled_used(mount)
-        before = _settled_used(mount)
+        without_storage = _settled_used(mount)
         deployments = sysroot / "ostree/deploy/default/deploy"
         tools.run(["chattr", "-R", "-i", deployments], check=False)
         tools.run(["rm", "-rf", deployments, sysroot / "boot/ostree"])
-        parts["deployment_own"] = before - _settled_used(mount)
-        parts["repo"] = _settled_used(mount) - empty
-    return parts
+        repo_alone = _settled_used(mount)
+    return {
+        **parts,
+        "storage_own": installed - without_storage,
+        "deployment_own": without_storage - repo_alone,
+        "repo": repo_alone - empty,
+    }
 
 
 def _objects(objects: Path) -> dict[str, int]:

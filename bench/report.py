@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import platform
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -159,9 +159,8 @@ def _disk_rows(disk: Mapping[str, Any]) -> tuple[list[str], list[str]]:
     for fs, per_fs in _filesystems(disk).items():
         baselines = {"unpacked": "the image unpacked", "storage_alone": "containers-storage alone"}
         for key, what in baselines.items():
-            if key in per_fs:
-                rows.append(f"| {fs} | {what} | {per_fs[key] / MB:.0f} | "
-                            f"{per_fs[key] / unpacked:.2f} | | |")  # fmt: skip
+            rows.append(f"| {fs} | {what} | {per_fs[key] / MB:.0f} | "
+                        f"{per_fs[key] / unpacked:.2f} | | |")  # fmt: skip
         for backend in ("ostree", "container"):
             used = per_fs[backend]
             ratio = used["install"] / unpacked
@@ -183,20 +182,16 @@ def _filesystems(disk: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
     return {fs: per_fs for fs, per_fs in disk.items() if isinstance(per_fs, dict)}
 
 
-def _dig(figures: Mapping[str, Any], path: tuple[str, ...]) -> int:
-    """The figure at `path` in nested `figures`; 0 where there is none."""
-    found: Any = figures
-    for key in path:
-        found = found.get(key, 0) if isinstance(found, Mapping) else 0
-    return int(found)
+def _shadowed(per_fs: Mapping[str, Any], unpacked: int) -> int:
+    """Bytes of the repo's file objects beyond the image's own files: the lower layers'
+    versions of files a higher layer deletes or rewrites."""
+    return int(per_fs["container_parts"]["file_bytes"]) - unpacked
 
 
 def _disk_why(per_fs: Mapping[str, Any], unpacked: int) -> str:
     """In words, what a filesystem's baselines and parts say of the container backend's
     figure."""
-    if "unpacked" not in per_fs:
-        return ""
-    shadowed = per_fs["container_parts"]["file_bytes"] - unpacked
+    shadowed = _shadowed(per_fs, unpacked)
     return (
         f"On this filesystem the image unpacked alone takes {per_fs['unpacked'] / unpacked:.2f}×, "
         f"and in containers-storage alone {per_fs['storage_alone'] / unpacked:.2f}×: the lower "
@@ -207,11 +202,7 @@ def _disk_why(per_fs: Mapping[str, Any], unpacked: int) -> str:
 
 def _disk_parts(disk: Mapping[str, Any]) -> list[str]:
     """Where the container backend's disk goes, per filesystem."""
-    parts = {
-        fs: f["container_parts"] for fs, f in _filesystems(disk).items() if "container_parts" in f
-    }
-    if not parts:
-        return []
+    per_fs = _filesystems(disk)
     lines = [
         "",
         "### Where the container backend's disk goes, after the install",
@@ -224,18 +215,19 @@ def _disk_parts(disk: Mapping[str, Any]) -> list[str]:
         "| repo MB | repo: file objects, data MB / blocks MB | repo: other objects, count / MB |",
         "|---|---|---|---|---|---|---|",
     ]
-    for fs, p in parts.items():
+    for fs, p in ((fs, f["container_parts"]) for fs, f in per_fs.items()):
         lines.append(
             f"| {fs} | {p['install'] / MB:.1f} | {p['storage_own'] / MB:.1f} | "
             f"{p['deployment_own'] / MB:.1f} | {p['repo'] / MB:.1f} | "
             f"{p['file_bytes'] / MB:.1f} / {p['file_blocks'] / MB:.1f} | "
             f"{p['other_count']:,} / {p['other_blocks'] / MB:.1f} |"
         )
-    some = next(iter(parts.values()))
-    shadowed = some["file_bytes"] - disk["unpacked_bytes"]
+    some = next(iter(per_fs.values()))
+    shadowed = _shadowed(some, disk["unpacked_bytes"])
     lines += [
         "",
-        f"The file objects hold {some['file_bytes'] / MB:.0f} MB of data, the image's files "
+        f"The file objects hold {some['container_parts']['file_bytes'] / MB:.0f} MB of data, "
+        "the image's files "
         f"{disk['unpacked_bytes'] / MB:.0f} MB: the {shadowed / MB:.0f} MB between them are the "
         "lower layers' versions of the files a higher layer deletes or rewrites (less what "
         "the repo saves by storing equal files once). Every store "
@@ -455,18 +447,16 @@ def chart(results: Mapping[str, Any], out: Path) -> None:
         per_fs = _filesystems(disk)
         fss = list(per_fs)
         ax = axes[0][1]
-        # Each bar: where in a filesystem's figures it is (the baselines may be missing
-        # from results of before they were measured).
-        bars = {
-            "the image unpacked": ("unpacked",),
-            "containers-storage alone": ("storage_alone",),
-            "ostree backend, after install": ("ostree", "install"),
-            "container backend, after install": ("container", "install"),
+        bars: dict[str, Callable[[Mapping[str, Any]], int]] = {
+            "the image unpacked": lambda f: f["unpacked"],
+            "containers-storage alone": lambda f: f["storage_alone"],
+            "ostree backend, after install": lambda f: f["ostree"]["install"],
+            "container backend, after install": lambda f: f["container"]["install"],
         }
         width = 0.8 / len(bars)
-        for index, (label, path) in enumerate(bars.items()):
+        for index, (label, used) in enumerate(bars.items()):
             xs = [n + index * width for n in range(len(fss))]
-            heights = [_dig(per_fs[fs], path) / disk["unpacked_bytes"] for fs in fss]
+            heights = [used(per_fs[fs]) / disk["unpacked_bytes"] for fs in fss]
             ax.bar(xs, heights, width, label=label)
         ax.axhline(
             1.1,
