@@ -359,6 +359,28 @@ def test_a_signed_image_under_a_policy_that_accepts_anything_is_refused(
     assert ok(same) == "Image specification is unchanged.\n"
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_switching_only_how_an_image_is_verified_keeps_its_ref(
+    signing: Signing, policy: Path, target: Path, backend: str
+) -> None:
+    """The image's ref is named by transport and name alone: the switch that starts
+    verifying the image it runs must not drop the ref its own import has just set."""
+    repo = repo_for(signing, backend, "e")
+    signing.push("1.0", repo, "v1", sign_by="trusted")
+    unverified = f"ostree-unverified-registry:{signing.registry.address}/{repo}:v1"
+    install(signing, target, unverified, backend)
+
+    def image_refs() -> list[str]:
+        return re.findall(r"'(ostree/container/image/[^']+)'", signing.toolbox.state(target))
+
+    (ref,) = image_refs()
+    ok(bootc(signing, "switch", signed_ref(signing, repo, "v1"), sysroot=target))
+    assert image_refs() == [ref]
+    listed = json.loads(ok(bootc(signing, "image", "list", "--format", "json", sysroot=target)))
+    hosts = [image["image"] for image in listed if image["image_type"] == "host"]
+    assert hosts == [f"docker://{signing.registry.address}/{repo}:v1"]
+
+
 @pytest.mark.parametrize("signing", ["sigstore"], indirect=True)
 def test_this_hosts_skopeo_verifies_a_sigstore_signature_or_refuses_the_image(
     signing: Signing, tmp_path: Path, monkeypatch: pytest.MonkeyPatch

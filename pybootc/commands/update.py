@@ -59,13 +59,16 @@ def switch(
         auth = registry_auth(sysroot, current)
         prepared = prepare_target(sysroot, origin, auth, current)
         stateroot = current.stateroot if current else DEFAULT_STATEROOT
-        drop = not retain and current_image is not None and current_image.imgref != target
+        # The ref is the image's by transport and name alone: a switch that changes
+        # only how the image is verified keeps it, since the import has just set it.
+        left = image_ref(current_image.imgref.imgref) if current_image else None
+        drop = not retain and left != image_ref(target.imgref)
         pulled = deploy_prepared(
             sysroot,
             prepared,
             stateroot=stateroot,
             auth=auth,
-            drop_ref=image_ref(current_image.imgref.imgref) if drop and current_image else None,
+            drop_ref=left if drop else None,
             progress=progress,
         )
     return queued(target, pulled)
