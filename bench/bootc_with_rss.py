@@ -1,8 +1,7 @@
 """`bootc`, as the benchmark runs it: the same CLI, plus this process's own peak RSS.
 
-wait4 reports the largest process of a tree, which can be skopeo (and, as exec keeps
-the high-water mark of the process that spawned it, no less than the benchmark's own);
-the line this adds to stderr is the Python process alone, since its exec. With
+The tree's peak that measure.py takes is its largest process, which can be skopeo; the
+line this adds to stderr is the Python process alone, since its exec. With
 BENCH_CPROFILE=FILE the run is also profiled (main thread only) into FILE.
 """
 

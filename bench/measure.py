@@ -2,6 +2,12 @@
 
 pybootc.tools.run cannot hand back rusage, so commands are spawned here; a
 failure still becomes a BootcError with the tool's own reason.
+
+The peak RSS of a command's tree is taken by GNU time, which forks the command from
+its own small address space. Spawned straight from here, a command would carry the
+benchmark's peak instead: exec folds the high-water mark of the address space it
+replaces into the process's ru_maxrss, and a vfork'd child's is this process's (which
+has held whole workloads while building them).
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ class Sample:
     seconds: float
     # User plus system time of the command and every descendant it reaped.
     cpu_seconds: float
-    # Largest single process in the tree: wait4 folds in every reaped descendant's peak.
+    # Largest single process in the command's tree (GNU time's %M).
     tree_rss_kib: int
     self_rss_kib: int | None
     stdout: str
@@ -43,9 +49,17 @@ class Sample:
         )
 
 
+# What GNU time writes: the largest resident set of the command and its descendants.
+_TIME = ("/usr/bin/time", "--quiet", "--format=%M")
+
+
 def run_measured(cmd: Sequence[str | Path], env: Mapping[str, str] | None = None) -> Sample:
     argv = [os.fspath(arg) for arg in cmd]
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+    with (
+        tempfile.TemporaryFile() as out,
+        tempfile.TemporaryFile() as err,
+        tempfile.NamedTemporaryFile() as peak,
+    ):
         actions = [
             (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
             (os.POSIX_SPAWN_DUP2, out.fileno(), 1),
@@ -53,13 +67,16 @@ def run_measured(cmd: Sequence[str | Path], env: Mapping[str, str] | None = None
         ]
         start = time.perf_counter()
         environ = {**os.environ, **(env or {})}
-        pid = os.posix_spawnp(argv[0], argv, environ, file_actions=actions)
+        timed = [*_TIME, f"--output={peak.name}", *argv]
+        pid = os.posix_spawn(timed[0], timed, environ, file_actions=actions)
+        # The CPU times are time's, which include those of the tree it reaped.
         _, status, usage = os.wait4(pid, 0)
         seconds = time.perf_counter() - start
         out.seek(0)
         err.seek(0)
         stdout = out.read().decode(errors="replace")
         stderr = err.read().decode(errors="replace")
+        told_peak = Path(peak.name).read_text()
     code = os.waitstatus_to_exitcode(status)
     if code != 0:
         # Not the RSS line bootc_with_rss.py adds last: the command's own error.
@@ -71,7 +88,7 @@ def run_measured(cmd: Sequence[str | Path], env: Mapping[str, str] | None = None
         if line.startswith(SELF_RSS_TAG):
             self_rss = int(line.split()[1])
     cpu = usage.ru_utime + usage.ru_stime
-    return Sample(seconds, cpu, usage.ru_maxrss, self_rss, stdout)
+    return Sample(seconds, cpu, int(told_peak), self_rss, stdout)
 
 
 @dataclass(frozen=True)
