@@ -122,6 +122,27 @@ def test_bad_targets_are_refused_and_left_alone(
     )
 
 
+@pytest.mark.parametrize(
+    ("extra", "tag", "message"),
+    [
+        (["--stateroot", "a/b"], "v1", "error: Invalid stateroot name: 'a/b'"),
+        (["--karg", 'a="b'], "v1", "error: Invalid kernel argument 'a=\"b' from --karg"),
+        ([], "nosuch", "error: Fetching manifest of oci:"),
+    ],
+)
+def test_what_only_the_install_would_find_is_refused_before_the_disk_is_written(
+    layout: OciLayout, tmp_path: Path, extra: list[str], tag: str, message: str
+) -> None:
+    """The image, the stateroot and the kargs are checked before the disk is
+    partitioned: a retry with them put right needs no --wipe."""
+    disk = disk_file(tmp_path / "disk.img")
+    before = digest(disk)
+    argv = ["install", "to-disk", "--via-loopback", *extra, "--source-imgref"]
+    line = one_error_line(bootc(*argv, layout.ref(tag), str(disk)))
+    assert line.startswith(message), line
+    assert digest(disk) == before
+
+
 def test_target_imgref_is_what_the_installed_system_follows(
     layout: OciLayout, target: Path
 ) -> None:

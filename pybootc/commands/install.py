@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from pybootc import tools
@@ -20,12 +21,19 @@ from pybootc.commands.deploy import (
 )
 from pybootc.commands.report import Report, queued
 from pybootc.errors import BootcError, error_context
+from pybootc.oci.auth import RegistryAuth
 from pybootc.oci.imgref import OstreeImageReference
 from pybootc.ostree.kargs import checked
 from pybootc.ostree.origin import OriginImage
-from pybootc.ostree.sysroot import Sysroot, initialize, unlock_deployment_roots
+from pybootc.ostree.sysroot import (
+    Sysroot,
+    check_stateroot_name,
+    initialize,
+    unlock_deployment_roots,
+)
 from pybootc.progress import NO_PROGRESS, Progress
 from pybootc.stores import Backend
+from pybootc.stores.pipeline import Prepared
 from pybootc.stores.registry import all_stores
 
 log = logging.getLogger(__name__)
@@ -80,6 +88,45 @@ def _empty_again(path: Path) -> None:
         raise BootcError(f"Emptying {path} again: {err}") from None
 
 
+@dataclass(frozen=True)
+class InstallPlan:
+    """An install, checked whole before anything is written: the image (manifest,
+    config, architecture, signatures), the stateroot's name and every kernel argument
+    but those of the root filesystem, which only writing it makes."""
+
+    prepared: Prepared
+    auth: RegistryAuth
+    stateroot: str
+    config_kargs: tuple[str, ...]
+    cli_kargs: tuple[str, ...]
+    karg_deletes: tuple[str, ...]
+
+
+def plan_install(
+    where: Path,
+    source: OstreeImageReference,
+    *,
+    backend: Backend,
+    stateroot: str | None,
+    kargs: Sequence[str],
+    decryption_key: Path | None,
+) -> InstallPlan:
+    """Check an install of `source` into the empty filesystem at `where` (which holds
+    no store yet, whatever it is). The install configuration of the root bootc runs
+    in adds its kargs and names the stateroot, unless `stateroot` does."""
+    config = install_config.load(Path("/")) or {}
+    config_kargs = tuple(checked("the install configuration", config.get("kargs", ())))
+    cli_kargs = tuple(checked("--karg", kargs))
+    deletes = tuple(checked("the install configuration", config.get("karg-deletes", ())))
+    stateroot = stateroot or config.get("stateroot") or DEFAULT_STATEROOT
+    check_stateroot_name(stateroot)
+    origin = OriginImage(source, backend, decryption_key)
+    # The installer's own credentials, as upstream's install uses.
+    auth = registry_auth(None, None)
+    prepared = prepare_target(where, origin, auth, None)
+    return InstallPlan(prepared, auth, stateroot, config_kargs, cli_kargs, deletes)
+
+
 def install_to_filesystem(
     path: Path,
     source: OstreeImageReference,
@@ -88,46 +135,57 @@ def install_to_filesystem(
     backend: Backend = Backend.OSTREE,
     stateroot: str | None = None,
     kargs: Sequence[str] = (),
-    root_kargs: Sequence[str] = (),
     disable_selinux: bool = False,
     decryption_key: Path | None = None,
     progress: Progress = NO_PROGRESS,
 ) -> Report:
-    """Install the image into the empty filesystem at `path`. `root_kargs` say how to
-    find the root (install to-disk's `root=UUID=`); `kargs` are --karg's. The install
-    configuration of the root bootc runs in adds its kargs after the root ones and
-    names the stateroot, unless `stateroot` does."""
-    config = install_config.load(Path("/")) or {}
-    install = InstallKargs(
-        tuple(
-            checked("the root filesystem", root_kargs)
-            + checked("the install configuration", config.get("kargs", ()))
-        ),
-        tuple(checked("--karg", kargs)),
-        tuple(checked("the install configuration", config.get("karg-deletes", ()))),
-    )
-    if stateroot is None:
-        stateroot = config.get("stateroot") or DEFAULT_STATEROOT
+    """Install the image into the empty filesystem at `path`; `kargs` are --karg's."""
     _check_empty_target(path)
-    origin = OriginImage(source, backend, decryption_key)
-    # The installer's own credentials, as upstream's install uses.
-    auth = registry_auth(None, None)
-    # Refuse a missing image or another architecture before anything is written.
-    prepared = prepare_target(path, origin, auth, None)
+    plan = plan_install(
+        path,
+        source,
+        backend=backend,
+        stateroot=stateroot,
+        kargs=kargs,
+        decryption_key=decryption_key,
+    )
+    return install_planned(
+        path, plan, target_imgref=target_imgref, disable_selinux=disable_selinux, progress=progress
+    )
+
+
+def install_planned(
+    path: Path,
+    plan: InstallPlan,
+    *,
+    root_kargs: Sequence[str] = (),
+    target_imgref: OstreeImageReference | None = None,
+    disable_selinux: bool = False,
+    progress: Progress = NO_PROGRESS,
+) -> Report:
+    """Carry out `plan` in the empty filesystem at `path`. `root_kargs` say how to find
+    the root (install to-disk's `root=UUID=`); the install configuration's come after
+    them."""
+    install = InstallKargs(
+        tuple(checked("the root filesystem", root_kargs)) + plan.config_kargs,
+        plan.cli_kargs,
+        plan.karg_deletes,
+    )
+    origin = plan.prepared.target
     try:
         with error_context(f"Installing to {path}"):
             (path / INSTALL_INCOMPLETE).touch()
-            initialize(path, stateroot)
+            initialize(path, plan.stateroot)
             sysroot = Sysroot.open(path)
             with sysroot.lock():
                 pulled = deploy_prepared(
                     sysroot,
-                    prepared,
-                    stateroot=stateroot,
-                    auth=auth,
+                    plan.prepared,
+                    stateroot=plan.stateroot,
+                    auth=plan.auth,
                     install=install,
                     disable_selinux=disable_selinux,
-                    follow=OriginImage(target_imgref, backend, origin.decryption_key)
+                    follow=OriginImage(target_imgref, origin.backend, origin.decryption_key)
                     if target_imgref is not None
                     else None,
                     progress=progress,
@@ -136,4 +194,4 @@ def install_to_filesystem(
     except BaseException:
         _empty_again(path)
         raise
-    return queued(target_imgref or source, pulled)
+    return queued(target_imgref or origin.imgref, pulled)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from pybootc import tools
 from pybootc.commands import install_config
-from pybootc.commands.install import install_to_filesystem
+from pybootc.commands.install import install_planned, plan_install
 from pybootc.commands.report import Report
 from pybootc.errors import BootcError, error_context
 from pybootc.oci.imgref import OstreeImageReference
@@ -118,9 +118,19 @@ def install_to_disk(
     filesystem = filesystem or (install_config.load(Path("/")) or {}).get("root-fs-type") or "ext4"
     if filesystem not in FILESYSTEMS:
         raise BootcError(f"Unsupported filesystem {filesystem}; pybootc makes {FILESYSTEMS[0]}")
-    # Refused before the disk is partitioned, not only once install_to_filesystem sees them.
-    checked("--karg", kargs)
+    checked("--karg", kargs)  # what the command line says is wrong, before the device
     _check_device(device, via_loopback=via_loopback, wipe=wipe)
+    # The image and the stateroot are refused before the disk is partitioned too. The
+    # filesystem made there is empty: checked at the device's path, no store has any
+    # layer, as none will have.
+    plan = plan_install(
+        device,
+        source,
+        backend=backend,
+        stateroot=stateroot,
+        kargs=kargs,
+        decryption_key=decryption_key,
+    )
     with error_context(f"Installing to disk {device}"):
         offset, size = _partition(device)
         with _loop_device(device, offset, size) as partition:
@@ -128,15 +138,11 @@ def install_to_disk(
             uuid = tools.run(["blkid", "-p", "-s", "UUID", "-o", "value", partition]).stdout
             root = f"root=UUID={uuid.decode().strip()}"
             with _mounted(partition) as mountpoint:
-                return install_to_filesystem(
+                return install_planned(
                     mountpoint,
-                    source,
-                    target_imgref=target_imgref,
-                    backend=backend,
-                    stateroot=stateroot,
-                    kargs=kargs,
+                    plan,
                     root_kargs=[root, "rw"],
+                    target_imgref=target_imgref,
                     disable_selinux=disable_selinux,
-                    decryption_key=decryption_key,
                     progress=progress,
                 )

@@ -55,7 +55,7 @@ class CleanupResult:
     bytes_freed: int
 
 
-def _check_stateroot_name(stateroot: str) -> None:
+def check_stateroot_name(stateroot: str) -> None:
     if not stateroot or "/" in stateroot or stateroot in {".", ".."} or "\0" in stateroot:
         raise BootcError(f"Invalid stateroot name: {stateroot!r}")
 
@@ -66,7 +66,7 @@ def initialize(path: Path, stateroot: str) -> None:
 
     It never touches an existing sysroot: one already at `path` is an error.
     """
-    _check_stateroot_name(stateroot)
+    check_stateroot_name(stateroot)
     if not path.is_dir():
         raise BootcError(f"{path} is not a directory")
     if (path / "ostree").exists():
@@ -294,7 +294,7 @@ class Sysroot:
         stateroots' deployments are kept regardless). `lock_finalization` keeps a staged
         deployment from being finalized at shutdown until `set_finalization` says so.
         """
-        _check_stateroot_name(stateroot)
+        check_stateroot_name(stateroot)
         if not (self.path / "ostree/deploy" / stateroot).is_dir():
             raise BootcError(f"Sysroot {self.path} has no stateroot {stateroot}")
         argv = None if kargs is None else list(kargs)
