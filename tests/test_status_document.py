@@ -126,6 +126,20 @@ def test_an_origin_with_rpm_ostree_changes_is_incompatible_and_not_upgraded(
         assert state(target) == before
 
 
+def test_an_origin_naming_an_unknown_backend_is_one_error(target: Path, layout: OciLayout) -> None:
+    staged = installed(target, layout).status.staged
+    assert staged and staged.ostree
+    origin = target / f"ostree/deploy/default/deploy/{staged.ostree.checksum}.0.origin"
+    origin.write_text(origin.read_text().replace("backend=ostree", "backend=Container"))
+    before = state(target)
+    for argv in (("status",), ("upgrade",), ("switch", layout.ref("v1"))):
+        line = one_error_line(bootc(*argv, sysroot=target))
+        assert line.endswith(
+            "Unknown backend 'Container' in [pybootc] (known: ostree, container)"
+        ), line
+        assert state(target) == before
+
+
 def test_a_plain_commit_is_an_ostree_container_deployment_but_no_bootc_host(
     target: Path, layout: OciLayout, tmp_path: Path
 ) -> None:

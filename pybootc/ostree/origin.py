@@ -50,7 +50,14 @@ class OriginImage:
             return None
         ours = origin.get(PYBOOTC_GROUP, {})
         # Deployments upstream bootc made carry no backend: they are ostree ones.
-        backend = Backend(ours.get(BACKEND_KEY, Backend.OSTREE.value))
+        named = ours.get(BACKEND_KEY, Backend.OSTREE.value)
+        try:
+            backend = Backend(named)
+        except ValueError:
+            known = ", ".join(b.value for b in Backend)
+            raise BootcError(
+                f"Unknown backend {named!r} in [{PYBOOTC_GROUP}] (known: {known})"
+            ) from None
         key = ours.get(DECRYPTION_KEY_KEY)
         return cls(OstreeImageReference.parse(text), backend, Path(key) if key else None)
 
