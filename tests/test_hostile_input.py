@@ -171,6 +171,19 @@ def test_yaml_that_does_not_parse_is_one_error_line(installed: Path, tmp_path: P
     assert state(installed) == before
 
 
+def test_a_document_nested_too_deep_is_one_error_line(installed: Path, tmp_path: Path) -> None:
+    # PyYAML and Python's JSON parser recurse into nested collections.
+    document = tmp_path / "host.yaml"
+    for text in ("[" * 5000, '{"spec":' * 5000):
+        document.write_text(text)
+        before = state(installed)
+        line = assert_one_line_or_quiet(
+            run("--sysroot", str(installed), "edit", "-f", str(document)), exit=1
+        )
+        assert line == "error: Invalid host document: it nests too deeply"
+        assert state(installed) == before
+
+
 def test_a_missing_editor_is_named(installed: Path) -> None:
     env = {"EDITOR": "/nonexistent/editor --wait"}
     before = state(installed)

@@ -109,6 +109,8 @@ BAD_FILES = {
     "missing-kargs": ('match-architectures = ["x86_64"]\n', "missing field 'kargs'"),
     "not-strings": ("kargs = [1]\n", "'kargs' must be a list of strings"),
     "not-toml": ("kargs = [\n", "Parsing usr/lib/bootc/kargs.d/50-bad.toml: "),
+    # Python's TOML parser recurses into nested arrays.
+    "too-deep": ("kargs = " + "[" * 5000 + "]" * 5000 + "\n", "it nests too deeply"),
 }
 
 

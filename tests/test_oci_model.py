@@ -104,6 +104,10 @@ def test_descriptors_are_hashable_values() -> None:
         (b"{", "Invalid image manifest: not JSON"),
         (b"[]", "Invalid image manifest: expected a JSON object"),
         (
+            b'{"layers": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+            "Invalid image manifest: it nests too deeply",
+        ),
+        (
             encode({"schemaVersion": 2, "manifests": []}),
             "Expected an image manifest, found an image index"
             " (application/vnd.oci.image.index.v1+json)",

@@ -71,6 +71,8 @@ def _apply(config: dict[str, Any], path: Path, text: str) -> bool:
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise BootcError(f"Parsing {path}: {err}") from None
+    except RecursionError:
+        raise BootcError(f"Parsing {path}: it nests too deeply") from None
     install = document.get("install")
     if install is None:
         return False

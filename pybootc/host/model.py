@@ -516,6 +516,8 @@ class Host:
             data = json.loads(text)
         except json.JSONDecodeError as err:
             raise BootcError(f"Invalid host document: {err}") from None
+        except RecursionError:
+            raise BootcError("Invalid host document: it nests too deeply") from None
         return cls.from_json_dict(data)
 
     def to_yaml(self) -> str:

@@ -145,3 +145,7 @@ def load_yaml(text: str) -> object:
             where = f"line {mark.line + 1}, column {mark.column + 1}"
             raise BootcError(f"Invalid host document: {problem} at {where}") from None
         raise BootcError(f"Invalid host document: {' '.join(str(err).split())}") from None
+    except RecursionError:
+        # PyYAML composes nested collections recursively; a host document is a few
+        # levels deep, and serde_yaml refuses deep ones too (its recursion limit).
+        raise BootcError("Invalid host document: it nests too deeply") from None

@@ -100,7 +100,7 @@ def _is_index(raw: bytes) -> bool:
     no JSON, is for skopeo to judge and to say what is wrong with it."""
     try:
         document = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):
         return False
     return isinstance(document, dict) and (
         document.get("mediaType") in INDEX_MEDIA_TYPES or "manifests" in document

@@ -116,6 +116,8 @@ def _parse_json_object(raw: bytes, what: str) -> Mapping[str, object]:
         value = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise BootcError(f"Invalid {what}: not JSON: {err}") from None
+    except RecursionError:
+        raise BootcError(f"Invalid {what}: it nests too deeply") from None
     if not isinstance(value, dict):
         raise BootcError(f"Invalid {what}: expected a JSON object")
     return value

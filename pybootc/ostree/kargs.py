@@ -127,6 +127,8 @@ def parse_kargs_file(name: str, text: str) -> KargsFile:
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise BootcError(f"Parsing {where}: {err}") from None
+    except RecursionError:
+        raise BootcError(f"Parsing {where}: it nests too deeply") from None
     unknown = sorted(set(document) - {"kargs", "match-architectures"})
     if unknown:
         raise BootcError(f"Parsing {where}: unknown field {unknown[0]!r}")
