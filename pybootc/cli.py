@@ -529,7 +529,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             sys.stdout.flush()
         except BrokenPipeError:
             _reader_gone()
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {err.line()}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -6,8 +6,13 @@ bootc (anyhow) does. Library code raises it and never prints or exits itself.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+
+# Control characters (C0, DEL, C1): they would break the one error line, or drive the
+# terminal, and a message can quote anything (a registry's words, a user's argument).
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 class BootcError(Exception):
@@ -26,6 +31,11 @@ class BootcError(Exception):
 
     def __str__(self) -> str:
         return ": ".join((*self.context, self.message))
+
+    def line(self) -> str:
+        """The failure as one line to print: control characters escaped as repr()
+        escapes them (a newline as `\\n`)."""
+        return _CONTROL.sub(lambda found: repr(found[0])[1:-1], str(self))
 
 
 @contextmanager

@@ -30,6 +30,29 @@ _GO_FATAL = re.compile(r'level=(?:fatal|error) msg="((?:[^"\\]|\\.)*)"')
 _GO_PANIC = re.compile(r"^(?:panic|fatal error): .+$", re.MULTILINE)
 
 
+# The escapes of Go's strconv.Quote, which logrus uses for msg="...".
+_GO_ESCAPE = re.compile(rb"\\(x[0-9a-fA-F]{2}|u[0-9a-fA-F]{4}|U[0-9a-fA-F]{8}|[0-7]{3}|.)", re.S)
+_GO_SIMPLE_ESCAPES = {
+    b"a": b"\a", b"b": b"\b", b"f": b"\f", b"n": b"\n", b"r": b"\r", b"t": b"\t", b"v": b"\v",
+}  # fmt: skip
+
+
+def _go_unquote(quoted: str) -> str:
+    """The text Go quoted: its UTF-8 kept as it is, its escapes undone."""
+
+    def one(found: re.Match[bytes]) -> bytes:
+        escape = found[1]
+        if escape[:1] == b"x":
+            return bytes([int(escape[1:], 16)])
+        if escape[:1] in (b"u", b"U"):
+            return chr(int(escape[1:], 16)).encode(errors="surrogatepass")
+        if len(escape) == 3:
+            return bytes([int(escape, 8) & 0xFF])
+        return _GO_SIMPLE_ESCAPES.get(escape, escape)
+
+    return _GO_ESCAPE.sub(one, quoted.encode()).decode(errors="replace")
+
+
 def _argv(cmd: Argv) -> list[str]:
     return [os.fspath(a) for a in cmd]
 
@@ -38,7 +61,7 @@ def failure_reason(stderr: str) -> str:
     """Reduce a tool's stderr to the one line that says what went wrong."""
     found = _GO_FATAL.findall(stderr)
     if found:
-        return str(found[-1]).encode().decode("unicode_escape")
+        return _go_unquote(str(found[-1]))
     crashed = _GO_PANIC.search(stderr)
     if crashed:
         return crashed.group(0).strip()

@@ -261,3 +261,26 @@ def test_a_crashed_tool_is_named_by_its_runtime_s_reason_not_a_stack_frame() -> 
     logged = 'time="x" level=fatal msg="manifest unknown"\n' + _SKOPEO_PANIC
     assert tools.failure_reason(logged) == "manifest unknown"
     assert tools.failure_reason("warning: x\nError: it broke\n") == "it broke"
+
+
+def test_a_go_tools_message_keeps_its_utf8_and_loses_its_quoting() -> None:
+    # logrus quotes msg with Go's strconv.Quote: UTF-8 as it is, the rest escaped.
+    logged = r'time="x" level=fatal msg="reading /srv/café: \"no\"\nsecond \x1b[31m \u00e9 \\"'
+    assert tools.failure_reason(logged) == 'reading /srv/café: "no"\nsecond \x1b[31m é \\'
+
+
+def test_control_characters_in_an_error_are_escaped_onto_its_one_line(
+    target: Path, tmp_path: Path
+) -> None:
+    layout = OciLayout(tmp_path / "oci")
+    layout.add_image("v1", sample_image("1.0"))
+    ok(install(target, layout.ref("v1")))
+    before = state(target)
+    line = one_error_line(bootc("switch", "quay.io/x\nfoo:1\x1b[2J", sysroot=target))
+    assert line == (
+        'error: Invalid image reference "quay.io/x\\nfoo:1\\x1b[2J":'
+        " the image name contains a control character"
+    )
+    assert state(target) == before
+    assert str(BootcError("a\tb\x9bc")) == "a\tb\x9bc"
+    assert BootcError("a\tb\x9bc").line() == "a\\tb\\x9bc"
