@@ -121,7 +121,7 @@ def _add_install(verbs: Verbs) -> None:
     to_fs = install_verbs.add_parser("to-filesystem", help="install into a mounted filesystem")
     _add_install_options(to_fs)
     to_fs.add_argument("path", type=Path, metavar="PATH", help="an empty mounted filesystem")
-    to_fs.set_defaults(func=verb.install)
+    to_fs.set_defaults(func=verb.install, needs_root=True)
     printed = install_verbs.add_parser(
         "print-configuration",
         help="print the merged install configuration (bootc/install/*.toml) as JSON",
@@ -144,7 +144,7 @@ def _add_install(verbs: Verbs) -> None:
         help="the root filesystem (default: the install configuration's root-fs-type, or ext4)",
     )
     to_disk.add_argument("device", type=Path, metavar="DEVICE", help="the disk (image file)")
-    to_disk.set_defaults(func=verb.install_to_disk)
+    to_disk.set_defaults(func=verb.install_to_disk, needs_root=True)
 
 
 def _add_internals(verbs: Verbs) -> None:
@@ -445,7 +445,7 @@ def build_parser() -> argparse.ArgumentParser:
     overlay.add_argument("--read-only", action="store_true", help="mount the overlay read-only")
     # Not changes_host: the overlay must be mounted where the host sees it, and
     # `ostree admin unlock` makes /sysroot writable for itself.
-    overlay.set_defaults(func=verb.usr_overlay)
+    overlay.set_defaults(func=verb.usr_overlay, needs_root=True)
 
     edit = verbs.add_parser("edit", help="change the host by editing its spec (YAML)")
     edit.add_argument(
@@ -489,6 +489,12 @@ def _reader_gone() -> int:
     return 128 + signal.SIGPIPE
 
 
+def _require_root() -> None:
+    """As upstream refuses every command that writes: before it reads anything."""
+    if os.geteuid() != 0:
+        raise BootcError("This command must be executed as the root user")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     if sys.stdout is None:
         # Started with stdout closed (`bootc status >&-`): what it would say goes nowhere.
@@ -513,6 +519,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Warnings read like bootc's: "warning: ..."
     logging.addLevelName(logging.WARNING, "warning")
     try:
+        if getattr(args, "changes_host", False) or getattr(args, "needs_root", False):
+            _require_root()
         if getattr(args, "changes_host", False):
             from pybootc.ostree.mount_namespace import make_host_writable
 

@@ -7,6 +7,8 @@ import argparse
 import json
 import re
 import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -284,3 +286,40 @@ def test_control_characters_in_an_error_are_escaped_onto_its_one_line(
     assert state(target) == before
     assert str(BootcError("a\tb\x9bc")) == "a\tb\x9bc"
     assert BootcError("a\tb\x9bc").line() == "a\\tb\\x9bc"
+
+
+def test_commands_that_write_are_refused_to_a_user_other_than_root(
+    target: Path, tmp_path: Path
+) -> None:
+    layout = OciLayout(tmp_path / "oci")
+    layout.add_image("v1", sample_image("1.0"))
+    ok(install(target, layout.ref("v1")))
+    before = state(target)
+    nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    for argv in (
+        ["upgrade"],
+        ["upgrade", "--check"],
+        ["switch", layout.ref("v1")],
+        ["rollback"],
+        ["edit", "-f", "-"],
+        ["image", "list"],
+        ["internals", "podman", "images"],
+        ["usr-overlay"],
+        ["install", "to-filesystem", "--source-imgref", layout.ref("v1"), str(tmp_path)],
+    ):
+        proc = subprocess.run(
+            [*nobody, sys.executable, "-m", "pybootc", "--sysroot", str(target), *argv],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert one_error_line(proc) == "error: This command must be executed as the root user"
+        assert state(target) == before
+    # Reading the host's state is for anyone who can read the sysroot.
+    status = subprocess.run(
+        [*nobody, sys.executable, "-m", "pybootc", "--sysroot", str(target), "status"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert "must be executed as the root user" not in status.stderr
