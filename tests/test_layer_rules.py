@@ -33,6 +33,9 @@ from tests.support import Oracle, Tree
 pytestmark = pytest.mark.oracle
 
 CAPABILITY = bytes.fromhex("0100000200200000000000000000000000000000")
+# The same capability in revision 3, for the namespaces whose root is uid 0 and 1000.
+CAPABILITY_V3_ROOT_0 = bytes.fromhex("010000030020000000000000000000000000000000000000")
+CAPABILITY_V3_ROOT_1000 = bytes.fromhex("0100000300200000000000000000000000000000e8030000")
 
 
 def by_path(tree: Tree) -> dict[str, object]:
@@ -236,6 +239,18 @@ CASES: dict[str, Case] = {
                 ("security.ima", b"\x03\x02"),
                 ("user.a", b"\xff\x00"),
             ),
+        ),
+    ),
+    "a capability for the namespace uid 0 is root of is kept in revision 2": Case(
+        (
+            L(
+                file("v3", "p", xattrs={"security.capability": CAPABILITY_V3_ROOT_0}),
+                file("other", "p", xattrs={"security.capability": CAPABILITY_V3_ROOT_1000}),
+            ),
+        ),
+        both(
+            attr("v3", xattrs=(("security.capability", CAPABILITY),)),
+            attr("other", xattrs=(("security.capability", CAPABILITY_V3_ROOT_1000),)),
         ),
     ),
     "setuid and capabilities survive a non-root owner (chown, xattrs, chmod)": Case(

@@ -4,6 +4,8 @@ and the same tree as the container backend for the same image."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 from pathlib import Path
 
 import jsonschema
@@ -18,7 +20,15 @@ from tests.support import Registry, host_schema
 
 pytestmark = pytest.mark.registry
 
-FIFO_LAYER = layer(file("srv/readme", "r"), Entry("srv/fifo", Kind.FIFO, mode=0o644))
+# A capability in the namespaced form (v3) whose root is uid 0: the kernel keeps it as
+# the plain form (v2), and so must the tree read from the tar stream.
+V3_CAPABILITY = bytes.fromhex("010000030020000000000000000000000000000000000000")
+V2_CAPABILITY = bytes.fromhex("0100000200200000000000000000000000000000")
+FIFO_LAYER = layer(
+    file("srv/readme", "r"),
+    Entry("srv/fifo", Kind.FIFO, mode=0o644),
+    file("srv/ping", "p", mode=0o755, xattrs={"security.capability": V3_CAPABILITY}),
+)
 
 
 def install_ostree(target: Path, image: str) -> str:
@@ -59,6 +69,16 @@ def test_both_backends_commit_the_same_tree(
     proc = install(other_target, image.docker)
     assert proc.returncode == 0 and warning in proc.stderr
     assert tree_of(target) == tree_of(other_target)
+    deployed = Sysroot.open(target).deployments()[0].deployment_path
+    assert os.getxattr(deployed / "srv/ping", "security.capability") == V2_CAPABILITY
+    for sysroot in (target, other_target):
+        fsck = subprocess.run(
+            ["ostree", "fsck", f"--repo={sysroot}/ostree/repo"],
+            check=False,
+            capture_output=True,
+            text=True,
+        )
+        assert fsck.returncode == 0, fsck.stdout + fsck.stderr
     # Not just the tree: the commit, its metadata and timestamp included, is the same.
     assert deployed_commit(target) == deployed_commit(other_target)
     status = json.loads(ok(bootc("status", "--json", sysroot=target)))

@@ -42,13 +42,37 @@ class LayerStats:
             self.marked_dirs.add(join(directory[:depth]))
 
 
+# security.capability's layouts (linux/capability.h): a revision in the first
+# little-endian word, with the effective flag; then permitted and inheritable sets, and
+# in revision 3 the uid that is root in the namespace the capability is for.
+_CAPABILITY = "security.capability"
+_CAPABILITY_V2, _CAPABILITY_V3 = 0x02000000, 0x03000000
+_CAPABILITY_EFFECTIVE = 0x000001
+_CAPABILITY_V2_SIZE, _CAPABILITY_V3_SIZE = 20, 24
+
+
+def _as_the_kernel_keeps(name: str, value: bytes) -> bytes:
+    """An xattr's value as a file written by root keeps it. A capability for the
+    namespace whose root is uid 0 (revision 3) is the initial namespace's own: the
+    kernel reads it back in revision 2, which is what the tree must record (the repo's
+    object reads back so, and containers-storage's diff directory too)."""
+    if name != _CAPABILITY or len(value) != _CAPABILITY_V3_SIZE:
+        return value
+    magic = int.from_bytes(value[:4], "little")
+    rootid = int.from_bytes(value[_CAPABILITY_V2_SIZE:], "little")
+    if magic & ~_CAPABILITY_EFFECTIVE != _CAPABILITY_V3 or rootid != 0:
+        return value
+    plain = _CAPABILITY_V2 | (magic & _CAPABILITY_EFFECTIVE)
+    return plain.to_bytes(4, "little") + value[4:_CAPABILITY_V2_SIZE]
+
+
 def member_xattrs(member: tarfile.TarInfo) -> Iterator[tuple[str, bytes]]:
     for key, value in member.pax_headers.items():
         if key.startswith(_XATTR_PREFIX):
             name = key[len(_XATTR_PREFIX) :]
             # Overlay's own xattrs in an image are data overlayfs would obey; drop them.
             if not is_overlay_xattr(name):
-                yield name, value.encode("utf-8", "surrogateescape")
+                yield name, _as_the_kernel_keeps(name, value.encode("utf-8", "surrogateescape"))
 
 
 def hardlink_target(member: tarfile.TarInfo, parts: Parts) -> tuple[Parts, str]:
