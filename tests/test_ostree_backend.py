@@ -14,7 +14,7 @@ import pytest
 from pybootc.ostree.repo import list_refs, read_commit_metadata, root_tree_checksum
 from pybootc.ostree.sysroot import Sysroot
 from pybootc.sample.image import sample_image
-from pybootc.sample.ocibuild import Entry, Kind, file, layer
+from pybootc.sample.ocibuild import Entry, Kind, file, layer, symlink
 from tests.backend_support import bootc, install, ok, one_error_line, publish, state
 from tests.support import Registry, host_schema
 
@@ -183,4 +183,35 @@ def test_bad_input_changes_nothing(registry: Registry, target: Path, tmp_path: P
     )
     line = one_error_line(bootc("switch", arm.docker, sysroot=target))
     assert "Image has architecture arm64; expected amd64" in line
+    assert state(target) == before
+
+
+# An entry whose name or target is not UTF-8 (read with surrogate escapes), and the
+# error's words for it.
+NOT_UTF8 = {
+    "name": (file("srv/a\udcffb", "x"), 'The name "a\\xffb" in srv is not UTF-8'),
+    "target": (symlink("srv/link", "a\udcffb"), 'The symlink target "a\\xffb" is not UTF-8'),
+}
+
+
+@pytest.mark.parametrize("backend", ["ostree", "container"])
+@pytest.mark.parametrize("case", sorted(NOT_UTF8))
+def test_a_name_that_is_not_utf8_is_refused_in_one_line(
+    registry: Registry, target: Path, tmp_path: Path, backend: str, case: str
+) -> None:
+    """OSTree keeps only UTF-8 file names and symlink targets (GVariant strings)."""
+    entry, shown = NOT_UTF8[case]
+    base = publish(registry, tmp_path, sample_image("1.0"), repo=f"pybootc/utf8-{backend}")
+    ok(bootc("install", "to-filesystem", "--backend", backend, "--source-imgref", base.docker,
+             str(target)))  # fmt: skip
+    before = state(target)
+    bad = publish(
+        registry,
+        tmp_path / "bad",
+        sample_image("2.0", extra=(layer(entry),)),
+        repo=f"pybootc/utf8-{backend}",
+        tag="bad",
+    )
+    line = one_error_line(bootc("switch", bad.docker, sysroot=target))
+    assert shown in line and "Layer sha256:" in line, line
     assert state(target) == before

@@ -118,7 +118,8 @@ def plan_install(
     config_kargs = tuple(checked("the install configuration", config.get("kargs", ())))
     cli_kargs = tuple(checked("--karg", kargs))
     deletes = tuple(checked("the install configuration", config.get("karg-deletes", ())))
-    stateroot = stateroot or config.get("stateroot") or DEFAULT_STATEROOT
+    if stateroot is None:
+        stateroot = config.get("stateroot") or DEFAULT_STATEROOT
     check_stateroot_name(stateroot)
     origin = OriginImage(source, backend, decryption_key)
     # The installer's own credentials, as upstream's install uses.

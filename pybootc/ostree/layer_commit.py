@@ -31,7 +31,7 @@ from pybootc.layers.tree import (
 )
 from pybootc.ostree.ext_format import BLOB_DIGEST_KEY
 from pybootc.ostree.gi import GLib, OSTree
-from pybootc.ostree.objects import ObjectWriter, read_dirmeta
+from pybootc.ostree.objects import ObjectWriter, check_utf8, read_dirmeta
 from pybootc.ostree.repo import libostree_errors, read_commit_metadata
 
 SPECIAL_FILES_KEY = "pybootc.special-files"
@@ -110,6 +110,7 @@ class _Filler:
         mtree.set_metadata_checksum(meta)
         self._count(len(directory.children))
         for name, entry in directory.children.items():
+            check_utf8(name, f"The name {{}} in {path or '/'}")
             if isinstance(entry, Dir):
                 _, child = mtree.ensure_dir(name)
                 self.fill(child, entry, f"{path}/{name}" if path else name)
@@ -136,7 +137,7 @@ class LayerInfo:
 
 def write_layer_commit(repo: OSTree.Repo, writer: ObjectWriter, tree: Dir, info: LayerInfo) -> str:
     """The layer as a commit (in the transaction the caller holds); its checksum."""
-    with libostree_errors(f"Committing layer {info.digest}"):
+    with libostree_errors("Writing the layer commit"):
         mtree, special = _mtree(repo, tree, writer, as_layer=True)
         _, root = repo.write_mtree(mtree, None)
         metadata = {

@@ -28,6 +28,18 @@ from pybootc.ostree.xattrs import encode, xattrs_of
 _IN_MEMORY = 1 << 20
 
 
+def check_utf8(text: str, what: str) -> None:
+    """Refuse a name or symlink target that is not UTF-8 (read with surrogate escapes,
+    as os and tarfile read one): OSTree keeps them as GVariant strings, which are.
+    `what` says what it is, with {} where the text goes, quoted."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        shown = text.encode(errors="surrogateescape").decode(errors="backslashreplace")
+        quoted = '"' + shown + '"'
+        raise BootcError(f"{what.format(quoted)} is not UTF-8, as OSTree needs") from None
+
+
 def _from_be32(value: int) -> int:
     """A dirmeta's uid, gid and mode are stored big-endian; GVariant hands them over
     as they are stored."""
@@ -170,6 +182,7 @@ class ObjectWriter:
 
     def symlink(self, meta: FileMeta, target: str) -> str:
         """A symlink to `target`; its checksum."""
+        check_utf8(target, "The symlink target {}")
         header = self.header(meta, target, cache=False)
         checksum = hashlib.sha256(header).hexdigest()
         self.write_stream(checksum, (header,))

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from pybootc.errors import error_context
 from pybootc.layers.postprocess import PostprocessResult
 from pybootc.layers.special import SPECIAL_XATTR, special_file_kind
 from pybootc.layers.tree import LayerRead
@@ -77,7 +78,10 @@ def layer_commit(repo: OSTree.Repo, digest: str, read: Callable[[ObjectWriter], 
     if existing is not None:
         return existing
     writer = ObjectWriter(repo)
-    with transaction(repo, f"Committing layer {digest}") as commits:
+    with (
+        error_context(f"Layer {digest}"),
+        transaction(repo, "Committing the layer") as commits,
+    ):
         layer = read(writer)
         info = LayerInfo(digest, frozenset(layer.marked))
         commits.append(write_layer_commit(repo, writer, layer.tree, info))

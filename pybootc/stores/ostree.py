@@ -16,7 +16,7 @@ from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, BinaryIO, ClassVar
 
-from pybootc.errors import BootcError, error_context
+from pybootc.errors import BootcError
 from pybootc.layers.flatten import BlobLayer, read_blob
 from pybootc.layers.tar_tree import read_layer
 from pybootc.layers.tree import LayerRead, ObjectSink
@@ -90,8 +90,7 @@ def import_layers(
             blob = BlobLayer(descriptor, diff_id, opener, source_checks_digest=True)
 
             def read(objects: ObjectSink, blob: BlobLayer = blob) -> LayerRead:
-                with error_context(f"Layer {blob.descriptor.digest}"):
-                    return read_blob(blob, lambda stream: read_layer(stream, objects, work))
+                return read_blob(blob, lambda stream: read_layer(stream, objects, work))
 
             commits.append(layer_commit(repo, descriptor.digest, read))
     return LayeredImage(repo, tuple(commits), metadata)
