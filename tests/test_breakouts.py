@@ -62,6 +62,12 @@ def cases(victim: Path) -> dict[str, list[Layer]]:
         ],
         "whiteout through a symlink": [layer(symlink("s", v)), layer(whiteout("s/secret"))],
         "opaque through a symlink": [layer(symlink("s", v)), layer(opaque("s"))],
+        "whiteout through a symlink, same layer": [layer(symlink("s", v), whiteout("s/secret"))],
+        "opaque through a symlink, same layer": [layer(symlink("s", v), opaque("s"))],
+        "whiteout through a symlink to a directory of the image, same layer": [
+            layer(directory("d"), file("d/x")),
+            layer(directory("d"), symlink("s", "d"), whiteout("s/x")),
+        ],
     }
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 from collections import OrderedDict
 
 from pybootc.errors import BootcError
@@ -50,7 +51,9 @@ class DirectoryHandles:
             os.fchmod(fd, 0o755)  # whatever the umask: containers-storage makes 0755
         except OSError as err:
             if err.errno in (errno.ENOTDIR, errno.ELOOP):
-                raise NotADirectory(parts, symlink=err.errno == errno.ELOOP) from None
+                # O_DIRECTORY wins over O_NOFOLLOW: a symlink gives ENOTDIR too.
+                st = os.stat(name, dir_fd=parent, follow_symlinks=False)
+                raise NotADirectory(parts, symlink=stat.S_ISLNK(st.st_mode)) from None
             raise
         self._open[parts] = fd
         if len(self._open) > _OPEN_DIRS_KEPT:

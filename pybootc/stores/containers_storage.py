@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 import subprocess
+import tarfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -112,6 +113,32 @@ def _known_as(layer: dict[str, object]) -> tuple[str, ...]:
     )
     diff_digest = layer.get("diff-digest")
     return found or ((diff_digest,) if isinstance(diff_digest, str) and diff_digest else ())
+
+
+# tar-split keeps a layer as entries in order: the raw bytes between members (a
+# segment: the previous member's padding, then this member's header blocks, its own
+# header last) and the members themselves, by name.
+_SEGMENT, _FILE_ENTRY = 2, 1
+_BLOCK = 512
+_TYPEFLAG = 156  # the offset of a tar header's type
+
+
+def _check_members(members: Iterator[tuple[str, bool]]) -> None:
+    """Refuse what the blob path refuses in a layer's names: `..`, and a member below a
+    symlink the same layer made (containers-storage follows that symlink, inside the
+    layer; the blob path says the symlink is not a directory), so that both backends
+    refuse such a layer alike."""
+    symlinks: set[tuple[str, ...]] = set()
+    for name, is_symlink in members:
+        parts = split_member_name(name)
+        if symlinks:
+            for depth in range(1, len(parts)):
+                if parts[:depth] in symlinks:
+                    raise BootcError(f'"{"/".join(parts[:depth])}" is not a directory')
+        if is_symlink:
+            symlinks.add(parts)
+        else:
+            symlinks.discard(parts)
 
 
 class IncompleteImage(BootcError):
@@ -291,8 +318,7 @@ class ContainersStorage:
         digest = next(iter(_known_as(layer)), str(layer["id"]))  # none: not a pulled layer
         if check:
             with error_context(f"Layer {digest}"):
-                for member in self._member_names(str(layer["id"])):
-                    split_member_name(member)
+                _check_members(self._members(str(layer["id"])))
         layer_id = str(layer["id"])
         return StoredLayer(digest, self.root / "overlay" / layer_id / "diff", layer_id)
 
@@ -316,10 +342,11 @@ class ContainersStorage:
         """The image's overlay diff directories, lowest layer first (`image_layers`)."""
         return [layer.diff_dir for layer in self.image_layers(name)]
 
-    def _member_names(self, layer_id: str) -> Iterator[str]:
-        """The names of the layer's tar members: from its tar-split data, or, for a
-        layer pulled partially (which containers-storage 1.43 keeps none of), from the
-        table of contents of the zstd:chunked blob, which lists the same."""
+    def _members(self, layer_id: str) -> Iterator[tuple[str, bool]]:
+        """The layer's tar members, in order: each name, and whether it is a symlink.
+        From its tar-split data, or, for a layer pulled partially (which
+        containers-storage 1.43 keeps none of), from the table of contents of the
+        zstd:chunked blob, which lists the same."""
         path = self.root / "overlay-layers" / f"{layer_id}.tar-split.gz"
         toc = self.root / "overlay-layers" / layer_id / _big_data_file(_TOC_KEY)
         if not path.exists() and toc.exists():
@@ -332,19 +359,27 @@ class ContainersStorage:
                 raise BootcError(
                     f"Reading the table of contents of layer {layer_id}: {err}"
                 ) from None
-            yield from (str(e.get("name", "")) for e in entries if e.get("type") != "chunk")
+            for e in entries:
+                if e.get("type") != "chunk":
+                    yield str(e.get("name", "")), e.get("type") == "symlink"
             return
         try:
             with gzip.open(path, "rt", encoding="utf-8") as lines:
+                header = b""
                 for line in lines:
                     entry = json.loads(line)
-                    if entry.get("type") != 1:
+                    if entry.get("type") == _SEGMENT:
+                        header = base64.b64decode(entry.get("payload") or "")[-_BLOCK:]
+                        continue
+                    if entry.get("type") != _FILE_ENTRY:
                         continue
                     raw = entry.get("name_raw")
-                    if raw:
-                        yield base64.b64decode(raw).decode(errors="surrogateescape")
-                    else:
-                        yield str(entry.get("name", ""))
+                    name = (
+                        base64.b64decode(raw).decode(errors="surrogateescape")
+                        if raw
+                        else str(entry.get("name", ""))
+                    )
+                    yield name, len(header) == _BLOCK and header[_TYPEFLAG] == ord(tarfile.SYMTYPE)
         except (OSError, ValueError, EOFError) as err:
             raise BootcError(f"Reading the tar-split data of layer {layer_id}: {err}") from None
 
