@@ -35,8 +35,9 @@ def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+@pytest.mark.parametrize("backend", ["ostree", "container"])
 def test_a_disk_image_gets_a_gpt_an_ext4_root_and_a_boot_entry(
-    layout: OciLayout, tmp_path: Path
+    layout: OciLayout, tmp_path: Path, backend: str
 ) -> None:
     disk = disk_file(tmp_path / "disk.img")
     out = ok(
@@ -44,6 +45,8 @@ def test_a_disk_image_gets_a_gpt_an_ext4_root_and_a_boot_entry(
             "install",
             "to-disk",
             "--via-loopback",
+            "--backend",
+            backend,
             "--source-imgref",
             layout.ref("v1"),
             "--karg",
@@ -122,23 +125,27 @@ def test_bad_targets_are_refused_and_left_alone(
     )
 
 
-@pytest.mark.parametrize(
-    ("extra", "tag", "message"),
-    [
-        (["--stateroot", "a/b"], "v1", "error: Invalid stateroot name: 'a/b'"),
-        (["--karg", 'a="b'], "v1", "error: Invalid kernel argument 'a=\"b' from --karg"),
-        ([], "nosuch", "error: Fetching manifest of oci:"),
-    ],
-)
+# What only the install itself would find wrong: its options, the image's tag, and the
+# start of the error line.
+BEFORE_WRITING = {
+    "stateroot": (["--stateroot", "a/b"], "v1", "error: Invalid stateroot name: 'a/b'"),
+    "karg": (["--karg", 'a="b'], "v1", "error: Invalid kernel argument 'a=\"b' from --karg"),
+    "no image": ([], "nosuch", "error: Fetching manifest of oci:"),
+}
+
+
+@pytest.mark.parametrize("backend", ["ostree", "container"])
+@pytest.mark.parametrize("case", sorted(BEFORE_WRITING))
 def test_what_only_the_install_would_find_is_refused_before_the_disk_is_written(
-    layout: OciLayout, tmp_path: Path, extra: list[str], tag: str, message: str
+    layout: OciLayout, tmp_path: Path, case: str, backend: str
 ) -> None:
     """The image, the stateroot and the kargs are checked before the disk is
     partitioned: a retry with them put right needs no --wipe."""
+    extra, tag, message = BEFORE_WRITING[case]
     disk = disk_file(tmp_path / "disk.img")
     before = digest(disk)
-    argv = ["install", "to-disk", "--via-loopback", *extra, "--source-imgref"]
-    line = one_error_line(bootc(*argv, layout.ref(tag), str(disk)))
+    argv = ["install", "to-disk", "--via-loopback", "--backend", backend, *extra]
+    line = one_error_line(bootc(*argv, "--source-imgref", layout.ref(tag), str(disk)))
     assert line.startswith(message), line
     assert digest(disk) == before
 

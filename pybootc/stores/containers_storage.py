@@ -247,8 +247,8 @@ class ContainersStorage:
         skips them."""
         try:
             layers = json.loads((self.root / "overlay-layers/layers.json").read_bytes())
-        except FileNotFoundError:
-            return set()
+        except (FileNotFoundError, NotADirectoryError):
+            return set()  # no storage there (yet): an install checks a disk image first
         except (OSError, ValueError) as err:
             raise BootcError(f"Reading the metadata of {self.root}: {err}") from None
         return set().union(*map(_known_as, layers))
