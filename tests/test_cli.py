@@ -271,12 +271,18 @@ def test_a_go_tools_message_keeps_its_utf8_and_loses_its_quoting() -> None:
     assert tools.failure_reason(logged) == 'reading /srv/café: "no"\nsecond \x1b[31m é \\'
 
 
-def test_control_characters_in_an_error_are_escaped_onto_its_one_line(
-    target: Path, tmp_path: Path
-) -> None:
+@pytest.fixture
+def installed(target: Path, tmp_path: Path) -> OciLayout:
+    """`target` with the sample image installed, from the layout returned."""
     layout = OciLayout(tmp_path / "oci")
     layout.add_image("v1", sample_image("1.0"))
     ok(install(target, layout.ref("v1")))
+    return layout
+
+
+def test_control_characters_in_an_error_are_escaped_onto_its_one_line(
+    target: Path, installed: OciLayout
+) -> None:
     before = state(target)
     line = one_error_line(bootc("switch", "quay.io/x\nfoo:1\x1b[2J", sysroot=target))
     assert line == (
@@ -289,37 +295,29 @@ def test_control_characters_in_an_error_are_escaped_onto_its_one_line(
 
 
 def test_commands_that_write_are_refused_to_a_user_other_than_root(
-    target: Path, tmp_path: Path
+    target: Path, tmp_path: Path, installed: OciLayout
 ) -> None:
-    layout = OciLayout(tmp_path / "oci")
-    layout.add_image("v1", sample_image("1.0"))
-    ok(install(target, layout.ref("v1")))
+    def as_nobody(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+             sys.executable, "-m", "pybootc", "--sysroot", str(target), *argv],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+
     before = state(target)
-    nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
     for argv in (
         ["upgrade"],
         ["upgrade", "--check"],
-        ["switch", layout.ref("v1")],
+        ["switch", installed.ref("v1")],
         ["rollback"],
         ["edit", "-f", "-"],
         ["image", "list"],
         ["internals", "podman", "images"],
         ["usr-overlay"],
-        ["install", "to-filesystem", "--source-imgref", layout.ref("v1"), str(tmp_path)],
+        ["install", "to-filesystem", "--source-imgref", installed.ref("v1"), str(tmp_path)],
     ):
-        proc = subprocess.run(
-            [*nobody, sys.executable, "-m", "pybootc", "--sysroot", str(target), *argv],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        assert one_error_line(proc) == "error: This command must be executed as the root user"
+        line = one_error_line(as_nobody(*argv))
+        assert line == "error: This command must be executed as the root user"
         assert state(target) == before
     # Reading the host's state is for anyone who can read the sysroot.
-    status = subprocess.run(
-        [*nobody, sys.executable, "-m", "pybootc", "--sysroot", str(target), "status"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert "must be executed as the root user" not in status.stderr
+    assert "must be executed as the root user" not in as_nobody("status").stderr
