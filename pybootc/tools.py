@@ -45,7 +45,9 @@ def _go_unquote(quoted: str) -> str:
         if escape[:1] == b"x":
             return bytes([int(escape[1:], 16)])
         if escape[:1] in (b"u", b"U"):
-            return chr(int(escape[1:], 16)).encode(errors="surrogatepass")
+            code = int(escape[1:], 16)
+            # Go quotes valid code points only; anything else stays as it was written.
+            return chr(code).encode(errors="surrogatepass") if code <= 0x10FFFF else found[0]
         if len(escape) == 3:
             return bytes([int(escape, 8) & 0xFF])
         return _GO_SIMPLE_ESCAPES.get(escape, escape)

@@ -269,6 +269,7 @@ def test_a_go_tools_message_keeps_its_utf8_and_loses_its_quoting() -> None:
     # logrus quotes msg with Go's strconv.Quote: UTF-8 as it is, the rest escaped.
     logged = r'time="x" level=fatal msg="reading /srv/café: \"no\"\nsecond \x1b[31m \u00e9 \\"'
     assert tools.failure_reason(logged) == 'reading /srv/café: "no"\nsecond \x1b[31m é \\'
+    assert tools.failure_reason(r'level=fatal msg="\Uffffffff"') == r"\Uffffffff"
 
 
 @pytest.fixture
