@@ -519,9 +519,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Warnings read like bootc's: "warning: ..."
     logging.addLevelName(logging.WARNING, "warning")
     try:
-        if getattr(args, "changes_host", False) or getattr(args, "needs_root", False):
+        changes_host = getattr(args, "changes_host", False)
+        if changes_host or getattr(args, "needs_root", False):
             _require_root()
-        if getattr(args, "changes_host", False):
+        if changes_host:
             from pybootc.ostree.mount_namespace import make_host_writable
 
             # Before any thread starts (see there).

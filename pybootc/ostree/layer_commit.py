@@ -110,7 +110,9 @@ class _Filler:
         mtree.set_metadata_checksum(meta)
         self._count(len(directory.children))
         for name, entry in directory.children.items():
-            check_utf8(name, f"The name {{}} in {path or '/'}")
+            if as_layer:
+                # The image's tree takes its names from the layer commits, checked here.
+                check_utf8(name, "The name {} in {}", path or "/")
             if isinstance(entry, Dir):
                 _, child = mtree.ensure_dir(name)
                 self.fill(child, entry, f"{path}/{name}" if path else name)

@@ -28,16 +28,17 @@ from pybootc.ostree.xattrs import encode, xattrs_of
 _IN_MEMORY = 1 << 20
 
 
-def check_utf8(text: str, what: str) -> None:
+def check_utf8(text: str, what: str, *where: str) -> None:
     """Refuse a name or symlink target that is not UTF-8 (read with surrogate escapes,
     as os and tarfile read one): OSTree keeps them as GVariant strings, which are.
-    `what` says what it is, with {} where the text goes, quoted."""
+    `what` says what it is, with {} where the text goes, quoted, and then `where`; it
+    is formatted only for a refusal, since this runs for every entry of a layer."""
     try:
         text.encode()
     except UnicodeEncodeError:
         shown = text.encode(errors="surrogateescape").decode(errors="backslashreplace")
         quoted = '"' + shown + '"'
-        raise BootcError(f"{what.format(quoted)} is not UTF-8, as OSTree needs") from None
+        raise BootcError(f"{what.format(quoted, *where)} is not UTF-8, as OSTree needs") from None
 
 
 def _from_be32(value: int) -> int:
