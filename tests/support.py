@@ -98,8 +98,12 @@ class Oracle:
             if source is Source.BLOBS:
                 flatten_image(image or self.layout.ref(tag), out, source=source)
             else:
-                layers = self.storage.layer_diff_dirs(f"localhost/{tag}:latest")
-                flatten_diff_dirs(layers, out)
+                layers = self.storage.image_layers(f"localhost/{tag}:latest")
+                flatten_diff_dirs(
+                    [layer.diff_dir for layer in layers],
+                    out,
+                    markers=[layer.markers for layer in layers],
+                )
         except BootcError as err:
             assert not out.exists(), "a failed flatten left its output behind"
             return str(err)

@@ -73,7 +73,7 @@ def test_a_cleanup_failure_after_deploying_is_a_warning(
             "internals", "podman", "images", "--format", "{{.Repository}}:{{.Tag}}", sysroot=target
         )
     ).split()
-    top = storage.layer_diff_dirs(name)[-1]
+    top = storage.image_layers(name)[-1].diff_dir
     subprocess.run(["chattr", "+i", top], check=True)
     try:
         # A third deployment drops the v1 one (rollback keeps one), and so its image.

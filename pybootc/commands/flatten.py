@@ -78,7 +78,12 @@ def flatten_from_storage(image: str, output: Path, storage_root: Path | None) ->
     try:
         with error_context(f"Pulling {image} into {storage.root}"):
             storage.pull(image, _SCRATCH_NAME)
-        return flatten_diff_dirs(storage.layer_diff_dirs(_SCRATCH_NAME), output)
+        layers = storage.image_layers(_SCRATCH_NAME)
+        return flatten_diff_dirs(
+            [layer.diff_dir for layer in layers],
+            output,
+            markers=[layer.markers for layer in layers],
+        )
     finally:
         if scratch:
             storage.reset()

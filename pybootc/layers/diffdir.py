@@ -13,12 +13,14 @@ import stat
 from dataclasses import dataclass
 
 from pybootc.errors import BootcError
+from pybootc.layers.member_markers import LayerMarkers
 from pybootc.layers.paths import (
     OPAQUE_MARKER,
     OPAQUE_XATTRS,
     UNSUPPORTED_OVERLAY_XATTRS,
     WHITEOUT_PREFIX,
 )
+from pybootc.layers.tree import FileMeta
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,9 @@ class LayerEntry:
     path: str  # absolute path of the entry inside that layer's diff directory
     st: os.stat_result
     whiteout: bool = False
+    # A directory's metadata as the layer's header gives it, where the diff directory
+    # lost it (member_markers.py); None: the diff directory's.
+    meta: FileMeta | None = None
 
     @property
     def is_dir(self) -> bool:
@@ -56,11 +61,17 @@ class DirectoryListing:
     opaque: bool
 
 
-def list_layer_directory(layer: int, directory: str) -> DirectoryListing:
-    """The names one layer has in `directory`, whiteouts included."""
+def list_layer_directory(
+    layer: int, directory: str, markers: LayerMarkers | None = None, relative: str = ""
+) -> DirectoryListing:
+    """The names one layer has in `directory`, whiteouts included. With the `markers`
+    the layer's members give, those decide what is a marker (member_markers.py);
+    `relative` is then the directory's path in the layer."""
     entries: dict[str, LayerEntry] = {}
     literal_whiteouts: list[str] = []
     opaque = _directory_is_opaque(directory)
+    if markers is not None:
+        opaque = markers.is_opaque(relative)
     with os.scandir(directory) as it:
         for item in it:
             name = item.name
@@ -73,7 +84,15 @@ def list_layer_directory(layer: int, directory: str) -> DirectoryListing:
                 literal_whiteouts.append(name[len(WHITEOUT_PREFIX) :])
                 continue
             whiteout = stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
-            entries[name] = LayerEntry(layer, item.path, st, whiteout)
+            meta = None
+            if markers is not None and (whiteout or (is_dir and name.startswith(WHITEOUT_PREFIX))):
+                child = f"{relative}/{name}" if relative else name
+                if whiteout and not markers.hides(child):
+                    # Made of a directory named like a whiteout: no whiteout at all.
+                    markers.refuse_lost(child)
+                    continue
+                meta = markers.named_like_whiteouts.get(child)
+            entries[name] = LayerEntry(layer, item.path, st, whiteout, meta)
     for hidden in literal_whiteouts:
         entries.setdefault(hidden, LayerEntry(layer, "", os.stat_result((0,) * 16), True))
     return DirectoryListing(entries, opaque)

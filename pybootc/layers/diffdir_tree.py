@@ -2,9 +2,9 @@
 written as objects: each hashed once, and copied by the kernel.
 
 The diff directory is what containers-storage unpacked, so the layer rules were applied
-there; it is read as diffdir.py reads it (whiteouts as 0:0 character devices or `.wh.`
-files, opaque directories by xattr or marker file), and overlayfs's own xattrs are left
-out of what the objects record. Names that share an inode are hashed once.
+there; it is read as diffdir.py reads it, its markers checked against those the
+layer's own members give (member_markers.py), and overlayfs's own xattrs are left out
+of what the objects record. Names that share an inode are hashed once.
 
 The files are hashed and written on two threads (file_writers.py): reading and hashing
 release the GIL, and so does libostree while it writes, which allows several writers
@@ -19,6 +19,7 @@ from pathlib import Path
 
 from pybootc.layers.diffdir import list_layer_directory
 from pybootc.layers.file_writers import FileWriters
+from pybootc.layers.member_markers import LayerMarkers
 from pybootc.layers.special import is_image_xattr, placeholder
 from pybootc.layers.tree import (
     WHITEOUT,
@@ -42,14 +43,15 @@ def _meta(path: str, st: os.stat_result) -> FileMeta:
 
 
 class _DiffDirReader:
-    def __init__(self, objects: ObjectSink, files: FileWriters) -> None:
+    def __init__(self, objects: ObjectSink, files: FileWriters, markers: LayerMarkers) -> None:
         self._objects = objects
         self._files = files
+        self._markers = markers
         self._inodes: dict[tuple[int, int], Leaf] = {}
         self.marked: set[str] = set()
 
     def directory(self, path: str, relative: str) -> tuple[FileMeta, dict[str, Entry], bool]:
-        listing = list_layer_directory(0, path)
+        listing = list_layer_directory(0, path, self._markers, relative)
         children: dict[str, Entry] = {}
         marked = listing.opaque
         for name, entry in listing.entries.items():
@@ -61,6 +63,7 @@ class _DiffDirReader:
             st = entry.st
             if stat.S_ISDIR(st.st_mode):
                 meta, grandchildren, opaque = self.directory(entry.path, child)
+                meta = entry.meta or meta
                 children[name] = finished_dir(self._objects, meta, grandchildren, opaque=opaque)
                 marked = marked or child in self.marked
             elif stat.S_ISREG(st.st_mode):
@@ -92,11 +95,12 @@ class _DiffDirReader:
         return Leaf(LeafKind.SPECIAL, placeholder(self._objects, owner, kind))
 
 
-def read_diff_dir(diff_dir: Path, objects: ObjectSink) -> LayerRead:
+def read_diff_dir(diff_dir: Path, markers: LayerMarkers, objects: ObjectSink) -> LayerRead:
     """Read a containers-storage diff directory into a layer tree, writing its content
-    to `objects`."""
+    to `objects`; `markers`, as the layer's members give them, decide its whiteouts
+    and opaque directories."""
     with FileWriters(objects) as files:
-        reader = _DiffDirReader(objects, files)
+        reader = _DiffDirReader(objects, files, markers)
         meta, children, opaque = reader.directory(str(diff_dir), "")
         tree = finished_dir(objects, meta, children, opaque=opaque)
         sources = files.finish()

@@ -91,10 +91,17 @@ class DirectorySink:
         st = entry.st
         fd = os.open(path or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=self.root_fd)
         try:
-            os.fchown(fd, st.st_uid, st.st_gid)
-            if entry.path:
-                copy_xattrs(entry.path, lambda k, v: os.setxattr(fd, k, v))
-            os.fchmod(fd, stat.S_IMODE(st.st_mode))
+            if entry.meta is not None:
+                # The header's metadata, which the diff directory lost.
+                os.fchown(fd, entry.meta.uid, entry.meta.gid)
+                for name, value in entry.meta.xattrs:
+                    os.setxattr(fd, name, value)
+                os.fchmod(fd, stat.S_IMODE(entry.meta.mode))
+            else:
+                os.fchown(fd, st.st_uid, st.st_gid)
+                if entry.path:
+                    copy_xattrs(entry.path, lambda k, v: os.setxattr(fd, k, v))
+                os.fchmod(fd, stat.S_IMODE(st.st_mode))
             os.utime(fd, ns=(st.st_mtime_ns, st.st_mtime_ns))
         finally:
             os.close(fd)

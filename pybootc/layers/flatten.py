@@ -25,7 +25,7 @@ from pybootc.layers.blobstream import LayerStream
 from pybootc.layers.diffdir import LayerEntry
 from pybootc.layers.directory_sink import DirectorySink
 from pybootc.layers.extract import LayerStats, extract_layer
-from pybootc.layers.merge import merge_layers
+from pybootc.layers.merge import Markers, merge_layers
 from pybootc.oci.model import Descriptor
 
 T = TypeVar("T")
@@ -101,14 +101,16 @@ def flatten_diff_dirs(
     diff_dirs: Sequence[Path],
     output: Path,
     *,
+    markers: Markers = (),
     counted: Callable[[int], None] | None = None,
 ) -> FlattenSummary:
     """Merge containers-storage's diff directories (lowest first), copied, into a new
-    `output`. `counted` is told the number of entries written, now and then."""
+    `output`; `markers`, each layer's as its members give them. `counted` is told the
+    number of entries written, now and then."""
     start = time.monotonic()
     with new_output_directory(output) as out_fd, _os_errors("Flattening layers"):
         sink = DirectorySink(out_fd, move=False, counted=counted)
-        merge_layers(diff_dirs, sink, _default_root())
+        merge_layers(diff_dirs, sink, _default_root(), markers)
     return FlattenSummary(
         len(diff_dirs), sink.stats.entries, sink.stats.bytes, time.monotonic() - start
     )

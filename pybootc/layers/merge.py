@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Protocol
 
 from pybootc.layers.diffdir import DirectoryListing, LayerEntry, list_layer_directory
+from pybootc.layers.member_markers import LayerMarkers
 
 
 class TreeSink(Protocol):
@@ -30,13 +31,18 @@ class TreeSink(Protocol):
         """Take the directory `entry`, which only one layer has, whole; False to decline."""
 
 
-def _listings(stack: Sequence[tuple[int, str]], *, at_root: bool) -> list[DirectoryListing]:
+Markers = Sequence[LayerMarkers | None]
+
+
+def _listings(
+    stack: Sequence[tuple[int, str]], rel: str, markers: Markers
+) -> list[DirectoryListing]:
     listings = []
     for layer, path in stack:
-        listing = list_layer_directory(layer, path)
+        listing = list_layer_directory(layer, path, markers[layer], rel)
         listings.append(listing)
         # overlayfs ignores an opaque marker on a layer's root directory.
-        if listing.opaque and not at_root:
+        if listing.opaque and rel:
             break
     return listings
 
@@ -61,8 +67,8 @@ def _child_stack(
     return stack
 
 
-def _walk(rel: str, stack: Sequence[tuple[int, str]], sink: TreeSink) -> None:
-    listings = _listings(stack, at_root=not rel)
+def _walk(rel: str, stack: Sequence[tuple[int, str]], sink: TreeSink, markers: Markers) -> None:
+    listings = _listings(stack, rel, markers)
     chosen: dict[str, LayerEntry] = {}
     for listing in listings:
         for name, entry in listing.entries.items():
@@ -79,12 +85,16 @@ def _walk(rel: str, stack: Sequence[tuple[int, str]], sink: TreeSink) -> None:
         if len(stack) == 1 and sink.move_subtree(path, entry):
             continue
         sink.directory(path, entry)
-        _walk(path, stack, sink)
+        _walk(path, stack, sink, markers)
         sink.finish_directory(path, entry)
 
 
-def merge_layers(diff_dirs: Sequence[Path], sink: TreeSink, root: LayerEntry) -> None:
-    """Merge `diff_dirs` (lowest layer first) into `sink`; `root` gives the root's metadata."""
+def merge_layers(
+    diff_dirs: Sequence[Path], sink: TreeSink, root: LayerEntry, markers: Markers = ()
+) -> None:
+    """Merge `diff_dirs` (lowest layer first) into `sink`; `root` gives the root's
+    metadata. `markers`, where given, are each layer's as its members give them
+    (member_markers.py): a diff directory of containers-storage's."""
     stack = [(index, str(path)) for index, path in reversed(list(enumerate(diff_dirs)))]
-    _walk("", stack, sink)
+    _walk("", stack, sink, markers or [None] * len(diff_dirs))
     sink.finish_directory("", root)

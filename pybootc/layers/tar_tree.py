@@ -44,6 +44,7 @@ from pybootc.layers.tree import (
 _IN_MEMORY = 16 << 20
 _CHUNK = 1 << 20
 _IMPLIED = FileMeta(0, 0, stat.S_IFDIR | 0o755)
+_NEW_DIRECTORY = FileMeta(0, 0, stat.S_IFDIR | 0o700)
 _CAPABILITY = "security.capability"
 _SYMLINK_MODE = stat.S_IFLNK | 0o777
 
@@ -150,7 +151,7 @@ class LayerReader:
         elif member.isdir():
             existing = parent.children.get(name)
             if not isinstance(existing, _Dir):
-                existing = parent.children[name] = _Dir(FileMeta(0, 0, stat.S_IFDIR | 0o700))
+                existing = parent.children[name] = _Dir(_NEW_DIRECTORY)
             existing.meta = _applied(existing.meta, member, fresh=False, directory=True)
         elif member.islnk():
             self._hardlink(member, parts, parent)
@@ -294,6 +295,11 @@ def _applied(meta: FileMeta, member: tarfile.TarInfo, *, fresh: bool, directory:
     if directory:
         mode = stat.S_IFDIR | stat.S_IMODE(member.mode)
     return FileMeta.of(uid, gid, mode, xattrs)
+
+
+def directory_meta(member: tarfile.TarInfo) -> FileMeta:
+    """What a directory member's header makes of a directory the layer creates."""
+    return _applied(_NEW_DIRECTORY, member, fresh=False, directory=True)
 
 
 def _read(raw: IO[bytes], size: int) -> bytes:

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, ClassVar
 from pybootc.errors import BootcError, error_context
 from pybootc.layers.diffdir_tree import read_diff_dir
 from pybootc.layers.flatten import BlobLayer, unpack_blob
+from pybootc.layers.tree import LayerRead, ObjectSink
 from pybootc.oci.auth import RegistryAuth
 from pybootc.oci.metadata import ImageMetadata, metadata_at
 from pybootc.oci.proxy import ImageProxy
@@ -31,7 +32,7 @@ from pybootc.ostree.ext_format import blob_ref
 from pybootc.ostree.gi import OSTree
 from pybootc.ostree.repo import resolve_ref
 from pybootc.stores import Backend, bootc_storage
-from pybootc.stores.containers_storage import ContainersStorage, IncompleteImage
+from pybootc.stores.containers_storage import ContainersStorage, IncompleteImage, StoredLayer
 from pybootc.stores.layered import LayeredImage, layer_commit
 from pybootc.stores.protocol import DeployedImages, LayerState, Pruned
 
@@ -74,6 +75,19 @@ def _explain_refused_layer(
 
 # How often a pull's progress is looked at (s).
 _WATCH_INTERVAL = 0.25
+
+
+def read_stored_layer(
+    storage: ContainersStorage, layer: StoredLayer, objects: ObjectSink
+) -> LayerRead:
+    """Read a layer of the storage into a layer tree, writing its content to `objects`:
+    its files from its diff directory, its markers as its members give them (read
+    again for a layer whose names passed before)."""
+    markers = layer.markers
+    if markers is None:
+        with error_context(f"Layer {layer.digest}"):
+            markers = storage.layer_markers(layer.layer_id)
+    return read_diff_dir(layer.diff_dir, markers, objects)
 
 
 def _staged_bytes(staging: Path) -> int:
@@ -200,7 +214,9 @@ class ContainerStore:
         # storage is not the registry's), so garbage collection keeps them.
         commits = tuple(
             layer_commit(
-                self._repo(), descriptor.digest, functools.partial(read_diff_dir, layer.diff_dir)
+                self._repo(),
+                descriptor.digest,
+                functools.partial(read_stored_layer, self._storage, layer),
             )
             for layer, descriptor in zip(layers, described, strict=True)
         )
@@ -236,7 +252,7 @@ class ContainerStore:
                         if record is None:
                             continue
                         layer = self._storage.complete_layer(record)
-                        read = functools.partial(read_diff_dir, layer.diff_dir)
+                        read = functools.partial(read_stored_layer, self._storage, layer)
                         layer_commit(repo, descriptor.digest, read)
                         passed.add(layer.layer_id)
                         waiting.remove(descriptor)

@@ -12,11 +12,13 @@ import base64
 import functools
 import gzip
 import hashlib
+import io
 import json
 import logging
 import os
 import re
 import shutil
+import stat
 import subprocess
 import tarfile
 import time
@@ -27,7 +29,11 @@ from typing import Any
 
 from pybootc import tools
 from pybootc.errors import BootcError, error_context
-from pybootc.layers.paths import split_member_name
+from pybootc.layers.extract import NoGlobalHeaders
+from pybootc.layers.member_markers import LayerMarkers, Member, MemberKind, read_markers
+from pybootc.layers.special import is_image_xattr
+from pybootc.layers.tar_tree import directory_meta
+from pybootc.layers.tree import FileMeta
 from pybootc.oci.sigpolicy import policy_options
 
 log = logging.getLogger(__name__)
@@ -121,24 +127,59 @@ def _known_as(layer: dict[str, object]) -> tuple[str, ...]:
 _SEGMENT, _FILE_ENTRY = 2, 1
 _BLOCK = 512
 _TYPEFLAG = 156  # the offset of a tar header's type
+_TAR_KINDS = {ord(tarfile.DIRTYPE): MemberKind.DIRECTORY, ord(tarfile.SYMTYPE): MemberKind.SYMLINK}
+_TOC_KINDS = {"dir": MemberKind.DIRECTORY, "symlink": MemberKind.SYMLINK}
 
 
-def _check_members(members: Iterator[tuple[str, bool]]) -> None:
-    """Refuse what the blob path refuses in a layer's names: `..`, and a member below a
-    symlink the same layer made (containers-storage follows that symlink, inside the
-    layer; the blob path says the symlink is not a directory), so that both backends
-    refuse such a layer alike."""
-    symlinks: set[tuple[str, ...]] = set()
-    for name, is_symlink in members:
-        parts = split_member_name(name)
-        if symlinks:
-            for depth in range(1, len(parts)):
-                if parts[:depth] in symlinks:
-                    raise BootcError(f'"{"/".join(parts[:depth])}" is not a directory')
-        if is_symlink:
-            symlinks.add(parts)
-        else:
-            symlinks.discard(parts)
+def _segment_meta(segment: bytes) -> FileMeta:
+    """What the header blocks that end `segment` make of a directory, as tarfile reads
+    them (PAX records and GNU long names included); the padding before them is
+    shorter than a block."""
+    headers = segment[len(segment) % _BLOCK :]
+    try:
+        with tarfile.open(
+            fileobj=io.BytesIO(headers + bytes(2 * _BLOCK)),
+            mode="r:",
+            errorlevel=2,
+            pax_headers=NoGlobalHeaders(),
+        ) as tar:
+            member = tar.next()
+    except (tarfile.TarError, EOFError) as err:
+        raise BootcError(f"Reading a header in the tar-split data: {err}") from None
+    if member is None:
+        raise BootcError("Reading a header in the tar-split data: there is none")
+    return directory_meta(member)
+
+
+def _tar_split_kind(name: str, segment: bytes) -> MemberKind:
+    header = segment[-_BLOCK:]
+    if len(header) != _BLOCK:
+        return MemberKind.OTHER
+    if header[_TYPEFLAG] == ord(tarfile.CHRTYPE):
+        found = tarfile.TarInfo.frombuf(header, "utf-8", "surrogateescape")
+        if (found.devmajor, found.devminor) == (0, 0):
+            return MemberKind.WHITEOUT_DEVICE
+    # An old-style directory is a regular file whose name ends in a slash.
+    if name.endswith("/") and header[_TYPEFLAG] in b"0\0":
+        return MemberKind.DIRECTORY
+    return _TAR_KINDS.get(header[_TYPEFLAG], MemberKind.OTHER)
+
+
+def _toc_member(entry: dict[str, Any]) -> Member:
+    kind = _TOC_KINDS.get(str(entry.get("type")), MemberKind.OTHER)
+    if entry.get("type") == "char" and not entry.get("devMajor") and not entry.get("devMinor"):
+        kind = MemberKind.WHITEOUT_DEVICE
+
+    def meta() -> FileMeta:
+        xattrs = entry.get("xattrs") or {}
+        return FileMeta.of(
+            int(entry.get("uid", 0)),
+            int(entry.get("gid", 0)),
+            stat.S_IFDIR | stat.S_IMODE(int(entry.get("mode", 0))),
+            {k: base64.b64decode(v) for k, v in xattrs.items() if is_image_xattr(k)},
+        )
+
+    return Member(str(entry.get("name", "")), kind, meta)
 
 
 class IncompleteImage(BootcError):
@@ -154,6 +195,8 @@ class StoredLayer:
     digest: str
     diff_dir: Path
     layer_id: str
+    # Read as its names were checked; None for a layer whose names passed before.
+    markers: LayerMarkers | None = None
 
 
 @dataclass(frozen=True)
@@ -316,11 +359,12 @@ class ContainersStorage:
 
     def _stored_layer(self, layer: dict[str, Any], *, check: bool = True) -> StoredLayer:
         digest = next(iter(_known_as(layer)), str(layer["id"]))  # none: not a pulled layer
+        layer_id = str(layer["id"])
+        markers = None
         if check:
             with error_context(f"Layer {digest}"):
-                _check_members(self._members(str(layer["id"])))
-        layer_id = str(layer["id"])
-        return StoredLayer(digest, self.root / "overlay" / layer_id / "diff", layer_id)
+                markers = self.layer_markers(layer_id)
+        return StoredLayer(digest, self.root / "overlay" / layer_id / "diff", layer_id, markers)
 
     def complete_layers(self) -> dict[str, dict[str, Any]]:
         """The records of the layers whose unpacking has finished, by each digest they
@@ -338,15 +382,15 @@ class ContainersStorage:
         """A record of `complete_layers`, once its member names have passed the rules."""
         return self._stored_layer(layer)
 
-    def layer_diff_dirs(self, name: str) -> list[Path]:
-        """The image's overlay diff directories, lowest layer first (`image_layers`)."""
-        return [layer.diff_dir for layer in self.image_layers(name)]
+    def layer_markers(self, layer_id: str) -> LayerMarkers:
+        """The layer's markers, as its members give them (member_markers.py), once its
+        member names have passed the rules the blob path applies."""
+        return read_markers(functools.partial(self._members, layer_id))
 
-    def _members(self, layer_id: str) -> Iterator[tuple[str, bool]]:
-        """The layer's tar members, in order: each name, and whether it is a symlink.
-        From its tar-split data, or, for a layer pulled partially (which
-        containers-storage 1.43 keeps none of), from the table of contents of the
-        zstd:chunked blob, which lists the same."""
+    def _members(self, layer_id: str) -> Iterator[Member]:
+        """The layer's tar members, in order: from its tar-split data, or, for a layer
+        pulled partially (which containers-storage 1.43 keeps none of), from the
+        table of contents of the zstd:chunked blob, which lists the same."""
         path = self.root / "overlay-layers" / f"{layer_id}.tar-split.gz"
         toc = self.root / "overlay-layers" / layer_id / _big_data_file(_TOC_KEY)
         if not path.exists() and toc.exists():
@@ -359,17 +403,15 @@ class ContainersStorage:
                 raise BootcError(
                     f"Reading the table of contents of layer {layer_id}: {err}"
                 ) from None
-            for e in entries:
-                if e.get("type") != "chunk":
-                    yield str(e.get("name", "")), e.get("type") == "symlink"
+            yield from (_toc_member(e) for e in entries if e.get("type") != "chunk")
             return
         try:
             with gzip.open(path, "rt", encoding="utf-8") as lines:
-                header = b""
+                segment = b""
                 for line in lines:
                     entry = json.loads(line)
                     if entry.get("type") == _SEGMENT:
-                        header = base64.b64decode(entry.get("payload") or "")[-_BLOCK:]
+                        segment = base64.b64decode(entry.get("payload") or "")
                         continue
                     if entry.get("type") != _FILE_ENTRY:
                         continue
@@ -379,8 +421,9 @@ class ContainersStorage:
                         if raw
                         else str(entry.get("name", ""))
                     )
-                    yield name, len(header) == _BLOCK and header[_TYPEFLAG] == ord(tarfile.SYMTYPE)
-        except (OSError, ValueError, EOFError) as err:
+                    kind = _tar_split_kind(name, segment)
+                    yield Member(name, kind, functools.partial(_segment_meta, segment))
+        except (OSError, ValueError, EOFError, tarfile.TarError) as err:
             raise BootcError(f"Reading the tar-split data of layer {layer_id}: {err}") from None
 
     def mount(self, name: str) -> Path:

@@ -1,0 +1,130 @@
+"""A layer's whiteouts and opaque directories as its own tar members give them.
+
+containers-storage turns a layer's markers into overlay's as it unpacks the layer: a
+whiteout becomes a 0:0 character device, an opaque marker an xattr on its directory.
+A diff directory cannot tell those from what else made them, and containers-storage
+1.43 (Debian 12's) makes them of what the layer rules call data:
+- a PAX `trusted.overlay.opaque` on a directory makes that directory opaque;
+- a *directory* named `.wh.x/` whites x out, and is made again (0755, root) as the
+  implied parent of the members below it.
+
+The storage keeps each layer's members as the layer gave them (tar-split data, or the
+table of contents of a layer pulled partially), so the container backend takes the
+markers from there and only the files from the diff directory. The names are checked
+as the blob path checks them on the way.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+
+from pybootc.errors import BootcError
+from pybootc.layers.paths import Marker, Parts, classify, join, split_member_name
+from pybootc.layers.tree import FileMeta
+
+
+class MemberKind(enum.Enum):
+    DIRECTORY = enum.auto()
+    SYMLINK = enum.auto()
+    # A 0:0 character device: a whiteout by another name, as in the blob path.
+    WHITEOUT_DEVICE = enum.auto()
+    OTHER = enum.auto()
+
+
+@dataclass(frozen=True)
+class Member:
+    """One tar member of a layer: its name, its kind, and how to read the metadata its
+    header gives (read only for the rare directory that needs it)."""
+
+    name: str
+    kind: MemberKind
+    meta: Callable[[], FileMeta] = field(compare=False)
+
+
+@dataclass(frozen=True)
+class LayerMarkers:
+    """Paths in the layer (`a/b`, the root as ""): the directories its opaque markers
+    clear, the names its whiteouts hide, and its directories named like whiteouts,
+    with the metadata their headers give."""
+
+    opaque: frozenset[str] = frozenset()
+    hidden: frozenset[str] = frozenset()
+    named_like_whiteouts: Mapping[str, FileMeta] = field(default_factory=dict)
+    # Names the layer writes that a directory named like a whiteout shadows (`x` for
+    # `.wh.x/`): a storage that took the directory for a whiteout has lost them.
+    shadowed: frozenset[str] = frozenset()
+
+    def is_opaque(self, relative: str) -> bool:
+        return relative in self.opaque
+
+    def hides(self, relative: str) -> bool:
+        return relative in self.hidden
+
+    def refuse_lost(self, relative: str) -> None:
+        """A whiteout at `relative` that no marker made: refuse the layer if the
+        storage dropped a name the layer writes there."""
+        if relative in self.shadowed:
+            parent, _, name = relative.rpartition("/")
+            directory = join((*split_member_name(parent), f".wh.{name}"))
+            raise BootcError(
+                f'containers-storage took the directory "{directory}" for a whiteout and'
+                f' lost "{relative}", which the same layer writes'
+            )
+
+
+def _check_below_symlinks(parts: Parts, kind: MemberKind, symlinks: set[Parts]) -> None:
+    """Refuse a member below a symlink the same layer made, as the blob path does
+    (containers-storage follows that symlink, inside the layer; the blob path says
+    the symlink is not a directory), so that both backends refuse such a layer alike."""
+    if symlinks:
+        for depth in range(1, len(parts)):
+            if parts[:depth] in symlinks:
+                raise BootcError(f'"{join(parts[:depth])}" is not a directory')
+    if kind is MemberKind.SYMLINK:
+        symlinks.add(parts)
+    else:
+        symlinks.discard(parts)
+
+
+def read_markers(members: Callable[[], Iterable[Member]]) -> LayerMarkers:
+    """The markers of the layer whose members `members` lists, once every name has
+    passed the rules the blob path applies to names (`..`, markers below a symlink).
+    The members are listed a second time only for a layer with a directory named like
+    a whiteout."""
+    symlinks: set[Parts] = set()
+    opaque: set[str] = set()
+    hidden: set[str] = set()
+    named: dict[str, FileMeta] = {}
+    for member in members():
+        parts = split_member_name(member.name)
+        _check_below_symlinks(parts, member.kind, symlinks)
+        if not parts:
+            continue
+        if member.kind is MemberKind.DIRECTORY:
+            if parts[-1].startswith(".wh."):
+                named[join(parts)] = member.meta()
+            continue
+        if member.kind is MemberKind.WHITEOUT_DEVICE:
+            hidden.add(join(parts))
+            continue
+        marker, name = classify(parts[-1])
+        if marker is Marker.OPAQUE:
+            opaque.add(join(parts[:-1]))
+        elif marker is Marker.WHITEOUT:
+            hidden.add(join((*parts[:-1], name)))
+    shadowed: frozenset[str] = frozenset()
+    if named:
+        candidates = {join((*parent, name[4:])) for parent, name in map(_split_last, named)}
+        shadowed = frozenset(
+            path
+            for member in members()
+            if (path := join(split_member_name(member.name))) in candidates
+        )
+    return LayerMarkers(frozenset(opaque), frozenset(hidden), named, shadowed)
+
+
+def _split_last(path: str) -> tuple[Parts, str]:
+    parts = split_member_name(path)
+    return parts[:-1], parts[-1]
