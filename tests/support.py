@@ -7,6 +7,8 @@ same image is then flattened by both of pybootc's sources and compared.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import hashlib
 import itertools
 import json
@@ -32,8 +34,15 @@ from pybootc.errors import BootcError
 from pybootc.host.model import Host
 from pybootc.layers.flatten import flatten_diff_dirs
 from pybootc.layers.listing import ListedEntry, diff_listings, list_tree
+from pybootc.oci.imgref import ImageReference, OstreeImageReference, SignatureSource
+from pybootc.oci.metadata import fetch_image_metadata
+from pybootc.ostree.gi import OSTree
 from pybootc.sample.ocibuild import ImageSpec, Layer, OciLayout
+from pybootc.stores.container import read_stored_layer
 from pybootc.stores.containers_storage import ContainersStorage
+from pybootc.stores.layered import LayeredImage, layer_commit
+from pybootc.stores.ostree import import_layers
+from tests.object_support import new_bare_repo
 
 Tree = list[ListedEntry]
 # shared/ lies beside the checkout, for developers and for CI alike.
@@ -48,20 +57,41 @@ LOGIN = ("pybootc", "s3cret-for-tests")
 
 @dataclass(frozen=True)
 class Outcome:
-    """What the kernel and each of pybootc's sources made of one image."""
+    """What the kernel and each of pybootc's ways of reading an image made of it: the
+    two flatten sources, and the two layer-commit paths an install takes (the ostree
+    backend's from the blobs, the container backend's from the storage), merged and
+    checked out."""
 
     kernel: Tree | str
     blobs: Tree | str
     storage: Tree | str
+    committed_blobs: Tree | str
+    committed_storage: Tree | str
+
+    def sources(self) -> dict[str, Tree | str]:
+        return {
+            "blobs": self.blobs,
+            "containers-storage": self.storage,
+            "blob layer commits": self.committed_blobs,
+            "storage layer commits": self.committed_storage,
+        }
 
     def assert_agree(self) -> None:
         if isinstance(self.kernel, str):
-            assert isinstance(self.blobs, str), f"kernel refused ({self.kernel}); blobs did not"
+            for name in ("blobs", "blob layer commits"):
+                refused = self.sources()[name]
+                assert isinstance(refused, str), f"kernel refused ({self.kernel}); {name} did not"
             return
-        for name, tree in (("blobs", self.blobs), ("containers-storage", self.storage)):
+        for name, tree in self.sources().items():
             assert not isinstance(tree, str), f"{name} failed: {tree}"
-            diff = diff_listings(self.kernel, tree)
+            kernel = without_link_groups(self.kernel) if "commits" in name else self.kernel
+            diff = diff_listings(kernel, tree)
             assert not diff, f"{name} differs from the kernel:\n" + "\n".join(diff)
+
+
+def without_link_groups(tree: Tree) -> Tree:
+    """OSTree keeps no hardlink identity (identical files share one object)."""
+    return [dataclasses.replace(e, link_group=None) for e in tree]
 
 
 class Oracle:
@@ -72,6 +102,7 @@ class Oracle:
         self.layout = OciLayout(workdir / "oci")
         self.storage = ContainersStorage(workdir / "storage", workdir / "runroot")
         self._names = itertools.count()
+        self._repos: dict[Source, OSTree.Repo] = {}
 
     def add(self, layers: Sequence[Layer], **spec: object) -> str:
         tag = f"case{next(self._names)}"
@@ -112,14 +143,55 @@ class Oracle:
         finally:
             shutil.rmtree(out)
 
-    def compare(self, layers: Sequence[Layer], **spec: object) -> Outcome:
-        tag = self.add(layers, **spec)
-        kernel = self.kernel_view(tag)
-        blobs = self.flatten(tag, Source.BLOBS)
-        storage = (
-            kernel if isinstance(kernel, str) else self.flatten(tag, Source.CONTAINERS_STORAGE)
+    def committed(self, tag: str, source: Source, image: str = "") -> Tree | str:
+        """The image as an install commits it: each layer into a commit of a repo of
+        `source`'s own (from its blob, or from the storage as the container backend
+        reads it), the commits merged and checked out; its hardlinks left out."""
+        repo = self._repos.get(source)
+        if repo is None:
+            repo = self._repos[source] = new_bare_repo(self.workdir / f"repo-{source}")
+        imgref = OstreeImageReference(
+            SignatureSource.insecure(), ImageReference.parse(image or self.layout.ref(tag))
         )
-        return Outcome(kernel, blobs, storage)
+        metadata = fetch_image_metadata(imgref.imgref)
+        work = Path(tempfile.mkdtemp(prefix=f"committed-{tag}-", dir=self.workdir))
+        try:
+            if source is Source.BLOBS:
+                imported = import_layers(repo, imgref, metadata, work)
+            else:
+                layers = self.storage.image_layers(f"localhost/{tag}:latest")
+                commits = tuple(
+                    layer_commit(
+                        repo,
+                        layer.digest,
+                        functools.partial(read_stored_layer, self.storage, layer),
+                    )
+                    for layer in layers
+                )
+                imported = LayeredImage(repo, commits, metadata)
+            imported.flatten(work / "root")
+            return without_link_groups(list_tree(work / "root"))
+        except BootcError as err:
+            return str(err)
+        finally:
+            shutil.rmtree(work)
+
+    def _outcome(self, tag: str, image: str = "") -> Outcome:
+        kernel = self.kernel_view(tag, image)
+        blobs = self.flatten(tag, Source.BLOBS, image)
+        committed_blobs = self.committed(tag, Source.BLOBS, image)
+        if isinstance(kernel, str):
+            return Outcome(kernel, blobs, kernel, committed_blobs, kernel)
+        return Outcome(
+            kernel,
+            blobs,
+            self.flatten(tag, Source.CONTAINERS_STORAGE),
+            committed_blobs,
+            self.committed(tag, Source.CONTAINERS_STORAGE, image),
+        )
+
+    def compare(self, layers: Sequence[Layer], **spec: object) -> Outcome:
+        return self._outcome(self.add(layers, **spec))
 
     def compare_partially_pulled(self, layers: Sequence[Layer], registry: Registry) -> Outcome:
         """`compare` for the image pushed to `registry` with zstd:chunked layers, which
@@ -127,12 +199,7 @@ class Oracle:
         tag = self.add(layers)
         image = f"docker://{registry.address}/oracle/{tag}:chunked"
         push_zstd_chunked(self.layout.ref(tag), image, self.workdir)
-        kernel = self.kernel_view(tag, image)
-        blobs = self.flatten(tag, Source.BLOBS, image)
-        storage = (
-            kernel if isinstance(kernel, str) else self.flatten(tag, Source.CONTAINERS_STORAGE)
-        )
-        return Outcome(kernel, blobs, storage)
+        return self._outcome(tag, image)
 
     def close(self) -> None:
         self.storage.reset()

@@ -28,7 +28,7 @@ from pybootc.sample.ocibuild import (
     symlink,
     whiteout,
 )
-from tests.support import Oracle, Tree
+from tests.support import Oracle, Outcome, Tree
 
 pytestmark = pytest.mark.oracle
 
@@ -400,26 +400,59 @@ def test_root_entry_sets_the_roots_metadata(oracle: Oracle, tmp_path: object) ->
     assert (st.st_mode & 0o7777, st.st_uid) == (0o700, 3)
 
 
+def _every_source(outcome: Outcome) -> dict[str, dict[str, object]]:
+    trees = {name: tree for name, tree in outcome.sources().items()}
+    for name, tree in trees.items():
+        assert not isinstance(tree, str), f"{name}: {tree}"
+    return {name: by_path(tree) for name, tree in trees.items() if not isinstance(tree, str)}
+
+
 def test_image_level_overlay_opaque_xattr_is_data_not_a_marker(oracle: Oracle) -> None:
     # containers-storage 1.43 (this machine's) obeys a PAX trusted.overlay.opaque in
     # an image and hides the lower d/x; newer versions escape it. An image's xattrs
-    # must never hide content, so the blobs source drops the xattr and keeps d/x.
+    # must never hide content, so every source drops the xattr and keeps d/x: the
+    # storage's take the opaque markers from the layer's members.
     outcome = oracle.compare(
         [
             L(directory("d"), file("d/x")),
             L(directory("d", xattrs={"trusted.overlay.opaque": b"y"}), file("d/n")),
         ]
     )
-    assert not isinstance(outcome.blobs, str)
-    assert {"d/x", "d/n"} <= set(by_path(outcome.blobs))
+    for name, tree in _every_source(outcome).items():
+        assert {"d/x", "d/n"} <= set(tree), name
+        assert tree["d"].xattrs == (), name  # type: ignore[attr-defined]
 
 
-def test_a_directory_named_like_a_whiteout_is_not_special(oracle: Oracle) -> None:
+@pytest.mark.parametrize("pax", [False, True], ids=["ustar", "pax"])
+def test_a_directory_named_like_a_whiteout_is_not_special(oracle: Oracle, pax: bool) -> None:
     # The rule: a *directory* `.wh.x/` is an ordinary directory. containers-storage
-    # 1.43 (this machine's) takes it for a whiteout of x anyway; the blobs source
-    # follows the rule, so x stays.
-    outcome = oracle.compare([L(file("x")), L(directory(".wh.x", mode=0o700), file(".wh.x/f"))])
-    assert not isinstance(outcome.blobs, str)
-    tree = by_path(outcome.blobs)
-    assert {"x", ".wh.x", ".wh.x/f"} <= set(tree)
-    assert tree[".wh.x"].mode == 0o700  # type: ignore[attr-defined]
+    # 1.43 (this machine's) takes it for a whiteout of x anyway, and makes the
+    # directory again as the parent of .wh.x/f (0755, root). Every source follows the
+    # rule, so x stays, and the directory has its header's metadata: the storage's
+    # sources read the markers and that header from the layer's members (with PAX
+    # records: a long name and an xattr).
+    name = ".wh." + "x" * 120 if pax else ".wh.x"
+    xattrs = {"user.kept": b"1"} if pax else {}
+    outcome = oracle.compare(
+        [
+            L(file(name[4:])),
+            L(directory(name, mode=0o700, uid=5, xattrs=xattrs), file(f"{name}/f")),
+        ]
+    )
+    for source, tree in _every_source(outcome).items():
+        assert {name[4:], name, f"{name}/f"} <= set(tree), source
+        found = tree[name]
+        assert (found.mode, found.uid) == (0o700, 5), source  # type: ignore[attr-defined]
+        assert found.xattrs == tuple(xattrs.items()), source  # type: ignore[attr-defined]
+
+
+def test_a_directory_named_like_a_whiteout_of_a_name_the_layer_has(oracle: Oracle) -> None:
+    # containers-storage 1.43 cannot make that whiteout (the name is taken) and refuses
+    # the layer; the blob path keeps both, as the rule says.
+    outcome = oracle.compare([L(file("x"), directory(".wh.x"), file(".wh.x/f"))])
+    sources = outcome.sources()
+    if isinstance(outcome.kernel, str):
+        sources = {name: sources[name] for name in ("blobs", "blob layer commits")}
+    for source, tree in sources.items():
+        assert not isinstance(tree, str), f"{source}: {tree}"
+        assert {"x", ".wh.x", ".wh.x/f"} <= set(by_path(tree)), source

@@ -89,7 +89,6 @@ def list_layer_directory(
                 child = f"{relative}/{name}" if relative else name
                 if whiteout and not markers.hides(child):
                     # Made of a directory named like a whiteout: no whiteout at all.
-                    markers.refuse_lost(child)
                     continue
                 meta = markers.named_like_whiteouts.get(child)
             entries[name] = LayerEntry(layer, item.path, st, whiteout, meta)

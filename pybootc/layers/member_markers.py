@@ -6,7 +6,8 @@ A diff directory cannot tell those from what else made them, and containers-stor
 1.43 (Debian 12's) makes them of what the layer rules call data:
 - a PAX `trusted.overlay.opaque` on a directory makes that directory opaque;
 - a *directory* named `.wh.x/` whites x out, and is made again (0755, root) as the
-  implied parent of the members below it.
+  implied parent of the members below it. (Where the layer has an x already, it
+  refuses the layer: the whiteout's mknod finds the name taken.)
 
 The storage keeps each layer's members as the layer gave them (tar-split data, or the
 table of contents of a layer pulled partially), so the container backend takes the
@@ -21,7 +22,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from pybootc.errors import BootcError
-from pybootc.layers.paths import Marker, Parts, classify, join, split_member_name
+from pybootc.layers.paths import WHITEOUT_PREFIX, Marker, Parts, classify, join, split_member_name
 from pybootc.layers.tree import FileMeta
 
 
@@ -52,26 +53,12 @@ class LayerMarkers:
     opaque: frozenset[str] = frozenset()
     hidden: frozenset[str] = frozenset()
     named_like_whiteouts: Mapping[str, FileMeta] = field(default_factory=dict)
-    # Names the layer writes that a directory named like a whiteout shadows (`x` for
-    # `.wh.x/`): a storage that took the directory for a whiteout has lost them.
-    shadowed: frozenset[str] = frozenset()
 
     def is_opaque(self, relative: str) -> bool:
         return relative in self.opaque
 
     def hides(self, relative: str) -> bool:
         return relative in self.hidden
-
-    def refuse_lost(self, relative: str) -> None:
-        """A whiteout at `relative` that no marker made: refuse the layer if the
-        storage dropped a name the layer writes there."""
-        if relative in self.shadowed:
-            parent, _, name = relative.rpartition("/")
-            directory = join((*split_member_name(parent), f".wh.{name}"))
-            raise BootcError(
-                f'containers-storage took the directory "{directory}" for a whiteout and'
-                f' lost "{relative}", which the same layer writes'
-            )
 
 
 def _check_below_symlinks(parts: Parts, kind: MemberKind, symlinks: set[Parts]) -> None:
@@ -88,22 +75,20 @@ def _check_below_symlinks(parts: Parts, kind: MemberKind, symlinks: set[Parts]) 
         symlinks.discard(parts)
 
 
-def read_markers(members: Callable[[], Iterable[Member]]) -> LayerMarkers:
-    """The markers of the layer whose members `members` lists, once every name has
-    passed the rules the blob path applies to names (`..`, markers below a symlink).
-    The members are listed a second time only for a layer with a directory named like
-    a whiteout."""
+def read_markers(members: Iterable[Member]) -> LayerMarkers:
+    """The markers of a layer of these members, once every name has passed the rules
+    the blob path applies to names (`..`, markers below a symlink)."""
     symlinks: set[Parts] = set()
     opaque: set[str] = set()
     hidden: set[str] = set()
     named: dict[str, FileMeta] = {}
-    for member in members():
+    for member in members:
         parts = split_member_name(member.name)
         _check_below_symlinks(parts, member.kind, symlinks)
         if not parts:
             continue
         if member.kind is MemberKind.DIRECTORY:
-            if parts[-1].startswith(".wh."):
+            if parts[-1].startswith(WHITEOUT_PREFIX):
                 named[join(parts)] = member.meta()
             continue
         if member.kind is MemberKind.WHITEOUT_DEVICE:
@@ -114,17 +99,4 @@ def read_markers(members: Callable[[], Iterable[Member]]) -> LayerMarkers:
             opaque.add(join(parts[:-1]))
         elif marker is Marker.WHITEOUT:
             hidden.add(join((*parts[:-1], name)))
-    shadowed: frozenset[str] = frozenset()
-    if named:
-        candidates = {join((*parent, name[4:])) for parent, name in map(_split_last, named)}
-        shadowed = frozenset(
-            path
-            for member in members()
-            if (path := join(split_member_name(member.name))) in candidates
-        )
-    return LayerMarkers(frozenset(opaque), frozenset(hidden), named, shadowed)
-
-
-def _split_last(path: str) -> tuple[Parts, str]:
-    parts = split_member_name(path)
-    return parts[:-1], parts[-1]
+    return LayerMarkers(frozenset(opaque), frozenset(hidden), named)

@@ -385,7 +385,7 @@ class ContainersStorage:
     def layer_markers(self, layer_id: str) -> LayerMarkers:
         """The layer's markers, as its members give them (member_markers.py), once its
         member names have passed the rules the blob path applies."""
-        return read_markers(functools.partial(self._members, layer_id))
+        return read_markers(self._members(layer_id))
 
     def _members(self, layer_id: str) -> Iterator[Member]:
         """The layer's tar members, in order: from its tar-split data, or, for a layer
