@@ -17,6 +17,7 @@ import re
 import shutil
 import socket
 import ssl
+import struct
 import subprocess
 import tempfile
 import time
@@ -53,6 +54,23 @@ UPSTREAM_FIXTURE_DIR = SHARED_REFERENCE / "upstream-bootc"
 FIXTURE_NAMES = sorted(p.name for p in UPSTREAM_FIXTURE_DIR.glob("spec-*"))
 # The one user of the private test registry.
 LOGIN = ("pybootc", "s3cret-for-tests")
+
+
+def acl(*entries: tuple[int, int, int]) -> bytes:
+    """A system.posix_acl_* value: version 2, then (tag, rwx, id) entries."""
+    return struct.pack("<I", 2) + b"".join(struct.pack("<HHI", *e) for e in entries)
+
+
+_OWNER, _NAMED_USER, _GROUP, _MASK, _OTHER, _NO_ID = 0x01, 0x02, 0x04, 0x10, 0x20, 0xFFFFFFFF
+# Access ACLs: one the mode can say (rwx, r-x, ---), and one with a named user and a mask.
+ACL_AS_MODE_750 = acl((_OWNER, 7, _NO_ID), (_GROUP, 5, _NO_ID), (_OTHER, 0, _NO_ID))
+ACL_EXTENDED = acl(
+    (_OWNER, 6, _NO_ID),
+    (_NAMED_USER, 6, 1000),
+    (_GROUP, 4, _NO_ID),
+    (_MASK, 6, _NO_ID),
+    (_OTHER, 4, _NO_ID),
+)
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import subprocess
 from pathlib import Path
 
@@ -14,9 +15,9 @@ import pytest
 from pybootc.ostree.repo import list_refs, read_commit_metadata, root_tree_checksum
 from pybootc.ostree.sysroot import Sysroot
 from pybootc.sample.image import sample_image
-from pybootc.sample.ocibuild import Entry, Kind, file, layer, symlink
+from pybootc.sample.ocibuild import Entry, Kind, directory, file, layer, symlink
 from tests.backend_support import bootc, install, ok, one_error_line, publish, state
-from tests.support import Registry, host_schema
+from tests.support import ACL_AS_MODE_750, ACL_EXTENDED, Registry, host_schema
 
 pytestmark = pytest.mark.registry
 
@@ -28,6 +29,9 @@ FIFO_LAYER = layer(
     file("srv/readme", "r"),
     Entry("srv/fifo", Kind.FIFO, mode=0o644),
     file("srv/ping", "p", mode=0o755, xattrs={"security.capability": V3_CAPABILITY}),
+    # The kernel keeps neither ACL as the header gives it (layers/extract.py).
+    file("srv/acl", "a", mode=0o600, xattrs={"system.posix_acl_access": ACL_AS_MODE_750}),
+    directory("srv/shared", xattrs={"system.posix_acl_access": ACL_EXTENDED}),
 )
 
 
@@ -71,6 +75,9 @@ def test_both_backends_commit_the_same_tree(
     assert tree_of(target) == tree_of(other_target)
     deployed = Sysroot.open(target).deployments()[0].deployment_path
     assert os.getxattr(deployed / "srv/ping", "security.capability") == V2_CAPABILITY
+    assert stat.S_IMODE((deployed / "srv/acl").stat().st_mode) == 0o750
+    assert "system.posix_acl_access" not in os.listxattr(deployed / "srv/acl")
+    assert stat.S_IMODE((deployed / "srv/shared").stat().st_mode) == 0o664
     for sysroot in (target, other_target):
         fsck = subprocess.run(
             ["ostree", "fsck", f"--repo={sysroot}/ostree/repo"],

@@ -22,6 +22,7 @@ from typing import IO, cast
 from pybootc.errors import BootcError
 from pybootc.layers.extract import (
     NoGlobalHeaders,
+    access_acl_applied,
     hardlink_target,
     member_xattrs,
     unique_member_parts,
@@ -165,7 +166,7 @@ class LayerReader:
     def _leaf(self, tar: tarfile.TarFile, member: tarfile.TarInfo, parts: Parts) -> _Inode:
         meta = _applied(FileMeta(0, 0, 0), member, fresh=True, directory=False)
         if member.isreg():
-            mode = stat.S_IFREG | stat.S_IMODE(member.mode)
+            mode = stat.S_IFREG | stat.S_IMODE(meta.mode)
             inode = _Inode(LeafKind.REGULAR, FileMeta(meta.uid, meta.gid, mode, meta.xattrs))
             inode.checksum = self._content(tar, member, inode.meta)
             inode.written_as = inode.meta
@@ -283,7 +284,8 @@ class LayerReader:
 
 def _applied(meta: FileMeta, member: tarfile.TarInfo, *, fresh: bool, directory: bool) -> FileMeta:
     """`meta` once the member's header is applied as the kernel applies chown, setxattr
-    and chmod in that order: a change of owner drops a file's capabilities."""
+    and chmod in that order: a change of owner drops a file's capabilities, and an
+    access ACL has the last word on the permissions."""
     uid, gid = meta.uid, meta.gid
     xattrs = dict(meta.xattrs)
     if fresh or (uid, gid) != (member.uid, member.gid):
@@ -294,6 +296,8 @@ def _applied(meta: FileMeta, member: tarfile.TarInfo, *, fresh: bool, directory:
     mode = stat.S_IFMT(meta.mode) | stat.S_IMODE(member.mode)
     if directory:
         mode = stat.S_IFDIR | stat.S_IMODE(member.mode)
+    # The kernel's view has an access ACL's permissions, whatever the header's mode.
+    mode = access_acl_applied(mode, xattrs)
     return FileMeta.of(uid, gid, mode, xattrs)
 
 
