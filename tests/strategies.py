@@ -40,6 +40,7 @@ from pybootc.sample.ocibuild import (
     symlink,
     whiteout,
 )
+from tests.support import ACL_AS_MODE_750, ACL_EXTENDED
 
 # --- layers over a small name space, so that they collide ------------------------------
 
@@ -48,12 +49,17 @@ paths = st.lists(st.sampled_from(NAMES), min_size=1, max_size=3).map("/".join)
 modes = st.sampled_from([0o644, 0o600, 0o755, 0o4755, 0o700, 0o1777])
 owners = st.sampled_from([0, 0, 1000])
 CAPABILITY = bytes.fromhex("0100000200200000000000000000000000000000")
-# The kernel refuses a malformed security.capability, so it only ever gets a real one.
+# The kernel refuses a malformed security.capability or ACL, so those only ever get
+# real ones: an access ACL the mode can say, or one it cannot (layers/access_acl.py).
+_REAL = {
+    "security.capability": {b"1": CAPABILITY, b"\x00\xff": CAPABILITY},
+    "system.posix_acl_access": {b"1": ACL_AS_MODE_750, b"\x00\xff": ACL_EXTENDED},
+}
 xattrs = st.dictionaries(
-    st.sampled_from(["user.x", "user.y", "security.capability", "trusted.t"]),
+    st.sampled_from(["user.x", "user.y", "security.capability", "trusted.t", *_REAL]),
     st.sampled_from([b"1", b"\x00\xff"]),
     max_size=2,
-).map(lambda d: {k: CAPABILITY if k == "security.capability" else v for k, v in d.items()})
+).map(lambda d: {k: _REAL[k][v] if k in _REAL else v for k, v in d.items()})
 
 
 KINDS = ["file", "file", "dir", "dir", "symlink", "hardlink", "whiteout", "opaque", "fifo"]

@@ -13,13 +13,13 @@ from __future__ import annotations
 import os
 import shutil
 import stat
-import struct
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import IO, cast
 
 from pybootc.errors import BootcError
+from pybootc.layers import access_acl
 from pybootc.layers.dirfd import DirectoryHandles, NotADirectory
 from pybootc.layers.paths import Marker, Parts, classify, is_overlay_xattr, join, split_member_name
 
@@ -65,40 +65,6 @@ def _as_the_kernel_keeps(name: str, value: bytes) -> bytes:
         return value
     plain = _CAPABILITY_V2 | (magic & _CAPABILITY_EFFECTIVE)
     return plain.to_bytes(4, "little") + value[4:_CAPABILITY_V2_SIZE]
-
-
-# An access ACL's layout (linux/posix_acl_xattr.h): a little-endian version word, then
-# entries of a tag, permissions (rwx) and an id, 8 bytes each.
-_ACCESS_ACL = "system.posix_acl_access"
-_ACL_VERSION = 2
-_ACL_HEADER, _ACL_ENTRY = struct.Struct("<I"), struct.Struct("<HHI")
-_ACL_USER_OBJ, _ACL_GROUP_OBJ, _ACL_MASK, _ACL_OTHER = 0x01, 0x04, 0x10, 0x20
-_ACL_NAMED = (0x02, 0x08)  # ACL_USER, ACL_GROUP
-
-
-def access_acl_applied(mode: int, xattrs: dict[str, bytes]) -> int:
-    """`mode` once an access ACL among `xattrs` is set on the file, as the kernel sets
-    one (posix_acl_update_mode): the ACL gives the permission bits (the group's from
-    its mask, where it has one), and the kernel keeps the ACL itself only if the mode
-    cannot say all of it; otherwise it is taken out of `xattrs` here. An ACL the
-    kernel would not read is left as it is."""
-    value = xattrs.get(_ACCESS_ACL)
-    if value is None or len(value) < _ACL_HEADER.size or (len(value) - 4) % _ACL_ENTRY.size:
-        return mode
-    if _ACL_HEADER.unpack_from(value)[0] != _ACL_VERSION:
-        return mode
-    perms: dict[int, int] = {}
-    named = False
-    for tag, perm, _ in _ACL_ENTRY.iter_unpack(value[_ACL_HEADER.size :]):
-        named = named or tag in _ACL_NAMED
-        perms[tag] = perm & 0o7
-    if not {_ACL_USER_OBJ, _ACL_GROUP_OBJ, _ACL_OTHER} <= perms.keys():
-        return mode
-    group = perms.get(_ACL_MASK, perms[_ACL_GROUP_OBJ])
-    if not named and _ACL_MASK not in perms:
-        del xattrs[_ACCESS_ACL]
-    rwx = perms[_ACL_USER_OBJ] << 6 | group << 3 | perms[_ACL_OTHER]
-    return (mode & ~0o777) | rwx
 
 
 def member_xattrs(member: tarfile.TarInfo) -> Iterator[tuple[str, bytes]]:
@@ -324,7 +290,7 @@ class LayerExtractor:
         if is_link:
             return
         # The kernel's view has an access ACL's permissions, whatever the header's mode.
-        mode = access_acl_applied(stat.S_IMODE(member.mode), xattrs)
+        mode = access_acl.set_mode(stat.S_IMODE(member.mode), xattrs)
         if fd is not None:
             if not fresh or mode & 0o7000:
                 os.fchmod(fd, mode)

@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import IO, cast
 
 from pybootc.errors import BootcError
+from pybootc.layers import access_acl
 from pybootc.layers.extract import (
     NoGlobalHeaders,
-    access_acl_applied,
     hardlink_target,
     member_xattrs,
     unique_member_parts,
@@ -292,12 +292,15 @@ def _applied(meta: FileMeta, member: tarfile.TarInfo, *, fresh: bool, directory:
         uid, gid = member.uid, member.gid
         if not directory:
             xattrs.pop(_CAPABILITY, None)
-    xattrs.update((name, value) for name, value in member_xattrs(member) if is_image_xattr(name))
+    own = {name: value for name, value in member_xattrs(member) if is_image_xattr(name)}
+    xattrs.update(own)
     mode = stat.S_IFMT(meta.mode) | stat.S_IMODE(member.mode)
     if directory:
         mode = stat.S_IFDIR | stat.S_IMODE(member.mode)
-    # The kernel's view has an access ACL's permissions, whatever the header's mode.
-    mode = access_acl_applied(mode, xattrs)
+    if access_acl.NAME in own:
+        mode = access_acl.set_mode(mode, xattrs)
+    else:
+        access_acl.chmod(mode, xattrs)
     return FileMeta.of(uid, gid, mode, xattrs)
 
 
