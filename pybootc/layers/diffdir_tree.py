@@ -63,7 +63,8 @@ class _DiffDirReader:
             st = entry.st
             if stat.S_ISDIR(st.st_mode):
                 meta, grandchildren, opaque = self.directory(entry.path, child)
-                meta = entry.meta or meta
+                if entry.meta is not None:
+                    meta = entry.meta  # the header's, which the diff directory lost
                 children[name] = finished_dir(self._objects, meta, grandchildren, opaque=opaque)
                 marked = marked or child in self.marked
             elif stat.S_ISREG(st.st_mode):

@@ -127,6 +127,8 @@ def _known_as(layer: dict[str, object]) -> tuple[str, ...]:
 _SEGMENT, _FILE_ENTRY = 2, 1
 _BLOCK = 512
 _TYPEFLAG = 156  # the offset of a tar header's type
+_SIZE = slice(124, 136)  # its size, in octal
+_EXTENDED_HEADERS = b"xgLK"
 _TAR_KINDS = {ord(tarfile.DIRTYPE): MemberKind.DIRECTORY, ord(tarfile.SYMTYPE): MemberKind.SYMLINK}
 _TOC_KINDS = {"dir": MemberKind.DIRECTORY, "symlink": MemberKind.SYMLINK}
 
@@ -151,8 +153,26 @@ def _segment_meta(segment: bytes) -> FileMeta:
     return directory_meta(member)
 
 
+def _own_header(segment: bytes) -> bytes:
+    """The member's own header among the blocks that end `segment`: the first that
+    neither is an extended header (PAX records, GNU long names) nor holds one's data.
+    Blocks after it (an old GNU sparse file's extension blocks) are not headers."""
+    blocks = segment[len(segment) % _BLOCK :]
+    offset = 0
+    while offset + _BLOCK <= len(blocks):
+        block = blocks[offset : offset + _BLOCK]
+        if block[_TYPEFLAG] not in _EXTENDED_HEADERS:
+            return block
+        try:
+            size = int(block[_SIZE].rstrip(b"\0 ").strip() or b"0", 8)
+        except ValueError:
+            return b""  # containers-storage could not have read it either
+        offset += _BLOCK + -(-size // _BLOCK) * _BLOCK
+    return b""
+
+
 def _tar_split_kind(name: str, segment: bytes) -> MemberKind:
-    header = segment[-_BLOCK:]
+    header = _own_header(segment)
     if len(header) != _BLOCK:
         return MemberKind.OTHER
     if header[_TYPEFLAG] == ord(tarfile.CHRTYPE):
