@@ -438,20 +438,28 @@ def _every_source(outcome: Outcome) -> dict[str, dict[str, object]]:
     return {name: by_path(tree) for name, tree in trees.items() if not isinstance(tree, str)}
 
 
-def test_image_level_overlay_opaque_xattr_is_data_not_a_marker(oracle: Oracle) -> None:
-    # containers-storage 1.43 (this machine's) obeys a PAX trusted.overlay.opaque in
-    # an image and hides the lower d/x; newer versions escape it. An image's xattrs
-    # must never hide content, so every source drops the xattr and keeps d/x: the
-    # storage's take the opaque markers from the layer's members.
+@pytest.mark.parametrize(
+    "xattr", [("trusted.overlay.opaque", b"y"), ("trusted.overlay.redirect", b"/e")]
+)
+def test_image_level_overlay_xattrs_are_data_not_markers(
+    oracle: Oracle, xattr: tuple[str, bytes]
+) -> None:
+    # containers-storage 1.43 (this machine's) writes an image's PAX trusted.overlay.*
+    # into the diff directory, where overlayfs obeys it: an opaque directory hides the
+    # lower d/x, a redirect shows e's files in d. Newer versions escape them. An
+    # image's xattrs must never change what is visible, so every source drops them:
+    # the storage's read the markers from the layer's members, and take an overlay
+    # xattr in a diff directory of image layers for the image's own.
+    name, value = xattr
     outcome = oracle.compare(
         [
-            L(directory("d"), file("d/x")),
-            L(directory("d", xattrs={"trusted.overlay.opaque": b"y"}), file("d/n")),
+            L(directory("d"), file("d/x"), directory("e"), file("e/y")),
+            L(directory("d", xattrs={name: value}), file("d/n")),
         ]
     )
-    for name, tree in _every_source(outcome).items():
-        assert {"d/x", "d/n"} <= set(tree), name
-        assert tree["d"].xattrs == (), name  # type: ignore[attr-defined]
+    for source, tree in _every_source(outcome).items():
+        assert {"d/x", "d/n"} <= set(tree) and "d/y" not in tree, source
+        assert tree["d"].xattrs == (), source  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize("pax", [False, True], ids=["ustar", "pax"])

@@ -12,12 +12,10 @@ import os
 import stat
 from dataclasses import dataclass
 
-from pybootc.errors import BootcError
 from pybootc.layers.member_markers import LayerMarkers
 from pybootc.layers.paths import (
     OPAQUE_MARKER,
     OPAQUE_XATTRS,
-    UNSUPPORTED_OVERLAY_XATTRS,
     WHITEOUT_PREFIX,
 )
 from pybootc.layers.tree import FileMeta
@@ -41,13 +39,9 @@ class LayerEntry:
 
 
 def _directory_is_opaque(path: str) -> bool:
-    """The directory's overlay xattrs: is it opaque? Refuse what we cannot read."""
+    """Whether a directory our own extraction wrote (extract.py) is opaque: by the xattr
+    it sets for an opaque marker."""
     names = os.listxattr(path, follow_symlinks=False)
-    for name in UNSUPPORTED_OVERLAY_XATTRS:
-        if name in names:
-            raise BootcError(
-                f"{path}: has {name}; storage with redirect_dir or metacopy is not supported"
-            )
     return any(
         os.getxattr(path, name, follow_symlinks=False) == b"y"
         for name in OPAQUE_XATTRS
@@ -69,9 +63,10 @@ def list_layer_directory(
     `relative` is then the directory's path in the layer."""
     entries: dict[str, LayerEntry] = {}
     literal_whiteouts: list[str] = []
-    opaque = _directory_is_opaque(directory)
-    if markers is not None:
-        opaque = markers.is_opaque(relative)
+    # With the members known, the diff directory is containers-storage's: a layer's tar
+    # stream unpacked, never a copy-up, so an overlay xattr in it (an opaque, redirect
+    # or metacopy one) is the image's own, data the layer rules drop, never obey.
+    opaque = markers.is_opaque(relative) if markers is not None else _directory_is_opaque(directory)
     with os.scandir(directory) as it:
         for item in it:
             name = item.name

@@ -18,8 +18,6 @@ OVERLAY_XATTR_PREFIXES = ("trusted.overlay.",)
 # Only the rootful marker: storage this project owns is rootful, and there an
 # image's `user.overlay.opaque` is plain data that the kernel shows as such.
 OPAQUE_XATTRS = ("trusted.overlay.opaque",)
-# Set by overlayfs on copy-up; a diff directory carrying them cannot be read as a plain tree.
-UNSUPPORTED_OVERLAY_XATTRS = ("trusted.overlay.redirect", "trusted.overlay.metacopy")
 
 Parts = tuple[str, ...]
 
