@@ -43,7 +43,7 @@ from pybootc.stores.container import read_stored_layer
 from pybootc.stores.containers_storage import ContainersStorage
 from pybootc.stores.layered import LayeredImage, layer_commit
 from pybootc.stores.ostree import import_layers
-from tests.object_support import new_bare_repo
+from tests.object_support import corrupt_objects, new_bare_repo
 
 Tree = list[ListedEntry]
 # shared/ lies beside the checkout, for developers and for CI alike.
@@ -56,20 +56,23 @@ FIXTURE_NAMES = sorted(p.name for p in UPSTREAM_FIXTURE_DIR.glob("spec-*"))
 LOGIN = ("pybootc", "s3cret-for-tests")
 
 
-def acl(*entries: tuple[int, int, int]) -> bytes:
-    """A system.posix_acl_* value: version 2, then (tag, rwx, id) entries."""
-    return struct.pack("<I", 2) + b"".join(struct.pack("<HHI", *e) for e in entries)
+def acl(*entries: tuple[int, int, int], version: int = 2) -> bytes:
+    """A system.posix_acl_* value: the version, then (tag, rwx, id) entries."""
+    return struct.pack("<I", version) + b"".join(struct.pack("<HHI", *e) for e in entries)
 
 
-_OWNER, _NAMED_USER, _GROUP, _MASK, _OTHER, _NO_ID = 0x01, 0x02, 0x04, 0x10, 0x20, 0xFFFFFFFF
+ACL_OWNER, ACL_USER, ACL_GROUP, ACL_MASK, ACL_OTHER = 0x01, 0x02, 0x04, 0x10, 0x20
+ACL_NO_ID = 0xFFFFFFFF
 # Access ACLs: one the mode can say (rwx, r-x, ---), and one with a named user and a mask.
-ACL_AS_MODE_750 = acl((_OWNER, 7, _NO_ID), (_GROUP, 5, _NO_ID), (_OTHER, 0, _NO_ID))
+ACL_AS_MODE_750 = acl(
+    (ACL_OWNER, 7, ACL_NO_ID), (ACL_GROUP, 5, ACL_NO_ID), (ACL_OTHER, 0, ACL_NO_ID)
+)
 ACL_EXTENDED = acl(
-    (_OWNER, 6, _NO_ID),
-    (_NAMED_USER, 6, 1000),
-    (_GROUP, 4, _NO_ID),
-    (_MASK, 6, _NO_ID),
-    (_OTHER, 4, _NO_ID),
+    (ACL_OWNER, 6, ACL_NO_ID),
+    (ACL_USER, 6, 1000),
+    (ACL_GROUP, 4, ACL_NO_ID),
+    (ACL_MASK, 6, ACL_NO_ID),
+    (ACL_OTHER, 4, ACL_NO_ID),
 )
 
 
@@ -187,6 +190,9 @@ class Oracle:
                     for layer in layers
                 )
                 imported = LayeredImage(repo, commits, metadata)
+            for commit in imported.layers:
+                corrupt = corrupt_objects(repo, commit)
+                assert not corrupt, f"{source}: objects that fail fsck: {corrupt}"
             imported.flatten(work / "root")
             return without_link_groups(list_tree(work / "root"))
         except BootcError as err:

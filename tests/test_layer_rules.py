@@ -28,7 +28,20 @@ from pybootc.sample.ocibuild import (
     symlink,
     whiteout,
 )
-from tests.support import ACL_AS_MODE_750, ACL_EXTENDED, Oracle, Outcome, Tree
+from tests.support import (
+    ACL_AS_MODE_750,
+    ACL_EXTENDED,
+    ACL_GROUP,
+    ACL_MASK,
+    ACL_NO_ID,
+    ACL_OTHER,
+    ACL_OWNER,
+    ACL_USER,
+    Oracle,
+    Outcome,
+    Tree,
+    acl,
+)
 
 pytestmark = pytest.mark.oracle
 
@@ -36,6 +49,21 @@ CAPABILITY = bytes.fromhex("0100000200200000000000000000000000000000")
 # The same capability in revision 3, for the namespaces whose root is uid 0 and 1000.
 CAPABILITY_V3_ROOT_0 = bytes.fromhex("010000030020000000000000000000000000000000000000")
 CAPABILITY_V3_ROOT_1000 = bytes.fromhex("0100000300200000000000000000000000000000e8030000")
+
+
+ACCESS, DEFAULT = "system.posix_acl_access", "system.posix_acl_default"
+ENTRIES_750 = ((ACL_OWNER, 7, ACL_NO_ID), (ACL_GROUP, 5, ACL_NO_ID), (ACL_OTHER, 0, ACL_NO_ID))
+# ACL_EXTENDED with ids where the kernel keeps none, and after a chmod to 0750.
+ACL_EXTENDED_WITH_IDS = acl(
+    (ACL_OWNER, 6, 0), (ACL_USER, 6, 1000), (ACL_GROUP, 4, 7), (ACL_MASK, 6, 0), (ACL_OTHER, 4, 3)
+)
+ACL_EXTENDED_AS_750 = acl(
+    (ACL_OWNER, 7, ACL_NO_ID),
+    (ACL_USER, 6, 1000),
+    (ACL_GROUP, 4, ACL_NO_ID),
+    (ACL_MASK, 5, ACL_NO_ID),
+    (ACL_OTHER, 0, ACL_NO_ID),
+)
 
 
 def by_path(tree: Tree) -> dict[str, object]:
@@ -293,34 +321,99 @@ CASES: dict[str, Case] = {
             attr("e/x", mode=0),
         ),
     ),
-    # The kernel stores an access ACL only if the mode cannot say it, and gives the
-    # mode the ACL's permissions (the group's from the mask), whatever the header's.
+    # xattrs the kernel keeps otherwise than the image gives them (layers/kernel_xattrs.py).
+    # It stores an access ACL only if the mode cannot say it, and gives the mode the
+    # ACL's permissions (the group's from the mask), whatever the header's.
     "an access ACL the mode can say is not kept, and sets the mode": Case(
         (
             L(
-                directory("d", mode=0o700, xattrs={"system.posix_acl_access": ACL_AS_MODE_750}),
-                file("d/f", mode=0o4600, xattrs={"system.posix_acl_access": ACL_AS_MODE_750}),
+                directory("d", mode=0o700, xattrs={ACCESS: ACL_AS_MODE_750}),
+                file("d/f", mode=0o4600, xattrs={ACCESS: ACL_AS_MODE_750}),
+                Entry("d/p", Kind.FIFO, mode=0o644, xattrs={ACCESS: ACL_AS_MODE_750}),
             ),
         ),
-        both(attr("d", mode=0o750, xattrs=()), attr("d/f", mode=0o4750, xattrs=())),
+        both(
+            attr("d", mode=0o750, xattrs=()),
+            attr("d/f", mode=0o4750, xattrs=()),
+            attr("d/p", mode=0o750, xattrs=()),
+        ),
     ),
     "an extended access ACL is kept, and its mask gives the group's permissions": Case(
         (
             L(
-                directory("d", xattrs={"system.posix_acl_access": ACL_EXTENDED}),
-                file("d/f", xattrs={"system.posix_acl_access": ACL_EXTENDED}),
-                directory("e", xattrs={"system.posix_acl_default": ACL_AS_MODE_750}),
+                directory("d", xattrs={ACCESS: ACL_EXTENDED}),
+                file("d/f", xattrs={ACCESS: ACL_EXTENDED}),
+                directory("e", xattrs={DEFAULT: ACL_AS_MODE_750}),
             ),
         ),
         both(
-            attr("d", mode=0o664, xattrs=(("system.posix_acl_access", ACL_EXTENDED),)),
-            attr("d/f", mode=0o664, xattrs=(("system.posix_acl_access", ACL_EXTENDED),)),
-            attr("e", mode=0o755, xattrs=(("system.posix_acl_default", ACL_AS_MODE_750),)),
+            attr("d", mode=0o664, xattrs=((ACCESS, ACL_EXTENDED),)),
+            attr("d/f", mode=0o664, xattrs=((ACCESS, ACL_EXTENDED),)),
+            attr("e", mode=0o755, xattrs=((DEFAULT, ACL_AS_MODE_750),)),
+        ),
+    ),
+    "an ACL keeps the ids of its named entries only": Case(
+        (
+            L(
+                file("f", xattrs={ACCESS: ACL_EXTENDED_WITH_IDS}),
+                directory("e", xattrs={DEFAULT: ACL_EXTENDED_WITH_IDS}),
+            ),
+        ),
+        both(
+            attr("f", mode=0o664, xattrs=((ACCESS, ACL_EXTENDED),)),
+            attr("e", mode=0o755, xattrs=((DEFAULT, ACL_EXTENDED),)),
+        ),
+    ),
+    "an ACL of no entries is no ACL, and leaves the mode": Case(
+        (
+            L(
+                file("f", mode=0o640, xattrs={ACCESS: acl()}),
+                directory("e", mode=0o710, xattrs={ACCESS: acl(), DEFAULT: acl()}),
+            ),
+        ),
+        both(attr("f", mode=0o640, xattrs=()), attr("e", mode=0o710, xattrs=())),
+    ),
+    "a hardlink's header rewrites the kept ACL of the inode it shares": Case(
+        (L(file("f", xattrs={ACCESS: ACL_EXTENDED}), hardlink("g", "f", mode=0o750)),),
+        both(attr("f", mode=0o750, xattrs=((ACCESS, ACL_EXTENDED_AS_750),)), has("g")),
+    ),
+    "xattrs the kernel does not support are left out, as containers-storage does": Case(
+        (
+            L(
+                file("f", xattrs={"foo.bar": b"1", "system.foo": b"1", "user.kept": b"1"}),
+                file("g", mode=0o600, xattrs={ACCESS: acl(*ENTRIES_750, version=3)}),
+                symlink("l", "f", xattrs={ACCESS: ACL_AS_MODE_750}),
+            ),
+        ),
+        both(
+            attr("f", xattrs=(("user.kept", b"1"),)),
+            attr("g", mode=0o600, xattrs=()),
+            attr("l", kind="symlink", xattrs=()),
         ),
     ),
     "an access ACL the kernel cannot read is refused, as containers-storage does": Case(
-        (L(file("f", xattrs={"system.posix_acl_access": b"\x02\0\0\0\x01"})),),
+        (L(file("f", xattrs={ACCESS: b"\x02\0\0\0\x01"})),),
         refused="Invalid argument",
+    ),
+    "an ACL that names the owner twice is refused": Case(
+        (L(file("f", xattrs={ACCESS: acl(ENTRIES_750[0], *ENTRIES_750)})),),
+        refused="Invalid argument",
+    ),
+    "an ACL with permissions beyond rwx is refused": Case(
+        (L(file("f", xattrs={ACCESS: acl((ACL_OWNER, 0o17, ACL_NO_ID), *ENTRIES_750[1:])})),),
+        refused="Invalid argument",
+    ),
+    "an ACL out of order is refused": Case(
+        (L(file("f", xattrs={ACCESS: acl(ENTRIES_750[1], ENTRIES_750[0], ENTRIES_750[2])})),),
+        refused="Invalid argument",
+    ),
+    "an ACL that names a user but has no mask is refused": Case(
+        (L(file("f", xattrs={ACCESS: acl(ENTRIES_750[0], (ACL_USER, 7, 5), *ENTRIES_750[1:])})),),
+        refused="Invalid argument",
+    ),
+    "a default ACL on a file is refused": Case(
+        (L(file("f", xattrs={DEFAULT: ACL_AS_MODE_750})),),
+        refused="Permission denied",
     ),
     # Devices
     "device nodes and fifos are part of the overlay view": Case(

@@ -10,6 +10,7 @@ component at a time and without following symlinks, so nothing outside is touche
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import stat
@@ -19,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import IO, cast
 
 from pybootc.errors import BootcError
-from pybootc.layers import access_acl
+from pybootc.layers import kernel_xattrs
 from pybootc.layers.dirfd import DirectoryHandles, NotADirectory
 from pybootc.layers.paths import Marker, Parts, classify, is_overlay_xattr, join, split_member_name
 
@@ -43,37 +44,15 @@ class LayerStats:
             self.marked_dirs.add(join(directory[:depth]))
 
 
-# security.capability's layouts (linux/capability.h): a revision in the first
-# little-endian word, with the effective flag; then permitted and inheritable sets, and
-# in revision 3 the uid that is root in the namespace the capability is for.
-_CAPABILITY = "security.capability"
-_CAPABILITY_V2, _CAPABILITY_V3 = 0x02000000, 0x03000000
-_CAPABILITY_EFFECTIVE = 0x000001
-_CAPABILITY_V2_SIZE, _CAPABILITY_V3_SIZE = 20, 24
-
-
-def _as_the_kernel_keeps(name: str, value: bytes) -> bytes:
-    """An xattr's value as a file written by root keeps it. A capability for the
-    namespace whose root is uid 0 (revision 3) is the initial namespace's own: the
-    kernel reads it back in revision 2, which is what the tree must record (the repo's
-    object reads back so, and containers-storage's diff directory too)."""
-    if name != _CAPABILITY or len(value) != _CAPABILITY_V3_SIZE:
-        return value
-    magic = int.from_bytes(value[:4], "little")
-    rootid = int.from_bytes(value[_CAPABILITY_V2_SIZE:], "little")
-    if magic & ~_CAPABILITY_EFFECTIVE != _CAPABILITY_V3 or rootid != 0:
-        return value
-    plain = _CAPABILITY_V2 | (magic & _CAPABILITY_EFFECTIVE)
-    return plain.to_bytes(4, "little") + value[4:_CAPABILITY_V2_SIZE]
-
-
 def member_xattrs(member: tarfile.TarInfo) -> Iterator[tuple[str, bytes]]:
+    """The member's xattrs as the kernel keeps them (kernel_xattrs.py), but for ACLs,
+    which `kernel_xattrs.set_acls` takes with the file's mode."""
     for key, value in member.pax_headers.items():
         if key.startswith(_XATTR_PREFIX):
             name = key[len(_XATTR_PREFIX) :]
             # Overlay's own xattrs in an image are data overlayfs would obey; drop them.
-            if not is_overlay_xattr(name):
-                yield name, _as_the_kernel_keeps(name, value.encode("utf-8", "surrogateescape"))
+            if not is_overlay_xattr(name) and kernel_xattrs.supported(name):
+                yield name, kernel_xattrs.as_kept(name, value.encode("utf-8", "surrogateescape"))
 
 
 def hardlink_target(member: tarfile.TarInfo, parts: Parts) -> tuple[Parts, str]:
@@ -281,18 +260,26 @@ class LayerExtractor:
                 os.fchown(fd, member.uid, member.gid)
             else:
                 os.chown(name, member.uid, member.gid, dir_fd=parent, follow_symlinks=False)
-        xattrs = dict(member_xattrs(member))
-        for key, value in xattrs.items():
-            if fd is not None:
-                os.setxattr(fd, key, value)
-            else:
-                os.setxattr(_proc_path(parent, name), key, value, follow_symlinks=False)
+        own = dict(member_xattrs(member))
+        # The mode the kernel's view has: an access ACL's permissions, if there is one.
+        mode = kernel_xattrs.set_acls(
+            dict(own), stat.S_IMODE(member.mode), own, directory=member.isdir(), symlink=is_link
+        )
+        for key, value in own.items():
+            try:
+                if fd is not None:
+                    os.setxattr(fd, key, value)
+                else:
+                    os.setxattr(_proc_path(parent, name), key, value, follow_symlinks=False)
+            except OSError as err:
+                # An ACL of another version, or on a symlink: containers-storage goes
+                # on without what the kernel does not support.
+                if err.errno != errno.EOPNOTSUPP:
+                    raise
         if is_link:
             return
-        # The kernel's view has an access ACL's permissions, whatever the header's mode.
-        mode = access_acl.set_mode(stat.S_IMODE(member.mode), xattrs)
         if fd is not None:
-            if not fresh or mode & 0o7000:
+            if not fresh or mode != stat.S_IMODE(member.mode) & 0o777:
                 os.fchmod(fd, mode)
             if not member.isdir():
                 os.utime(fd, (member.mtime, member.mtime))

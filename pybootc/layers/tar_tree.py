@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import IO, cast
 
 from pybootc.errors import BootcError
-from pybootc.layers import access_acl
+from pybootc.layers import kernel_xattrs
 from pybootc.layers.extract import (
     NoGlobalHeaders,
     hardlink_target,
@@ -46,7 +46,6 @@ _IN_MEMORY = 16 << 20
 _CHUNK = 1 << 20
 _IMPLIED = FileMeta(0, 0, stat.S_IFDIR | 0o755)
 _NEW_DIRECTORY = FileMeta(0, 0, stat.S_IFDIR | 0o700)
-_CAPABILITY = "security.capability"
 _SYMLINK_MODE = stat.S_IFLNK | 0o777
 
 
@@ -164,7 +163,9 @@ class LayerReader:
             parent.children[name] = self._leaf(tar, member, parts)
 
     def _leaf(self, tar: tarfile.TarFile, member: tarfile.TarInfo, parts: Parts) -> _Inode:
-        meta = _applied(FileMeta(0, 0, 0), member, fresh=True, directory=False)
+        meta = _applied(
+            FileMeta(0, 0, 0), member, fresh=True, directory=False, symlink=member.issym()
+        )
         if member.isreg():
             mode = stat.S_IFREG | stat.S_IMODE(meta.mode)
             inode = _Inode(LeafKind.REGULAR, FileMeta(meta.uid, meta.gid, mode, meta.xattrs))
@@ -182,7 +183,7 @@ class LayerReader:
             # the layer commits before.
             return _Inode(
                 LeafKind.SPECIAL,
-                FileMeta(meta.uid, meta.gid, stat.S_IMODE(member.mode)),
+                FileMeta(meta.uid, meta.gid, stat.S_IMODE(meta.mode)),
                 special=_special_kind(member),
             )
         raise BootcError(f'Unsupported tar entry type {member.type!r} for "{join(parts)}"')
@@ -203,7 +204,13 @@ class LayerReader:
             # The name is cleared for the link first, which takes its target with it.
             raise BootcError(f'Writing "{join(parts)}": No such file or directory')
         # The link's own header applies to the shared inode, as containers-storage does.
-        found.meta = _applied(found.meta, member, fresh=False, directory=False)
+        found.meta = _applied(
+            found.meta,
+            member,
+            fresh=False,
+            directory=False,
+            symlink=found.kind is LeafKind.SYMLINK,
+        )
         if found.kind is LeafKind.SYMLINK:
             found.meta = FileMeta(
                 found.meta.uid, found.meta.gid, stat.S_IFLNK | 0o777, found.meta.xattrs
@@ -282,25 +289,30 @@ class LayerReader:
         return found
 
 
-def _applied(meta: FileMeta, member: tarfile.TarInfo, *, fresh: bool, directory: bool) -> FileMeta:
-    """`meta` once the member's header is applied as the kernel applies chown, setxattr
-    and chmod in that order: a change of owner drops a file's capabilities, and an
-    access ACL has the last word on the permissions."""
+def _applied(
+    meta: FileMeta,
+    member: tarfile.TarInfo,
+    *,
+    fresh: bool,
+    directory: bool,
+    symlink: bool = False,
+) -> FileMeta:
+    """`meta` once the member's header is applied as containers-storage applies it:
+    chown (which drops a file's capabilities), chmod (which rewrites a kept access
+    ACL), then the member's xattrs (an access ACL among them sets the permissions)."""
     uid, gid = meta.uid, meta.gid
     xattrs = dict(meta.xattrs)
     if fresh or (uid, gid) != (member.uid, member.gid):
         uid, gid = member.uid, member.gid
         if not directory:
-            xattrs.pop(_CAPABILITY, None)
-    own = {name: value for name, value in member_xattrs(member) if is_image_xattr(name)}
-    xattrs.update(own)
+            xattrs.pop(kernel_xattrs.CAPABILITY, None)
     mode = stat.S_IFMT(meta.mode) | stat.S_IMODE(member.mode)
     if directory:
         mode = stat.S_IFDIR | stat.S_IMODE(member.mode)
-    if access_acl.NAME in own:
-        mode = access_acl.set_mode(mode, xattrs)
-    else:
-        access_acl.chmod(mode, xattrs)
+    kernel_xattrs.chmod(mode, xattrs)
+    own = {name: value for name, value in member_xattrs(member) if is_image_xattr(name)}
+    xattrs.update(own)
+    mode = kernel_xattrs.set_acls(xattrs, mode, own, directory=directory, symlink=symlink)
     return FileMeta.of(uid, gid, mode, xattrs)
 
 

@@ -31,7 +31,6 @@ from pybootc import tools
 from pybootc.errors import BootcError, error_context
 from pybootc.layers.extract import NoGlobalHeaders
 from pybootc.layers.member_markers import LayerMarkers, Member, MemberKind, read_markers
-from pybootc.layers.special import is_image_xattr
 from pybootc.layers.tar_tree import directory_meta
 from pybootc.layers.tree import FileMeta
 from pybootc.oci.sigpolicy import policy_options
@@ -191,13 +190,16 @@ def _toc_member(entry: dict[str, Any]) -> Member:
         kind = MemberKind.WHITEOUT_DEVICE
 
     def meta() -> FileMeta:
-        xattrs = entry.get("xattrs") or {}
-        return FileMeta.of(
-            int(entry.get("uid", 0)),
-            int(entry.get("gid", 0)),
-            stat.S_IFDIR | stat.S_IMODE(int(entry.get("mode", 0))),
-            {k: base64.b64decode(v) for k, v in xattrs.items() if is_image_xattr(k)},
-        )
+        """As the tar header the entry stands for would give it."""
+        header = tarfile.TarInfo(str(entry.get("name", "")))
+        header.type = tarfile.DIRTYPE
+        header.uid, header.gid = int(entry.get("uid", 0)), int(entry.get("gid", 0))
+        header.mode = stat.S_IMODE(int(entry.get("mode", 0)))
+        header.pax_headers = {
+            f"SCHILY.xattr.{key}": base64.b64decode(value).decode("utf-8", "surrogateescape")
+            for key, value in (entry.get("xattrs") or {}).items()
+        }
+        return directory_meta(header)
 
     return Member(str(entry.get("name", "")), kind, meta)
 
