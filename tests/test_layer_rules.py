@@ -96,6 +96,31 @@ def attr(path: str, **want: object) -> Callable[[dict[str, object]], bool]:
 
 
 L = layer
+
+
+def header(name: str, kind: bytes = tarfile.REGTYPE, **fields: object) -> bytes:
+    """One member's header blocks, as they are written, for a layer given raw."""
+    info = tarfile.TarInfo(name)
+    info.type, info.mtime = kind, 1_700_000_000
+    pax = fields.pop("pax", None)
+    for key, value in fields.items():
+        setattr(info, key, value)
+    if pax is not None:
+        info.pax_headers = pax  # type: ignore[assignment]
+    if pax is None:
+        return info.tobuf(tarfile.USTAR_FORMAT, "utf-8", "surrogateescape")
+    return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+
+
+def raw(*blocks: bytes) -> Layer:
+    return Layer((), raw=b"".join(blocks))
+
+
+END = bytes(2 * tarfile.BLOCKSIZE)
+BASE = L(file("x", "1"), directory("d"), file("d/y", "2"))
+# A PAX global header of 400 bytes of records whose 45th byte is a '3': tar-split keeps
+# its data unpadded, so that a misaligned read of its segment would see a device there.
+_GLOBAL = {"comment": "a" * 32 + "3" + "a" * 354}
 CASES: dict[str, Case] = {
     # Applying an entry
     "dir over dir replaces attributes, keeps children": Case(
@@ -471,6 +496,51 @@ CASES: dict[str, Case] = {
         (L(sparse_file("sp", 1 << 20, [(4096, b"hello"), (700000, b"world")])),),
         attr("sp", size=1 << 20),
     ),
+    # Tar streams as Go's reader (containers-storage's) reads them
+    "a PAX record of no value is no record: the header's own field stands": Case(
+        (
+            raw(header("f", uid=5, pax={"uid": ""}), END),
+            L(file("g", xattrs={"user.none": b"", "user.kept": b"v"})),
+        ),
+        both(attr("f", uid=5), attr("g", xattrs=(("user.kept", b"v"),))),
+    ),
+    "a PAX number that is not one is refused": Case(
+        (raw(header("f", uid=5, pax={"uid": "x5"}), END),), refused="invalid PAX record"
+    ),
+    "a zero block and then a member is refused": Case(
+        (raw(header("f"), bytes(tarfile.BLOCKSIZE), header("g"), END),), refused="a zero block"
+    ),
+    "a header with a bad checksum after the first is refused": Case(
+        (raw(header("f"), b"\1" * tarfile.BLOCKSIZE, END),), refused="invalid header"
+    ),
+    "a header cut short is refused": Case(
+        (raw(header("f"), header("g")[:300]),), refused="truncated header"
+    ),
+    "a layer of no bytes is a layer of no members": Case((BASE, raw(b"")), has("x", "d/y")),
+    "a regular file named with a slash is a file (here a whiteout)": Case(
+        (BASE, raw(header(".wh.x/", tarfile.REGTYPE), END)), both(lacks("x"), has("d/y"))
+    ),
+    "an old-style member is a directory by its PAX path, not its header's name": Case(
+        (BASE, raw(header(".wh.x/", tarfile.AREGTYPE, pax={"path": ".wh.x"}), END)),
+        both(lacks("x", ".wh.x"), has("d/y")),
+    ),
+    "a PAX global header is no member, whatever its size": Case(
+        (
+            L(
+                directory("etc"),
+                file("etc/os-release", "hi\n"),
+                global_headers=_GLOBAL,
+            ),
+        ),
+        has("etc/os-release"),
+    ),
+    "a whiteout of a directory named like the opaque marker": Case(
+        (
+            L(directory("d"), file("d/a"), directory("d/.wh..wh..opq"), file("d/.wh..wh..opq/f")),
+            L(file("d/.wh..wh..wh..opq")),
+        ),
+        both(has("d/a"), lacks("d/.wh..wh..opq")),
+    ),
     # Compression
     "zstd and uncompressed layers": Case(
         (
@@ -555,27 +625,53 @@ def test_image_level_overlay_xattrs_are_data_not_markers(
         assert tree["d"].xattrs == (), source  # type: ignore[attr-defined]
 
 
-@pytest.mark.parametrize("pax", [False, True], ids=["ustar", "pax"])
-def test_a_directory_named_like_a_whiteout_is_not_special(oracle: Oracle, pax: bool) -> None:
+@pytest.mark.parametrize("form", ["ustar", "pax", "empty"])
+def test_a_directory_named_like_a_whiteout_is_not_special(oracle: Oracle, form: str) -> None:
     # The rule: a *directory* `.wh.x/` is an ordinary directory. containers-storage
     # 1.43 (this machine's) takes it for a whiteout of x anyway, and makes the
-    # directory again as the parent of .wh.x/f (0755, root). Every source follows the
-    # rule, so x stays, and the directory has its header's metadata: the storage's
-    # sources read the markers and that header from the layer's members (with PAX
-    # records: a long name and an xattr).
-    name = ".wh." + "x" * 120 if pax else ".wh.x"
-    xattrs = {"user.kept": b"1"} if pax else {}
+    # directory again as the parent of .wh.x/f (0755, root), or not at all if it is
+    # empty. Every source follows the rule, so x stays, and the directory has its
+    # header's metadata: the storage's sources read the markers and that header from
+    # the layer's members (with PAX records: a long name and an xattr).
+    name = ".wh." + "x" * 120 if form == "pax" else ".wh.x"
+    xattrs = {"user.kept": b"1"} if form == "pax" else {}
+    below = () if form == "empty" else (file(f"{name}/f"),)
     outcome = oracle.compare(
-        [
-            L(file(name[4:])),
-            L(directory(name, mode=0o700, uid=5, xattrs=xattrs), file(f"{name}/f")),
-        ]
+        [L(file(name[4:])), L(directory(name, mode=0o700, uid=5, xattrs=xattrs), *below)]
     )
     for source, tree in _every_source(outcome).items():
-        assert {name[4:], name, f"{name}/f"} <= set(tree), source
+        assert {name[4:], name} | {e.name for e in below} <= set(tree), source
         found = tree[name]
         assert (found.mode, found.uid) == (0o700, 5), source  # type: ignore[attr-defined]
         assert found.xattrs == tuple(xattrs.items()), source  # type: ignore[attr-defined]
+
+
+def test_an_old_style_directory_by_its_pax_path_is_not_special(oracle: Oracle) -> None:
+    # Type NUL with the header's name `.wh.x` and the PAX path `.wh.x/`: Go's reader
+    # (and so every source) makes a directory of it, which 1.43 takes for a whiteout.
+    layer = raw(header(".wh.x", tarfile.AREGTYPE, mode=0o700, pax={"path": ".wh.x/"}), END)
+    for source, tree in _every_source(oracle.compare([BASE, layer])).items():
+        assert {"x", ".wh.x"} <= set(tree), source
+
+
+def test_a_whiteout_of_a_directory_named_like_a_whiteout(oracle: Oracle) -> None:
+    # `.wh..wh.x` hides the directory `.wh.x`, not x (1.43 had taken that directory
+    # for a whiteout of x, so its kernel view lacks x).
+    outcome = oracle.compare(
+        [L(file("x")), L(directory(".wh.x"), file(".wh.x/f")), L(file(".wh..wh.x"))]
+    )
+    for source, tree in _every_source(outcome).items():
+        assert "x" in tree and ".wh.x" not in tree, source
+
+
+def test_a_hardlink_to_a_whiteout_device_is_refused_by_every_source(oracle: Oracle) -> None:
+    # containers-storage links the device (a second whiteout); the blob path refuses a
+    # hardlink to a whiteout, and the storage's sources refuse it alike.
+    device = Entry("x", Kind.CHAR, devmajor=0, devminor=0)
+    outcome = oracle.compare([L(file("x"), file("y")), L(device, hardlink("y", "x"))])
+    for source, refusal in outcome.sources().items():
+        assert isinstance(refusal, str), f"{source} accepted the image"
+        assert 'Hardlink "y" to "x": the target is a whiteout' in refusal, source
 
 
 def test_a_directory_named_like_a_whiteout_of_a_name_the_layer_has(oracle: Oracle) -> None:

@@ -55,38 +55,63 @@ class DirectoryListing:
     opaque: bool
 
 
+# A directory a layer has that its diff directory lacks (member_markers.py).
+_NO_DIRECTORY = os.stat_result((stat.S_IFDIR | 0o755, *(0,) * 15))
+
+
 def list_layer_directory(
     layer: int, directory: str, markers: LayerMarkers | None = None, relative: str = ""
 ) -> DirectoryListing:
     """The names one layer has in `directory`, whiteouts included. With the `markers`
-    the layer's members give, those decide what is a marker (member_markers.py);
-    `relative` is then the directory's path in the layer."""
+    the layer's members give (a diff directory of containers-storage's), those decide
+    what is a marker, and `relative` is the directory's path in the layer; without,
+    the directory is our own extraction's, or fuse-overlayfs's, which leaves literal
+    `.wh.` files."""
+    if markers is not None:
+        return _listing_by_members(layer, directory, markers, relative)
     entries: dict[str, LayerEntry] = {}
     literal_whiteouts: list[str] = []
-    # With the members known, the diff directory is containers-storage's: a layer's tar
-    # stream unpacked, never a copy-up, so an overlay xattr in it (an opaque, redirect
-    # or metacopy one) is the image's own, data the layer rules drop, never obey.
-    opaque = markers.is_opaque(relative) if markers is not None else _directory_is_opaque(directory)
+    opaque = _directory_is_opaque(directory)
     with os.scandir(directory) as it:
         for item in it:
             name = item.name
             st = item.stat(follow_symlinks=False)
-            is_dir = stat.S_ISDIR(st.st_mode)
-            if name == OPAQUE_MARKER and not is_dir:
+            # A literal marker is a file; a 0:0 device named `.wh.x` is a whiteout of
+            # `.wh.x`, what a layer's `.wh..wh.x` makes.
+            if name == OPAQUE_MARKER and stat.S_ISREG(st.st_mode):
                 opaque = True
                 continue
-            if name.startswith(WHITEOUT_PREFIX) and not is_dir:
+            if name.startswith(WHITEOUT_PREFIX) and stat.S_ISREG(st.st_mode):
                 literal_whiteouts.append(name[len(WHITEOUT_PREFIX) :])
                 continue
             whiteout = stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
-            meta = None
-            if markers is not None and (whiteout or (is_dir and name.startswith(WHITEOUT_PREFIX))):
-                child = f"{relative}/{name}" if relative else name
-                if whiteout and not markers.hides(child):
-                    # Made of a directory named like a whiteout: no whiteout at all.
-                    continue
-                meta = markers.named_like_whiteouts.get(child)
-            entries[name] = LayerEntry(layer, item.path, st, whiteout, meta)
+            entries[name] = LayerEntry(layer, item.path, st, whiteout)
     for hidden in literal_whiteouts:
         entries.setdefault(hidden, LayerEntry(layer, "", os.stat_result((0,) * 16), True))
     return DirectoryListing(entries, opaque)
+
+
+def _listing_by_members(
+    layer: int, directory: str, markers: LayerMarkers, relative: str
+) -> DirectoryListing:
+    """`list_layer_directory` of a diff directory of containers-storage's: a layer's tar
+    stream unpacked, never a copy-up, so an overlay xattr in it (an opaque, redirect or
+    metacopy one) is the image's own, data the layer rules drop, never obey. A
+    whiteout is a 0:0 device a marker made (any other, containers-storage 1.43 made of
+    a directory named like a whiteout, and made that directory again only if something
+    is below it); a name is never a marker (`.wh.x` is a whiteout of `.wh.x` there)."""
+    entries: dict[str, LayerEntry] = {}
+    named = markers.named_like_whiteouts_in(relative)
+    if path_of := directory:
+        with os.scandir(path_of) as it:
+            for item in it:
+                name = item.name
+                st = item.stat(follow_symlinks=False)
+                whiteout = stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
+                if whiteout and not markers.hides(f"{relative}/{name}" if relative else name):
+                    continue
+                meta = named.get(name) if stat.S_ISDIR(st.st_mode) else None
+                entries[name] = LayerEntry(layer, item.path, st, whiteout, meta)
+    for name, meta in named.items():
+        entries.setdefault(name, LayerEntry(layer, "", _NO_DIRECTORY, meta=meta))
+    return DirectoryListing(entries, markers.is_opaque(relative))

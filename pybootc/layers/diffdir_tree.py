@@ -78,7 +78,9 @@ class _DiffDirReader:
                 children[name] = self._placeholder(st)
         if marked:
             self.marked.add(relative)
-        return _meta(path, os.lstat(path)), children, listing.opaque
+        # A directory the diff directory lacks has its header's metadata (entry.meta).
+        own = _meta(path, os.lstat(path)) if path else FileMeta(0, 0, stat.S_IFDIR | 0o755)
+        return own, children, listing.opaque
 
     def _regular(self, path: str, st: os.stat_result) -> Leaf:
         """The file's leaf, its checksum filled in once the writers are done; a file

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import shutil
 import stat
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import IO, cast
+from typing import IO, Literal, cast
 
 from pybootc.errors import BootcError
 from pybootc.layers import kernel_xattrs
@@ -309,6 +310,70 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
+# The numbers Go's reader takes (strconv.ParseInt, and seconds with a fraction for a
+# time); tarfile's int() would also take spaces and underscores, and more signs.
+_ID, _TIME = re.compile(r"\+?[0-9]+"), re.compile(r"[+-]?[0-9]+(\.[0-9]*)?")
+_PAX_NUMBERS = {"uid": _ID, "gid": _ID, "size": _ID, "mtime": _TIME}
+# How tarfile's next() tells a header it cannot read (the end of the archive, when
+# not the first) from one that fails the archive: its own exceptions, not public.
+_EOF_HEADER: type[Exception] = tarfile.EOFHeaderError  # type: ignore[attr-defined]
+_EMPTY_HEADER: type[Exception] = tarfile.EmptyHeaderError  # type: ignore[attr-defined]
+_INVALID_HEADER: type[Exception] = tarfile.InvalidHeaderError  # type: ignore[attr-defined]
+_TRUNCATED_HEADER: type[Exception] = tarfile.TruncatedHeaderError  # type: ignore[attr-defined]
+_LATER_HEADER: type[Exception] = tarfile.SubsequentHeaderError  # type: ignore[attr-defined]
+
+
+class LayerTarInfo(tarfile.TarInfo):
+    """A member as Go's archive/tar reads it, which containers-storage unpacks layers
+    with, where tarfile reads otherwise:
+    - a PAX record with an empty value is no record: the header's own field stands,
+      and an xattr of no value is not set (tarfile takes an empty uid, gid or size for
+      0, and keeps the xattr);
+    - a uid, gid, size or mtime record that is not a number is an invalid header
+      (tarfile takes 0);
+    - an invalid or cut-short header after the first is an error, and so is a zero
+      block followed by anything but another, or the end (tarfile takes either for
+      the end of the archive, and would leave the rest of the layer out);
+    - a stream of no bytes is a layer of no members (tarfile: "empty file");
+    - an old-style member (type NUL) is a directory if its name ends in a slash once
+      its PAX path is applied (tarfile looks at the header's own name only)."""
+
+    old_style = False
+
+    @classmethod
+    def frombuf(cls, buf: bytes | bytearray, encoding: str, errors: str) -> LayerTarInfo:
+        found = super().frombuf(buf, encoding, errors)
+        found.old_style = buf[156:157] == tarfile.AREGTYPE
+        return found
+
+    @classmethod
+    def fromtarfile(cls, archive: tarfile.TarFile) -> LayerTarInfo:
+        try:
+            return super().fromtarfile(archive)
+        except _EOF_HEADER:
+            after = archive.fileobj.read(tarfile.BLOCKSIZE)
+            if after.strip(b"\0") or len(after) not in (0, tarfile.BLOCKSIZE):
+                raise _LATER_HEADER("a zero block, and then not the end of the archive") from None
+            raise
+        except _EMPTY_HEADER:
+            if archive.offset == 0:
+                raise _EOF_HEADER("a layer of no members") from None
+            raise
+        except (_INVALID_HEADER, _TRUNCATED_HEADER) as err:
+            if archive.offset == 0:
+                raise
+            raise _LATER_HEADER(str(err)) from None
+
+    def _apply_pax_info(self, pax_headers: dict[str, str], encoding: str, errors: str) -> None:
+        records = {key: value for key, value in pax_headers.items() if value != ""}
+        for key, pattern in _PAX_NUMBERS.items():
+            if key in records and not pattern.fullmatch(records[key]):
+                raise _LATER_HEADER(f"invalid PAX record {key}={records[key]!r}")
+        super()._apply_pax_info(records, encoding, errors)  # type: ignore[misc]
+        if self.old_style and "path" in records:
+            self.type = tarfile.DIRTYPE if records["path"].endswith("/") else tarfile.REGTYPE
+
+
 class NoGlobalHeaders(dict[str, str]):
     """Stands in for TarFile.pax_headers so that PAX global (`g`) records are dropped.
 
@@ -323,15 +388,25 @@ class NoGlobalHeaders(dict[str, str]):
         return {}
 
 
+def open_layer_tar(stream: IO[bytes], mode: Literal["r|", "r:"] = "r|") -> tarfile.TarFile:
+    """A layer's tar stream, read as containers-storage reads it (LayerTarInfo), with PAX
+    global headers ignored (NoGlobalHeaders). The stand-in for the global records must
+    be there before tarfile reads the first member."""
+    return tarfile.open(
+        fileobj=stream,
+        mode=mode,
+        errorlevel=2,
+        pax_headers=NoGlobalHeaders(),
+        tarinfo=LayerTarInfo,
+    )
+
+
 def extract_layer(stream: IO[bytes], dest_fd: int) -> LayerStats:
     """Unpack one uncompressed tar stream into the empty directory `dest_fd`."""
     extractor = LayerExtractor(dest_fd)
     umask = os.umask(0)
     try:
-        # The stand-in must be there before tarfile reads the first member.
-        with tarfile.open(
-            fileobj=stream, mode="r|", errorlevel=2, pax_headers=NoGlobalHeaders()
-        ) as tar:
+        with open_layer_tar(stream) as tar:
             return extractor.extract(tar)
     except tarfile.TarError as err:
         raise BootcError(f"Invalid tar stream: {err}") from None

@@ -18,11 +18,13 @@ as the blob path checks them on the way.
 from __future__ import annotations
 
 import enum
+import tarfile
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from pybootc.errors import BootcError
 from pybootc.layers.paths import WHITEOUT_PREFIX, Marker, Parts, classify, join, split_member_name
+from pybootc.layers.tar_tree import directory_meta
 from pybootc.layers.tree import FileMeta
 
 
@@ -31,34 +33,38 @@ class MemberKind(enum.Enum):
     SYMLINK = enum.auto()
     # A 0:0 character device: a whiteout by another name, as in the blob path.
     WHITEOUT_DEVICE = enum.auto()
+    HARDLINK = enum.auto()
     OTHER = enum.auto()
 
 
 @dataclass(frozen=True)
 class Member:
-    """One tar member of a layer: its name, its kind, and how to read the metadata its
-    header gives (read only for the rare directory that needs it)."""
+    """One tar member of a layer: its name, its kind, and how to read its header (read
+    only for the rare member whose metadata or target the markers need)."""
 
     name: str
     kind: MemberKind
-    meta: Callable[[], FileMeta] = field(compare=False)
+    header: Callable[[], tarfile.TarInfo] = field(compare=False)
 
 
 @dataclass(frozen=True)
 class LayerMarkers:
     """Paths in the layer (`a/b`, the root as ""): the directories its opaque markers
-    clear, the names its whiteouts hide, and its directories named like whiteouts,
-    with the metadata their headers give."""
+    clear, the names its whiteouts hide, and its directories named like whiteouts, by
+    the directory they are in, with the metadata their headers give."""
 
     opaque: frozenset[str] = frozenset()
     hidden: frozenset[str] = frozenset()
-    named_like_whiteouts: Mapping[str, FileMeta] = field(default_factory=dict)
+    named_like_whiteouts: Mapping[str, Mapping[str, FileMeta]] = field(default_factory=dict)
 
     def is_opaque(self, relative: str) -> bool:
         return relative in self.opaque
 
     def hides(self, relative: str) -> bool:
         return relative in self.hidden
+
+    def named_like_whiteouts_in(self, relative: str) -> Mapping[str, FileMeta]:
+        return self.named_like_whiteouts.get(relative, {})
 
 
 def _check_below_symlinks(parts: Parts, kind: MemberKind, symlinks: set[Parts]) -> None:
@@ -77,11 +83,13 @@ def _check_below_symlinks(parts: Parts, kind: MemberKind, symlinks: set[Parts]) 
 
 def read_markers(members: Iterable[Member]) -> LayerMarkers:
     """The markers of a layer of these members, once every name has passed the rules
-    the blob path applies to names (`..`, markers below a symlink)."""
+    the blob path applies to names (`..`, markers below a symlink, a hardlink to a
+    whiteout)."""
     symlinks: set[Parts] = set()
     opaque: set[str] = set()
     hidden: set[str] = set()
-    named: dict[str, FileMeta] = {}
+    devices: set[str] = set()
+    named: dict[str, dict[str, FileMeta]] = {}
     for member in members:
         parts = split_member_name(member.name)
         _check_below_symlinks(parts, member.kind, symlinks)
@@ -89,14 +97,25 @@ def read_markers(members: Iterable[Member]) -> LayerMarkers:
             continue
         if member.kind is MemberKind.DIRECTORY:
             if parts[-1].startswith(WHITEOUT_PREFIX):
-                named[join(parts)] = member.meta()
+                meta = directory_meta(member.header())
+                named.setdefault(join(parts[:-1]), {})[parts[-1]] = meta
             continue
         if member.kind is MemberKind.WHITEOUT_DEVICE:
             hidden.add(join(parts))
+            devices.add(join(parts))
             continue
         marker, name = classify(parts[-1])
         if marker is Marker.OPAQUE:
             opaque.add(join(parts[:-1]))
         elif marker is Marker.WHITEOUT:
             hidden.add(join((*parts[:-1], name)))
+        elif member.kind is MemberKind.HARDLINK and devices:
+            _check_hardlink(parts, member.header().linkname, devices)
     return LayerMarkers(frozenset(opaque), frozenset(hidden), named)
+
+
+def _check_hardlink(parts: Parts, target: str, devices: set[str]) -> None:
+    """Refuse a hardlink to a 0:0 device of the layer, as the blob path does: it is a
+    whiteout there. (containers-storage links the device, a second whiteout.)"""
+    if join(split_member_name(target)) in devices:
+        raise BootcError(f'Hardlink "{join(parts)}" to "{target}": the target is a whiteout')

@@ -22,9 +22,9 @@ from typing import IO, cast
 from pybootc.errors import BootcError
 from pybootc.layers import kernel_xattrs
 from pybootc.layers.extract import (
-    NoGlobalHeaders,
     hardlink_target,
     member_xattrs,
+    open_layer_tar,
     unique_member_parts,
 )
 from pybootc.layers.paths import Marker, Parts, classify, join
@@ -333,10 +333,7 @@ def read_layer(stream: IO[bytes], objects: ObjectSink, scratch: Path) -> LayerRe
     files too large to hold in memory pass through `scratch`."""
     reader = LayerReader(objects, scratch)
     try:
-        # The stand-in must be there before tarfile reads the first member.
-        with tarfile.open(
-            fileobj=stream, mode="r|", errorlevel=2, pax_headers=NoGlobalHeaders()
-        ) as tar:
+        with open_layer_tar(stream) as tar:
             reader.read(tar)
     except tarfile.TarError as err:
         raise BootcError(f"Invalid tar stream: {err}") from None

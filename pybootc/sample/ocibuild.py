@@ -121,6 +121,9 @@ class Layer:
     tar_format: int = tarfile.PAX_FORMAT
     # PAX global header records written before the first member.
     global_headers: Mapping[str, str] = field(default_factory=dict)
+    # The tar stream as given, instead of one written of `entries`: for the streams
+    # tarfile's writer does not make (broken headers, old-style types).
+    raw: bytes | None = None
 
 
 def layer(*entries: Entry, compression: Compression = Compression.GZIP, **kw: object) -> Layer:
@@ -170,6 +173,8 @@ def _sparse_payload(spans: tuple[tuple[int, int], ...], data: bytes) -> bytes:
 
 def write_tar(layer_: Layer) -> bytes:
     """The uncompressed tar stream of a layer."""
+    if layer_.raw is not None:
+        return layer_.raw
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=layer_.tar_format) as tar:
         if layer_.global_headers:

@@ -10,17 +10,13 @@ from __future__ import annotations
 
 import base64
 import functools
-import gzip
 import hashlib
-import io
 import json
 import logging
 import os
 import re
 import shutil
-import stat
 import subprocess
-import tarfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -29,11 +25,9 @@ from typing import Any
 
 from pybootc import tools
 from pybootc.errors import BootcError, error_context
-from pybootc.layers.extract import NoGlobalHeaders
-from pybootc.layers.member_markers import LayerMarkers, Member, MemberKind, read_markers
-from pybootc.layers.tar_tree import directory_meta
-from pybootc.layers.tree import FileMeta
+from pybootc.layers.member_markers import LayerMarkers, Member, read_markers
 from pybootc.oci.sigpolicy import policy_options
+from pybootc.stores.layer_members import tar_split_members, toc_members
 
 log = logging.getLogger(__name__)
 
@@ -118,90 +112,6 @@ def _known_as(layer: dict[str, object]) -> tuple[str, ...]:
     )
     diff_digest = layer.get("diff-digest")
     return found or ((diff_digest,) if isinstance(diff_digest, str) and diff_digest else ())
-
-
-# tar-split keeps a layer as entries in order: the raw bytes between members (a
-# segment: the previous member's padding, then this member's header blocks, its own
-# header last) and the members themselves, by name.
-_SEGMENT, _FILE_ENTRY = 2, 1
-_BLOCK = 512
-_TYPEFLAG = 156  # the offset of a tar header's type
-_SIZE = slice(124, 136)  # its size, in octal
-_EXTENDED_HEADERS = b"xgLK"
-_TAR_KINDS = {ord(tarfile.DIRTYPE): MemberKind.DIRECTORY, ord(tarfile.SYMTYPE): MemberKind.SYMLINK}
-_TOC_KINDS = {"dir": MemberKind.DIRECTORY, "symlink": MemberKind.SYMLINK}
-
-
-def _segment_meta(segment: bytes) -> FileMeta:
-    """What the header blocks that end `segment` make of a directory, as tarfile reads
-    them (PAX records and GNU long names included); the padding before them is
-    shorter than a block."""
-    headers = segment[len(segment) % _BLOCK :]
-    try:
-        with tarfile.open(
-            fileobj=io.BytesIO(headers + bytes(2 * _BLOCK)),
-            mode="r:",
-            errorlevel=2,
-            pax_headers=NoGlobalHeaders(),
-        ) as tar:
-            member = tar.next()
-    except (tarfile.TarError, EOFError) as err:
-        raise BootcError(f"Reading a header in the tar-split data: {err}") from None
-    if member is None:
-        raise BootcError("Reading a header in the tar-split data: there is none")
-    return directory_meta(member)
-
-
-def _own_header(segment: bytes) -> bytes:
-    """The member's own header among the blocks that end `segment`: the first that
-    neither is an extended header (PAX records, GNU long names) nor holds one's data.
-    Blocks after it (an old GNU sparse file's extension blocks) are not headers."""
-    blocks = segment[len(segment) % _BLOCK :]
-    offset = 0
-    while offset + _BLOCK <= len(blocks):
-        block = blocks[offset : offset + _BLOCK]
-        if block[_TYPEFLAG] not in _EXTENDED_HEADERS:
-            return block
-        try:
-            size = int(block[_SIZE].rstrip(b"\0 ").strip() or b"0", 8)
-        except ValueError:
-            return b""  # containers-storage could not have read it either
-        offset += _BLOCK + -(-size // _BLOCK) * _BLOCK
-    return b""
-
-
-def _tar_split_kind(name: str, segment: bytes) -> MemberKind:
-    header = _own_header(segment)
-    if len(header) != _BLOCK:
-        return MemberKind.OTHER
-    if header[_TYPEFLAG] == ord(tarfile.CHRTYPE):
-        found = tarfile.TarInfo.frombuf(header, "utf-8", "surrogateescape")
-        if (found.devmajor, found.devminor) == (0, 0):
-            return MemberKind.WHITEOUT_DEVICE
-    # An old-style directory is a regular file whose name ends in a slash.
-    if name.endswith("/") and header[_TYPEFLAG] in b"0\0":
-        return MemberKind.DIRECTORY
-    return _TAR_KINDS.get(header[_TYPEFLAG], MemberKind.OTHER)
-
-
-def _toc_member(entry: dict[str, Any]) -> Member:
-    kind = _TOC_KINDS.get(str(entry.get("type")), MemberKind.OTHER)
-    if entry.get("type") == "char" and not entry.get("devMajor") and not entry.get("devMinor"):
-        kind = MemberKind.WHITEOUT_DEVICE
-
-    def meta() -> FileMeta:
-        """As the tar header the entry stands for would give it."""
-        header = tarfile.TarInfo(str(entry.get("name", "")))
-        header.type = tarfile.DIRTYPE
-        header.uid, header.gid = int(entry.get("uid", 0)), int(entry.get("gid", 0))
-        header.mode = stat.S_IMODE(int(entry.get("mode", 0)))
-        header.pax_headers = {
-            f"SCHILY.xattr.{key}": base64.b64decode(value).decode("utf-8", "surrogateescape")
-            for key, value in (entry.get("xattrs") or {}).items()
-        }
-        return directory_meta(header)
-
-    return Member(str(entry.get("name", "")), kind, meta)
 
 
 class IncompleteImage(BootcError):
@@ -410,9 +320,9 @@ class ContainersStorage:
         return read_markers(self._members(layer_id))
 
     def _members(self, layer_id: str) -> Iterator[Member]:
-        """The layer's tar members, in order: from its tar-split data, or, for a layer
-        pulled partially (which containers-storage 1.43 keeps none of), from the
-        table of contents of the zstd:chunked blob, which lists the same."""
+        """The layer's tar members, in order (layer_members.py): from its tar-split data,
+        or, for a layer pulled partially (which containers-storage 1.43 keeps none of),
+        from the table of contents of the zstd:chunked blob, which lists the same."""
         path = self.root / "overlay-layers" / f"{layer_id}.tar-split.gz"
         toc = self.root / "overlay-layers" / layer_id / _big_data_file(_TOC_KEY)
         if not path.exists() and toc.exists():
@@ -425,27 +335,11 @@ class ContainersStorage:
                 raise BootcError(
                     f"Reading the table of contents of layer {layer_id}: {err}"
                 ) from None
-            yield from (_toc_member(e) for e in entries if e.get("type") != "chunk")
+            yield from toc_members(entries)
             return
         try:
-            with gzip.open(path, "rt", encoding="utf-8") as lines:
-                segment = b""
-                for line in lines:
-                    entry = json.loads(line)
-                    if entry.get("type") == _SEGMENT:
-                        segment = base64.b64decode(entry.get("payload") or "")
-                        continue
-                    if entry.get("type") != _FILE_ENTRY:
-                        continue
-                    raw = entry.get("name_raw")
-                    name = (
-                        base64.b64decode(raw).decode(errors="surrogateescape")
-                        if raw
-                        else str(entry.get("name", ""))
-                    )
-                    kind = _tar_split_kind(name, segment)
-                    yield Member(name, kind, functools.partial(_segment_meta, segment))
-        except (OSError, ValueError, EOFError, tarfile.TarError) as err:
+            yield from tar_split_members(path)
+        except (OSError, ValueError, EOFError) as err:
             raise BootcError(f"Reading the tar-split data of layer {layer_id}: {err}") from None
 
     def mount(self, name: str) -> Path:
