@@ -19,6 +19,7 @@ import socket
 import ssl
 import struct
 import subprocess
+import tarfile
 import tempfile
 import time
 import urllib.error
@@ -74,6 +75,20 @@ ACL_EXTENDED = acl(
     (ACL_MASK, 6, ACL_NO_ID),
     (ACL_OTHER, 4, ACL_NO_ID),
 )
+
+
+def tar_header(name: str, kind: bytes = tarfile.REGTYPE, **fields: object) -> bytes:
+    """One member's header blocks as a tar writer writes them (PAX with `pax=` records,
+    ustar without), for a layer given raw (`Layer.raw`)."""
+    info = tarfile.TarInfo(name)
+    info.type, info.mtime = kind, 1_700_000_000
+    pax = fields.pop("pax", None)
+    for key, value in fields.items():
+        setattr(info, key, value)
+    if pax is None:
+        return info.tobuf(tarfile.USTAR_FORMAT, "utf-8", "surrogateescape")
+    info.pax_headers = pax  # type: ignore[assignment]
+    return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
 
 
 @dataclass(frozen=True)

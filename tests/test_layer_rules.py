@@ -41,6 +41,7 @@ from tests.support import (
     Outcome,
     Tree,
     acl,
+    tar_header,
 )
 
 pytestmark = pytest.mark.oracle
@@ -96,20 +97,6 @@ def attr(path: str, **want: object) -> Callable[[dict[str, object]], bool]:
 
 
 L = layer
-
-
-def header(name: str, kind: bytes = tarfile.REGTYPE, **fields: object) -> bytes:
-    """One member's header blocks, as they are written, for a layer given raw."""
-    info = tarfile.TarInfo(name)
-    info.type, info.mtime = kind, 1_700_000_000
-    pax = fields.pop("pax", None)
-    for key, value in fields.items():
-        setattr(info, key, value)
-    if pax is not None:
-        info.pax_headers = pax  # type: ignore[assignment]
-    if pax is None:
-        return info.tobuf(tarfile.USTAR_FORMAT, "utf-8", "surrogateescape")
-    return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
 
 
 def raw(*blocks: bytes) -> Layer:
@@ -499,29 +486,30 @@ CASES: dict[str, Case] = {
     # Tar streams as Go's reader (containers-storage's) reads them
     "a PAX record of no value is no record: the header's own field stands": Case(
         (
-            raw(header("f", uid=5, pax={"uid": ""}), END),
+            raw(tar_header("f", uid=5, pax={"uid": ""}), END),
             L(file("g", xattrs={"user.none": b"", "user.kept": b"v"})),
         ),
         both(attr("f", uid=5), attr("g", xattrs=(("user.kept", b"v"),))),
     ),
     "a PAX number that is not one is refused": Case(
-        (raw(header("f", uid=5, pax={"uid": "x5"}), END),), refused="invalid PAX record"
+        (raw(tar_header("f", uid=5, pax={"uid": "x5"}), END),), refused="invalid PAX record"
     ),
     "a zero block and then a member is refused": Case(
-        (raw(header("f"), bytes(tarfile.BLOCKSIZE), header("g"), END),), refused="a zero block"
+        (raw(tar_header("f"), bytes(tarfile.BLOCKSIZE), tar_header("g"), END),),
+        refused="a zero block",
     ),
     "a header with a bad checksum after the first is refused": Case(
-        (raw(header("f"), b"\1" * tarfile.BLOCKSIZE, END),), refused="invalid header"
+        (raw(tar_header("f"), b"\1" * tarfile.BLOCKSIZE, END),), refused="invalid header"
     ),
     "a header cut short is refused": Case(
-        (raw(header("f"), header("g")[:300]),), refused="truncated header"
+        (raw(tar_header("f"), tar_header("g")[:300]),), refused="truncated header"
     ),
     "a layer of no bytes is a layer of no members": Case((BASE, raw(b"")), has("x", "d/y")),
     "a regular file named with a slash is a file (here a whiteout)": Case(
-        (BASE, raw(header(".wh.x/", tarfile.REGTYPE), END)), both(lacks("x"), has("d/y"))
+        (BASE, raw(tar_header(".wh.x/", tarfile.REGTYPE), END)), both(lacks("x"), has("d/y"))
     ),
     "an old-style member is a directory by its PAX path, not its header's name": Case(
-        (BASE, raw(header(".wh.x/", tarfile.AREGTYPE, pax={"path": ".wh.x"}), END)),
+        (BASE, raw(tar_header(".wh.x/", tarfile.AREGTYPE, pax={"path": ".wh.x"}), END)),
         both(lacks("x", ".wh.x"), has("d/y")),
     ),
     "a PAX global header is no member, whatever its size": Case(
@@ -649,7 +637,7 @@ def test_a_directory_named_like_a_whiteout_is_not_special(oracle: Oracle, form: 
 def test_an_old_style_directory_by_its_pax_path_is_not_special(oracle: Oracle) -> None:
     # Type NUL with the header's name `.wh.x` and the PAX path `.wh.x/`: Go's reader
     # (and so every source) makes a directory of it, which 1.43 takes for a whiteout.
-    layer = raw(header(".wh.x", tarfile.AREGTYPE, mode=0o700, pax={"path": ".wh.x/"}), END)
+    layer = raw(tar_header(".wh.x", tarfile.AREGTYPE, mode=0o700, pax={"path": ".wh.x/"}), END)
     for source, tree in _every_source(oracle.compare([BASE, layer])).items():
         assert {"x", ".wh.x"} <= set(tree), source
 
