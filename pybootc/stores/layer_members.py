@@ -68,14 +68,15 @@ def _is_header(block: bytes) -> bool:
     return recorded == unsigned - 256 * high
 
 
-def _headers(blocks: bytes) -> bytes | None:
-    """From the start of `blocks`, a member's header blocks up to its own header; None
-    if `blocks` does not start with headers (the guess of where they start is wrong),
-    b"" if it holds none but extended ones (a PAX global header's segment)."""
+def _headers(blocks: bytes, *, check: bool) -> bytes | None:
+    """From the start of `blocks`, a member's header blocks up to its own header; b""
+    if it holds none but extended ones (a PAX global header's segment). With `check`,
+    None if `blocks` does not start with headers (that guess of where they start is
+    wrong)."""
     offset = 0
     while offset + _BLOCK <= len(blocks):
         block = blocks[offset : offset + _BLOCK]
-        if not _is_header(block):
+        if check and not _is_header(block):
             return None
         if block[_TYPEFLAG] not in _EXTENDED_HEADERS:
             return blocks[: offset + _BLOCK]
@@ -91,8 +92,10 @@ def _member_headers(segment: bytes, previous_size: int) -> bytes:
     previous member's padding: what the segment's length says it is, but in the
     segment after a PAX global header (whose data is not padded), where the previous
     member's size says it."""
-    for start in dict.fromkeys((len(segment) % _BLOCK, -previous_size % _BLOCK)):
-        found = _headers(segment[start:])
+    starts = dict.fromkeys((len(segment) % _BLOCK, -previous_size % _BLOCK))
+    for start in starts:
+        # Where both say the same, that is where they start; else the headers tell.
+        found = _headers(segment[start:], check=len(starts) > 1)
         if found is not None:
             return found
     return b""
