@@ -102,8 +102,8 @@ def _listing_by_members(
     is below it); a name is never a marker (`.wh.x` is a whiteout of `.wh.x` there)."""
     entries: dict[str, LayerEntry] = {}
     named = markers.named_like_whiteouts_in(relative)
-    if path_of := directory:
-        with os.scandir(path_of) as it:
+    if directory:  # "" for a directory the diff directory lacks
+        with os.scandir(directory) as it:
             for item in it:
                 name = item.name
                 st = item.stat(follow_symlinks=False)

@@ -34,10 +34,12 @@ from pybootc.layers.tree import (
 
 
 def _meta(path: str, st: os.stat_result) -> FileMeta:
+    # OSTree keeps no xattr of no value (libostree leaves them out of what it reads);
+    # containers-storage 1.57 sets one where the image has it.
     xattrs = {
-        name: os.getxattr(path, name, follow_symlinks=False)
+        name: value
         for name in os.listxattr(path, follow_symlinks=False)
-        if is_image_xattr(name)
+        if is_image_xattr(name) and (value := os.getxattr(path, name, follow_symlinks=False))
     }
     return FileMeta.of(st.st_uid, st.st_gid, st.st_mode, xattrs)
 

@@ -96,7 +96,7 @@ class LayerExtractor:
         self._dirs.close()
 
     def extract(self, tar: tarfile.TarFile) -> LayerStats:
-        while (member := tar.next()) is not None:
+        while (member := next_member(tar)) is not None:
             # A streaming TarFile still keeps every member it has read; memory
             # must not grow with the number of entries.
             tar.members.clear()  # type: ignore[attr-defined]
@@ -310,10 +310,13 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
-# The numbers Go's reader takes (strconv.ParseInt, and seconds with a fraction for a
-# time); tarfile's int() would also take spaces and underscores, and more signs.
+# The numbers Go's reader takes (strconv.ParseInt into 64 bits, and seconds with a
+# fraction for a time); tarfile's int() would also take spaces and underscores, and
+# more signs. Ids must also fit the 32 bits a file's owner has.
 _ID, _TIME = re.compile(r"\+?[0-9]+"), re.compile(r"[+-]?[0-9]+(\.[0-9]*)?")
-_PAX_NUMBERS = {"uid": _ID, "gid": _ID, "size": _ID, "mtime": _TIME}
+_PAX_NUMBERS = {"uid": _ID, "gid": _ID, "size": _ID, "mtime": _TIME, "atime": _TIME, "ctime": _TIME}
+_ID_LIMIT, _NUMBER_LIMIT = 1 << 32, 1 << 63
+_XATTR_RECORD = "SCHILY.xattr."
 # How tarfile's next() tells a header it cannot read (the end of the archive, when
 # not the first) from one that fails the archive: its own exceptions, not public.
 _EOF_HEADER: type[Exception] = tarfile.EOFHeaderError  # type: ignore[attr-defined]
@@ -321,24 +324,28 @@ _EMPTY_HEADER: type[Exception] = tarfile.EmptyHeaderError  # type: ignore[attr-d
 _INVALID_HEADER: type[Exception] = tarfile.InvalidHeaderError  # type: ignore[attr-defined]
 _TRUNCATED_HEADER: type[Exception] = tarfile.TruncatedHeaderError  # type: ignore[attr-defined]
 _LATER_HEADER: type[Exception] = tarfile.SubsequentHeaderError  # type: ignore[attr-defined]
+# What tarfile raises of a header it cannot make sense of (a sparse map, a number).
+_UNREADABLE = (ValueError, IndexError, OverflowError)
 
 
 class LayerTarInfo(tarfile.TarInfo):
     """A member as Go's archive/tar reads it, which containers-storage unpacks layers
     with, where tarfile reads otherwise:
-    - a PAX record with an empty value is no record: the header's own field stands,
-      and an xattr of no value is not set (tarfile takes an empty uid, gid or size for
-      0, and keeps the xattr);
-    - a uid, gid, size or mtime record that is not a number is an invalid header
-      (tarfile takes 0);
+    - a PAX record with an empty value is no record: the header's own field stands
+      (tarfile takes an empty uid, gid or size for 0). An xattr of no value stays one,
+      as containers-storage 1.57 sets it (1.43 leaves it out);
+    - a number record that is not one, or out of range, is an invalid header (tarfile
+      takes 0, or takes what a file's owner cannot hold);
     - an invalid or cut-short header after the first is an error, and so is a zero
       block followed by anything but another, or the end (tarfile takes either for
       the end of the archive, and would leave the rest of the layer out);
     - a stream of no bytes is a layer of no members (tarfile: "empty file");
     - an old-style member (type NUL) is a directory if its name ends in a slash once
-      its PAX path is applied (tarfile looks at the header's own name only)."""
+      its PAX path is applied (tarfile looks at the header's own name only), and its
+      data, if it has any, is then the next header, as Go reads it."""
 
     old_style = False
+    retyped = False
 
     @classmethod
     def frombuf(cls, buf: bytes | bytearray, encoding: str, errors: str) -> LayerTarInfo:
@@ -349,7 +356,7 @@ class LayerTarInfo(tarfile.TarInfo):
     @classmethod
     def fromtarfile(cls, archive: tarfile.TarFile) -> LayerTarInfo:
         try:
-            return super().fromtarfile(archive)
+            found = super().fromtarfile(archive)
         except _EOF_HEADER:
             after = archive.fileobj.read(tarfile.BLOCKSIZE)
             if after.strip(b"\0") or len(after) not in (0, tarfile.BLOCKSIZE):
@@ -363,15 +370,40 @@ class LayerTarInfo(tarfile.TarInfo):
             if archive.offset == 0:
                 raise
             raise _LATER_HEADER(str(err)) from None
+        if not (0 <= found.uid < _ID_LIMIT and 0 <= found.gid < _ID_LIMIT):
+            raise _LATER_HEADER(f"owner {found.uid}:{found.gid} out of range")
+        if found.retyped:
+            # Where the next header starts, as tarfile says it for a new size.
+            has_data = found.isreg() or found.type not in tarfile.SUPPORTED_TYPES
+            archive.offset = found.offset_data + (found._block(found.size) if has_data else 0)  # type: ignore[attr-defined]
+        return found
 
     def _apply_pax_info(self, pax_headers: dict[str, str], encoding: str, errors: str) -> None:
-        records = {key: value for key, value in pax_headers.items() if value != ""}
+        records = {
+            key: value
+            for key, value in pax_headers.items()
+            if value != "" or key.startswith(_XATTR_RECORD)
+        }
         for key, pattern in _PAX_NUMBERS.items():
-            if key in records and not pattern.fullmatch(records[key]):
-                raise _LATER_HEADER(f"invalid PAX record {key}={records[key]!r}")
+            value = records.get(key)
+            if value is not None and not (
+                pattern.fullmatch(value) and abs(float(value)) < _NUMBER_LIMIT
+            ):
+                raise _LATER_HEADER(f"invalid PAX record {key}={value!r}")
         super()._apply_pax_info(records, encoding, errors)  # type: ignore[misc]
         if self.old_style and "path" in records:
-            self.type = tarfile.DIRTYPE if records["path"].endswith("/") else tarfile.REGTYPE
+            kind = tarfile.DIRTYPE if records["path"].endswith("/") else tarfile.REGTYPE
+            self.retyped = kind != self.type
+            self.type = kind
+
+
+def next_member(tar: tarfile.TarFile) -> tarfile.TarInfo | None:
+    """`tar.next()`, with what tarfile raises of a header it cannot make sense of as the
+    invalid header it is."""
+    try:
+        return tar.next()
+    except _UNREADABLE as err:
+        raise tarfile.ReadError(f"invalid header: {err}") from None
 
 
 class NoGlobalHeaders(dict[str, str]):
@@ -392,13 +424,17 @@ def open_layer_tar(stream: IO[bytes], mode: Literal["r|", "r:"] = "r|") -> tarfi
     """A layer's tar stream, read as containers-storage reads it (LayerTarInfo), with PAX
     global headers ignored (NoGlobalHeaders). The stand-in for the global records must
     be there before tarfile reads the first member."""
-    return tarfile.open(
-        fileobj=stream,
-        mode=mode,
-        errorlevel=2,
-        pax_headers=NoGlobalHeaders(),
-        tarinfo=LayerTarInfo,
-    )
+    try:
+        # Opening reads the first member.
+        return tarfile.open(
+            fileobj=stream,
+            mode=mode,
+            errorlevel=2,
+            pax_headers=NoGlobalHeaders(),
+            tarinfo=LayerTarInfo,
+        )
+    except _UNREADABLE as err:
+        raise tarfile.ReadError(f"invalid header: {err}") from None
 
 
 def extract_layer(stream: IO[bytes], dest_fd: int) -> LayerStats:

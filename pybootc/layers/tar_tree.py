@@ -24,6 +24,7 @@ from pybootc.layers import kernel_xattrs
 from pybootc.layers.extract import (
     hardlink_target,
     member_xattrs,
+    next_member,
     open_layer_tar,
     unique_member_parts,
 )
@@ -119,7 +120,7 @@ class LayerReader:
             directory = child
 
     def read(self, tar: tarfile.TarFile) -> None:
-        while (member := tar.next()) is not None:
+        while (member := next_member(tar)) is not None:
             # A streaming TarFile keeps every member it has read; memory must not grow.
             tar.members.clear()  # type: ignore[attr-defined]
             self._member(tar, member)
@@ -310,7 +311,9 @@ def _applied(
     if directory:
         mode = stat.S_IFDIR | stat.S_IMODE(member.mode)
     kernel_xattrs.chmod(mode, xattrs)
-    own = {name: value for name, value in member_xattrs(member) if is_image_xattr(name)}
+    # OSTree keeps no xattr of no value (libostree leaves them out of what it reads),
+    # so neither does a tree that becomes its objects.
+    own = {name: value for name, value in member_xattrs(member) if is_image_xattr(name) and value}
     xattrs.update(own)
     mode = kernel_xattrs.set_acls(xattrs, mode, own, directory=directory, symlink=symlink)
     return FileMeta.of(uid, gid, mode, xattrs)

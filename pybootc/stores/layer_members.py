@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from pybootc.errors import BootcError
-from pybootc.layers.extract import LayerTarInfo, open_layer_tar
+from pybootc.layers.extract import LayerTarInfo, next_member, open_layer_tar
 from pybootc.layers.member_markers import Member, MemberKind
 
 _SEGMENT, _FILE_ENTRY = 2, 1
@@ -68,37 +68,40 @@ def _is_header(block: bytes) -> bool:
     return recorded == unsigned - 256 * high
 
 
-def _headers(blocks: bytes, *, check: bool) -> bytes | None:
-    """From the start of `blocks`, a member's header blocks up to its own header; b""
-    if it holds none but extended ones (a PAX global header's segment). With `check`,
-    None if `blocks` does not start with headers (that guess of where they start is
-    wrong)."""
-    offset = 0
+def _headers(blocks: bytes, *, check: bool) -> tuple[bytes, int] | None:
+    """From the start of `blocks`, a member's header blocks up to its own header, and
+    the size of the last extended header's data; no header blocks if there are only
+    extended ones (a PAX global header's segment, whose data is not padded). With
+    `check`, None if `blocks` does not start with headers (that guess of where they
+    start is wrong)."""
+    offset = size = 0
     while offset + _BLOCK <= len(blocks):
         block = blocks[offset : offset + _BLOCK]
         if check and not _is_header(block):
             return None
         if block[_TYPEFLAG] not in _EXTENDED_HEADERS:
-            return blocks[: offset + _BLOCK]
-        size = _number(block[_SIZE])
-        if size is None:
+            return blocks[: offset + _BLOCK], size
+        found = _number(block[_SIZE])
+        if found is None:
             return None
+        size = found
         offset += _BLOCK + -(-size // _BLOCK) * _BLOCK
-    return b""
+    return b"", size
 
 
-def _member_headers(segment: bytes, previous_size: int) -> bytes:
-    """The header blocks of the member a segment comes before. They start after the
-    previous member's padding: what the segment's length says it is, but in the
-    segment after a PAX global header (whose data is not padded), where the previous
-    member's size says it."""
+def _member_headers(segment: bytes, previous_size: int) -> tuple[bytes, int]:
+    """The header blocks of the member a segment comes before, and how much data the
+    member has before the next segment (the size of a PAX global header's data,
+    which tar-split counts as none). The blocks start after the previous member's
+    padding: what the segment's length says it is, but in the segment after a PAX
+    global header (whose data is not padded), what the previous member's size says."""
     starts = dict.fromkeys((len(segment) % _BLOCK, -previous_size % _BLOCK))
     for start in starts:
         # Where both say the same, that is where they start; else the headers tell.
         found = _headers(segment[start:], check=len(starts) > 1)
         if found is not None:
             return found
-    return b""
+    return b"", 0
 
 
 def _segment_kind(name: str, headers: bytes) -> MemberKind:
@@ -121,7 +124,7 @@ def _read_headers(headers: bytes) -> tarfile.TarInfo:
     """The member whose header blocks these are, as the blob path's reader reads it."""
     try:
         with open_layer_tar(io.BytesIO(headers + bytes(2 * _BLOCK)), "r:") as tar:
-            member = tar.next()
+            member = next_member(tar)
     except (tarfile.TarError, EOFError) as err:
         raise BootcError(f"Reading a header in the tar-split data: {err}") from None
     if member is None:
@@ -147,8 +150,9 @@ def tar_split_members(path: Path) -> Iterator[Member]:
                 if raw
                 else str(entry.get("name", ""))
             )
-            headers = _member_headers(segment, previous_size)
-            previous_size = int(entry.get("size") or 0)
+            headers, extended = _member_headers(segment, previous_size)
+            # A PAX global header is a member of no size whose data ends its segment.
+            previous_size = int(entry.get("size") or 0) if headers else extended
             read = functools.partial(_read_headers, headers)
             yield Member(name, _segment_kind(name, headers), read)
 
