@@ -50,7 +50,7 @@ modes = st.sampled_from([0o644, 0o600, 0o755, 0o4755, 0o700, 0o1777])
 owners = st.sampled_from([0, 0, 1000])
 CAPABILITY = bytes.fromhex("0100000200200000000000000000000000000000")
 # The kernel refuses a malformed security.capability or ACL, so those only ever get
-# real ones: an access ACL the mode can say, or one it cannot (layers/access_acl.py).
+# real ones: an access ACL the mode can say, or one it cannot (layers/kernel_xattrs.py).
 _REAL = {
     "security.capability": {b"1": CAPABILITY, b"\x00\xff": CAPABILITY},
     "system.posix_acl_access": {b"1": ACL_AS_MODE_750, b"\x00\xff": ACL_EXTENDED},
