@@ -547,6 +547,12 @@ CASES: dict[str, Case] = {
         (raw(tar_header("f"), tar_header("g")[:300]),), refused="truncated header"
     ),
     "a layer of no bytes is a layer of no members": Case((BASE, raw(b"")), has("x", "d/y")),
+    "a stream may end in its last member's padding": Case(
+        (raw(tar_header("f", size=3), b"abc"),), attr("f", kind="file", size=3)
+    ),
+    "a stream that ends in a member's data is refused": Case(
+        (raw(tar_header("f", size=10), b"abc"),), refused="truncated"
+    ),
     "a regular file named with a slash is a file (here a whiteout)": Case(
         (BASE, raw(tar_header(".wh.x/", tarfile.REGTYPE), END)), both(lacks("x"), has("d/y"))
     ),

@@ -340,6 +340,7 @@ class LayerTarInfo(tarfile.TarInfo):
       block followed by anything but another, or the end (tarfile takes either for
       the end of the archive, and would leave the rest of the layer out);
     - a stream of no bytes is a layer of no members (tarfile: "empty file");
+    - a stream may end in its last member's padding (_LayerTarFile);
     - an old-style member (type NUL) is a directory if its name ends in a slash once
       its PAX path is applied (tarfile looks at the header's own name only), and its
       data, if it has any, is then the next header, as Go reads it."""
@@ -397,6 +398,25 @@ class LayerTarInfo(tarfile.TarInfo):
             self.type = kind
 
 
+class _LayerTarFile(tarfile.TarFile):
+    """A layer's tar stream that may end in its last member's padding, which Go's reader
+    takes for the end of the archive (its own writer leaves the padding out when it is
+    never closed); tarfile would say "unexpected end of data"."""
+
+    _last: tarfile.TarInfo | None = None
+
+    def next(self) -> tarfile.TarInfo | None:
+        try:
+            self._last = found = super().next()
+        except tarfile.ReadError:
+            last = self._last
+            end = self.fileobj.tell()
+            if last is None or not (last.offset_data + last.size <= end < self.offset):
+                raise
+            return None
+        return found
+
+
 def next_member(tar: tarfile.TarFile) -> tarfile.TarInfo | None:
     """`tar.next()`, with what tarfile raises of a header it cannot make sense of as the
     invalid header it is."""
@@ -426,7 +446,7 @@ def open_layer_tar(stream: IO[bytes], mode: Literal["r|", "r:"] = "r|") -> tarfi
     be there before tarfile reads the first member."""
     try:
         # Opening reads the first member.
-        return tarfile.open(
+        return _LayerTarFile.open(
             fileobj=stream,
             mode=mode,
             errorlevel=2,
