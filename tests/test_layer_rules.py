@@ -114,7 +114,8 @@ _NAME_5 = ".wh." + "n" * 52 + "5" + "m" * 10
 
 
 def _global_header(name: str, length: int) -> bytes:
-    """A PAX global header named `name`, with a comment of `length` characters."""
+    """A PAX global header named `name`, with a comment of `length` characters (the
+    record's length must come to three digits, as it does for 87 to 986)."""
     body = f" comment={'c' * length}\n"
     record = f"{len(body) + len(str(len(body) + 3))}{body}".encode()
     header = tar_header(name, tarfile.XGLTYPE, size=len(record))
