@@ -399,6 +399,15 @@ CASES: dict[str, Case] = {
         ),
         both(attr("f", mode=0o640, xattrs=()), attr("e", mode=0o710, xattrs=())),
     ),
+    "an ACL of no value at all is no ACL": Case(
+        (
+            L(
+                directory("e", mode=0o710, xattrs={ACCESS: b"", DEFAULT: b""}),
+                file("f", mode=0o640, xattrs={ACCESS: b"", DEFAULT: b""}),
+            ),
+        ),
+        both(attr("e", mode=0o710, xattrs=()), attr("f", mode=0o640, xattrs=())),
+    ),
     "a hardlink's header rewrites the kept ACL of the inode it shares": Case(
         (L(file("f", xattrs={ACCESS: ACL_EXTENDED}), hardlink("g", "f", mode=0o750)),),
         both(attr("f", mode=0o750, xattrs=((ACCESS, ACL_EXTENDED_AS_750),)), has("g")),

@@ -4,20 +4,24 @@ reports what each store would really fetch."""
 
 from __future__ import annotations
 
+import base64
+import gzip
 import json
 from pathlib import Path
 
 import pytest
 
+from pybootc.errors import BootcError
 from pybootc.oci.imgref import ImageReference, Transport
 from pybootc.ostree.gi import GLib
 from pybootc.sample.image import sample_image
 from pybootc.stores import Backend
 from pybootc.stores.bootc_storage import stored_name
+from pybootc.stores.containers_storage import ContainersStorage
 from pybootc.stores.protocol import ImageStore
 from pybootc.stores.registry import STORES, store_for
 from tests.backend_support import bootc, install, ok, publish
-from tests.support import Registry
+from tests.support import Registry, tar_header
 
 BACKENDS = ["ostree", "container"]
 
@@ -81,3 +85,27 @@ def test_upgrade_check_says_which_layers_are_present_and_what_is_to_fetch(
     assert (summary["addedLayers"], summary["addedSize"]) == (1, top)
     assert (summary["layersPresent"], summary["layersNeeded"]) == (2, 1)
     assert summary["bytesNeeded"] == top
+
+
+MALFORMED_TAR_SPLIT = {
+    "not gzip": b"plain",
+    "not JSON": gzip.compress(b"{\n"),
+    "a line that is no object": gzip.compress(b"[1]\n"),
+    "a size that is no number": gzip.compress(
+        json.dumps({"type": 2, "payload": base64.b64encode(tar_header("a")).decode()}).encode()
+        + b'\n{"type": 1, "name": "a", "size": [1]}\n'
+    ),
+    "a payload that is no string": gzip.compress(b'{"type": 2, "payload": 5}\n'),
+}
+
+
+@pytest.mark.parametrize("name", list(MALFORMED_TAR_SPLIT))
+def test_tar_split_data_containers_storage_did_not_write_is_one_error(
+    tmp_path: Path, name: str
+) -> None:
+    storage = ContainersStorage(tmp_path / "storage", tmp_path / "runroot")
+    layers = tmp_path / "storage" / "overlay-layers"
+    layers.mkdir(parents=True)
+    (layers / "abc.tar-split.gz").write_bytes(MALFORMED_TAR_SPLIT[name])
+    with pytest.raises(BootcError, match=r"^Reading the tar-split data of layer abc: "):
+        storage.layer_markers("abc")

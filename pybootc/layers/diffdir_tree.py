@@ -2,9 +2,10 @@
 written as objects: each hashed once, and copied by the kernel.
 
 The diff directory is what containers-storage unpacked, so the layer rules were applied
-there; it is read as diffdir.py reads it, its markers checked against those the
-layer's own members give (member_markers.py), and overlayfs's own xattrs are left out
-of what the objects record. Names that share an inode are hashed once.
+there; it is read as diffdir.py reads it, with the markers the layer's own members
+give (member_markers.py) in place of those the diff directory shows, and overlayfs's
+own xattrs are left out of what the objects record. Names that share an inode are
+hashed once.
 
 The files are hashed and written on two threads (file_writers.py): reading and hashing
 release the GIL, and so does libostree while it writes, which allows several writers

@@ -97,7 +97,9 @@ def _valid(entries: Entries) -> bool:
 
 def _read_acl(name: str, value: bytes) -> Entries:
     """posix_acl_from_xattr, then posix_acl_valid: the entries as the kernel keeps
-    them (no entries: no ACL)."""
+    them (no entries, or no value at all: no ACL)."""
+    if not value:
+        return ()
     if len(value) < _ACL_HEADER.size:
         raise _refused(name, "Invalid argument")
     if _ACL_HEADER.unpack_from(value)[0] != _ACL_VERSION:
