@@ -53,7 +53,11 @@ class _DiffDirReader:
         self._inodes: dict[tuple[int, int], Leaf] = {}
         self.marked: set[str] = set()
 
-    def directory(self, path: str, relative: str) -> tuple[FileMeta, dict[str, Entry], bool]:
+    def directory(
+        self, path: str, relative: str, header: FileMeta | None = None
+    ) -> tuple[FileMeta, dict[str, Entry], bool]:
+        """The directory's metadata (`header`'s where the layer's header gives it, as
+        member_markers.py reads it; else the diff directory's), children and opacity."""
         listing = list_layer_directory(0, path, self._markers, relative)
         children: dict[str, Entry] = {}
         marked = listing.opaque
@@ -65,9 +69,7 @@ class _DiffDirReader:
             child = f"{relative}/{name}" if relative else name
             st = entry.st
             if stat.S_ISDIR(st.st_mode):
-                meta, grandchildren, opaque = self.directory(entry.path, child)
-                if entry.meta is not None:
-                    meta = entry.meta  # the header's, which the diff directory lost
+                meta, grandchildren, opaque = self.directory(entry.path, child, entry.meta)
                 children[name] = finished_dir(self._objects, meta, grandchildren, opaque=opaque)
                 marked = marked or child in self.marked
             elif stat.S_ISREG(st.st_mode):
@@ -81,8 +83,7 @@ class _DiffDirReader:
                 children[name] = self._placeholder(st)
         if marked:
             self.marked.add(relative)
-        # A directory the diff directory lacks has its header's metadata (entry.meta).
-        own = _meta(path, os.lstat(path)) if path else FileMeta(0, 0, stat.S_IFDIR | 0o755)
+        own = header if header is not None else _meta(path, os.lstat(path))
         return own, children, listing.opaque
 
     def _regular(self, path: str, st: os.stat_result) -> Leaf:
