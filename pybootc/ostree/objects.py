@@ -114,12 +114,17 @@ class ObjectWriter:
 
     def regular_from_bytes(self, meta: FileMeta, data: bytes) -> str:
         """A regular file whose content is `data`; its checksum."""
+        checksum, parts = self.content_stream(meta, data)
+        self.write_stream(checksum, parts)
+        return checksum
+
+    def content_stream(self, meta: FileMeta, data: bytes) -> tuple[str, tuple[bytes, bytes]]:
+        """The checksum and content stream (header, content) of a regular file of `meta`
+        holding `data`, not written."""
         header = self.header(meta, None)
         hasher = hashlib.sha256(header)
         hasher.update(data)
-        checksum = hasher.hexdigest()
-        self.write_stream(checksum, (header, data))
-        return checksum
+        return hasher.hexdigest(), (header, data)
 
     def write_stream(self, checksum: str, parts: tuple[bytes, ...]) -> None:
         """The object whose content stream (libostree's header, then the content) is

@@ -19,7 +19,7 @@ from typing import IO, TYPE_CHECKING, Any, BinaryIO, ClassVar
 from pybootc.errors import BootcError
 from pybootc.layers.flatten import BlobLayer, read_blob
 from pybootc.layers.tar_tree import read_layer
-from pybootc.layers.tree import LayerRead, ObjectSink
+from pybootc.layers.tree import LayerRead
 from pybootc.oci.auth import ANONYMOUS, RegistryAuth
 from pybootc.oci.imgref import OstreeImageReference
 from pybootc.oci.metadata import ImageMetadata
@@ -27,7 +27,9 @@ from pybootc.oci.proxy import ImageProxy
 from pybootc.ostree.ext_format import BLOB_REF_PREFIX, blob_digest_of_commit, blob_ref
 from pybootc.ostree.gi import OSTree
 from pybootc.ostree.merged_image import prune_merged_refs
+from pybootc.ostree.objects import ObjectWriter
 from pybootc.ostree.repo import list_refs, read_commit_metadata, resolve_ref, set_ref
+from pybootc.ostree.write_behind import WriteBehind
 from pybootc.stores import Backend
 from pybootc.stores.export import export_image
 from pybootc.stores.layered import LayeredImage, layer_commit
@@ -89,8 +91,9 @@ def import_layers(
             )
             blob = BlobLayer(descriptor, diff_id, opener, source_checks_digest=True)
 
-            def read(objects: ObjectSink, blob: BlobLayer = blob) -> LayerRead:
-                return read_blob(blob, lambda stream: read_layer(stream, objects, work))
+            def read(objects: ObjectWriter, blob: BlobLayer = blob) -> LayerRead:
+                with WriteBehind(objects) as behind:
+                    return read_blob(blob, lambda stream: read_layer(stream, behind, work))
 
             commits.append(layer_commit(repo, descriptor.digest, read))
     return LayeredImage(repo, tuple(commits), metadata)

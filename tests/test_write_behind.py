@@ -1,0 +1,162 @@
+"""A layer blob's files are written by a helper thread while the parser goes on: each
+object whole and under libostree's own checksum, written before it is read back,
+never more than the bound in memory, and nothing written once the read has ended,
+however it ended."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from pybootc.errors import BootcError
+from pybootc.layers.tree import FileMeta
+from pybootc.ostree.gi import OSTree
+from pybootc.ostree.objects import ObjectWriter
+from pybootc.ostree.write_behind import _MAX_QUEUED, WriteBehind
+from tests.object_support import libostree_checksum, new_bare_repo
+
+pytestmark = pytest.mark.root  # owners as the files have them
+
+META = FileMeta(0, 0, 0o100644)
+OTHER = FileMeta(0, 0, 0o100600)
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> OSTree.Repo:
+    repo = new_bare_repo(tmp_path / "repo")
+    repo.prepare_transaction(None)
+    return repo
+
+
+class Recording(ObjectWriter):
+    """An ObjectWriter that says which thread wrote each object, and when. Each write
+    takes a little longer, so the queue fills; one content can be made to fail, and
+    the writes can be held back."""
+
+    def __init__(self, repo: OSTree.Repo, fail_on: bytes = b"") -> None:
+        super().__init__(repo)
+        self.threads: list[str] = []
+        self.finished_at: list[float] = []
+        self.go = threading.Event()
+        self.go.set()
+        self._fail_on = fail_on
+
+    def write_stream(self, checksum: str, parts: tuple[bytes, ...]) -> None:
+        self.go.wait()
+        self.threads.append(threading.current_thread().name)
+        time.sleep(0.001)
+        if self._fail_on and parts[-1] == self._fail_on:
+            raise BootcError("Writing an object: no space left on device")
+        super().write_stream(checksum, parts)
+        self.finished_at.append(time.monotonic())
+
+
+def contents(count: int) -> list[bytes]:
+    return [f"file {i}".encode() * (1 + i * 997 % 5000) for i in range(count)]
+
+
+def read_back(repo: OSTree.Repo, checksum: str) -> bytes:
+    _, stream, _, _ = repo.load_file(checksum, None)
+    data = b""
+    while stream is not None and (chunk := stream.read_bytes(1 << 20, None).get_data()):
+        data += chunk
+    return data
+
+
+def test_the_helper_writes_each_object_under_libostrees_checksum(
+    repo: OSTree.Repo, tmp_path: Path
+) -> None:
+    datas = contents(200)
+    writer = Recording(repo)
+    with WriteBehind(writer) as behind:
+        checksums = [behind.regular_from_bytes(META, data) for data in datas]
+    repo.commit_transaction(None)
+
+    assert set(writer.threads) == {"object-writer"}
+    assert len(writer.threads) == len(datas)
+    for i, (data, checksum) in enumerate(zip(datas, checksums, strict=True)):
+        path = tmp_path / f"f{i}"
+        path.write_bytes(data)
+        path.chmod(0o644)
+        assert checksum == libostree_checksum(path)
+        assert read_back(repo, checksum) == data
+
+
+def test_a_rewrite_reads_the_object_once_it_is_written(repo: OSTree.Repo) -> None:
+    writer = Recording(repo)
+    with WriteBehind(writer) as behind:
+        for data in contents(50):
+            behind.regular_from_bytes(META, data)
+        last = behind.regular_from_bytes(META, b"the last file")
+        # Queued behind 50 writes: the rewrite must wait for it, not miss it.
+        rewritten = behind.rewrite(last, OTHER)
+    repo.commit_transaction(None)
+    assert read_back(repo, rewritten) == b"the last file"
+    _, _, info, _ = repo.load_file(rewritten, None)
+    assert info.get_attribute_uint32("unix::mode") == OTHER.mode
+
+
+def test_no_more_than_the_bound_is_queued(repo: OSTree.Repo) -> None:
+    writer = Recording(repo)
+    writer.go.clear()  # the helper takes the first object and waits
+    mib = [bytes([i]) * (1 << 20) for i in range(40)]
+    queued: list[str] = []
+    with WriteBehind(writer) as behind:
+
+        def parse() -> None:
+            for data in mib:
+                queued.append(behind.regular_from_bytes(META, data))
+
+        parser = threading.Thread(target=parse)
+        parser.start()
+        try:
+            time.sleep(0.3)
+            assert len(queued) == _MAX_QUEUED // (1 << 20)
+        finally:
+            writer.go.set()
+        parser.join()
+        # A file over the bound is taken once the queue is empty.
+        large = behind.regular_from_bytes(META, b"x" * (_MAX_QUEUED + 1))
+    repo.commit_transaction(None)
+    assert len(queued) == len(mib)
+    assert read_back(repo, large) == b"x" * (_MAX_QUEUED + 1)
+
+
+def test_a_failed_write_is_raised_in_the_parser_and_the_rest_is_dropped(
+    repo: OSTree.Repo,
+) -> None:
+    datas = contents(300)
+    writer = Recording(repo, fail_on=datas[0])
+    with pytest.raises(BootcError, match="no space left on device"), WriteBehind(writer) as behind:
+        for data in datas:
+            behind.regular_from_bytes(META, data)
+    left = time.monotonic()
+    repo.abort_transaction(None)
+    assert len(writer.threads) < 50
+    assert all(t <= left for t in writer.finished_at)
+
+
+def test_a_failed_last_write_is_raised_on_the_way_out(repo: OSTree.Repo) -> None:
+    datas = contents(20)
+    writer = Recording(repo, fail_on=datas[-1])
+    with pytest.raises(BootcError, match="no space left on device"), WriteBehind(writer) as behind:
+        for data in datas:
+            behind.regular_from_bytes(META, data)
+    repo.abort_transaction(None)
+    assert len(writer.finished_at) == len(datas) - 1
+
+
+def test_nothing_is_written_after_the_read_fails(repo: OSTree.Repo) -> None:
+    writer = Recording(repo)
+    with pytest.raises(BootcError, match="the stream failed"), WriteBehind(writer) as behind:
+        for data in contents(300):
+            behind.regular_from_bytes(META, data)
+        raise BootcError("the stream failed")
+    left = time.monotonic()
+    repo.abort_transaction(None)
+    assert len(writer.threads) < 300
+    time.sleep(0.05)
+    assert all(t <= left for t in writer.finished_at)
