@@ -173,7 +173,7 @@ _PARTIAL_FAILURE = (
     "partial pull of blob sha256:00: staging a partially-pulled layer: copy content to"
     " /usr/share/big/1: openat2 /usr/share/big/1: no such file or directory"
 )
-# How skopeo 1.9.3 panics in about one partial pull in 40 (a Go panic, no fatal msg).
+# How skopeo 1.9.3 panics, now and then, in a partial pull (a Go panic, no fatal msg).
 _PANIC = "panic: runtime error: slice bounds out of range [:8192] with capacity 4096"
 FALLBACK_CASES = {
     # (partial pulls on, what the first skopeo fails with): pulled again whole?
@@ -194,7 +194,7 @@ def test_a_failed_partial_pull_is_made_again_whole_and_nothing_else_is(
     case: str,
 ) -> None:
     """containers-storage 1.57 fails about one partial pull in four (the [on] case
-    above, on Debian 13), and skopeo 1.9.3 panics in about one in 40 (Debian 12). A
+    above, on Debian 13), and skopeo 1.9.3 panics now and then (Debian 12). A
     skopeo that fails once as they do, then runs the real one, records the pull
     options of each run."""
     partial, failure, again = FALLBACK_CASES[case]

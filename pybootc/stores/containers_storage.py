@@ -73,9 +73,10 @@ PARTIAL_PULLS_ENV = "PYBOOTC_EXPERIMENTAL_PARTIAL_PULLS"
 # some (an `openat2 ...: no such file or directory` while it copies a file it already
 # has from another layer, in about one update in four of tests/test_partial_pulls.py).
 _PARTIAL_PULL_FAILED = "partial pull of blob"
-# skopeo 1.9.3 (Debian 12) sometimes panics in a partial pull: in `mime/multipart`,
-# reading the registry's answer to a range request, while a zstd decoder's goroutine
-# still reads the part before (seen in about one pull in 40 of that test's image).
+# skopeo 1.9.3 (Debian 12) sometimes panics in a partial pull, in `mime/multipart` as
+# a zstd decoder's goroutine reads a part of the registry's answer to a range request
+# (seen once in 80 pulls of that test's image beside other load, and once in a whole
+# `make test`).
 _SKOPEO_PANICKED = "skopeo: panic: "
 
 
@@ -208,8 +209,9 @@ class ContainersStorage:
         (default /var/tmp), where a killed pull leaves them.
 
         A pull with partial pulls on that containers-storage fails partway through a
-        layer, or in which skopeo panics, is made again whole, with a warning: the switch is there to save bytes,
-        never to fail an update that a whole pull makes."""
+        layer, or in which skopeo panics, is made again whole, with a warning: the
+        switch is there to save bytes, never to fail an update that a whole pull
+        makes."""
         staging = ["--tmpdir", str(tmpdir)] if tmpdir is not None else []
         # The storage as the default one of storage.conf, not `reference`: a store named
         # in the reference gets none of its pull options.
