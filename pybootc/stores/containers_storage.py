@@ -350,8 +350,8 @@ class ContainersStorage:
             return
         try:
             yield from tar_split_members(path)
-        except (OSError, ValueError, EOFError, TypeError, AttributeError) as err:
-            # Data containers-storage did not write: not JSON of its entries, or not gzip.
+        except (OSError, ValueError, EOFError) as err:
+            # Data containers-storage did not write: not gzip, or not its entries.
             raise BootcError(f"Reading the tar-split data of layer {layer_id}: {err}") from None
 
     def mount(self, name: str) -> Path:

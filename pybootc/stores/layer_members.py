@@ -132,13 +132,26 @@ def _read_headers(headers: bytes) -> tarfile.TarInfo:
     return member
 
 
+def _tar_split_entry(line: str) -> dict[str, Any]:
+    """One line of tar-split data as an entry; ValueError for what containers-storage
+    does not write (no object, or fields of other types than its own)."""
+    entry = json.loads(line)
+    if not isinstance(entry, dict):
+        raise ValueError(f"not an entry: {line.strip()[:40]}")
+    for key, kind in (("payload", str), ("name_raw", str), ("size", int)):
+        if entry.get(key) is not None and not isinstance(entry[key], kind):
+            raise ValueError(f"{key} is not a {kind.__name__}: {entry[key]!r:.40}")
+    return entry
+
+
 def tar_split_members(path: Path) -> Iterator[Member]:
-    """The members of a layer's tar-split data, in order."""
+    """The members of a layer's tar-split data, in order; ValueError (or OSError,
+    EOFError) for data that is no tar-split data."""
     with gzip.open(path, "rt", encoding="utf-8") as lines:
         segment = b""
         previous_size = 0
         for line in lines:
-            entry = json.loads(line)
+            entry = _tar_split_entry(line)
             if entry.get("type") == _SEGMENT:
                 segment = base64.b64decode(entry.get("payload") or "")
                 continue
