@@ -31,7 +31,6 @@ from pybootc.host.fields import (
     read_uint32,
     read_variant,
 )
-from pybootc.host.yaml_text import dump_yaml, load_yaml
 
 API_VERSION = "org.containers.bootc/v1"
 KIND = "BootcHost"
@@ -522,8 +521,14 @@ class Host:
 
     def to_yaml(self) -> str:
         """YAML with keys in bootc's order (spec_yaml)."""
+        # Imported here: PyYAML is a quarter of what `bootc status` on a terminal, or
+        # with --json, would spend importing, and neither writes YAML.
+        from pybootc.host.yaml_text import dump_yaml
+
         return dump_yaml(self.to_json_dict())
 
     @classmethod
     def from_yaml(cls, text: str) -> Host:
+        from pybootc.host.yaml_text import load_yaml
+
         return cls.from_json_dict(load_yaml(text))
