@@ -11,6 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from pybootc.errors import BootcError
 from pybootc.layers.tree import FileMeta
 from pybootc.ostree.gi import Gio, OSTree
 from pybootc.ostree.objects import ObjectWriter
@@ -167,3 +168,33 @@ def test_a_rewrite_is_the_same_content_with_the_new_metadata(
     os.setxattr(path, "user.a", b"b")
     os.chmod(path, 0o4750)
     assert second == libostree_checksum(path) != first
+
+
+class ChangedInBetween(ObjectWriter):
+    """An ObjectWriter whose file is written to after it is hashed and before libostree
+    reads it: as another writer of a storage's file could."""
+
+    def __init__(self, repo: OSTree.Repo, path: Path) -> None:
+        super().__init__(repo)
+        self._path = path
+
+    def _write(self, checksum: str, meta: FileMeta, content: Gio.InputStream, size: int) -> None:
+        with self._path.open("r+b") as f:
+            f.write(b"changed")
+        super()._write(checksum, meta, content, size)
+
+
+def test_a_large_file_that_changes_while_it_is_read_is_refused(
+    repo: OSTree.Repo, tmp_path: Path
+) -> None:
+    path = tmp_path / "large"
+    path.write_bytes(os.urandom(3 << 20))
+    writer = ChangedInBetween(repo, path)
+    fd = os.open(path, os.O_RDONLY)
+    repo.prepare_transaction(None)
+    try:
+        with pytest.raises(BootcError, match=r"^A file of 3145728 bytes changed while it was read"):
+            writer.regular_from_fd(meta_of(path), fd, 3 << 20)
+    finally:
+        repo.abort_transaction(None)
+        os.close(fd)

@@ -4,6 +4,7 @@ layer, and leaves the target as empty as it was."""
 
 from __future__ import annotations
 
+import json
 import tarfile
 from pathlib import Path
 
@@ -48,4 +49,27 @@ def test_a_layer_the_kernel_refuses_is_refused_by_both_backends(
     line = one_error_line(install(target, layout.ref("bad"), backend=backend))
     assert line.startswith(f"error: Installing to {target}: "), line
     assert line.endswith(f"Layer {digest}: {words}"), line
+    assert list(target.iterdir()) == []
+
+
+@pytest.mark.parametrize("backend", ["ostree", "container"])
+def test_a_layer_that_is_not_the_configs_diff_id_is_refused_by_both_backends(
+    tmp_path: Path, target: Path, backend: str
+) -> None:
+    # containers/image 5.23 (skopeo 1.9) stores such a layer without comparing; the
+    # container backend compares what the storage unpacked with the config.
+    layout = OciLayout(tmp_path / "oci")
+    spec = sample_image("1.0", extra=(layer(file("etc/motd", "hello")),))
+    manifest = json.loads(layout.blob_path(layout.add_image("good", spec)).read_text())
+    config = json.loads(layout.blob_path(manifest["config"]["digest"]).read_text())
+    diff_ids = config["rootfs"]["diff_ids"]
+    good, diff_ids[-1] = diff_ids[-1], "sha256:" + "0" * 64
+    layout.add_manifest("bad", spec, manifest["layers"], diff_ids)
+    digest = layout_layer_digests(layout, "bad")[-1]
+    line = one_error_line(install(target, layout.ref("bad"), backend=backend))
+    assert line.startswith(f"error: Installing to {target}: "), line
+    assert line.endswith(
+        f"Layer {digest}: Uncompressed digest mismatch for blob {digest}:"
+        f" expected diff_id {diff_ids[-1]}, got {good}"
+    ), line
     assert list(target.iterdir()) == []

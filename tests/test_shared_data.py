@@ -5,6 +5,7 @@ object of it, and a write to either one leaves the other as it was."""
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 import random
 import struct
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from pybootc.ostree.shared_data import object_path, share_with_objects
 from pybootc.sample.image import sample_image
 from pybootc.sample.ocibuild import OciLayout, file, layer
 from tests.backend_support import install, ok
@@ -105,3 +107,24 @@ def test_a_write_to_the_object_leaves_the_storage_alone(installed: Path) -> None
     assert stored.read_bytes() == BULK[name]
     # The repo sees its object changed: the write went to the object, not the storage.
     assert fsck(installed).returncode != 0
+
+
+@pytest.mark.parametrize("fstype", ["xfs", "btrfs"])
+def test_a_file_that_cannot_be_shared_leaves_the_next_ones_shared(
+    tmp_path: Path, fstype: str
+) -> None:
+    data = random.Random(1).randbytes(256 << 10)
+    with scratch_loop_filesystem(tmp_path / "fs", fstype) as mount:
+        files = []
+        # The first is longer than its object: the kernel refuses that one file (EINVAL).
+        for name, more in (("grown", b"more"), ("equal", b"")):
+            checksum = hashlib.sha256(name.encode()).hexdigest()
+            found = object_path(mount / "repo", checksum)
+            found.parent.mkdir(parents=True, exist_ok=True)
+            found.write_bytes(data)
+            (mount / name).write_bytes(data + more)
+            files.append((str(mount / name), checksum))
+        assert share_with_objects(mount / "repo", files) == len(data)
+        equal = object_path(mount / "repo", files[1][1])
+        assert physical_extents(mount / "equal") == physical_extents(equal)
+        assert physical_extents(mount / "grown") != physical_extents(equal)

@@ -87,6 +87,10 @@ def test_upgrade_check_says_which_layers_are_present_and_what_is_to_fetch(
     assert summary["bytesNeeded"] == top
 
 
+def _flipped(data: bytes, offset: int) -> bytes:
+    return data[:offset] + bytes([data[offset] ^ 0xFF]) + data[offset + 1 :]
+
+
 MALFORMED_TAR_SPLIT = {
     "not gzip": b"plain",
     "not JSON": gzip.compress(b"{\n"),
@@ -96,6 +100,8 @@ MALFORMED_TAR_SPLIT = {
         + b'\n{"type": 1, "name": "a", "size": [1]}\n'
     ),
     "a payload that is no string": gzip.compress(b'{"type": 2, "payload": 5}\n'),
+    # One byte of the deflate data flipped: zlib's own error, neither OSError nor EOF.
+    "damaged compressed data": _flipped(gzip.compress(b'{"type": 2}\n' * 200), 10),
 }
 
 
@@ -109,3 +115,17 @@ def test_tar_split_data_containers_storage_did_not_write_is_one_error(
     (layers / "abc.tar-split.gz").write_bytes(MALFORMED_TAR_SPLIT[name])
     with pytest.raises(BootcError, match=r"^Reading the tar-split data of layer abc: "):
         storage.layer_markers("abc")
+
+
+def test_a_layer_is_complete_once_its_members_are_listed(tmp_path: Path) -> None:
+    # A partial pull of containers-storage 1.43 saves the layer's record, flagged
+    # complete, before it writes the table of contents its members are read from.
+    storage = ContainersStorage(tmp_path / "storage", tmp_path / "runroot")
+    layers = tmp_path / "storage" / "overlay-layers"
+    layers.mkdir(parents=True)
+    digest = "sha256:" + "b" * 64
+    record = {"id": "abc", "compressed-diff-digest": digest, "diff-digest": "sha256:" + "c" * 64}
+    (layers / "layers.json").write_text(json.dumps([record]))
+    assert storage.complete_layers() == {}
+    (layers / "abc.tar-split.gz").write_bytes(gzip.compress(b""))
+    assert storage.complete_layers() == {digest: record}

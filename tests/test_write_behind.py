@@ -13,9 +13,10 @@ import pytest
 
 from pybootc.errors import BootcError
 from pybootc.layers.tree import FileMeta
+from pybootc.ostree import write_behind
 from pybootc.ostree.gi import OSTree
 from pybootc.ostree.objects import ObjectWriter
-from pybootc.ostree.write_behind import _MAX_QUEUED, WriteBehind
+from pybootc.ostree.write_behind import _ENTRY_COST, _MAX_QUEUED, WriteBehind
 from tests.object_support import libostree_checksum, new_bare_repo
 
 pytestmark = pytest.mark.root  # owners as the files have them
@@ -112,7 +113,7 @@ def test_no_more_than_the_bound_is_queued(repo: OSTree.Repo) -> None:
 
         parser = threading.Thread(target=parse)
         parser.start()
-        bound = _MAX_QUEUED // (1 << 20)
+        bound = _MAX_QUEUED // ((1 << 20) + _ENTRY_COST)
         try:
             deadline = time.monotonic() + 30
             while len(queued) < bound and time.monotonic() < deadline:
@@ -166,4 +167,60 @@ def test_nothing_is_written_after_the_read_fails(repo: OSTree.Repo) -> None:
     # At most the object the helper held when the read failed was written.
     assert len(writer.threads) <= 1
     time.sleep(0.05)
+    assert all(t <= left for t in writer.finished_at)
+
+
+def test_empty_files_count_against_the_bound_too(
+    repo: OSTree.Repo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(write_behind, "_MAX_QUEUED", 64 << 10)
+    writer = Recording(repo)
+    writer.go.clear()  # the helper takes the first object and waits
+    queued: list[str] = []
+    with WriteBehind(writer) as behind:
+
+        def parse() -> None:
+            for i in range(1000):
+                queued.append(behind.regular_from_bytes(FileMeta(0, 0, 0o100000 | i), b""))
+
+        parser = threading.Thread(target=parse)
+        parser.start()
+        bound = (64 << 10) // _ENTRY_COST
+        try:
+            deadline = time.monotonic() + 30
+            while len(queued) < bound and time.monotonic() < deadline:
+                time.sleep(0.01)
+            time.sleep(0.2)  # time to go past the bound, if it could
+            assert len(queued) == bound
+        finally:
+            writer.go.set()
+        parser.join()
+    repo.commit_transaction(None)
+    assert len(set(queued)) == 1000
+
+
+def test_an_interrupt_on_the_way_out_drops_what_is_queued(repo: OSTree.Repo) -> None:
+    writer = Recording(repo)
+    writer.go.clear()  # the helper takes the first object and waits
+    with pytest.raises(KeyboardInterrupt), WriteBehind(writer) as behind:
+        for data in contents(300):
+            behind.regular_from_bytes(META, data)
+        join = behind._helper.join
+        calls: list[None] = []
+
+        def interrupted_join(timeout: float | None = None) -> None:
+            # Ctrl-C while the way out waits for the queue to be written.
+            calls.append(None)
+            if len(calls) == 1:
+                threading.Timer(0.1, writer.go.set).start()
+                raise KeyboardInterrupt
+            join(timeout)
+
+        behind._helper.join = interrupted_join  # type: ignore[method-assign]
+    left = time.monotonic()
+    assert not behind._helper.is_alive()
+    repo.abort_transaction(None)
+    time.sleep(0.2)
+    # At most the object the helper held when the interrupt came was written.
+    assert len(writer.threads) <= 1
     assert all(t <= left for t in writer.finished_at)

@@ -70,6 +70,12 @@ def _file_info(meta: FileMeta, size: int, symlink_target: str | None = None) -> 
     return info
 
 
+def _version(st: os.stat_result) -> tuple[int, int, int, int]:
+    """The file, and what any write to it changes: its size, its modification and change
+    times."""
+    return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
 class ObjectWriter:
     """Writes objects into `repo`, inside a transaction the caller holds. Several
     threads may write at once: libostree's writes allow it, and two threads that miss
@@ -142,6 +148,10 @@ class ObjectWriter:
         `size` bytes); its checksum."""
         if size <= _IN_MEMORY:
             return self.regular_from_bytes(meta, os.pread(fd, size, 0) if size else b"")
+        # libostree reads the file a second time as it writes it, and does not hash it
+        # (a trusted write): a file that changed in between would be an object whose
+        # content is not its name. A write to it changes its times, so that is refused.
+        before = _version(os.fstat(fd))
         # Read through one buffer, not mapped: the pages of a mapping count as the
         # process's memory, all 4 GiB of a 4 GiB file.
         hasher = hashlib.sha256(self.header(meta, None))
@@ -156,6 +166,8 @@ class ObjectWriter:
         checksum = hasher.hexdigest()
         os.lseek(fd, 0, os.SEEK_SET)
         self._write(checksum, meta, Gio.UnixInputStream.new(fd, False), size)
+        if _version(os.fstat(fd)) != before:
+            raise BootcError(f"A file of {size} bytes changed while it was read into the repo")
         return checksum
 
     def rewrite(self, checksum: str, meta: FileMeta) -> str:

@@ -31,8 +31,10 @@ _INFO = struct.Struct("=qQQiI")
 _SAME = 0
 # btrfs shares at most 16 MiB per call; XFS takes any length. Both answer with how much.
 _STEP = 16 << 20
-# What a filesystem without reflinks (ext4, tmpfs) answers.
-_UNSUPPORTED = {errno.EOPNOTSUPP, errno.EINVAL, errno.ENOTTY, errno.EXDEV}
+# What a filesystem without reflinks (ext4, tmpfs) answers, or a storage on another
+# filesystem than the repo: the same for every file. EINVAL is one file's answer (a
+# range past the object's end, a file btrfs keeps no checksums of).
+_UNSUPPORTED = {errno.EOPNOTSUPP, errno.ENOTTY, errno.EXDEV}
 
 
 def _dedupe(source: int, dest: int, offset: int, length: int) -> int:
@@ -81,7 +83,7 @@ def share_with_objects(repo_path: Path, files: Iterable[tuple[str, str]]) -> int
         except OSError as err:
             if err.errno in _UNSUPPORTED:
                 return shared
-            # One file that cannot be shared (busy, gone) costs only its own space.
+            # One file that cannot be shared (busy, gone, grown) costs only its own space.
         finally:
             os.close(dest)
     return shared

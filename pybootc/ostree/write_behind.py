@@ -10,8 +10,9 @@ the helper writes into the caller's. The parser gives the GIL up often enough (w
 on the gunzip thread, hashing) for the helper's calls to get it back: an install of the
 Debian workload at M took 0.2-0.5 s less in paired hand runs.
 
-The queue holds at most `_MAX_QUEUED` bytes of content, or one file of any size: a
-layer of large files must not gather in memory while the helper catches up.
+The queue holds at most `_MAX_QUEUED` bytes, or one file of any size: a layer of
+large files, or of a great many empty ones, must not gather in memory while the helper
+catches up.
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ from pybootc.ostree.objects import ObjectWriter
 # Measured at M: 4 MiB kept the parser waiting on the helper and took the gain away;
 # 16 MiB gave it all (64 MiB no more).
 _MAX_QUEUED = 16 << 20
+# What a queued write costs besides its content (its checksum, tuples, the bytes
+# object's header: about 300 bytes measured), counted so that empty files are bounded too.
+_ENTRY_COST = 512
 
 _Write = tuple[str, tuple[bytes, bytes]]  # a checksum, its content stream
 
@@ -39,7 +43,7 @@ class WriteBehind:
     def __init__(self, objects: ObjectWriter) -> None:
         self._objects = objects
         self._queue: deque[_Write | None] = deque()
-        self._queued_bytes = 0  # of the queue and the write under way
+        self._queued_bytes = 0  # of the queue and the write under way, _cost() each
         self._writing = False
         self._failure: BaseException | None = None
         self._changed = threading.Condition()
@@ -60,28 +64,49 @@ class WriteBehind:
                 self._queue.clear()  # the read failed: its objects are not wanted
             self._queue.append(None)  # the end, after what is still queued
             self._changed.notify_all()
-        self._helper.join()
+        self._join()
         if kind is None:
             self._raise_failure()
+
+    def _join(self) -> None:
+        """Wait for the helper to end. Interrupted (Ctrl-C) while it writes what is
+        queued, the caller is about to abort its transaction: what is still queued is
+        dropped, the helper is waited for all the same (one write at most), and then
+        the interrupt goes on."""
+        interrupted: BaseException | None = None
+        while True:
+            try:
+                self._helper.join()
+                break
+            except BaseException as err:
+                interrupted = interrupted or err
+                with self._changed:
+                    self._queue.clear()
+                    self._queue.append(None)
+                    self._changed.notify_all()
+        if interrupted is not None:
+            raise interrupted
 
     # --- the sink -------------------------------------------------------------------------
 
     def regular_from_bytes(self, meta: FileMeta, data: bytes) -> str:
         checksum, stream = self._objects.content_stream(meta, data)
+        cost = _cost(stream)
         with self._changed:
             while (
                 self._queued_bytes
-                and self._queued_bytes + len(data) > _MAX_QUEUED
+                and self._queued_bytes + cost > _MAX_QUEUED
                 and self._failure is None
             ):
                 self._changed.wait()
             self._raise_failure()
             self._queue.append((checksum, stream))
-            self._queued_bytes += len(data)
+            self._queued_bytes += cost
             self._changed.notify_all()
         return checksum
 
     def regular_from_fd(self, meta: FileMeta, fd: int, size: int) -> str:
+        self._raise_failure()  # not a large file's worth of work after a failed write
         return self._objects.regular_from_fd(meta, fd, size)
 
     def symlink(self, meta: FileMeta, target: str) -> str:
@@ -125,9 +150,13 @@ class WriteBehind:
                 return
             with self._changed:
                 self._writing = False
-                self._queued_bytes -= len(stream[1])
+                self._queued_bytes -= _cost(stream)
                 self._changed.notify_all()
 
     def _raise_failure(self) -> None:
         if self._failure is not None:
             raise self._failure
+
+
+def _cost(stream: tuple[bytes, bytes]) -> int:
+    return len(stream[1]) + _ENTRY_COST

@@ -18,6 +18,7 @@ import re
 import shutil
 import subprocess
 import time
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,6 +109,17 @@ def _big_data_file(key: str) -> str:
     return "=" + base64.b64encode(key.encode()).decode()
 
 
+def _unpacked_digest(layer: dict[str, object]) -> str | None:
+    """The digest of the tar stream the layer was unpacked from, where the record has
+    it: its diff digest, when the record also has the blob's (a partial pull of
+    containers-storage 1.43 records the blob's digest as the diff digest, and none
+    besides)."""
+    diff_digest, compressed = layer.get("diff-digest"), layer.get("compressed-diff-digest")
+    if isinstance(diff_digest, str) and diff_digest and isinstance(compressed, str) and compressed:
+        return diff_digest
+    return None
+
+
 def _known_as(layer: dict[str, object]) -> tuple[str, ...]:
     """The digests a layer record (layers.json) names its layer by, as a manifest's
     descriptor does (`Descriptor.known_as`), the blob's first; none for a layer no
@@ -139,6 +151,10 @@ class StoredLayer:
     layer_id: str
     # Read as its names were checked; None for a layer whose names passed before.
     markers: LayerMarkers | None = None
+    # The digest of the tar stream containers-storage unpacked, where it read the whole
+    # stream (not in a partial pull of containers-storage 1.43, whose diff digest is
+    # the blob's): what the config's diff_id must be.
+    diff_digest: str | None = None
 
 
 @dataclass(frozen=True)
@@ -307,17 +323,21 @@ class ContainersStorage:
         if check:
             with error_context(f"Layer {digest}"):
                 markers = self.layer_markers(layer_id)
-        return StoredLayer(digest, self.root / "overlay" / layer_id / "diff", layer_id, markers)
+        diff_dir = self.root / "overlay" / layer_id / "diff"
+        return StoredLayer(digest, diff_dir, layer_id, markers, _unpacked_digest(layer))
 
     def complete_layers(self) -> dict[str, dict[str, Any]]:
         """The records of the layers whose unpacking has finished, by each digest they
         are known by (`_known_as`): one a pull still writes is flagged incomplete until
-        containers-storage has written the whole diff directory."""
+        containers-storage has written the whole diff directory. A partial pull of
+        containers-storage 1.43 clears the flag, and saves the record, before it writes
+        the table of contents its members are read from: until then, not finished."""
         _, by_id = self._records(images=False)
         return {
             digest: layer
             for layer in by_id.values()
             if not (layer.get("flags") or {}).get("incomplete")
+            and any(path.exists() for path in self._member_files(str(layer["id"])))
             for digest in _known_as(layer)
         }
 
@@ -334,8 +354,7 @@ class ContainersStorage:
         """The layer's tar members, in order (layer_members.py): from its tar-split data,
         or, for a layer pulled partially (which containers-storage 1.43 keeps none of),
         from the table of contents of the zstd:chunked blob, which lists the same."""
-        path = self.root / "overlay-layers" / f"{layer_id}.tar-split.gz"
-        toc = self.root / "overlay-layers" / layer_id / _big_data_file(_TOC_KEY)
+        path, toc = self._member_files(layer_id)
         if not path.exists() and toc.exists():
             try:
                 document = json.loads(toc.read_bytes())
@@ -350,9 +369,15 @@ class ContainersStorage:
             return
         try:
             yield from tar_split_members(path)
-        except (OSError, ValueError, EOFError) as err:
+        except (OSError, ValueError, EOFError, zlib.error) as err:
             # Data containers-storage did not write: not gzip, or not its entries.
             raise BootcError(f"Reading the tar-split data of layer {layer_id}: {err}") from None
+
+    def _member_files(self, layer_id: str) -> tuple[Path, Path]:
+        """Where the layer's members are listed: its tar-split data, and the table of
+        contents of a layer pulled partially."""
+        layers = self.root / "overlay-layers"
+        return layers / f"{layer_id}.tar-split.gz", layers / layer_id / _big_data_file(_TOC_KEY)
 
     def mount(self, name: str) -> Path:
         """Mount the image read-only with the kernel's overlayfs and return where."""
