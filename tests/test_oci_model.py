@@ -342,3 +342,29 @@ json_values = st.recursive(
 def test_arbitrary_json_manifests_fail_only_with_bootc_error(obj: dict[str, object]) -> None:
     with contextlib.suppress(BootcError):
         Manifest.parse(encode(obj))
+
+
+@pytest.mark.parametrize(
+    ("media_type", "known_by_toc"),
+    [
+        ("application/vnd.oci.image.layer.v1.tar+zstd", True),
+        ("application/vnd.oci.image.layer.v1.tar+gzip", False),
+        ("application/vnd.docker.image.rootfs.diff.tar.gzip", False),
+    ],
+)
+def test_a_layer_is_known_by_its_table_of_contents_only_when_zstd(
+    media_type: str, known_by_toc: bool
+) -> None:
+    # A stale zstd:chunked annotation on a gzip layer must not let a layer the storage
+    # holds by that table of contents stand in for this blob.
+    blob, toc = "sha256:" + "a" * 64, "sha256:" + "b" * 64
+    descriptor = Descriptor.from_json(
+        {
+            "mediaType": media_type,
+            "digest": blob,
+            "size": 1,
+            "annotations": {"io.github.containers.zstd-chunked.manifest-checksum": toc},
+        },
+        "layer",
+    )
+    assert descriptor.known_as == ({blob, toc} if known_by_toc else {blob})

@@ -129,3 +129,17 @@ def test_a_layer_is_complete_once_its_members_are_listed(tmp_path: Path) -> None
     assert storage.complete_layers() == {}
     (layers / "abc.tar-split.gz").write_bytes(gzip.compress(b""))
     assert storage.complete_layers() == {digest: record}
+
+
+def test_a_layer_flagged_incomplete_is_not_present(tmp_path: Path) -> None:
+    # Left by a killed pull: the next pull removes it and fetches the layer again.
+    storage = ContainersStorage(tmp_path / "storage", tmp_path / "runroot")
+    layers = tmp_path / "storage" / "overlay-layers"
+    layers.mkdir(parents=True)
+    whole, cut = "sha256:" + "b" * 64, "sha256:" + "d" * 64
+    records = [
+        {"id": "abc", "compressed-diff-digest": whole, "diff-digest": "sha256:" + "c" * 64},
+        {"id": "def", "compressed-diff-digest": cut, "flags": {"incomplete": True}},
+    ]
+    (layers / "layers.json").write_text(json.dumps(records))
+    assert storage.stored_layer_digests() == {whole}

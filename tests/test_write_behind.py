@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -67,6 +68,25 @@ def read_back(repo: OSTree.Repo, checksum: str) -> bytes:
     return data
 
 
+def queued_while_held(
+    writer: Recording, parse: Callable[[], None], queued: list[str], bound: int
+) -> int:
+    """How many objects `parse` (in a thread of its own, appending each to `queued`)
+    got queued while the helper was held back, given the time to reach `bound` and
+    then to go past it, if it could; the helper is then let go and the parser ends."""
+    parser = threading.Thread(target=parse)
+    parser.start()
+    try:
+        deadline = time.monotonic() + 30
+        while len(queued) < bound and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.2)
+        return len(queued)
+    finally:
+        writer.go.set()
+        parser.join()
+
+
 def test_the_helper_writes_each_object_under_libostrees_checksum(
     repo: OSTree.Repo, tmp_path: Path
 ) -> None:
@@ -111,18 +131,8 @@ def test_no_more_than_the_bound_is_queued(repo: OSTree.Repo) -> None:
             for data in mib:
                 queued.append(behind.regular_from_bytes(META, data))
 
-        parser = threading.Thread(target=parse)
-        parser.start()
         bound = _MAX_QUEUED // ((1 << 20) + _ENTRY_COST)
-        try:
-            deadline = time.monotonic() + 30
-            while len(queued) < bound and time.monotonic() < deadline:
-                time.sleep(0.01)
-            time.sleep(0.2)  # time to go past the bound, if it could
-            assert len(queued) == bound
-        finally:
-            writer.go.set()
-        parser.join()
+        assert queued_while_held(writer, parse, queued, bound) == bound
         # A file over the bound is taken once the queue is empty.
         large = behind.regular_from_bytes(META, b"x" * (_MAX_QUEUED + 1))
     repo.commit_transaction(None)
@@ -183,18 +193,8 @@ def test_empty_files_count_against_the_bound_too(
             for i in range(1000):
                 queued.append(behind.regular_from_bytes(FileMeta(0, 0, 0o100000 | i), b""))
 
-        parser = threading.Thread(target=parse)
-        parser.start()
         bound = (64 << 10) // _ENTRY_COST
-        try:
-            deadline = time.monotonic() + 30
-            while len(queued) < bound and time.monotonic() < deadline:
-                time.sleep(0.01)
-            time.sleep(0.2)  # time to go past the bound, if it could
-            assert len(queued) == bound
-        finally:
-            writer.go.set()
-        parser.join()
+        assert queued_while_held(writer, parse, queued, bound) == bound
     repo.commit_transaction(None)
     assert len(set(queued)) == 1000
 

@@ -190,7 +190,11 @@ class Descriptor:
     @property
     def toc_digest(self) -> str | None:
         """The digest of a zstd:chunked layer's table of contents, by which
-        containers-storage 1.57 knows a layer it pulled partially; None for others."""
+        containers-storage 1.57 knows a layer it pulled partially; None for others. The
+        annotation on a layer of another compression names nothing of its blob: a
+        layer the storage holds by that digest is not this one."""
+        if self.compression is not LayerCompression.ZSTD:
+            return None
         return next(
             (self.annotations[k] for k in TOC_DIGEST_ANNOTATIONS if k in self.annotations), None
         )

@@ -120,6 +120,11 @@ def _unpacked_digest(layer: dict[str, object]) -> str | None:
     return None
 
 
+def _incomplete(layer: dict[str, Any]) -> bool:
+    """Whether containers-storage flags the layer as not yet (or never) written whole."""
+    return bool((layer.get("flags") or {}).get("incomplete"))
+
+
 def _known_as(layer: dict[str, object]) -> tuple[str, ...]:
     """The digests a layer record (layers.json) names its layer by, as a manifest's
     descriptor does (`Descriptor.known_as`), the blob's first; none for a layer no
@@ -246,14 +251,15 @@ class ContainersStorage:
 
     def stored_layer_digests(self) -> set[str]:
         """The digests of the layers this storage has unpacked (`_known_as`): a pull
-        skips them."""
+        skips them. One still flagged incomplete (being written, or left by a killed
+        pull, which the next pull removes) is not."""
         try:
             layers = json.loads((self.root / "overlay-layers/layers.json").read_bytes())
         except (FileNotFoundError, NotADirectoryError):
             return set()  # no storage there (yet): an install checks a disk image first
         except (OSError, ValueError) as err:
             raise BootcError(f"Reading the metadata of {self.root}: {err}") from None
-        return set().union(*map(_known_as, layers))
+        return set().union(*(_known_as(layer) for layer in layers if not _incomplete(layer)))
 
     def _records(
         self, *, images: bool = True
@@ -336,7 +342,7 @@ class ContainersStorage:
         return {
             digest: layer
             for layer in by_id.values()
-            if not (layer.get("flags") or {}).get("incomplete")
+            if not _incomplete(layer)
             and any(path.exists() for path in self._member_files(str(layer["id"])))
             for digest in _known_as(layer)
         }
