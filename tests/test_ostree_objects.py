@@ -179,6 +179,7 @@ class ChangedInBetween(ObjectWriter):
         self._path = path
 
     def _write(self, checksum: str, meta: FileMeta, content: Gio.InputStream, size: int) -> None:
+        self.written = checksum
         with self._path.open("r+b") as f:
             f.write(b"changed")
         super()._write(checksum, meta, content, size)
@@ -198,3 +199,8 @@ def test_a_large_file_that_changes_while_it_is_read_is_refused(
     finally:
         repo.abort_transaction(None)
         os.close(fd)
+    # The next transaction takes the aborted one's staging directory up again, and
+    # would move what it staged into the repo: the object of the wrong content is gone.
+    repo.prepare_transaction(None)
+    repo.commit_transaction(None)
+    assert not repo.has_object(OSTree.ObjectType.FILE, writer.written, None)[1]

@@ -167,8 +167,26 @@ class ObjectWriter:
         os.lseek(fd, 0, os.SEEK_SET)
         self._write(checksum, meta, Gio.UnixInputStream.new(fd, False), size)
         if _version(os.fstat(fd)) != before:
+            self._discard_staged(checksum)
             raise BootcError(f"A file of {size} bytes changed while it was read into the repo")
         return checksum
+
+    def _discard_staged(self, checksum: str) -> None:
+        """Remove the object `checksum` that this transaction staged: libostree moves
+        what an aborted transaction staged into the repo with the next transaction it
+        commits (its staging directory is taken up again). An object the repo had
+        already was left as it was, and stays."""
+        with libostree_errors(f"Reading object {checksum}"):
+            _, stream, _, _ = self.repo.load_file(checksum, None)
+        if not isinstance(stream, Gio.UnixInputStream):
+            return
+        try:
+            path = os.readlink(f"/proc/self/fd/{stream.get_fd()}")
+        finally:
+            stream.close(None)
+        staging = os.path.realpath(os.path.join(self.repo.get_path().get_path(), "tmp"))
+        if path.startswith(staging + os.sep):
+            os.unlink(path)
 
     def rewrite(self, checksum: str, meta: FileMeta) -> str:
         """The regular file `checksum` again, with `meta` instead of its own (a layer's
