@@ -126,9 +126,9 @@ def test_a_layer_is_complete_once_its_members_are_listed(tmp_path: Path) -> None
     digest = "sha256:" + "b" * 64
     record = {"id": "abc", "compressed-diff-digest": digest, "diff-digest": "sha256:" + "c" * 64}
     (layers / "layers.json").write_text(json.dumps([record]))
-    assert storage.complete_layers() == {}
+    assert storage.complete_layers(frozenset({digest})) == {}
     (layers / "abc.tar-split.gz").write_bytes(gzip.compress(b""))
-    assert storage.complete_layers() == {digest: record}
+    assert storage.complete_layers(frozenset({digest})) == {digest: record}
 
 
 def test_a_layer_flagged_incomplete_is_not_present(tmp_path: Path) -> None:

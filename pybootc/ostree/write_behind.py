@@ -43,7 +43,7 @@ class WriteBehind:
     def __init__(self, objects: ObjectWriter) -> None:
         self._objects = objects
         self._queue: deque[_Write | None] = deque()
-        self._queued_bytes = 0  # of the queue and the write under way, _cost() each
+        self._queued_cost = 0  # _cost() of the queue and the write under way
         self._writing = False
         self._failure: BaseException | None = None
         self._changed = threading.Condition()
@@ -94,14 +94,14 @@ class WriteBehind:
         cost = _cost(stream)
         with self._changed:
             while (
-                self._queued_bytes
-                and self._queued_bytes + cost > _MAX_QUEUED
+                self._queued_cost
+                and self._queued_cost + cost > _MAX_QUEUED
                 and self._failure is None
             ):
                 self._changed.wait()
             self._raise_failure()
             self._queue.append((checksum, stream))
-            self._queued_bytes += cost
+            self._queued_cost += cost
             self._changed.notify_all()
         return checksum
 
@@ -150,7 +150,7 @@ class WriteBehind:
                 return
             with self._changed:
                 self._writing = False
-                self._queued_bytes -= _cost(stream)
+                self._queued_cost -= _cost(stream)
                 self._changed.notify_all()
 
     def _raise_failure(self) -> None:

@@ -267,7 +267,9 @@ class ContainerStore:
             pulling = pool.submit(pull)
             try:
                 while waiting and not pulling.done():
-                    complete = self._storage.complete_layers()
+                    complete = self._storage.complete_layers(
+                        frozenset().union(*(d.known_as for d in waiting))
+                    )
                     for descriptor in list(waiting):
                         record = next(
                             (complete[k] for k in descriptor.known_as if k in complete), None

@@ -332,17 +332,20 @@ class ContainersStorage:
         diff_dir = self.root / "overlay" / layer_id / "diff"
         return StoredLayer(digest, diff_dir, layer_id, markers, _unpacked_digest(layer))
 
-    def complete_layers(self) -> dict[str, dict[str, Any]]:
-        """The records of the layers whose unpacking has finished, by each digest they
-        are known by (`_known_as`): one a pull still writes is flagged incomplete until
-        containers-storage has written the whole diff directory. A partial pull of
-        containers-storage 1.43 clears the flag, and saves the record, before it writes
-        the table of contents its members are read from: until then, not finished."""
+    def complete_layers(self, wanted: frozenset[str]) -> dict[str, dict[str, Any]]:
+        """The records of the layers known by a digest in `wanted` whose unpacking has
+        finished, by each digest they are known by (`_known_as`): one a pull still
+        writes is flagged incomplete until containers-storage has written the whole diff
+        directory. A partial pull of containers-storage 1.43 clears the flag, and saves
+        the record, before it writes the table of contents its members are read from:
+        until then, not finished. Asked again and again while a pull runs, so only the
+        wanted layers' files are looked for."""
         _, by_id = self._records(images=False)
         return {
             digest: layer
             for layer in by_id.values()
             if not _incomplete(layer)
+            and wanted.intersection(_known_as(layer))
             and any(path.exists() for path in self._member_files(str(layer["id"])))
             for digest in _known_as(layer)
         }
