@@ -201,6 +201,7 @@ class Oracle:
                         repo,
                         layer.digest,
                         functools.partial(read_stored_layer, self.storage, layer),
+                        None,
                     )
                     for layer in layers
                 )

@@ -16,10 +16,32 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pybootc.ostree.gi import OSTree
-from pybootc.ostree.merged_image import MERGED_REF_PREFIX, keep_merges, merge_image
+from pybootc.layers.tree import Dir, FileMeta, Leaf, LeafKind
+from pybootc.ostree import merged_image
+from pybootc.ostree.ext_format import blob_ref
+from pybootc.ostree.gi import GLib, OSTree
+from pybootc.ostree.layer_commit import (
+    ROOT_META,
+    TREE_FORMAT,
+    TREE_FORMAT_KEY,
+    LayerInfo,
+    write_layer_commit,
+)
+from pybootc.ostree.merged_image import (
+    MERGED_REF_PREFIX,
+    keep_merges,
+    merge_image,
+    prune_merged_refs,
+)
 from pybootc.ostree.objects import ObjectWriter
-from pybootc.ostree.repo import list_refs, resolve_ref, root_tree_checksum, set_ref, transaction
+from pybootc.ostree.repo import (
+    list_refs,
+    read_commit_metadata,
+    resolve_ref,
+    root_tree_checksum,
+    set_ref,
+    transaction,
+)
 from pybootc.ostree.sysroot import Sysroot
 from pybootc.sample.image import sample_image
 from pybootc.sample.ocibuild import (
@@ -33,7 +55,7 @@ from pybootc.sample.ocibuild import (
     whiteout,
 )
 from pybootc.stores.commit import ostree_seeds_var
-from tests.backend_support import bootc, install, ok
+from tests.backend_support import bootc, install, layout_layer_digests, ok
 from tests.layer_stack_support import (
     assert_kernel_view,
     bare_repo,
@@ -216,3 +238,68 @@ def test_an_update_reuses_the_var_seed_of_the_same_var_only(
         assert ("Seeding /var as image commit" in log) == reused
         assert "/var/lib/app/db" in _deployed_file(target, seed)
         assert ("d /var/lib/app " in _deployed_file(target, seed)) == reused
+
+
+def _layer_commit(repo: OSTree.Repo, digest: str) -> str:
+    found = resolve_ref(repo, blob_ref(digest))
+    assert found is not None
+    return found
+
+
+def _as_older_rules_made_it(repo: OSTree.Repo, digest: str, tree_of: str) -> None:
+    """Point the commit of layer `digest` at one an older pybootc could have left:
+    another tree (the commit `tree_of`'s), and no tree format recorded."""
+    _, variant, _ = repo.load_commit(_layer_commit(repo, digest))
+    metadata = GLib.VariantDict.new(variant.get_child_value(0))
+    metadata.remove(TREE_FORMAT_KEY)
+    _, root, _ = repo.read_commit(tree_of, None)
+    with transaction(repo, "An older layer commit") as commits:
+        _, older = repo.write_commit_with_time(None, "older", None, metadata.end(), root, 0, None)
+        commits.append(older)
+    set_ref(repo, blob_ref(digest), older)
+
+
+@pytest.mark.parametrize("backend", ["ostree", "container"])
+def test_layer_commits_of_other_rules_are_read_again(
+    tmp_path: Path, target: Path, other_target: Path, backend: str
+) -> None:
+    # The repo outlives the pybootc that wrote it: an update brings a new one.
+    before, after = UPDATES["a layer added on top"]
+    layout = OciLayout(tmp_path / "oci")
+    layout.add_image("os", before)
+    ok(install(target, layout.ref("os"), backend=backend))
+    repo = Sysroot.open(target).repo
+    digests = layout_layer_digests(layout, "os")
+    _as_older_rules_made_it(repo, digests[-1], _layer_commit(repo, digests[0]))
+    layout.add_image("os", after)
+    ok(bootc("upgrade", "--quiet", sysroot=target))
+    ok(install(other_target, layout.ref("os"), backend=backend))
+    assert _image_tree(target) == _image_tree(other_target)
+    repo = Sysroot.open(target).repo
+    metadata = read_commit_metadata(repo, _layer_commit(repo, digests[-1]))
+    assert metadata[TREE_FORMAT_KEY] == TREE_FORMAT
+
+
+def test_kept_merges_of_other_rules_are_neither_taken_nor_kept(
+    repo: tuple[OSTree.Repo, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ostree_repo = repo[0]
+    writer = ObjectWriter(ostree_repo)
+    layer_commits = []
+    with transaction(ostree_repo, "Layers") as commits:
+        for n in range(3):
+            content = writer.regular_from_bytes(FileMeta(0, 0, 0o100644), b"x")
+            tree = Dir(writer.dirmeta(ROOT_META), {f"f{n}": Leaf(LeafKind.REGULAR, content)})
+            info = LayerInfo(f"sha256:{n:064x}", frozenset())
+            layer_commits.append(write_layer_commit(ostree_repo, writer, tree, info))
+        commits.extend(layer_commits)
+    for n, commit in enumerate(layer_commits):
+        set_ref(ostree_repo, blob_ref(f"sha256:{n:064x}"), commit)
+    monkeypatch.setattr(merged_image, "TREE_FORMAT", TREE_FORMAT + 1)
+    _keep_merges_of(ostree_repo, layer_commits)
+    monkeypatch.undo()
+    older = set(list_refs(ostree_repo, MERGED_REF_PREFIX))
+    assert len(older) == 2
+    with transaction(ostree_repo, "Merging"):
+        assert merge_image(ostree_repo, writer, layer_commits).reused == 0
+    assert set(prune_merged_refs(ostree_repo)) == older

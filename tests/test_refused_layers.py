@@ -12,7 +12,14 @@ import pytest
 
 from pybootc.sample.image import sample_image
 from pybootc.sample.ocibuild import Entry, Kind, Layer, OciLayout, file, hardlink, layer
-from tests.backend_support import install, layout_layer_digests, one_error_line
+from tests.backend_support import (
+    install,
+    layout_layer_digests,
+    ok,
+    one_error_line,
+    state,
+    switch_oci,
+)
 from tests.support import ACL_GROUP, ACL_NO_ID, ACL_OTHER, ACL_OWNER, acl, tar_header
 
 _END = bytes(2 * tarfile.BLOCKSIZE)
@@ -73,3 +80,27 @@ def test_a_layer_that_is_not_the_configs_diff_id_is_refused_by_both_backends(
         f" expected diff_id {diff_ids[-1]}, got {good}"
     ), line
     assert list(target.iterdir()) == []
+
+
+@pytest.mark.parametrize("backend", ["ostree", "container"])
+def test_a_layer_the_repo_has_is_refused_too_where_the_config_names_another_diff_id(
+    tmp_path: Path, target: Path, backend: str
+) -> None:
+    # The same blobs as an image installed before, so every layer commit is the repo's
+    # already: taken as it is, it would skip the comparison an install makes.
+    layout = OciLayout(tmp_path / "oci")
+    spec = sample_image("1.0", extra=(layer(file("etc/motd", "hello")),))
+    manifest = json.loads(layout.blob_path(layout.add_image("good", spec)).read_text())
+    config = json.loads(layout.blob_path(manifest["config"]["digest"]).read_text())
+    diff_ids = config["rootfs"]["diff_ids"]
+    good, diff_ids[0] = diff_ids[0], "sha256:" + "0" * 64
+    layout.add_manifest("bad", sample_image("2.0"), manifest["layers"], diff_ids)
+    digest = layout_layer_digests(layout, "bad")[0]
+    ok(install(target, layout.ref("good"), backend=backend))
+    before = state(target)
+    line = one_error_line(switch_oci(target, layout, "bad"))
+    assert line.endswith(
+        f"Layer {digest}: Uncompressed digest mismatch for blob {digest}:"
+        f" expected diff_id {diff_ids[0]}, got {good}"
+    ), line
+    assert state(target) == before

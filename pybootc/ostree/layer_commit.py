@@ -35,6 +35,14 @@ from pybootc.ostree.objects import ObjectWriter, check_utf8, read_dirmeta
 from pybootc.ostree.repo import libostree_errors, read_commit_metadata
 
 SPECIAL_FILES_KEY = "pybootc.special-files"
+# The rules that made a layer commit's tree, and a kept merge's: raised whenever the
+# layer rules or the way a tree is written change. A commit that records another format
+# (an older pybootc's, or ostree-ext's under the same refs) is read again, never
+# merged as it is: the repo outlives the pybootc that wrote it.
+TREE_FORMAT = 1
+TREE_FORMAT_KEY = "pybootc.tree-format"
+# The digest of the layer's tar stream, where it was checked as the layer was read.
+DIFF_ID_KEY = "pybootc.diff-id"
 SPECIAL_PATHS_KEY = "pybootc.special-paths"
 # How often (in entries) a merge says how far it has got.
 _REPORT_EVERY = 512
@@ -135,6 +143,8 @@ class LayerInfo:
     # Where the layer holds placeholders of special files; None for a layer commit made
     # before they were listed, if it holds any.
     special_paths: frozenset[str] | None = frozenset()
+    # The digest its tar stream was checked against as it was read; None if unchecked.
+    diff_id: str | None = None
 
 
 def write_layer_commit(repo: OSTree.Repo, writer: ObjectWriter, tree: Dir, info: LayerInfo) -> str:
@@ -147,7 +157,10 @@ def write_layer_commit(repo: OSTree.Repo, writer: ObjectWriter, tree: Dir, info:
             SPECIAL_FILES_KEY: GLib.Variant("b", bool(special)),
             SPECIAL_PATHS_KEY: GLib.Variant("as", sorted(special)),
             MARKED_DIRS_KEY: GLib.Variant("as", sorted(info.marked)),
+            TREE_FORMAT_KEY: GLib.Variant("u", TREE_FORMAT),
         }
+        if info.diff_id is not None:
+            metadata[DIFF_ID_KEY] = GLib.Variant("s", info.diff_id)
         _, checksum = repo.write_commit_with_time(
             None, f"layer {info.digest}", None, GLib.Variant("a{sv}", metadata), root, 0, None
         )

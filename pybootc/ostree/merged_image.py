@@ -30,6 +30,8 @@ from pybootc.ostree.layer_commit import (
     ROOT_META,
     SPECIAL_FILES_KEY,
     SPECIAL_PATHS_KEY,
+    TREE_FORMAT,
+    TREE_FORMAT_KEY,
     LayerInfo,
     LayerLoader,
     tree_mtree,
@@ -45,8 +47,9 @@ MERGED_LAYERS_KEY = "pybootc.merged-layers"
 
 
 def _prefix_refs(layer_commits: Sequence[str]) -> list[str]:
-    """The ref of a kept merge of the lowest k layers, for k = 1 .. len(layer_commits)."""
-    hasher = hashlib.sha256()
+    """The ref of a kept merge of the lowest k layers, for k = 1 .. len(layer_commits),
+    by the rules of this pybootc (a merge by other rules is never found)."""
+    hasher = hashlib.sha256(f"{TREE_FORMAT_KEY} {TREE_FORMAT}\n".encode())
     refs = []
     for commit in layer_commits:
         hasher.update(f"{commit}\n".encode())
@@ -146,6 +149,7 @@ def keep_merges(
         metadata = {
             MERGED_LAYERS_KEY: GLib.Variant("as", list(layers)),
             MARKED_DIRS_KEY: GLib.Variant("as", []),
+            TREE_FORMAT_KEY: GLib.Variant("u", TREE_FORMAT),
             SPECIAL_FILES_KEY: GLib.Variant("b", special is None or bool(special)),
         }
         if special is not None:
@@ -188,12 +192,14 @@ def merged_tree(
 
 def prune_merged_refs(repo: OSTree.Repo) -> list[str]:
     """Drop the refs of kept merges whose layer commits are not all held by a layer
-    ref any more; return them."""
+    ref any more, or that other rules made; return them."""
     layer_commits = set(list_refs(repo, BLOB_REF_PREFIX).values())
     dropped = []
     for ref, commit in list_refs(repo, MERGED_REF_PREFIX).items():
-        layers = read_commit_metadata(repo, commit).get(MERGED_LAYERS_KEY)
-        if not isinstance(layers, list) or not set(layers) <= layer_commits:
+        metadata = read_commit_metadata(repo, commit)
+        layers = metadata.get(MERGED_LAYERS_KEY)
+        current = metadata.get(TREE_FORMAT_KEY) == TREE_FORMAT
+        if not current or not isinstance(layers, list) or not set(layers) <= layer_commits:
             set_ref(repo, ref, None)
             dropped.append(ref)
     return dropped

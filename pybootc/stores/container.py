@@ -29,12 +29,10 @@ from pybootc.oci.auth import RegistryAuth
 from pybootc.oci.metadata import ImageMetadata, metadata_at
 from pybootc.oci.model import Descriptor
 from pybootc.oci.proxy import ImageProxy
-from pybootc.ostree.ext_format import blob_ref
 from pybootc.ostree.gi import OSTree
-from pybootc.ostree.repo import resolve_ref
 from pybootc.stores import Backend, bootc_storage
 from pybootc.stores.containers_storage import ContainersStorage, IncompleteImage, StoredLayer
-from pybootc.stores.layered import LayeredImage, layer_commit
+from pybootc.stores.layered import LayeredImage, current_layer_commit, layer_commit
 from pybootc.stores.protocol import DeployedImages, LayerState, Pruned
 
 if TYPE_CHECKING:
@@ -91,17 +89,20 @@ def read_stored_layer(
     return read_diff_dir(layer.diff_dir, markers, objects)
 
 
-def check_diff_id(layer: StoredLayer, descriptor: Descriptor, diff_id: str | None) -> None:
+def check_diff_id(layer: StoredLayer, descriptor: Descriptor, diff_id: str | None) -> str | None:
     """Refuse a layer whose tar stream, as the storage unpacked it, is not the one the
     image's config names: the ostree backend refuses it as it reads the blob, and in
-    the same words; skopeo 1.9 stores it without comparing the two.
+    the same words; skopeo 1.9 stores it without comparing the two. The digest the
+    layer was found to be, None where it cannot be compared.
 
     Not for a zstd:chunked layer: skopeo 1.9 writes one by rewriting the tar stream's
     headers, and keeps the source's diff_id, so every such layer it made would be
     refused (the ostree backend refuses them)."""
     got = layer.diff_digest
-    if diff_id is None or got is None or got == diff_id or descriptor.toc_digest is not None:
-        return
+    if diff_id is None or got is None or descriptor.toc_digest is not None:
+        return None
+    if got == diff_id:
+        return got
     blob = descriptor.digest
     with error_context(f"Layer {blob}"):
         raise BootcError(
@@ -230,8 +231,10 @@ class ContainerStore:
                 f" whose manifest lists {len(described)}"
             )
         diff_ids = metadata.config.diff_ids
-        for index, (layer, descriptor) in enumerate(zip(layers, described, strict=True)):
+        verified = [
             check_diff_id(layer, descriptor, diff_ids[index] if index < len(diff_ids) else None)
+            for index, (layer, descriptor) in enumerate(zip(layers, described, strict=True))
+        ]
         # Named by the digests the commit will record (a decrypted layer's blob in the
         # storage is not the registry's), so garbage collection keeps them.
         commits = tuple(
@@ -239,8 +242,9 @@ class ContainerStore:
                 self._repo(),
                 descriptor.digest,
                 functools.partial(read_stored_layer, self._storage, layer),
+                diff_id,
             )
-            for layer, descriptor in zip(layers, described, strict=True)
+            for layer, descriptor, diff_id in zip(layers, described, verified, strict=True)
         )
         return LayeredImage(self._repo(), commits, recorded)
 
@@ -261,7 +265,7 @@ class ContainerStore:
         repo = self._repo()
         layers = metadata.manifest.layers
         diff_ids = dict(zip((d.digest for d in layers), metadata.config.diff_ids, strict=False))
-        waiting = [d for d in layers if resolve_ref(repo, blob_ref(d.digest)) is None]
+        waiting = [d for d in layers if current_layer_commit(repo, d.digest) is None]
         passed = {d.digest for d in layers} - {d.digest for d in waiting}
         with ThreadPoolExecutor(1, thread_name_prefix="pull") as pool:
             pulling = pool.submit(pull)
@@ -277,9 +281,9 @@ class ContainerStore:
                         if record is None:
                             continue
                         layer = self._storage.complete_layer(record)
-                        check_diff_id(layer, descriptor, diff_ids.get(descriptor.digest))
+                        diff_id = check_diff_id(layer, descriptor, diff_ids.get(descriptor.digest))
                         read = functools.partial(read_stored_layer, self._storage, layer)
-                        layer_commit(repo, descriptor.digest, read)
+                        layer_commit(repo, descriptor.digest, read, diff_id)
                         passed.add(layer.layer_id)
                         waiting.remove(descriptor)
                     futures.wait([pulling], timeout=_WATCH_INTERVAL)

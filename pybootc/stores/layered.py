@@ -26,13 +26,22 @@ from pybootc.layers.tree import LayerRead
 from pybootc.oci.metadata import ImageMetadata
 from pybootc.ostree.ext_format import blob_ref
 from pybootc.ostree.gi import OSTree
-from pybootc.ostree.layer_commit import LayerInfo, checkout_linked, tree_mtree, write_layer_commit
+from pybootc.ostree.layer_commit import (
+    DIFF_ID_KEY,
+    TREE_FORMAT,
+    TREE_FORMAT_KEY,
+    LayerInfo,
+    checkout_linked,
+    tree_mtree,
+    write_layer_commit,
+)
 from pybootc.ostree.merged_image import keep_merges, merge_image, merged_tree
 from pybootc.ostree.objects import ObjectWriter
 from pybootc.ostree.repo import (
     CommitInfo,
     commit_mtree,
     libostree_errors,
+    read_commit_metadata,
     resolve_ref,
     set_ref,
     transaction,
@@ -71,10 +80,32 @@ def restore_special_files(root: Path, candidates: Iterable[str] | None) -> None:
         os.chmod(path, stat.S_IMODE(st.st_mode))
 
 
-def layer_commit(repo: OSTree.Repo, digest: str, read: Callable[[ObjectWriter], LayerRead]) -> str:
-    """The commit of the layer `digest`: the repo's, or one made now by `read`, which
-    writes the layer's content through the writer it is given."""
+def current_layer_commit(repo: OSTree.Repo, digest: str, diff_id: str | None = None) -> str | None:
+    """The repo's commit of the layer `digest`, if it was made by this pybootc's rules
+    (TREE_FORMAT) and, given `diff_id`, from a tar stream checked against that digest;
+    None if there is none to take as it is."""
     existing = resolve_ref(repo, blob_ref(digest))
+    if existing is None:
+        return None
+    recorded = read_commit_metadata(repo, existing)
+    if recorded.get(TREE_FORMAT_KEY) != TREE_FORMAT:
+        return None
+    if diff_id is not None and recorded.get(DIFF_ID_KEY) != diff_id:
+        return None
+    return existing
+
+
+def layer_commit(
+    repo: OSTree.Repo,
+    digest: str,
+    read: Callable[[ObjectWriter], LayerRead],
+    diff_id: str | None,
+) -> str:
+    """The commit of the layer `digest`: the repo's (current_layer_commit), or one made
+    now by `read`, which writes the layer's content through the writer it is given and
+    checks its tar stream against `diff_id` (None: it cannot be checked). The ref moves
+    to a commit made now."""
+    existing = current_layer_commit(repo, digest, diff_id)
     if existing is not None:
         return existing
     writer = ObjectWriter(repo)
@@ -83,7 +114,7 @@ def layer_commit(repo: OSTree.Repo, digest: str, read: Callable[[ObjectWriter], 
         transaction(repo, "Committing the layer") as commits,
     ):
         layer = read(writer)
-        info = LayerInfo(digest, frozenset(layer.marked))
+        info = LayerInfo(digest, frozenset(layer.marked), diff_id=diff_id)
         commits.append(write_layer_commit(repo, writer, layer.tree, info))
     set_ref(repo, blob_ref(digest), commits[0])
     # The objects are in place now (a transaction writes them to its staging directory).

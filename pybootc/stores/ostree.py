@@ -24,15 +24,15 @@ from pybootc.oci.auth import ANONYMOUS, RegistryAuth
 from pybootc.oci.imgref import OstreeImageReference
 from pybootc.oci.metadata import ImageMetadata
 from pybootc.oci.proxy import ImageProxy
-from pybootc.ostree.ext_format import BLOB_REF_PREFIX, blob_digest_of_commit, blob_ref
+from pybootc.ostree.ext_format import BLOB_REF_PREFIX, blob_digest_of_commit
 from pybootc.ostree.gi import OSTree
 from pybootc.ostree.merged_image import prune_merged_refs
 from pybootc.ostree.objects import ObjectWriter
-from pybootc.ostree.repo import list_refs, read_commit_metadata, resolve_ref, set_ref
+from pybootc.ostree.repo import list_refs, read_commit_metadata, set_ref
 from pybootc.ostree.write_behind import WriteBehind
 from pybootc.stores import Backend
 from pybootc.stores.export import export_image
-from pybootc.stores.layered import LayeredImage, layer_commit
+from pybootc.stores.layered import LayeredImage, current_layer_commit, layer_commit
 from pybootc.stores.protocol import DeployedImages, LayerState, Pruned
 
 if TYPE_CHECKING:
@@ -95,7 +95,7 @@ def import_layers(
                 with WriteBehind(objects) as behind:
                     return read_blob(blob, lambda stream: read_layer(stream, behind, work))
 
-            commits.append(layer_commit(repo, descriptor.digest, read))
+            commits.append(layer_commit(repo, descriptor.digest, read, diff_id))
     return LayeredImage(repo, tuple(commits), metadata)
 
 
@@ -128,8 +128,10 @@ class OstreeStore:
     def layer_states(self, metadata: ImageMetadata) -> tuple[LayerState, ...]:
         repo = self._repo
         return tuple(
-            LayerState(d, repo is not None and resolve_ref(repo, blob_ref(d.digest)) is not None)
-            for d in metadata.manifest.layers
+            LayerState(
+                d, repo is not None and current_layer_commit(repo, d.digest, diff_id) is not None
+            )
+            for d, diff_id in zip(metadata.manifest.layers, metadata.config.diff_ids, strict=True)
         )
 
     def fetch(
