@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from pybootc import tools
 from pybootc.errors import BootcError
 from pybootc.layers import tmpfiles
 from pybootc.layers.listing import diff_listings, list_tree
@@ -239,7 +240,7 @@ def test_paths_the_image_declares_in_tmpfiles_d_get_no_second_line(tmp_path: Pat
     lines = (root / VAR_TMPFILES).read_text().splitlines()[1:]
     assert lines == [
         "d /var/lib 0755 0 0 - -",
-        r"C /var/lib/app\x20dir/state - - - - /usr/share/factory/var/lib/app\x20dir/state",
+        r'C "/var/lib/app dir/state" - - - - /usr/share/factory/var/lib/app\x20dir/state',
     ]
 
 
@@ -349,3 +350,38 @@ def test_a_generated_file_the_image_has_already_is_replaced_not_written_through(
     (root,) = target.glob("ostree/deploy/*/deploy/*.0")
     written = (root / VAR_TMPFILES).read_bytes()
     assert written == stale if ostree_seeds_var() else written.startswith(b"# The image's /var")
+
+
+# Names a /var file can have that a tmpfiles.d line must spell with care.
+_AWKWARD_NAMES = ("a b", "tab\there", 'q"uote', "apo'strophe", "back\\slash", "per%cent", "é", "-")
+
+
+def test_seed_lines_read_back_as_the_names_they_were_made_of(tmp_path: Path) -> None:
+    # systemd 252 decodes no C escape in the path field (`\x20` made `ax20b`), later
+    # versions do; both decode them in the argument, and expand % specifiers.
+    root, factory = tmp_path / "root", "/usr/share/factory/var"
+    (root / factory.lstrip("/")).mkdir(parents=True)
+    (root / "var").mkdir()
+    lines = []
+    for n, name in enumerate(_AWKWARD_NAMES):
+        source = root / factory.lstrip("/") / name
+        source.write_text(str(n))
+        lines.append(
+            tmpfiles.line(f"/var/{name}", source.stat(), link=None, copy_from=f"{factory}/{name}")
+        )
+        lines.append(
+            tmpfiles.line(f"/var/{name} link", source.lstat(), link=f" {name}/", copy_from=None)
+        )
+    made = (root / "usr/share").stat()
+    lines.append(tmpfiles.line("/var/a dir", made, link=None, copy_from=None))
+    conf = tmp_path / "seed.conf"
+    conf.write_text("\n".join(lines) + "\n")
+    tools.run(["systemd-tmpfiles", "--create", f"--root={root}", conf])
+    for n, name in enumerate(_AWKWARD_NAMES):
+        assert (root / "var" / name).read_text() == str(n)
+        assert os.readlink(root / "var" / f"{name} link") == f" {name}/"
+    assert (root / "var/a dir").is_dir()
+    expected = {*_AWKWARD_NAMES, *(f"{name} link" for name in _AWKWARD_NAMES), "a dir"}
+    assert set(os.listdir(root / "var")) == expected
+    # And the paths the lines declare, as an image's own tmpfiles.d is read.
+    assert tmpfiles.declared_in(conf.read_text()) == {f"/var/{name}" for name in expected}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import stat
 from collections.abc import Iterable
 from pathlib import Path
@@ -18,12 +19,39 @@ from typing import Protocol
 TMPFILES_DIRS = ("usr/lib/tmpfiles.d", "etc/tmpfiles.d", "usr/etc/tmpfiles.d")
 
 
-def escape(path: str) -> str:
-    return "".join(c if c.isprintable() and c not in " \\\t" else f"\\x{ord(c):02x}" for c in path)
+# How systemd-tmpfiles reads a line back. systemd 252 (Debian 12) takes the path field
+# with quotes and a backslash before a character, but decodes no C escape there
+# (`\x20` stays four characters); later versions decode C escapes as well. Both decode
+# C escapes in the argument field, which runs to the end of the line, and expand `%`
+# specifiers in each. So a path is written raw, in double quotes where it must be, and
+# an argument with escapes: each reads back the same on both.
+_QUOTED_IN_PATH = frozenset(" \t\"'\\")
 
 
-def unescape(path: str) -> str:
-    return re.sub(r"\\x([0-9a-fA-F]{2})", lambda m: chr(int(m.group(1), 16)), path)
+def _control(c: str) -> bool:
+    return ord(c) < 0x20 or ord(c) == 0x7F
+
+
+def path_field(path: str) -> str:
+    """`path` as a line's path field. A control character other than a tab can only be
+    written as a C escape, which systemd 252 does not decode there."""
+    text = path.replace("%", "%%")
+    if any(c in _QUOTED_IN_PATH or _control(c) for c in text):
+        body = "".join(
+            f"\\{c}" if c in '\\"' else f"\\x{ord(c):02x}" if _control(c) and c != "\t" else c
+            for c in text
+        )
+        return f'"{body}"'
+    return text
+
+
+def argument_field(text: str) -> str:
+    """`text` as a line's argument field: C escapes for whitespace (which would end or
+    start the field), backslashes and control characters; `-` alone means none."""
+    if text == "-":
+        return "\\x2d"
+    escaped = "".join(f"\\x{ord(c):02x}" if c in " \t\\" or _control(c) else c for c in text)
+    return escaped.replace("%", "%%")
 
 
 def declared_paths(root: Path, *, ignore: Iterable[str] = ()) -> frozenset[str]:
@@ -113,9 +141,21 @@ def declared_in(text: str) -> set[str]:
     """The paths the lines of one tmpfiles.d file declare."""
     paths = set()
     for line in text.splitlines():
-        fields = line.split()
-        if len(fields) >= 2 and not fields[0].startswith("#"):
-            paths.add(os.path.normpath(unescape(fields[1])))
+        if line.lstrip().startswith("#"):
+            continue
+        # The type and the path, quotes and backslashes as systemd reads them, and C
+        # escapes as the versions after 252 do (most images'); read no further, as the
+        # argument field is read otherwise.
+        escaped = re.sub(r"\\x([0-9a-fA-F]{2})", lambda m: "\\" + chr(int(m[1], 16)), line)
+        words = shlex.shlex(escaped, posix=True, punctuation_chars=False)
+        words.whitespace_split = True
+        words.commenters = ""
+        try:
+            fields = [words.get_token(), words.get_token()]
+        except ValueError:
+            continue  # an unbalanced quote: systemd skips the line too
+        if fields[1]:
+            paths.add(os.path.normpath(fields[1].replace("%%", "%")))
     return paths
 
 
@@ -135,7 +175,7 @@ def line(path: str, st: Owned, *, link: str | None, copy_from: str | None) -> st
     """The line that recreates `path`: a directory with its mode and owner (`d`), a
     symlink (`L`), or a copy of `copy_from` (`C`)."""
     if stat.S_ISDIR(st.st_mode):
-        return f"d {escape(path)} {stat.S_IMODE(st.st_mode):04o} {st.st_uid} {st.st_gid} - -"
+        return f"d {path_field(path)} {stat.S_IMODE(st.st_mode):04o} {st.st_uid} {st.st_gid} - -"
     if link is not None:
-        return f"L {escape(path)} - - - - {link}"
-    return f"C {escape(path)} - - - - {escape(copy_from or '')}"
+        return f"L {path_field(path)} - - - - {argument_field(link)}"
+    return f"C {path_field(path)} - - - - {argument_field(copy_from or '')}"

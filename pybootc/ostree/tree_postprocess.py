@@ -54,7 +54,7 @@ _POLICY = ("usr", "etc", "selinux", "config")  # after /etc has moved
 VAR_SOURCE_KEY = "pybootc.var-source"
 # Part of every var_source: a change to the lines' format (tmpfiles.line,
 # var_tmpfiles_text) must change it, or a later pybootc reuses lines of the old format.
-_VAR_LINES_FORMAT = "pybootc var seed 1"
+_VAR_LINES_FORMAT = "pybootc var seed 2"
 
 log = logging.getLogger(__name__)
 
