@@ -92,9 +92,9 @@ def _backend(env: p.Env, fs: FsKind, repo: str, backend: str) -> dict[str, int]:
         p.retag(env, repo, "v2", "stream")
         tools.run(p.bootc("--sysroot", mount / "sysroot", "upgrade"))
         updated = _settled_used(mount) - empty
-        fsck = tools.run(["ostree", "fsck", f"--repo={mount}/sysroot/ostree/repo"], check=False)
+        passed = p.check_repo(mount)
         p.reset_storage(mount / "sysroot")
-    return {"install": installed, "update": updated, "fsck_ok": int(fsck.returncode == 0)}
+    return {"install": installed, "update": updated, "fsck_ok": int(passed)}
 
 
 def _container_parts(env: p.Env, fs: FsKind, repo: str) -> dict[str, int]:
@@ -105,6 +105,7 @@ def _container_parts(env: p.Env, fs: FsKind, repo: str) -> dict[str, int]:
         p.install(env, mount, env.image(repo, "stream"), "container")
         sysroot = mount / "sysroot"
         installed = _settled_used(mount)
+        p.check_repo(mount)
         parts = {"install": installed - empty, **_objects(sysroot / "ostree/repo/objects")}
         p.reset_storage(sysroot)
         tools.run(["rm", "-rf", sysroot / "ostree/bootc/storage"])

@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 # The registry fixture and the apt sources are the tests' own support code.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -33,6 +34,8 @@ from signatures import signature_cost
 from workloads import SIZES, Workload, debian, labelled, large
 
 import pybootc
+from pybootc import tools
+from pybootc.errors import BootcError
 from tests.support import running_registry
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -44,6 +47,27 @@ RAM = Path("/dev/shm/pybootc-bench")
 DISK = Path("/var/tmp/pybootc-bench-disk")
 # What --again can measure anew on its own.
 AGAIN = ("debian", "large", "profiles", "labelled", "disk")
+
+
+def _revision() -> str:
+    """The commit the measured code is, `+changes` if pybootc or the benchmark differ
+    from it."""
+    root = BENCH_DIR.parent
+    try:
+        head = tools.run(["git", "-C", root, "rev-parse", "--short", "HEAD"]).stdout
+        changed = tools.run(["git", "-C", root, "status", "--porcelain", "pybootc", "bench"]).stdout
+    except BootcError:
+        return "unknown"
+    return head.decode().strip() + ("+changes" if changed.strip() else "")
+
+
+def measured(results: dict[str, Any], part: str) -> None:
+    """Record when `part` of the results was measured, and by which code: parts measured
+    again on their own (`--again`) sit beside parts of an earlier run."""
+    results.setdefault("provenance", {})[part] = {
+        "at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "revision": _revision(),
+    }
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -110,7 +134,10 @@ def debian_size(
             f"{b} status": lambda: p.in_fresh_filesystem(env, lambda m: p.status(env, m, repo, b)),
         }
 
-    measurements: dict[str, Measurement] = {"floor": lambda: p.floor(workload)}
+    measurements: dict[str, Measurement] = {
+        "floor": lambda: p.floor(workload),
+        "floor, GNU tools": lambda: p.floor_gnu(workload),
+    }
     for backend in p.BACKENDS:
         measurements |= of_backend(backend)
     hashes: list[Sample] = []
@@ -132,7 +159,7 @@ def debian_size(
         env, lambda m: p.baseline_b(env, m, workload, "v1")
     )
     measurements["(b) update"] = lambda: p.in_fresh_filesystem(
-        env, lambda m: p.baseline_b(env, m, workload, "v2")
+        env, lambda m: p.baseline_b(env, m, workload, "v2", update_from="v1")
     )
     series = rounds(runs, measurements, say)
     # Taken with each deploy alone; the first is the warm-up's.
@@ -163,9 +190,11 @@ def large_layers(runs: int, say: Callable[[str], None]) -> dict[str, object]:
     for kind in ("many", "one"):
         workload = large(kind, CACHE, say)
         measurements = {b: _large_install(env, workload, b) for b in p.BACKENDS}
-        series = rounds(max(1, runs - 2), measurements, say)
+        count = max(1, runs - 2)
+        series = rounds(count, measurements, say)
         found[workload.name] = {
             "description": workload.description,
+            "runs": count,
             "times": {name: report.series_json(s) for name, s in series.items()},
         }
     return found
@@ -219,9 +248,8 @@ def write_results(results: dict[str, object], console: Console) -> None:
 
 def measure_again(parts: Sequence[str], sizes: Sequence[str], runs: int, console: Console) -> int:
     """Measure `parts` (of AGAIN) again into the last results, which record which parts
-    were measured when."""
+    were measured when, and by which code."""
     results = json.loads((RESULTS / "results.json").read_text())
-    again: dict[str, str] = results.setdefault("measured_again", {})
     size = sizes[-1]
     if "debian" in parts:
         discard(RAM)
@@ -233,18 +261,17 @@ def measure_again(parts: Sequence[str], sizes: Sequence[str], runs: int, console
                 console.print(f"[bold]{workload.name}[/]: {workload.description}")
                 p.push(env, workload, repo)
                 results["sizes"][each] = debian_size(env, workload, repo, runs, console.print)
-        again["debian"] = time.strftime("%Y-%m-%dT%H:%M:%S")
-        results["rss_method"] = "VmHWM"  # bootc_with_rss.py's, for every Debian figure now
+                measured(results, f"debian {each}")
     if "large" in parts:
         discard(DISK)
         console.print("[bold]Large layers[/]")
         results["large"] = large_layers(runs, console.print)
-        again["large"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+        measured(results, "large")
     if "labelled" in parts:
         discard(RAM)
         with running_registry() as registry:
             results["labelled"] = labelled_image(p.Env(registry, RAM), runs, console.print)
-        again["labelled"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+        measured(results, "labelled")
     if "profiles" in parts:
         discard(RAM)
         with running_registry() as registry:
@@ -252,12 +279,12 @@ def measure_again(parts: Sequence[str], sizes: Sequence[str], runs: int, console
             workload = debian(size, CACHE, WORK, console.print)
             p.push(env, workload, f"bench/{workload.name.lower()}")
             results["profiles"] = profiled(env, size, console.print)
-        again["profiles"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+        measured(results, "profiles")
     if "disk" in parts:
         discard(RAM)
         with running_registry() as registry:
             results["disk"] = disk_figures(p.Env(registry, RAM), sizes, console.print, push=True)
-        again["disk"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+        measured(results, "disk")
     results["fsck"] = {
         "checked": results["fsck"]["checked"] + p.FSCK.checked,
         "failed": results["fsck"]["failed"] + p.FSCK.failed,
@@ -284,7 +311,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.again:
         return measure_again(args.again, sizes, args.runs, console)
     started = time.time()
-    results: dict[str, object] = {
+    results: dict[str, Any] = {
         "environment": report.environment(),
         "sizes": {},
         "rss_method": "VmHWM",
@@ -298,22 +325,29 @@ def main(argv: Sequence[str] | None = None) -> int:
             repo = f"bench/{workload.name.lower()}"
             say(f"[bold]{workload.name}[/]: {workload.description}, pushed to the registry")
             p.push(env, workload, repo)
-            results["sizes"][size] = debian_size(env, workload, repo, args.runs, say)  # type: ignore[index]
+            results["sizes"][size] = debian_size(env, workload, repo, args.runs, say)
+            measured(results, f"debian {size}")
         results["profiles"] = profiled(env, sizes[-1], say)
+        measured(results, "profiles")
         if not args.no_partial:
             say("[bold]Partial pulls[/] (zstd:chunked)")
             results["partial"] = partial_pulls(env, args.runs, say)
+            measured(results, "partial")
         if not args.no_signatures:
             say("[bold]Signature verification[/]")
             results["signatures"] = signature_cost(env, args.runs, say)
+            measured(results, "signatures")
         if not args.no_labelled:
             results["labelled"] = labelled_image(env, args.runs, say)
+            measured(results, "labelled")
         if not args.no_disk:
             # Every size measured is in the registry already.
             results["disk"] = disk_figures(env, sizes, say, push=False)
+            measured(results, "disk")
     if not args.no_large:
         say("[bold]Large layers[/]")
         results["large"] = large_layers(args.runs, say)
+        measured(results, "large")
     results["fsck"] = {"checked": p.FSCK.checked, "failed": p.FSCK.failed}
     results["seconds"] = round(time.time() - started)
     write_results(results, console)

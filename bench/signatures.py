@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 from collections.abc import Callable
 from pathlib import Path
 
@@ -81,12 +82,15 @@ def signature_cost(env: p.Env, runs: int, say: Callable[[str], None]) -> dict[st
         os.environ.update(signing.env)
         try:
             for backend in p.BACKENDS:
-                medians = {}
-                for signed in (False, True):
-                    seconds = sorted(
-                        _upgrade(env, signing, backend, signed, n).seconds for n in range(runs)
-                    )
-                    medians["signed" if signed else "unsigned"] = seconds[len(seconds) // 2]
+                # Alternating, so that drift in the machine's load falls on both alike.
+                taken: dict[bool, list[float]] = {False: [], True: []}
+                for n in range(runs):
+                    for signed in (False, True):
+                        taken[signed].append(_upgrade(env, signing, backend, signed, n).seconds)
+                medians = {
+                    "signed" if signed else "unsigned": statistics.median(seconds)
+                    for signed, seconds in taken.items()
+                }
                 if not _refuses_unsigned(env, signing, backend):
                     raise BootcError(f"{backend}: an unsigned build was not refused")
                 found[backend] = medians
