@@ -46,7 +46,7 @@ RESULTS = BENCH_DIR / "results"
 RAM = Path("/dev/shm/pybootc-bench")
 DISK = Path("/var/tmp/pybootc-bench-disk")
 # What --again can measure anew on its own.
-AGAIN = ("debian", "large", "profiles", "labelled", "disk")
+AGAIN = ("debian", "large", "profiles", "labelled", "disk", "partial", "signatures")
 
 
 def _revision() -> str:
@@ -285,6 +285,16 @@ def measure_again(parts: Sequence[str], sizes: Sequence[str], runs: int, console
         with running_registry() as registry:
             results["disk"] = disk_figures(p.Env(registry, RAM), sizes, console.print, push=True)
         measured(results, "disk")
+    if "partial" in parts:
+        discard(RAM)
+        with running_registry() as registry:
+            results["partial"] = partial_pulls(p.Env(registry, RAM), runs, console.print)
+        measured(results, "partial")
+    if "signatures" in parts:
+        discard(RAM)
+        with running_registry() as registry:
+            results["signatures"] = signature_cost(p.Env(registry, RAM), runs, console.print)
+        measured(results, "signatures")
     results["fsck"] = {
         "checked": results["fsck"]["checked"] + p.FSCK.checked,
         "failed": results["fsck"]["failed"] + p.FSCK.failed,

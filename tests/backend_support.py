@@ -149,7 +149,10 @@ def publish(
     layout = OciLayout(workdir / f"layout-{repo.replace('/', '-')}-{tag}")
     layout.add_image(tag, spec)
     ref = f"{registry.address}/{repo}:{tag}"
-    push(layout.ref(tag), f"docker://{ref}")
+    # The registry gets the layout's own blobs: without this, skopeo may push a layer
+    # as another compression of it that its host-wide blob info cache knows the
+    # registry has (another test pushed it), and the manifest is no longer this one.
+    push(layout.ref(tag), f"docker://{ref}", "--preserve-digests")
     index = json.loads((layout.path / "index.json").read_text())
     return Published(ref, layout, tag, str(index["manifests"][-1]["digest"]))
 

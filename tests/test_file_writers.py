@@ -114,3 +114,31 @@ def test_nothing_is_written_after_the_reading_fails(repo: OSTree.Repo, tmp_path:
     assert all(t <= left for t in writer.finished_at)
     time.sleep(0.05)
     assert all(t <= left for t in writer.finished_at)
+
+
+def test_an_interrupt_on_the_way_out_still_waits_for_the_helper(
+    repo: OSTree.Repo, tmp_path: Path
+) -> None:
+    paths = files(tmp_path, 300)
+    writer = Recording(repo)
+    repo.prepare_transaction(None)
+    with pytest.raises(KeyboardInterrupt), FileWriters(writer) as writers:
+        for path in paths:
+            writers.add(str(path), META, path.stat().st_size)
+        join = writers._helper.join
+        calls: list[None] = []
+
+        def interrupted_join(timeout: float | None = None) -> None:
+            # Ctrl-C again while the way out waits for the helper's write.
+            calls.append(None)
+            if len(calls) == 1:
+                raise KeyboardInterrupt
+            join(timeout)
+
+        writers._helper.join = interrupted_join  # type: ignore[method-assign]
+        raise KeyboardInterrupt
+    left = time.monotonic()
+    assert not writers._helper.is_alive()
+    repo.abort_transaction(None)
+    time.sleep(0.05)
+    assert all(t <= left for t in writer.finished_at)

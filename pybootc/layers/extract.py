@@ -317,6 +317,26 @@ _ID, _TIME = re.compile(r"\+?[0-9]+"), re.compile(r"[+-]?[0-9]+(\.[0-9]*)?")
 _PAX_NUMBERS = {"uid": _ID, "gid": _ID, "size": _ID, "mtime": _TIME, "atime": _TIME, "ctime": _TIME}
 _ID_LIMIT, _NUMBER_LIMIT = 1 << 32, 1 << 63
 _XATTR_RECORD = "SCHILY.xattr."
+# The headers whose data is a header of the next member, and Go's bound on them.
+_SPECIAL_HEADERS = frozenset(
+    {tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE, tarfile.GNUTYPE_LONGNAME,
+     tarfile.GNUTYPE_LONGLINK}
+)  # fmt: skip
+_SPECIAL_HEADER_LIMIT = 1 << 20
+
+
+def _valid_sparse_map(runs: list[tuple[int, int]], size: int, stored: int) -> bool:
+    """Whether the data runs of a sparse file are in order, apart, and within its
+    `size`, as Go's reader requires of them, and hold no more than the `stored` bytes
+    of data the member has."""
+    end = 0
+    for offset, length in runs:
+        if offset < end or length < 0 or offset > size - length:
+            return False
+        end = offset + length
+    return sum(length for _, length in runs) <= stored
+
+
 # How tarfile's next() tells a header it cannot read (the end of the archive, when
 # not the first) from one that fails the archive: its own exceptions, not public.
 _EOF_HEADER: type[Exception] = tarfile.EOFHeaderError  # type: ignore[attr-defined]
@@ -343,10 +363,47 @@ class LayerTarInfo(tarfile.TarInfo):
     - a stream may end in its last member's padding (_LayerTarFile);
     - an old-style member (type NUL) is a directory if its name ends in a slash once
       its PAX path is applied (tarfile looks at the header's own name only), and its
-      data, if it has any, is then the next header, as Go reads it."""
+      data, if it has any, is then the next header, as Go reads it;
+    - a PAX or GNU long-name header over 1 MiB is refused ("header field too long";
+      tarfile reads one into memory whole, however long);
+    - a sparse map whose runs are out of order, overlap or end past the file is
+      refused (tarfile writes each run where it says)."""
 
     old_style = False
     retyped = False
+
+    def _proc_member(self, archive: tarfile.TarFile) -> tarfile.TarInfo:
+        if self.type in _SPECIAL_HEADERS and self.size > _SPECIAL_HEADER_LIMIT:
+            raise _LATER_HEADER("header field too long")
+        return super()._proc_member(archive)  # type: ignore[misc,no-any-return]
+
+    def _proc_gnusparse_10(
+        self, next: tarfile.TarInfo, pax_headers: dict[str, str], archive: tarfile.TarFile
+    ) -> None:
+        """A GNU sparse 1.0 map, at the start of the file's data: its count of runs, then
+        each run's offset and length, a number per line. Read as tarfile does, but
+        bound as a special header is (Go's reader bounds it too)."""
+        raw = archive.fileobj
+        assert raw is not None
+        buf = raw.read(tarfile.BLOCKSIZE)
+        read = len(buf)
+        count, _, buf = buf.partition(b"\n")
+        if not count.isdigit():
+            raise _LATER_HEADER("invalid GNU sparse map")
+        numbers: list[int] = []
+        while len(numbers) < 2 * int(count):
+            while b"\n" not in buf:
+                block = raw.read(tarfile.BLOCKSIZE)
+                read += len(block)
+                if not block or read > _SPECIAL_HEADER_LIMIT:
+                    raise _LATER_HEADER("header field too long")
+                buf += block
+            number, _, buf = buf.partition(b"\n")
+            if not number.isdigit():
+                raise _LATER_HEADER("invalid GNU sparse map")
+            numbers.append(int(number))
+        next.offset_data = raw.tell()
+        next.sparse = list(zip(numbers[::2], numbers[1::2], strict=True))  # type: ignore[assignment]
 
     @classmethod
     def frombuf(cls, buf: bytes | bytearray, encoding: str, errors: str) -> LayerTarInfo:
@@ -373,6 +430,11 @@ class LayerTarInfo(tarfile.TarInfo):
             raise _LATER_HEADER(str(err)) from None
         if not (0 <= found.uid < _ID_LIMIT and 0 <= found.gid < _ID_LIMIT):
             raise _LATER_HEADER(f"owner {found.uid}:{found.gid} out of range")
+        runs = cast(list[tuple[int, int]] | None, found.sparse)
+        # The data the runs are read from ends where the next header starts.
+        stored = archive.offset - found.offset_data
+        if runs is not None and not _valid_sparse_map(runs, found.size, stored):
+            raise _LATER_HEADER(f"invalid sparse map of {found.name}")
         if found.retyped:
             # Where the next header starts, as tarfile says it for a new size.
             has_data = found.isreg() or found.type not in tarfile.SUPPORTED_TYPES

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import queue
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -30,6 +31,25 @@ class _File:
     size: int
     # Its checksum is set by whichever thread writes it; read once both are done.
     leaf: Leaf
+
+
+def join_through_interrupts(
+    helper: threading.Thread, interrupted: Callable[[], None] = lambda: None
+) -> None:
+    """Wait for `helper` to end, even through an interrupt (a second Ctrl-C): the caller
+    is leaving its transaction, which it aborts, and a helper still writing would then
+    write straight into the repo. `interrupted` is told of each interrupt (to drop what
+    is queued, say); the first is raised once the helper has ended."""
+    caught: BaseException | None = None
+    while True:
+        try:
+            helper.join()
+            break
+        except BaseException as err:
+            caught = caught or err
+            interrupted()
+    if caught is not None:
+        raise caught
 
 
 class FileWriters:
@@ -58,7 +78,7 @@ class FileWriters:
     ) -> None:
         self._stop.set()
         self._queue.put(None)  # no more files: the helper may be waiting for one
-        self._helper.join()
+        join_through_interrupts(self._helper)
 
     def add(self, path: str, meta: FileMeta, size: int) -> Leaf:
         """Queue the file at `path` (`size` bytes, with `meta`); its leaf, whose

@@ -21,6 +21,7 @@ import threading
 from collections import deque
 from types import TracebackType
 
+from pybootc.layers.file_writers import join_through_interrupts
 from pybootc.layers.tree import FileMeta
 from pybootc.ostree.objects import ObjectWriter
 
@@ -73,19 +74,14 @@ class WriteBehind:
         queued, the caller is about to abort its transaction: what is still queued is
         dropped, the helper is waited for all the same (one write at most), and then
         the interrupt goes on."""
-        interrupted: BaseException | None = None
-        while True:
-            try:
-                self._helper.join()
-                break
-            except BaseException as err:
-                interrupted = interrupted or err
-                with self._changed:
-                    self._queue.clear()
-                    self._queue.append(None)
-                    self._changed.notify_all()
-        if interrupted is not None:
-            raise interrupted
+
+        def drop_queued() -> None:
+            with self._changed:
+                self._queue.clear()
+                self._queue.append(None)
+                self._changed.notify_all()
+
+        join_through_interrupts(self._helper, drop_queued)
 
     # --- the sink -------------------------------------------------------------------------
 

@@ -133,7 +133,10 @@ def pull(
                     tmpdir=tmpdir,
                 )
     except BootcError as err:
-        if "unexpected EOF" in err.message or "decrypt" in err.message.lower():
+        # skopeo says "unexpected EOF" of a layer a wrong key decrypted, and of any
+        # stream cut short: only the first is a question of keys.
+        cut_short = decryption_key is not None and "unexpected EOF" in err.message
+        if cut_short or "decrypt" in err.message.lower():
             hint = "use --decryption-key" if decryption_key is None else "is it the right key?"
             raise BootcError(
                 f"Pulling {imgref}: the image is encrypted and could not be decrypted ({hint})"

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from pybootc.errors import error_context
+from pybootc.errors import BootcError, error_context
 from pybootc.layers.postprocess import PostprocessResult
 from pybootc.layers.special import SPECIAL_XATTR, special_file_kind
 from pybootc.layers.tree import LayerRead
@@ -80,6 +81,17 @@ def restore_special_files(root: Path, candidates: Iterable[str] | None) -> None:
         os.chmod(path, stat.S_IMODE(st.st_mode))
 
 
+@contextmanager
+def nesting_checked() -> Iterator[None]:
+    """Trees are walked by recursion: one nested deeper than Python's recursion limit
+    allows (about 900 directories, a path of 1,800 bytes that containers-storage
+    unpacks) is refused in words, not with a traceback."""
+    try:
+        yield
+    except RecursionError:
+        raise BootcError("Directories nested too deep to read") from None
+
+
 def current_layer_commit(repo: OSTree.Repo, digest: str, diff_id: str | None = None) -> str | None:
     """The repo's commit of the layer `digest`, if it was made by this pybootc's rules
     (TREE_FORMAT) and, given `diff_id`, from a tar stream checked against that digest;
@@ -112,6 +124,7 @@ def layer_commit(
     with (
         error_context(f"Layer {digest}"),
         transaction(repo, "Committing the layer") as commits,
+        nesting_checked(),
     ):
         layer = read(writer)
         info = LayerInfo(digest, frozenset(layer.marked), diff_id=diff_id)
@@ -143,7 +156,7 @@ class LayeredImage:
         what post-processing found. NeedsCheckout, and nothing written, if the image is
         to take the checkout's way (`flatten`)."""
         writer = ObjectWriter(self.repo)
-        with transaction(self.repo, "Committing the image") as commits:
+        with transaction(self.repo, "Committing the image") as commits, nesting_checked():
             merged = merge_image(self.repo, writer, list(self.layers))
             kept = keep_merges(self.repo, writer, merged)
             result = postprocess_in_memory(
@@ -184,7 +197,7 @@ class LayeredImage:
         objects; the checkout's devino cache, for the commit of what becomes of it.
         `counted` hears how many entries the merge has written, now and then."""
         writer = ObjectWriter(self.repo)
-        with transaction(self.repo, "Merging the layers") as commits:
+        with transaction(self.repo, "Merging the layers") as commits, nesting_checked():
             merged, special = merged_tree(self.repo, writer, list(self.layers), counted)
             commits.append(merged)
         cache = checkout_linked(self.repo, merged, root)
