@@ -383,9 +383,12 @@ def push_zstd_chunked(source: str, dest: str, workdir: Path) -> None:
     layout = workdir / "zstd-chunked"
     shutil.rmtree(layout, ignore_errors=True)
     copy = ["skopeo", "copy", "--quiet"]
+    # skopeo 1.9.3's zstd:chunked writer can hang (idle, in a futex) on a layer it
+    # cannot re-tar, such as one with a PAX global header: bounded, that is a failure.
     subprocess.run(
         [*copy, "--dest-compress-format", "zstd:chunked", source, f"oci:{layout}:image"],
         check=True,
+        timeout=300,
     )
     index = json.loads((layout / "index.json").read_bytes())
 

@@ -365,9 +365,11 @@ class LayerTarInfo(tarfile.TarInfo):
       its PAX path is applied (tarfile looks at the header's own name only), and its
       data, if it has any, is then the next header, as Go reads it;
     - a PAX or GNU long-name header over 1 MiB is refused ("header field too long";
-      tarfile reads one into memory whole, however long);
-    - a sparse map whose runs are out of order, overlap or end past the file is
-      refused (tarfile writes each run where it says)."""
+      tarfile reads one into memory whole, however long), and so is a GNU sparse 1.0
+      map over 1 MiB;
+    - a sparse map whose runs are out of order, overlap, end past the file or hold
+      more than the member's stored data is refused (tarfile writes each run where
+      it says, reading on into the next member)."""
 
     old_style = False
     retyped = False

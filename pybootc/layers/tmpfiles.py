@@ -36,13 +36,17 @@ def path_field(path: str) -> str:
     """`path` as a line's path field. A control character other than a tab can only be
     written as a C escape, which systemd 252 does not decode there."""
     text = path.replace("%", "%%")
-    if any(c in _QUOTED_IN_PATH or _control(c) for c in text):
-        body = "".join(
-            f"\\{c}" if c in '\\"' else f"\\x{ord(c):02x}" if _control(c) and c != "\t" else c
-            for c in text
-        )
-        return f'"{body}"'
-    return text
+    if not any(c in _QUOTED_IN_PATH or _control(c) for c in text):
+        return text
+    return '"' + "".join(_in_quotes(c) for c in text) + '"'
+
+
+def _in_quotes(c: str) -> str:
+    if c in '\\"':
+        return f"\\{c}"
+    if _control(c) and c != "\t":
+        return f"\\x{ord(c):02x}"
+    return c
 
 
 def argument_field(text: str) -> str:

@@ -35,6 +35,10 @@ from pybootc.ostree.objects import ObjectWriter, check_utf8, read_dirmeta
 from pybootc.ostree.repo import libostree_errors, read_commit_metadata
 
 SPECIAL_FILES_KEY = "pybootc.special-files"
+SPECIAL_PATHS_KEY = "pybootc.special-paths"
+# How often (in entries) a merge says how far it has got.
+_REPORT_EVERY = 512
+MARKED_DIRS_KEY = "pybootc.marked-dirs"
 # The rules that made a layer commit's tree, and a kept merge's: raised whenever the
 # layer rules or the way a tree is written change. A commit that records another format
 # (an older pybootc's, or ostree-ext's under the same refs) is read again, never
@@ -43,10 +47,6 @@ TREE_FORMAT = 1
 TREE_FORMAT_KEY = "pybootc.tree-format"
 # The digest of the layer's tar stream, where it was checked as the layer was read.
 DIFF_ID_KEY = "pybootc.diff-id"
-SPECIAL_PATHS_KEY = "pybootc.special-paths"
-# How often (in entries) a merge says how far it has got.
-_REPORT_EVERY = 512
-MARKED_DIRS_KEY = "pybootc.marked-dirs"
 # A whiteout as a layer commit keeps it: an empty file, 0600 root.
 _WHITEOUT_META = FileMeta(0, 0, stat.S_IFREG | 0o600)
 # The root of a merged image, before post-processing makes it the deployment's.
