@@ -246,6 +246,12 @@ def write_results(results: dict[str, object], console: Console) -> None:
     console.print(text)
 
 
+def _profiled_again(env: p.Env, size: str, say: Callable[[str], None]) -> dict[str, object]:
+    workload = debian(size, CACHE, WORK, say)
+    p.push(env, workload, f"bench/{workload.name.lower()}")
+    return profiled(env, size, say)
+
+
 def measure_again(parts: Sequence[str], sizes: Sequence[str], runs: int, console: Console) -> int:
     """Measure `parts` (of AGAIN) again into the last results, which record which parts
     were measured when, and by which code."""
@@ -267,34 +273,20 @@ def measure_again(parts: Sequence[str], sizes: Sequence[str], runs: int, console
         console.print("[bold]Large layers[/]")
         results["large"] = large_layers(runs, console.print)
         measured(results, "large")
-    if "labelled" in parts:
-        discard(RAM)
-        with running_registry() as registry:
-            results["labelled"] = labelled_image(p.Env(registry, RAM), runs, console.print)
-        measured(results, "labelled")
-    if "profiles" in parts:
-        discard(RAM)
-        with running_registry() as registry:
-            env = p.Env(registry, RAM)
-            workload = debian(size, CACHE, WORK, console.print)
-            p.push(env, workload, f"bench/{workload.name.lower()}")
-            results["profiles"] = profiled(env, size, console.print)
-        measured(results, "profiles")
-    if "disk" in parts:
-        discard(RAM)
-        with running_registry() as registry:
-            results["disk"] = disk_figures(p.Env(registry, RAM), sizes, console.print, push=True)
-        measured(results, "disk")
-    if "partial" in parts:
-        discard(RAM)
-        with running_registry() as registry:
-            results["partial"] = partial_pulls(p.Env(registry, RAM), runs, console.print)
-        measured(results, "partial")
-    if "signatures" in parts:
-        discard(RAM)
-        with running_registry() as registry:
-            results["signatures"] = signature_cost(p.Env(registry, RAM), runs, console.print)
-        measured(results, "signatures")
+    # The parts that take the registry and the RAM scratch and nothing else.
+    on_their_own: dict[str, Callable[[p.Env], object]] = {
+        "labelled": lambda env: labelled_image(env, runs, console.print),
+        "profiles": lambda env: _profiled_again(env, size, console.print),
+        "disk": lambda env: disk_figures(env, sizes, console.print, push=True),
+        "partial": lambda env: partial_pulls(env, runs, console.print),
+        "signatures": lambda env: signature_cost(env, runs, console.print),
+    }
+    for part, measure in on_their_own.items():
+        if part in parts:
+            discard(RAM)
+            with running_registry() as registry:
+                results[part] = measure(p.Env(registry, RAM))
+            measured(results, part)
     results["fsck"] = {
         "checked": results["fsck"]["checked"] + p.FSCK.checked,
         "failed": results["fsck"]["failed"] + p.FSCK.failed,

@@ -124,26 +124,34 @@ def test_a_layer_the_kernel_refuses_is_refused_by_both_backends(
     assert list(target.iterdir()) == []
 
 
+def _a_wrong_diff_id(tmp_path: Path, index: int, version: str) -> tuple[OciLayout, str]:
+    """A layout with "good", and "bad" (of `version`): good's blobs under a config whose
+    diff_id of layer `index` is wrong; and the words that refuse bad."""
+    layout = OciLayout(tmp_path / "oci")
+    spec = sample_image("1.0", extra=(layer(file("etc/motd", "hello")),))
+    manifest = json.loads(layout.blob_path(layout.add_image("good", spec)).read_text())
+    config = json.loads(layout.blob_path(manifest["config"]["digest"]).read_text())
+    diff_ids = config["rootfs"]["diff_ids"]
+    good, diff_ids[index] = diff_ids[index], "sha256:" + "0" * 64
+    layout.add_manifest("bad", sample_image(version), manifest["layers"], diff_ids)
+    digest = layout_layer_digests(layout, "bad")[index]
+    words = (
+        f"Layer {digest}: Uncompressed digest mismatch for blob {digest}:"
+        f" expected diff_id {diff_ids[index]}, got {good}"
+    )
+    return layout, words
+
+
 @pytest.mark.parametrize("backend", ["ostree", "container"])
 def test_a_layer_that_is_not_the_configs_diff_id_is_refused_by_both_backends(
     tmp_path: Path, target: Path, backend: str
 ) -> None:
     # containers/image 5.23 (skopeo 1.9) stores such a layer without comparing; the
     # container backend compares what the storage unpacked with the config.
-    layout = OciLayout(tmp_path / "oci")
-    spec = sample_image("1.0", extra=(layer(file("etc/motd", "hello")),))
-    manifest = json.loads(layout.blob_path(layout.add_image("good", spec)).read_text())
-    config = json.loads(layout.blob_path(manifest["config"]["digest"]).read_text())
-    diff_ids = config["rootfs"]["diff_ids"]
-    good, diff_ids[-1] = diff_ids[-1], "sha256:" + "0" * 64
-    layout.add_manifest("bad", spec, manifest["layers"], diff_ids)
-    digest = layout_layer_digests(layout, "bad")[-1]
+    layout, words = _a_wrong_diff_id(tmp_path, -1, "1.0")
     line = one_error_line(install(target, layout.ref("bad"), backend=backend))
     assert line.startswith(f"error: Installing to {target}: "), line
-    assert line.endswith(
-        f"Layer {digest}: Uncompressed digest mismatch for blob {digest}:"
-        f" expected diff_id {diff_ids[-1]}, got {good}"
-    ), line
+    assert line.endswith(words), line
     assert list(target.iterdir()) == []
 
 
@@ -153,21 +161,11 @@ def test_a_layer_the_repo_has_is_refused_too_where_the_config_names_another_diff
 ) -> None:
     # The same blobs as an image installed before, so every layer commit is the repo's
     # already: taken as it is, it would skip the comparison an install makes.
-    layout = OciLayout(tmp_path / "oci")
-    spec = sample_image("1.0", extra=(layer(file("etc/motd", "hello")),))
-    manifest = json.loads(layout.blob_path(layout.add_image("good", spec)).read_text())
-    config = json.loads(layout.blob_path(manifest["config"]["digest"]).read_text())
-    diff_ids = config["rootfs"]["diff_ids"]
-    good, diff_ids[0] = diff_ids[0], "sha256:" + "0" * 64
-    layout.add_manifest("bad", sample_image("2.0"), manifest["layers"], diff_ids)
-    digest = layout_layer_digests(layout, "bad")[0]
+    layout, words = _a_wrong_diff_id(tmp_path, 0, "2.0")
     ok(install(target, layout.ref("good"), backend=backend))
     before = state(target)
     line = one_error_line(switch_oci(target, layout, "bad"))
-    assert line.endswith(
-        f"Layer {digest}: Uncompressed digest mismatch for blob {digest}:"
-        f" expected diff_id {diff_ids[0]}, got {good}"
-    ), line
+    assert line.endswith(words), line
     assert state(target) == before
 
 
