@@ -62,6 +62,7 @@ from tests.layer_stack_support import (
     imported_stack,
     stack_settings,
 )
+from tests.object_support import new_bare_repo
 from tests.strategies import layers
 from tests.support import Oracle
 
@@ -281,9 +282,10 @@ def test_layer_commits_of_other_rules_are_read_again(
 
 
 def test_kept_merges_of_other_rules_are_neither_taken_nor_kept(
-    repo: tuple[OSTree.Repo, Path], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    ostree_repo = repo[0]
+    # A repo of its own: the module's shared one holds the random stacks' merges.
+    ostree_repo = new_bare_repo(tmp_path / "repo")
     writer = ObjectWriter(ostree_repo)
     layer_commits = []
     with transaction(ostree_repo, "Layers") as commits:
