@@ -433,10 +433,11 @@ class LayerTarInfo(tarfile.TarInfo):
         if not (0 <= found.uid < _ID_LIMIT and 0 <= found.gid < _ID_LIMIT):
             raise _LATER_HEADER(f"owner {found.uid}:{found.gid} out of range")
         runs = cast(list[tuple[int, int]] | None, found.sparse)
-        # The data the runs are read from ends where the next header starts.
-        stored = archive.offset - found.offset_data
-        if runs is not None and not _valid_sparse_map(runs, found.size, stored):
-            raise _LATER_HEADER(f"invalid sparse map of {found.name}")
+        if runs is not None:
+            # The data the runs are read from ends where the next header starts.
+            stored = archive.offset - found.offset_data
+            if not _valid_sparse_map(runs, found.size, stored):
+                raise _LATER_HEADER(f"invalid sparse map of {found.name}")
         if found.retyped:
             # Where the next header starts, as tarfile says it for a new size.
             has_data = found.isreg() or found.type not in tarfile.SUPPORTED_TYPES
